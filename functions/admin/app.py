@@ -1,0 +1,50 @@
+"""Admin: the operator API under /admin (wiring only). Every route needs the operator key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.logging import correlation_paths
+from conduix import admin, api
+from conduix.auth import require_operator
+
+logger = Logger()
+app = api.resolver()
+
+
+def _json(status: int, body: dict[str, Any]) -> Response[dict[str, Any]]:
+    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=body)
+
+
+@app.post("/admin/orgs")
+def create_org() -> Response[dict[str, Any]]:
+    return _json(201, admin.create_org(api.json_body(app)))
+
+
+@app.get("/admin/orgs/<org_id>")
+def get_org(org_id: str) -> dict[str, Any]:
+    return admin.get_org(org_id)
+
+
+@app.post("/admin/orgs/<org_id>/api-keys")
+def create_api_key(org_id: str) -> Response[dict[str, Any]]:
+    return _json(201, admin.create_api_key(org_id, api.json_body(app)))
+
+
+@app.delete("/admin/orgs/<org_id>/api-keys/<key_id>")
+def revoke_api_key(org_id: str, key_id: str) -> dict[str, Any]:
+    return admin.revoke_api_key(org_id, key_id)
+
+
+@app.post("/admin/orgs/<org_id>/credits")
+def grant_credits(org_id: str) -> Response[dict[str, Any]]:
+    entry, created = admin.grant_credits(org_id, api.json_body(app))
+    return _json(201 if created else 200, entry)
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    # The operator check comes before routing, so an unknown /admin path tells nothing to strangers.
+    return api.guarded(app, event, context, require_operator)

@@ -1,0 +1,54 @@
+"""Completion: POST /v1/chat/completions and GET /v1/models (wiring only).
+
+No Powertools resolver here: two routes don't need one, and the import time it saves is
+cold-start time on the hottest function.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from conduix import completion, http
+from conduix.auth import authenticate
+from conduix.errors import MethodNotAllowed, NotFound
+from conduix.money import format_credits
+
+logger = Logger()
+
+# API Gateway gives up after 29 s; keep time to settle or release after the provider answers.
+_GATEWAY_SECONDS = 29.0
+_SETTLE_MARGIN_SECONDS = 2.0
+
+
+def _route(request: http.Request, context: Any) -> dict[str, Any]:
+    if request.path == "/v1/models":
+        if request.method != "GET":
+            raise MethodNotAllowed(f"{request.method} is not allowed on /v1/models.", ["GET"])
+        return http.json_result(200, completion.list_models())
+    if request.path != "/v1/chat/completions":
+        raise NotFound(f"Unknown route: {request.method} {request.path}")
+    if request.method != "POST":
+        raise MethodNotAllowed(f"{request.method} is not allowed on /v1/chat/completions.", ["POST"])
+    principal = authenticate(request.headers, "inference")
+    remaining = min(context.get_remaining_time_in_millis() / 1000, _GATEWAY_SECONDS)
+    deadline = time.monotonic() + remaining - _SETTLE_MARGIN_SECONDS
+    served = completion.serve(principal, request.body, request.request_id, deadline)
+    return http.proxy_result(
+        200,
+        served.body,
+        {
+            "x-conduix-cache": served.cache_status,
+            "x-conduix-cost": format_credits(served.cost),
+            "x-conduix-balance": format_credits(served.balance),
+        },
+        content_type=served.content_type,
+    )
+
+
+@logger.inject_lambda_context(clear_state=True)
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    request = http.parse_event(event)
+    logger.append_keys(request_id=request.request_id)
+    return http.answer(lambda: _route(request, context), request.request_id)

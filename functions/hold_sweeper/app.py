@@ -1,0 +1,17 @@
+"""HoldSweeper: every minute, release holds whose request died (wiring only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from conduix import clock, sweeper
+
+logger = Logger()
+
+
+@logger.inject_lambda_context(clear_state=True)
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    result = sweeper.sweep(clock.now())
+    logger.info("sweep done", extra=result)
+    return result

@@ -1,0 +1,84 @@
+"""The Powertools REST resolver, set up the same way for every JSON API function: domain
+errors through the one map in `conduix.http`, JSON 404 and 405, no stack traces out."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+
+from conduix import errors, http
+
+log = logging.getLogger(__name__)
+
+
+def _response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[str]:
+    return Response(
+        status_code=status,
+        content_type=content_types.APPLICATION_JSON,
+        body=json.dumps(body),
+        headers=headers,
+    )
+
+
+def json_body(app: APIGatewayRestResolver) -> dict[str, Any]:
+    """The request's JSON object; numbers with a fraction parse as Decimal, never as float."""
+    raw = app.current_event.body or ""
+    try:
+        body = json.loads(raw or "{}", parse_float=Decimal)
+    except ValueError:
+        raise errors.InvalidRequest("The request body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise errors.InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def _domain_error(exc: errors.ConduixError) -> Response[str]:
+    status, body, extra = http.error_body(exc)
+    return _response(status, body, extra)
+
+
+def _bug(exc: Exception) -> Response[str]:
+    log.exception("unhandled error")
+    return _response(500, http.internal_error_body())
+
+
+def resolver() -> APIGatewayRestResolver:
+    app = APIGatewayRestResolver()
+
+    def not_found(_: NotFoundError) -> Response[str]:
+        method, path = app.current_event.http_method.upper(), app.current_event.path
+        # Powertools has no 405 of its own; find the methods that this path does answer to.
+        allowed = sorted(
+            {route.method for route in app._static_routes + app._dynamic_routes if route.rule.match(path)}
+        )
+        if allowed:
+            return _domain_error(errors.MethodNotAllowed(f"{method} is not allowed on {path}.", allowed))
+        return _domain_error(errors.NotFound(f"Unknown route: {method} {path}"))
+
+    app.exception_handler(errors.ConduixError)(_domain_error)
+    app.exception_handler(Exception)(_bug)
+    app.not_found(not_found)
+    return app
+
+
+def headers(app: APIGatewayRestResolver) -> dict[str, str]:
+    """The current request's headers, names lower-cased."""
+    return {k.lower(): v for k, v in (app.current_event.headers or {}).items() if v is not None}
+
+
+def guarded(
+    app: APIGatewayRestResolver, event: dict[str, Any], context: Any, check: Callable[[dict[str, str]], None]
+) -> dict[str, Any]:
+    """Resolve the event only once `check` accepts its headers (for whole-function guards)."""
+    request_headers = {k.lower(): v for k, v in (event.get("headers") or {}).items() if v is not None}
+    try:
+        check(request_headers)
+    except errors.ConduixError as exc:
+        return http.error_result(exc)
+    return app.resolve(event, context)

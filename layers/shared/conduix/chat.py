@@ -1,0 +1,215 @@
+"""The OpenAI chat-completions wire format: reading a client's request, writing what we send
+upstream, and shaping the answer (JSON or server-sent events) we give back."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from conduix.errors import InvalidRequest, PayloadTooLarge
+from conduix.pricing import Attempt
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_CHOICES = 16
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+# Request fields that are sent to the model as prompt and therefore cost prompt tokens.
+_PROMPT_FIELDS = ("messages", "tools", "functions", "response_format", "tool_choice")
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    body: dict[str, Any]
+    model_id: str
+    stream: bool
+    include_usage: bool
+    max_tokens: int | None
+    max_tokens_field: str
+    choices: int
+    prompt_bytes: int  # UTF-8 bytes of everything the model reads as prompt
+    message_count: int
+
+
+def _positive_int(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"'{name}' must be an integer.", param=name)
+    if value < 1:
+        raise InvalidRequest(f"'{name}' must be at least 1, not {value}.", param=name)
+    return value
+
+
+def parse_request(raw: bytes) -> ChatRequest:
+    """Validate a client's body; every refusal names the parameter at fault."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. It must be a JSON object.", code="invalid_json"
+        ) from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest("You must provide a model parameter.", param="model")
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise InvalidRequest("'messages' must be a list of message objects.", param="messages")
+    if not messages:
+        raise InvalidRequest("'messages' must contain at least one message.", param="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidRequest(f"messages[{i}] must be an object.", param=f"messages[{i}]")
+        if message.get("role") not in ROLES:
+            raise InvalidRequest(
+                f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}.", param=f"messages[{i}].role"
+            )
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise InvalidRequest(
+                f"messages[{i}].content must be a string or a list of parts.", param=f"messages[{i}].content"
+            )
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be true or false.", param="stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
+    temperature = body.get("temperature")
+    if temperature is not None and (
+        isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 <= temperature <= 2
+    ):
+        raise InvalidRequest("'temperature' must be a number between 0 and 2.", param="temperature")
+    field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    max_tokens = _positive_int(body, field)
+    choices = _positive_int(body, "n") or 1
+    if choices > MAX_CHOICES:
+        raise InvalidRequest(f"'n' must be at most {MAX_CHOICES}.", param="n")
+    prompt = {k: body[k] for k in _PROMPT_FIELDS if k in body}
+    return ChatRequest(
+        body=body,
+        model_id=model.strip(),
+        stream=stream,
+        include_usage=bool(options.get("include_usage")),
+        max_tokens=max_tokens,
+        max_tokens_field=field,
+        choices=choices,
+        prompt_bytes=len(json.dumps(prompt, ensure_ascii=False, separators=(",", ":")).encode("utf-8")),
+        message_count=len(messages),
+    )
+
+
+def upstream_payload(request: ChatRequest, attempt: Attempt) -> dict[str, Any]:
+    """The client's request as the upstream should see it: its own model name, an output
+    budget that the hold covers, and usage always reported."""
+    payload = dict(request.body)
+    payload["model"] = attempt.model.upstream.model
+    payload[request.max_tokens_field] = attempt.max_tokens
+    if request.stream:
+        payload["stream_options"] = {**(request.body.get("stream_options") or {}), "include_usage": True}
+    return payload
+
+
+def _usage_out(prompt_tokens: int, completion_tokens: int, cost: str) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "cost": cost,
+    }
+
+
+def completion_body(
+    upstream: dict[str, Any],
+    *,
+    completion_id: str,
+    model_id: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cost: str,
+) -> dict[str, Any]:
+    """The upstream's answer, renamed to the model that served and with our cost in usage."""
+    return {
+        **upstream,
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": upstream.get("created") or int(time.time()),
+        "model": model_id,
+        "usage": _usage_out(prompt_tokens, completion_tokens, cost),
+    }
+
+
+def assemble(chunks: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A streamed answer as one completion (for the cache), or None when it carries tool calls
+    or anything else that does not add up to plain messages."""
+    choices: dict[int, dict[str, Any]] = {}
+    for chunk in chunks:
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if set(delta) - {"role", "content", "refusal"}:
+                return None
+            slot = choices.setdefault(
+                int(choice.get("index", 0)),
+                {
+                    "index": int(choice.get("index", 0)),
+                    "message": {"role": "assistant", "content": ""},
+                    "finish_reason": None,
+                },
+            )
+            if delta.get("content"):
+                slot["message"]["content"] += delta["content"]
+            if choice.get("finish_reason"):
+                slot["finish_reason"] = choice["finish_reason"]
+    return {"object": "chat.completion", "choices": [choices[i] for i in sorted(choices)]}
+
+
+def completion_chunks(completion: dict[str, Any]) -> list[dict[str, Any]]:
+    """A whole completion as stream chunks (a cache hit asked for with stream: true)."""
+    chunks = []
+    for choice in completion.get("choices") or []:
+        message = dict(choice.get("message") or {})
+        index = choice.get("index", 0)
+        chunks.append({"choices": [{"index": index, "delta": message, "finish_reason": None}]})
+        chunks.append(
+            {"choices": [{"index": index, "delta": {}, "finish_reason": choice.get("finish_reason")}]}
+        )
+    return chunks
+
+
+def event_stream(
+    chunks: list[dict[str, Any]],
+    *,
+    completion_id: str,
+    model_id: str,
+    created: int,
+    usage: tuple[int, int, str] | None,
+) -> str:
+    """Server-sent events as the OpenAI API sends them; the usage chunk only when asked for."""
+    lines = []
+    for chunk in chunks:
+        out = {
+            **chunk,
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model_id,
+        }
+        out.pop("usage", None)
+        lines.append(f"data: {json.dumps(out, separators=(',', ':'))}\n\n")
+    if usage is not None:
+        final = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model_id,
+            "choices": [],
+            "usage": _usage_out(*usage),
+        }
+        lines.append(f"data: {json.dumps(final, separators=(',', ':'))}\n\n")
+    lines.append("data: [DONE]\n\n")
+    return "".join(lines)

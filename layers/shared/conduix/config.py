@@ -1,0 +1,68 @@
+"""Settings, read from the environment once per cold start.
+
+Required values have no defaults: a missing one fails loudly with its name rather than
+quietly pointing at a table that doesn't exist. Kept free of pydantic so the Completion
+function's cold start stays small.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+
+from conduix.errors import ConfigurationError
+
+
+def _required(name: str) -> str:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        raise ConfigurationError(f"The environment variable {name} is required but not set.")
+    return value
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"The environment variable {name} must be an integer, not {raw!r}."
+        ) from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    billing_table: str
+    cache_table: str
+    models_file: str | None
+    # A hold outlives any Lambda that could settle it (Completion times out at 30 s), so a
+    # hold still open after this long belongs to a request that died: HoldSweeper frees it.
+    hold_ttl_seconds: int
+    cache_ttl_seconds: int
+    # Org keys are looked up once and remembered this long by a warm function; revoking a
+    # key takes effect within it.
+    key_cache_seconds: int
+
+
+@cache
+def settings() -> Settings:
+    return Settings(
+        billing_table=_required("BILLING_TABLE"),
+        cache_table=_required("CACHE_TABLE"),
+        models_file=os.environ.get("CONDUIX_MODELS_FILE", "").strip() or None,
+        hold_ttl_seconds=_int("CONDUIX_HOLD_TTL_SECONDS", 300),
+        cache_ttl_seconds=_int("CONDUIX_CACHE_TTL_SECONDS", 86_400),
+        key_cache_seconds=_int("CONDUIX_KEY_CACHE_SECONDS", 30),
+    )
+
+
+@cache
+def operator_key_sha256() -> str:
+    """Only the hash of the operator key is deployed (see template.yaml)."""
+    value = _required("OPERATOR_KEY_SHA256").lower()
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise ConfigurationError("OPERATOR_KEY_SHA256 must be 64 hex digits (a SHA-256).")
+    return value

@@ -1,0 +1,121 @@
+"""The DynamoDB client and the few helpers the data-access modules share.
+
+Only data-access modules (wallets, orgs, cache, ...) import this; nothing above them sees
+boto3. The client is created on first use and reused while the function is warm.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from conduix.errors import ConfigurationError, ServiceBusy
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+T = TypeVar("T")
+Item = dict[str, Any]
+
+_client: DynamoDBClient | None = None
+
+# Codes after which a retry (with backoff and jitter) may succeed.
+RETRYABLE_REASONS = frozenset(
+    {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"}
+)
+_RETRYABLE_ERRORS = frozenset(
+    {
+        "TransactionConflictException",
+        "ThrottlingException",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "TransactionInProgressException",
+    }
+)
+
+
+def client() -> DynamoDBClient:
+    global _client
+    if _client is None:
+        _client = boto3.client(
+            "dynamodb",
+            config=Config(
+                connect_timeout=2,
+                read_timeout=5,
+                # botocore retries throttling itself; transaction conflicts are retried by `retrying`.
+                retries={"mode": "standard", "max_attempts": 3},
+            ),
+        )
+    return _client
+
+
+def reset_client() -> None:
+    """Forget the client (tests point the functions at a fresh moto server)."""
+    global _client
+    _client = None
+
+
+def s(value: str) -> dict[str, str]:
+    return {"S": value}
+
+
+def n(value: int) -> dict[str, str]:
+    return {"N": str(value)}
+
+
+def as_int(item: Item, name: str, default: int = 0) -> int:
+    attr = item.get(name)
+    return int(attr["N"]) if attr else default
+
+
+def as_str(item: Item, name: str, default: str = "") -> str:
+    attr = item.get(name)
+    return str(attr["S"]) if attr else default
+
+
+def as_bool(item: Item, name: str, default: bool = False) -> bool:
+    attr = item.get(name)
+    return bool(attr["BOOL"]) if attr else default
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def cancellation_reasons(exc: ClientError) -> list[dict[str, Any]]:
+    reasons: list[dict[str, Any]] = exc.response.get("CancellationReasons") or []  # type: ignore[assignment]
+    return reasons
+
+
+def is_retryable(exc: ClientError) -> bool:
+    code = error_code(exc)
+    if code in _RETRYABLE_ERRORS:
+        return True
+    if code == "TransactionCanceledException":
+        codes = {r.get("Code") for r in cancellation_reasons(exc)}
+        return bool(codes & RETRYABLE_REASONS) and "ConditionalCheckFailed" not in codes
+    return False
+
+
+def retrying(operation: Callable[[], T], attempts: int = 6, base_delay: float = 0.02) -> T:
+    """Run a write, retrying contention and throttling with capped exponential backoff and
+    full jitter. Every write retried here is idempotent by its conditions, so a retry after
+    an ambiguous failure can never move money twice."""
+    for attempt in range(attempts):
+        try:
+            return operation()
+        except ClientError as exc:
+            if error_code(exc) == "ResourceNotFoundException":
+                raise ConfigurationError(f"DynamoDB table not found: {exc}") from None
+            if not is_retryable(exc):
+                raise
+            if attempt == attempts - 1:
+                raise ServiceBusy("The billing store is busy; please retry the request.") from exc
+            time.sleep(random.uniform(0, min(1.0, base_delay * 2**attempt)))
+    raise AssertionError("unreachable")

@@ -1,0 +1,117 @@
+"""Domain errors. They say what went wrong in the domain's words and carry no HTTP:
+`conduix.http.error_body` is the one place that maps them to status codes and OpenAI-style bodies.
+"""
+
+from __future__ import annotations
+
+
+class ConduixError(Exception):
+    """Base of every error the product raises on purpose."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(ConduixError):
+    code = "invalid_request"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        if code:
+            self.code = code
+
+
+class PayloadTooLarge(InvalidRequest):
+    code = "payload_too_large"
+
+
+class NotFound(ConduixError):
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class MethodNotAllowed(ConduixError):
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, allowed: list[str]) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
+
+class Unauthenticated(ConduixError):
+    """No credential, or one we don't know (or that was revoked)."""
+
+    code = "invalid_api_key"
+
+
+class PermissionDenied(ConduixError):
+    """A known credential that may not do this (wrong scope, org key on an operator route)."""
+
+    code = "insufficient_permissions"
+
+
+class Conflict(ConduixError):
+    code = "conflict"
+
+
+class IdempotencyConflict(Conflict):
+    """The same idempotency key arrived with a different payload."""
+
+    code = "idempotency_key_reused"
+
+
+class InsufficientCredits(ConduixError):
+    code = "insufficient_credits"
+
+    def __init__(self, message: str, *, available_nanos: int) -> None:
+        super().__init__(message)
+        self.available_nanos = available_nanos
+
+
+class SpendCapExceeded(ConduixError):
+    code = "spend_cap_exceeded"
+
+    def __init__(self, message: str, *, limit_nanos: int, committed_nanos: int, period: str) -> None:
+        super().__init__(message)
+        self.limit_nanos = limit_nanos
+        self.committed_nanos = committed_nanos
+        self.period = period
+
+
+class UpstreamError(ConduixError):
+    """The model provider failed us; nothing is billed."""
+
+    code = "upstream_error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    code = "upstream_timeout"
+
+
+class UpstreamRejected(UpstreamError):
+    """The provider refused the request itself (4xx): the client's request, not our outage."""
+
+    code = "upstream_rejected_request"
+
+
+class ServiceBusy(ConduixError):
+    """Our own store stayed contended or throttled after retries; safe for the client to retry."""
+
+    code = "service_busy"
+
+
+class ConfigurationError(ConduixError):
+    """The deployment is misconfigured (a missing setting, an invalid catalog)."""
+
+    code = "configuration_error"

@@ -1,0 +1,212 @@
+"""Orgs and their API keys (data access).
+
+A key is shown once and stored only as its SHA-256: keys are 32 random bytes, so a plain
+hash is as strong as a slow one and lets a request find its key with one GetItem. The key
+item sits under its hash; a second item under the org lists the org's keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from conduix import clock
+from conduix.config import settings
+from conduix.dynamo import Item, as_str, cancellation_reasons, client, error_code, s
+from conduix.errors import NotFound
+from conduix.wallets import new_wallet_item, org_pk
+
+KEY_PREFIX = "cdx_"
+SCOPES = ("inference", "billing")
+
+
+def hash_key(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Org:
+    org_id: str
+    name: str
+    email: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key_id: str
+    org_id: str
+    name: str
+    scopes: tuple[str, ...]
+    created_at: str
+    revoked: bool
+
+
+def create_org(name: str, email: str, now: datetime) -> Org:
+    org_id = f"org_{secrets.token_hex(8)}"
+    created = clock.iso(now)
+    table = settings().billing_table
+    client().transact_write_items(
+        TransactItems=[
+            {
+                "Put": {
+                    "TableName": table,
+                    "Item": {
+                        "pk": s(org_pk(org_id)),
+                        "sk": s("ORG"),
+                        "org_id": s(org_id),
+                        "name": s(name),
+                        "email": s(email),
+                        "created_at": s(created),
+                    },
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                }
+            },
+            {
+                "Put": {
+                    "TableName": table,
+                    "Item": new_wallet_item(org_id, now),
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                }
+            },
+        ]
+    )
+    return Org(org_id=org_id, name=name, email=email, created_at=created)
+
+
+def get_org(org_id: str) -> Org:
+    item = (
+        client()
+        .get_item(TableName=settings().billing_table, Key={"pk": s(org_pk(org_id)), "sk": s("ORG")})
+        .get("Item")
+    )
+    if not item:
+        raise NotFound(f"No org '{org_id}'.")
+    return Org(
+        org_id=org_id,
+        name=as_str(item, "name"),
+        email=as_str(item, "email"),
+        created_at=as_str(item, "created_at"),
+    )
+
+
+def _key_from_item(item: Item) -> ApiKey:
+    return ApiKey(
+        key_id=as_str(item, "key_id"),
+        org_id=as_str(item, "org_id"),
+        name=as_str(item, "name"),
+        scopes=tuple(item.get("scopes", {}).get("SS", [])),
+        created_at=as_str(item, "created_at"),
+        revoked=bool(item.get("revoked", {}).get("BOOL", False)),
+    )
+
+
+def create_api_key(org_id: str, name: str, scopes: tuple[str, ...], now: datetime) -> tuple[str, ApiKey]:
+    """Mint a key. Returns the secret (never stored, shown once) and its record."""
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey(
+        key_id=f"key_{secrets.token_hex(6)}",
+        org_id=org_id,
+        name=name,
+        scopes=scopes,
+        created_at=clock.iso(now),
+        revoked=False,
+    )
+    fields: Item = {
+        "key_id": s(key.key_id),
+        "org_id": s(org_id),
+        "name": s(name),
+        "scopes": {"SS": list(scopes)},
+        "created_at": s(key.created_at),
+        "revoked": {"BOOL": False},
+        "hint": s(secret[:8] + "…" + secret[-4:]),
+    }
+    key_hash = hash_key(secret)
+    table = settings().billing_table
+    try:
+        client().transact_write_items(
+            TransactItems=[
+                {
+                    "ConditionCheck": {
+                        "TableName": table,
+                        "Key": {"pk": s(org_pk(org_id)), "sk": s("ORG")},
+                        "ConditionExpression": "attribute_exists(pk)",
+                    }
+                },
+                {"Put": {"TableName": table, "Item": {"pk": s(f"KEY#{key_hash}"), "sk": s("KEY"), **fields}}},
+                {
+                    "Put": {
+                        "TableName": table,
+                        "Item": {
+                            "pk": s(org_pk(org_id)),
+                            "sk": s(f"APIKEY#{key.key_id}"),
+                            "key_hash": s(key_hash),
+                            **fields,
+                        },
+                    }
+                },
+            ]
+        )
+    except ClientError as exc:
+        reasons = cancellation_reasons(exc)
+        if (
+            error_code(exc) == "TransactionCanceledException"
+            and reasons[0].get("Code") == "ConditionalCheckFailed"
+        ):
+            raise NotFound(f"No org '{org_id}'.") from None
+        raise
+    return secret, key
+
+
+def find_key(key_hash: str) -> ApiKey | None:
+    item = (
+        client()
+        .get_item(TableName=settings().billing_table, Key={"pk": s(f"KEY#{key_hash}"), "sk": s("KEY")})
+        .get("Item")
+    )
+    return _key_from_item(item) if item else None
+
+
+def list_api_keys(org_id: str) -> list[ApiKey]:
+    kwargs: dict[str, Any] = {
+        "TableName": settings().billing_table,
+        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
+        "ExpressionAttributeValues": {":pk": s(org_pk(org_id)), ":prefix": s("APIKEY#")},
+    }
+    return [_key_from_item(item) for item in client().query(**kwargs).get("Items", [])]
+
+
+def revoke_api_key(org_id: str, key_id: str) -> ApiKey:
+    item = (
+        client()
+        .get_item(
+            TableName=settings().billing_table,
+            Key={"pk": s(org_pk(org_id)), "sk": s(f"APIKEY#{key_id}")},
+            ConsistentRead=True,
+        )
+        .get("Item")
+    )
+    if not item:
+        raise NotFound(f"No API key '{key_id}' in org '{org_id}'.")
+    table = settings().billing_table
+    revoke: dict[str, Any] = {
+        "UpdateExpression": "SET revoked = :true",
+        "ExpressionAttributeValues": {":true": {"BOOL": True}},
+    }
+    updates: list[Any] = [
+        {"Update": {"TableName": table, "Key": {"pk": item["pk"], "sk": item["sk"]}, **revoke}},
+        {
+            "Update": {
+                "TableName": table,
+                "Key": {"pk": s(f"KEY#{as_str(item, 'key_hash')}"), "sk": s("KEY")},
+                **revoke,
+            }
+        },
+    ]
+    client().transact_write_items(TransactItems=updates)
+    return _key_from_item({**item, "revoked": {"BOOL": True}})

@@ -1,0 +1,595 @@
+"""Wallets, holds and the ledger: the data access that moves money.
+
+One wallet item per org keeps every figure a condition needs as a stored attribute, because
+DynamoDB conditions compare an attribute with a value and cannot do arithmetic:
+
+    balance        settled credits (the replay of the ledger)
+    held           sum of open holds (kept in the `holds` map, keyed by request id)
+    available      balance - held             (gates prepaid requests)
+    month_spent    settled spend in `period` (a UTC month)
+    committed      month_spent + held         (what counts against the spend cap)
+    cap_remaining  cap_limit - committed      (cap_limit is 0 while `capped` is false)
+
+Every write below keeps those identities, so one conditional write can refuse a request.
+All amounts are integer nano-credits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from conduix import clock
+from conduix.config import settings
+from conduix.dynamo import (
+    Item,
+    as_bool,
+    as_int,
+    as_str,
+    cancellation_reasons,
+    client,
+    error_code,
+    n,
+    retrying,
+    s,
+)
+from conduix.errors import Conflict, IdempotencyConflict, InsufficientCredits, NotFound, SpendCapExceeded
+from conduix.money import format_credits
+
+SWEEP_SHARDS = 8
+BILLING_MODES = ("prepaid", "invoice")
+
+
+def org_pk(org_id: str) -> str:
+    return f"ORG#{org_id}"
+
+
+def _wallet_key(org_id: str) -> dict[str, Any]:
+    return {"pk": s(org_pk(org_id)), "sk": s("WALLET")}
+
+
+def sweep_shard(org_id: str) -> str:
+    return str(zlib.crc32(org_id.encode()) % SWEEP_SHARDS)
+
+
+@dataclass(frozen=True)
+class Hold:
+    request_id: str
+    amount: int
+    expires_at: int  # epoch seconds
+    model: str
+    key_id: str
+
+
+@dataclass(frozen=True)
+class Wallet:
+    org_id: str
+    balance: int
+    held: int
+    available: int
+    period: str
+    month_spent: int
+    committed: int
+    capped: bool
+    cap_limit: int
+    cap_remaining: int
+    billing_mode: str
+    holds: tuple[Hold, ...]
+
+
+def _wallet_from_item(org_id: str, item: Item) -> Wallet:
+    holds = tuple(
+        Hold(
+            request_id=rid,
+            amount=int(h["M"]["a"]["N"]),
+            expires_at=int(h["M"]["x"]["N"]),
+            model=h["M"]["m"]["S"],
+            key_id=h["M"]["k"]["S"],
+        )
+        for rid, h in (item.get("holds", {}).get("M") or {}).items()
+    )
+    return Wallet(
+        org_id=org_id,
+        balance=as_int(item, "balance"),
+        held=as_int(item, "held"),
+        available=as_int(item, "available"),
+        period=as_str(item, "period"),
+        month_spent=as_int(item, "month_spent"),
+        committed=as_int(item, "committed"),
+        capped=as_bool(item, "capped"),
+        cap_limit=as_int(item, "cap_limit"),
+        cap_remaining=as_int(item, "cap_remaining"),
+        billing_mode=as_str(item, "billing_mode", "prepaid"),
+        holds=holds,
+    )
+
+
+def new_wallet_item(org_id: str, now: datetime) -> Item:
+    """A fresh, empty wallet (written together with its org)."""
+    zero = n(0)
+    return {
+        **_wallet_key(org_id),
+        "org_id": s(org_id),
+        "balance": zero,
+        "held": zero,
+        "available": zero,
+        "period": s(clock.period_of(now)),
+        "month_spent": zero,
+        "committed": zero,
+        "capped": {"BOOL": False},
+        "cap_limit": zero,
+        "cap_remaining": zero,
+        "billing_mode": s("prepaid"),
+        "holds": {"M": {}},
+        "created_at": s(clock.iso(now)),
+    }
+
+
+def get_wallet(org_id: str) -> Wallet:
+    item = (
+        client()
+        .get_item(TableName=settings().billing_table, Key=_wallet_key(org_id), ConsistentRead=True)
+        .get("Item")
+    )
+    if not item:
+        raise NotFound(f"No wallet for org '{org_id}'.")
+    return _wallet_from_item(org_id, item)
+
+
+def get_balance(org_id: str) -> int:
+    """The settled balance alone (a small, eventually consistent read for response headers)."""
+    item = (
+        client()
+        .get_item(TableName=settings().billing_table, Key=_wallet_key(org_id), ProjectionExpression="balance")
+        .get("Item")
+    )
+    return as_int(item or {}, "balance")
+
+
+# ------------------------------------------------------------------ period roll-over
+
+
+def roll_period(org_id: str, period: str) -> None:
+    """Start a new month for the cap: spend resets; holds still open keep counting."""
+    try:
+        client().update_item(
+            TableName=settings().billing_table,
+            Key=_wallet_key(org_id),
+            UpdateExpression=(
+                "SET #period = :p, month_spent = :zero, committed = held, cap_remaining = cap_limit - held"
+            ),
+            ConditionExpression="#period < :p",
+            ExpressionAttributeNames={"#period": "period"},
+            ExpressionAttributeValues={":p": s(period), ":zero": n(0)},
+        )
+    except ClientError as exc:
+        if error_code(exc) != "ConditionalCheckFailedException":
+            raise
+        # Somebody else rolled it first: nothing to do.
+
+
+# ------------------------------------------------------------------ hold / settle / release
+
+
+@dataclass(frozen=True)
+class Reservation:
+    hold_nanos: int
+    balance: int  # settled balance when the hold was placed
+    available: int  # after the hold
+
+
+def _refusal(org_id: str, old: Item, amount: int) -> Exception | None:
+    wallet = _wallet_from_item(org_id, old)
+    if wallet.capped and wallet.cap_remaining < amount:
+        return SpendCapExceeded(
+            f"Monthly spend cap of {format_credits(wallet.cap_limit)} credits reached for {wallet.period} "
+            f"(spent {format_credits(wallet.month_spent)}, in flight {format_credits(wallet.held)}). "
+            "Raise the cap at /dashboard/settings.",
+            limit_nanos=wallet.cap_limit,
+            committed_nanos=wallet.committed,
+            period=wallet.period,
+        )
+    if wallet.billing_mode != "invoice" and wallet.available < amount:
+        return InsufficientCredits(
+            f"Insufficient credits. Current balance: {format_credits(wallet.available)} credits.",
+            available_nanos=wallet.available,
+        )
+    return None
+
+
+def reserve(
+    org_id: str, request_id: str, amount: int, *, model: str, key_id: str, now: datetime
+) -> Reservation:
+    """Hold `amount` for a request in one conditional write, or refuse it.
+
+    Raises SpendCapExceeded or InsufficientCredits; nothing is held then.
+    """
+    period = clock.period_of(now)
+    expires = int(now.timestamp()) + settings().hold_ttl_seconds
+    hold = {"M": {"a": n(amount), "x": n(expires), "m": s(model), "k": s(key_id)}}
+    for _ in range(4):
+        try:
+            result = retrying(
+                lambda: client().update_item(
+                    TableName=settings().billing_table,
+                    Key=_wallet_key(org_id),
+                    UpdateExpression=(
+                        "SET holds.#rid = :hold, sweep_shard = :shard "
+                        "ADD held :h, available :nh, committed :h, cap_remaining :nh"
+                    ),
+                    ConditionExpression=(
+                        "#period = :p AND attribute_not_exists(holds.#rid) "
+                        "AND (billing_mode = :invoice OR available >= :h) "
+                        "AND (capped = :false OR cap_remaining >= :h)"
+                    ),
+                    ExpressionAttributeNames={"#rid": request_id, "#period": "period"},
+                    ExpressionAttributeValues={
+                        ":hold": hold,
+                        ":shard": s(sweep_shard(org_id)),
+                        ":h": n(amount),
+                        ":nh": n(-amount),
+                        ":p": s(period),  # noqa: B023 - called at once, inside the iteration
+                        ":invoice": s("invoice"),
+                        ":false": {"BOOL": False},
+                    },
+                    ReturnValues="UPDATED_NEW",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+            )
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            old: Item = dict(exc.response.get("Item") or {})  # type: ignore[call-overload]
+            if not old:
+                raise NotFound(f"No wallet for org '{org_id}'.") from None
+            old_period = as_str(old, "period")
+            if old_period < period:
+                roll_period(org_id, period)
+                continue
+            if old_period > period:  # our clock lags the writer's: use the wallet's month
+                period = old_period
+                continue
+            if "M" in old.get("holds", {}) and request_id in old["holds"]["M"]:
+                raise Conflict(f"Request id '{request_id}' already holds credits.") from None
+            refusal = _refusal(org_id, old, amount)
+            if refusal:
+                raise refusal from None
+            continue  # the state it failed on has changed since: try again
+        attrs = result["Attributes"]
+        held, available = as_int(attrs, "held"), as_int(attrs, "available")
+        return Reservation(hold_nanos=amount, balance=available + held, available=available)
+    raise Conflict("The wallet kept changing while placing the hold; please retry.")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a settled request consumed, for the ledger and the per-model daily aggregate."""
+
+    model: str
+    key_id: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost: int
+
+
+def _usage_update(
+    org_id: str, now: datetime, model: str, key_id: str, counts: dict[str, int]
+) -> dict[str, Any]:
+    """Key and expression that add `counts` to an org's usage of one model by one key on one day."""
+    day = now.strftime("%Y-%m-%d")
+    names = {"#day": "day", "#model": "model", "#key": "key_id"}
+    values = {":day": s(day), ":model": s(model), ":key": s(key_id)}
+    adds = []
+    for i, (name, count) in enumerate(counts.items()):
+        names[f"#c{i}"] = name
+        values[f":c{i}"] = n(count)
+        adds.append(f"#c{i} :c{i}")
+    return {
+        "Key": {"pk": s(org_pk(org_id)), "sk": s(f"USAGE#{day}#{model}#{key_id}")},
+        "UpdateExpression": "SET #day = :day, #model = :model, #key = :key ADD " + ", ".join(adds),
+        "ExpressionAttributeNames": names,
+        "ExpressionAttributeValues": values,
+    }
+
+
+def record_cache_hit(org_id: str, model: str, key_id: str, saved: int, now: datetime) -> None:
+    """Count a free cache hit and what it would have cost, for the usage view."""
+    client().update_item(
+        TableName=settings().billing_table,
+        **_usage_update(org_id, now, model, key_id, {"cache_hits": 1, "saved_credits": saved}),
+    )
+
+
+class SettleOutcome(Enum):
+    SETTLED = "settled"
+    ALREADY_SETTLED = "already_settled"  # a retry of a settle that had committed
+    HOLD_GONE = "hold_gone"  # HoldSweeper released it first: the request goes unbilled
+
+
+def _ledger_item(
+    org_id: str,
+    *,
+    kind: str,
+    key: str,
+    amount: int,
+    now: datetime,
+    description: str,
+    extra: Item | None = None,
+) -> Item:
+    entry_id = f"{kind}:{key}"
+    fingerprint = hashlib.sha256(f"{kind}|{amount}".encode()).hexdigest()[:32]
+    created = clock.iso(now)
+    return {
+        "pk": s(org_pk(org_id)),
+        "sk": s(f"LEDGER#{entry_id}"),
+        "ts": s(f"{created}#{entry_id}"),
+        "entry_id": s(entry_id),
+        "entry_type": s(kind),
+        "amount": n(amount),
+        "description": s(description),
+        "fingerprint": s(fingerprint),
+        "created_at": s(created),
+        **(extra or {}),
+    }
+
+
+def settle(org_id: str, request_id: str, hold_amount: int, usage: Usage, now: datetime) -> SettleOutcome:
+    """Debit the actual cost, close the hold, append the ledger entry and count the usage, in
+    one transaction. Exactly one of settle and release/sweep can close a hold."""
+    period = clock.period_of(now)
+    c = usage.cost
+    ledger = _ledger_item(
+        org_id,
+        kind="usage",
+        key=request_id,
+        amount=-c,
+        now=now,
+        description=f"{usage.model}: {usage.prompt_tokens} prompt + {usage.completion_tokens} output tokens",
+        extra={
+            "model": s(usage.model),
+            "key_id": s(usage.key_id),
+            "prompt_tokens": n(usage.prompt_tokens),
+            "completion_tokens": n(usage.completion_tokens),
+        },
+    )
+    table = settings().billing_table
+    for _ in range(4):
+        items: list[Any] = [
+            {
+                "Update": {
+                    "TableName": table,
+                    "Key": _wallet_key(org_id),
+                    "UpdateExpression": (
+                        "REMOVE holds.#rid ADD balance :nc, held :nh, available :hc, "
+                        "month_spent :c, committed :ch, cap_remaining :hc"
+                    ),
+                    "ConditionExpression": "holds.#rid.a = :h AND #period = :p",
+                    "ExpressionAttributeNames": {"#rid": request_id, "#period": "period"},
+                    "ExpressionAttributeValues": {
+                        ":h": n(hold_amount),
+                        ":nh": n(-hold_amount),
+                        ":c": n(c),
+                        ":nc": n(-c),
+                        ":hc": n(hold_amount - c),
+                        ":ch": n(c - hold_amount),
+                        ":p": s(period),
+                    },
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                }
+            },
+            {"Put": {"TableName": table, "Item": ledger, "ConditionExpression": "attribute_not_exists(pk)"}},
+            {
+                "Update": {
+                    "TableName": table,
+                    **_usage_update(
+                        org_id,
+                        now,
+                        usage.model,
+                        usage.key_id,
+                        {
+                            "requests": 1,
+                            "prompt_tokens": usage.prompt_tokens,
+                            "completion_tokens": usage.completion_tokens,
+                            "credits": c,
+                        },
+                    ),
+                }
+            },
+        ]
+        try:
+            # The token makes DynamoDB itself drop a replay of this exact transaction.
+            token = hashlib.sha256(f"settle:{org_id}:{request_id}".encode()).hexdigest()[:36]
+            retrying(lambda: client().transact_write_items(TransactItems=items, ClientRequestToken=token))  # noqa: B023
+            return SettleOutcome.SETTLED
+        except ClientError as exc:
+            reasons = cancellation_reasons(exc)
+            if error_code(exc) != "TransactionCanceledException" or len(reasons) != 3:
+                raise
+            if reasons[1].get("Code") == "ConditionalCheckFailed":
+                return SettleOutcome.ALREADY_SETTLED
+            old = reasons[0].get("Item") or {}
+            holds = old.get("holds", {}).get("M", {})
+            if request_id not in holds:
+                return SettleOutcome.HOLD_GONE
+            old_period = as_str(old, "period")
+            if old_period < period:
+                roll_period(org_id, period)
+            elif old_period > period:
+                period = old_period
+            else:
+                raise
+    raise Conflict("The wallet kept changing while settling; please retry.")
+
+
+def release(org_id: str, request_id: str, hold_amount: int) -> bool:
+    """Return a hold untouched (the request failed). False if it was already closed."""
+    try:
+        retrying(
+            lambda: client().update_item(
+                TableName=settings().billing_table,
+                Key=_wallet_key(org_id),
+                UpdateExpression=(
+                    "REMOVE holds.#rid ADD held :nh, available :h, committed :nh, cap_remaining :h"
+                ),
+                ConditionExpression="holds.#rid.a = :h",
+                ExpressionAttributeNames={"#rid": request_id},
+                ExpressionAttributeValues={":h": n(hold_amount), ":nh": n(-hold_amount)},
+            )
+        )
+    except ClientError as exc:
+        if error_code(exc) == "ConditionalCheckFailedException":
+            return False
+        raise
+    return True
+
+
+# ------------------------------------------------------------------ credits in (grants, purchases)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    entry_id: str
+    entry_type: str
+    amount: int
+    description: str
+    created_at: str
+
+
+def _entry_from_item(item: Item) -> LedgerEntry:
+    return LedgerEntry(
+        entry_id=as_str(item, "entry_id"),
+        entry_type=as_str(item, "entry_type"),
+        amount=as_int(item, "amount"),
+        description=as_str(item, "description"),
+        created_at=as_str(item, "created_at"),
+    )
+
+
+def credit(
+    org_id: str, *, kind: str, key: str, amount: int, description: str, now: datetime
+) -> tuple[LedgerEntry, bool]:
+    """Add (or, negative, remove) settled credits under an idempotency key.
+
+    Returns the entry and whether this call created it. The same key again returns the
+    original entry; the same key with another amount raises IdempotencyConflict.
+    """
+    ledger = _ledger_item(org_id, kind=kind, key=key, amount=amount, now=now, description=description)
+    table = settings().billing_table
+    items: list[Any] = [
+        {
+            "Put": {
+                "TableName": table,
+                "Item": ledger,
+                "ConditionExpression": "attribute_not_exists(pk)",
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        },
+        {
+            "Update": {
+                "TableName": table,
+                "Key": _wallet_key(org_id),
+                "UpdateExpression": "ADD balance :a, available :a",
+                "ConditionExpression": "attribute_exists(pk)",
+                "ExpressionAttributeValues": {":a": n(amount)},
+            }
+        },
+    ]
+    try:
+        retrying(lambda: client().transact_write_items(TransactItems=items))
+    except ClientError as exc:
+        reasons = cancellation_reasons(exc)
+        if error_code(exc) != "TransactionCanceledException" or len(reasons) != 2:
+            raise
+        if reasons[0].get("Code") == "ConditionalCheckFailed":
+            existing = reasons[0].get("Item") or {}
+            if as_str(existing, "fingerprint") != ledger["fingerprint"]["S"]:
+                raise IdempotencyConflict(
+                    f"The idempotency key '{key}' was already used with a different amount."
+                ) from None
+            return _entry_from_item(existing), False
+        if reasons[1].get("Code") == "ConditionalCheckFailed":
+            raise NotFound(f"No wallet for org '{org_id}'.") from None
+        raise
+    return _entry_from_item(ledger), True
+
+
+# ------------------------------------------------------------------ settings kept on the wallet
+
+
+def set_spend_cap(org_id: str, limit: int | None, now: datetime) -> None:
+    """Set (or with None remove) the monthly cap; the month's spend and holds count at once."""
+    period = clock.period_of(now)
+    roll_period(org_id, period)
+    if limit is None:
+        update = "SET capped = :false, cap_limit = :zero, cap_remaining = :zero - committed"
+        values: dict[str, Any] = {":false": {"BOOL": False}, ":zero": n(0)}
+    else:
+        update = "SET capped = :true, cap_limit = :limit, cap_remaining = :limit - committed"
+        values = {":true": {"BOOL": True}, ":limit": n(limit)}
+    try:
+        client().update_item(
+            TableName=settings().billing_table,
+            Key=_wallet_key(org_id),
+            UpdateExpression=update,
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeValues=values,
+        )
+    except ClientError as exc:
+        if error_code(exc) == "ConditionalCheckFailedException":
+            raise NotFound(f"No wallet for org '{org_id}'.") from None
+        raise
+
+
+# ------------------------------------------------------------------ expiry
+
+
+def wallets_with_holds(shard: str) -> list[str]:
+    """Org ids whose wallets may hold credits, from the sparse sweep index."""
+    org_ids: list[str] = []
+    kwargs: dict[str, Any] = {
+        "TableName": settings().billing_table,
+        "IndexName": "by_sweep_shard",
+        "KeyConditionExpression": "sweep_shard = :s",
+        "ExpressionAttributeValues": {":s": s(shard)},
+    }
+    while True:
+        page = client().query(**kwargs)
+        org_ids += [item["pk"]["S"].removeprefix("ORG#") for item in page.get("Items", [])]
+        if "LastEvaluatedKey" not in page:
+            return org_ids
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def open_holds(org_id: str) -> tuple[Hold, ...]:
+    item = (
+        client()
+        .get_item(
+            TableName=settings().billing_table,
+            Key=_wallet_key(org_id),
+            ProjectionExpression="holds",
+            ConsistentRead=True,
+        )
+        .get("Item")
+    )
+    return _wallet_from_item(org_id, item).holds if item else ()
+
+
+def forget_if_idle(org_id: str) -> None:
+    """Drop the wallet from the sweep index once it has no holds (a later hold re-adds it)."""
+    try:
+        client().update_item(
+            TableName=settings().billing_table,
+            Key=_wallet_key(org_id),
+            UpdateExpression="REMOVE sweep_shard",
+            ConditionExpression="size(holds) = :zero",
+            ExpressionAttributeValues={":zero": n(0)},
+        )
+    except ClientError as exc:
+        if error_code(exc) != "ConditionalCheckFailedException":
+            raise
