@@ -1,0 +1,135 @@
+"""moto in server mode, made atomic: every request runs alone under one lock.
+
+moto's backends are not thread-safe: concurrent conditional updates or transactions can both
+succeed, and a failed transaction restores a deep copy of the whole table, wiping concurrent
+writes (see /work/shared/notes/stand-ins.md). DynamoDB serializes per item; one global lock is
+stricter than that, which is fine for a stand-in whose job is to be correct, not fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import threading
+import urllib.request
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any
+
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import BaseWSGIServer, make_server
+
+StartResponse = Callable[..., Any]
+WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+class _Serialized:
+    """WSGI middleware running the wrapped app, body included, under one lock."""
+
+    def __init__(self, app: WsgiApp) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        # Read the request body before taking the lock, so a slow client cannot stall everyone.
+        length = environ.get("CONTENT_LENGTH")
+        if length and length.isdigit():
+            environ["wsgi.input"] = io.BytesIO(environ["wsgi.input"].read(int(length)))
+        with self._lock:
+            result = self._app(environ, start_response)
+            try:
+                # Flask responses may be lazy generators that still touch the backend.
+                return list(result)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+
+
+class _QuietHandler(MotoRequestHandler):
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass  # one access-log line per DynamoDB call drowns test output; errors still log
+
+
+class LockedMotoServer:
+    """A moto server on a loopback port, in a daemon thread, with every request serialized."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._host = host
+        self._port = port
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> LockedMotoServer:
+        if self._server is not None:
+            raise RuntimeError("LockedMotoServer already started")
+        app = _Serialized(DomainDispatcherApplication(create_backend_app))
+        # make_server binds here, so the port is known (and taken) when start() returns.
+        self._server = make_server(self._host, self._port, app, threaded=True, request_handler=_QuietHandler)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},  # so stop() returns quickly
+            name="locked-moto-server",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+        server.shutdown()
+        if thread is not None:
+            thread.join(timeout=10)
+        server.server_close()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("LockedMotoServer not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._host}:{self.port}"
+
+    def reset(self) -> None:
+        """Clear every backend's state (all tables, sent mail...)."""
+        request = urllib.request.Request(f"{self.url}/moto-api/reset", data=b"", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+
+    def __enter__(self) -> LockedMotoServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve moto, one request at a time, on loopback.")
+    parser.add_argument("--port", type=int, default=5000)
+    args = parser.parse_args(argv)
+    server = LockedMotoServer(port=args.port).start()
+    print(f"moto listening on {server.url} (Ctrl-C to stop)", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

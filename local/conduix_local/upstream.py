@@ -1,0 +1,397 @@
+"""A deterministic OpenAI-compatible model server: the upstream provider of local runs and tests.
+
+Answers depend only on (model, messages), so tests can predict content and usage exactly
+(see reply_text / count_tokens / prompt_tokens). Model-name prefixes pick failure modes:
+  fail-*          500 with an OpenAI-style error body
+  slow-<seconds>  sleeps that long, then answers normally (timeouts)
+  broken-stream*  streaming: two content chunks, then the connection drops; otherwise 500
+  garbage-*       200 whose body is not JSON
+  nousage-*       a valid answer without `usage`
+
+Billing contract: prompt_tokens(messages) never exceeds the UTF-8 byte length of
+json.dumps(messages), so a gateway may hold credits on that byte length before the call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import itertools
+import json
+import re
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+_SLOW = re.compile(r"slow-(\d+(?:\.\d+)?)")
+_FILLER = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet")
+MODEL_IDS = (
+    "fake-small",
+    "fake-large",
+    "fail-always",
+    "slow-5",
+    "broken-stream",
+    "garbage-json",
+    "nousage-model",
+)
+
+
+class BadRequest(Exception):
+    """The request body is not a chat completion request we can answer (HTTP 400)."""
+
+
+def count_tokens(text: str) -> int:
+    return len(_TOKEN.findall(text))
+
+
+def content_text(content: Any) -> str:
+    """The text of a message content: a string, or a list of parts of which text ones count."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        # Joined by newlines so no two parts merge into one token.
+        return "\n".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    # Each counted token is at least one non-space character of a string that json.dumps writes
+    # out whole, and a message's JSON braces and "role" key outweigh its 3; hence the contract.
+    return sum(count_tokens(content_text(m.get("content"))) + 3 for m in messages) + 3
+
+
+def reply_text(model: str, messages: list[dict[str, Any]]) -> str:
+    """The full (untruncated) deterministic answer to a request."""
+    last_user = next(
+        (content_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
+    )
+    snippet = " ".join(last_user.split())[:60]
+    digest = hashlib.sha256(
+        json.dumps([model, messages], sort_keys=True, ensure_ascii=False).encode()
+    ).digest()
+    filler = " ".join(_FILLER[(digest[i] + i) % len(_FILLER)] for i in range(3 + digest[0] % 5))
+    return f"Echo from {model}: {snippet} | {filler}."
+
+
+def truncate_tokens(text: str, limit: int | None) -> tuple[str, int, bool]:
+    """(text cut after `limit` tokens, its token count, whether it was cut)."""
+    spans = [m.end() for m in _TOKEN.finditer(text)]
+    if limit is None or len(spans) <= limit:
+        return text, len(spans), False
+    return (text[: spans[limit - 1]] if limit > 0 else ""), limit, True
+
+
+def split_pieces(text: str, pieces: int = 4) -> list[str]:
+    """Cut text at token starts into about `pieces` parts that join back to it exactly."""
+    starts = [m.start() for m in _TOKEN.finditer(text)]
+    step = max(1, -(-len(starts) // pieces))
+    cuts = [0, *starts[step::step], len(text)]
+    return [text[a:b] for a, b in itertools.pairwise(cuts) if b > a]
+
+
+def _error(message: str, type_: str, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+def _max_tokens(body: dict[str, Any]) -> int | None:
+    value = body.get("max_completion_tokens", body.get("max_tokens"))
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadRequest("max_tokens must be a non-negative integer")
+    return value
+
+
+def _parse(raw: bytes) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest("The body is not valid JSON.") from exc
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        raise BadRequest("`model` is required.")
+    messages = body.get("messages")
+    # Refused as OpenAI does; an empty list or a message without a role would also let the
+    # fixed +3 overheads outweigh the JSON bytes and break the byte-length contract.
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("`messages` must be a non-empty list.")
+    if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
+        raise BadRequest("Every message must be an object with a string `role`.")
+    return body["model"], messages, body
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    upstream: FakeUpstream
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"  # keep-alive, and chunked transfer for streams
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # keep test output clean
+
+    # ------------------------------------------------------------------ plumbing
+    def _send_json(self, status: int, payload: Any) -> None:
+        self._send_raw(status, json.dumps(payload).encode(), "application/json")
+
+    def _send_raw(self, status: int, data: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _authorized(self) -> bool:
+        key = self.server.upstream.api_key
+        if key is None:
+            return True
+        given = self.headers.get("Authorization", "")
+        if hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            return True
+        error = _error("Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+        self._send_json(401, error)
+        return False
+
+    # ------------------------------------------------------------------ routes
+    def do_GET(self) -> None:
+        upstream = self.server.upstream
+        if self.path == "/_control/calls":
+            self._send_json(200, upstream.calls())
+        elif self.path == "/v1/models":
+            if self._authorized():
+                data = [
+                    {"id": m, "object": "model", "created": 0, "owned_by": "fake-upstream"} for m in MODEL_IDS
+                ]
+                self._send_json(200, {"object": "list", "data": data})
+        else:
+            self._send_json(404, _error(f"Unknown route {self.path}.", "invalid_request_error", "not_found"))
+
+    def do_POST(self) -> None:
+        raw = self._read_body()
+        if self.path == "/_control/reset":
+            self.server.upstream.reset_calls()
+            self._send_json(200, {"ok": True})
+        elif self.path == "/v1/chat/completions":
+            self._chat(raw)
+        else:
+            self._send_json(404, _error(f"Unknown route {self.path}.", "invalid_request_error", "not_found"))
+
+    def _chat(self, raw: bytes) -> None:
+        upstream = self.server.upstream
+        try:
+            model, messages, body = _parse(raw)
+        except BadRequest as exc:
+            upstream._count("")
+            self._send_json(400, _error(str(exc), "invalid_request_error"))
+            return
+        upstream._count(model)
+        if not self._authorized():
+            return
+        try:
+            limit = _max_tokens(body)
+        except BadRequest as exc:
+            self._send_json(400, _error(str(exc), "invalid_request_error"))
+            return
+        stream = body.get("stream") is True
+        slow = _SLOW.match(model)
+        # Interruptible, so stop() does not wait for sleeping handlers.
+        if slow and upstream._stopping.wait(float(slow.group(1))):
+            return
+        if model.startswith("fail-") or (model.startswith("broken-stream") and not stream):
+            self._send_json(500, _error("The upstream failed (fake).", "server_error"))
+            return
+        if model.startswith("garbage-"):
+            self._send_raw(200, b"<html><body>502 Bad Gateway</body></html>", "application/json")
+            return
+        content, completion, cut = truncate_tokens(reply_text(model, messages), limit)
+        usage = None
+        if not model.startswith("nousage-"):
+            prompt = prompt_tokens(messages)
+            usage = {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            }
+        finish = "length" if cut else "stop"
+        if stream:
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            self._stream(model, content, finish, usage if include_usage else None, include_usage)
+            return
+        answer: dict[str, Any] = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+            ],
+        }
+        if usage is not None:
+            answer["usage"] = usage
+        self._send_json(200, answer)
+
+    def _stream(
+        self, model: str, content: str, finish: str, usage: dict[str, int] | None, include_usage: bool
+    ) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        base = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+        }
+        # OpenAI sends "usage": null on every chunk but the last when include_usage is on.
+        extra: dict[str, Any] = {"usage": None} if include_usage else {}
+
+        def choice(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+            chunk = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            return {**base, "choices": [chunk], **extra}
+
+        pieces = split_pieces(content)
+        self._event(choice({"role": "assistant", "content": ""}))
+        if model.startswith("broken-stream"):
+            for piece in [*pieces, "", ""][:2]:
+                self._event(choice({"content": piece}))
+            # Drop the connection mid-body: no final chunk, no usage, no [DONE], no chunked trailer.
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        for piece in pieces:
+            self._event(choice({"content": piece}))
+        self._event(choice({}, finish))
+        if usage is not None:
+            self._event({**base, "choices": [], "usage": usage})
+        self._chunk(b"data: [DONE]\n\n")
+        self._chunk(b"")  # end of the chunked body
+
+    def _event(self, payload: dict[str, Any]) -> None:
+        self._chunk(b"data: " + json.dumps(payload).encode() + b"\n\n")
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):X}\r\n".encode() + data + b"\r\n")
+
+    def handle_one_request(self) -> None:
+        # A client that timed out or hung up mid-answer is normal here, not an error to print.
+        try:
+            super().handle_one_request()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+
+class FakeUpstream:
+    """The fake model server on a loopback port; `url` is its OpenAI base URL (ends in /v1)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None) -> None:
+        self._host = host
+        self._port = port
+        self.api_key = api_key
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._calls: Counter[str] = Counter()
+
+    def start(self) -> FakeUpstream:
+        if self._server is not None:
+            raise RuntimeError("FakeUpstream already started")
+        self._stopping.clear()
+        self._server = _Server((self._host, self._port), _Handler)
+        self._server.upstream = self
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},  # so stop() returns quickly
+            name="fake-upstream",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+        self._stopping.set()
+        server.shutdown()
+        if thread is not None:
+            thread.join(timeout=10)
+        server.server_close()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("FakeUpstream not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._host}:{self.port}/v1"
+
+    def calls(self) -> dict[str, Any]:
+        """Chat completion requests received, failing ones included."""
+        with self._lock:
+            return {"total": sum(self._calls.values()), "by_model": dict(self._calls)}
+
+    def reset_calls(self) -> None:
+        with self._lock:
+            self._calls.clear()
+
+    def _count(self, model: str) -> None:
+        with self._lock:
+            self._calls[model] += 1
+
+    def __enter__(self) -> FakeUpstream:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve the fake OpenAI-compatible upstream on loopback.")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--api-key", default=None)
+    args = parser.parse_args(argv)
+    upstream = FakeUpstream(port=args.port, api_key=args.api_key).start()
+    print(f"fake upstream at {upstream.url} (Ctrl-C to stop)", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        upstream.stop()
+
+
+if __name__ == "__main__":
+    main()
