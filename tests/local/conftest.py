@@ -12,12 +12,6 @@ from conduix_local.upstream import FakeUpstream
 from openai import OpenAI
 
 
-@pytest.fixture(scope="session")
-def moto_server() -> Iterator[LockedMotoServer]:
-    with LockedMotoServer() as server:
-        yield server
-
-
 @pytest.fixture
 def aws(moto_server: LockedMotoServer) -> dict[str, Any]:
     """boto3 client arguments for the moto server, whose state is wiped before each test."""

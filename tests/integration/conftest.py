@@ -1,0 +1,41 @@
+"""Integration tests run the data-access modules against the locked moto server, with tables
+created from template.yaml, reset before each test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import boto3
+import pytest
+from conduix import auth, config, dynamo, orgs
+from conduix_local.moto_server import LockedMotoServer
+from conduix_local.tables import create_tables
+from conduix_local.template import load_template
+
+from tests.integration.helpers import NOW
+
+
+@pytest.fixture
+def tables(moto_server: LockedMotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    moto_server.reset()
+    for name, value in {
+        "AWS_ENDPOINT_URL": moto_server.url,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "BILLING_TABLE": "BillingTable",
+        "CACHE_TABLE": "CacheTable",
+    }.items():
+        monkeypatch.setenv(name, value)
+    config.settings.cache_clear()
+    dynamo.reset_client()
+    auth.clear_cache()
+    names = create_tables(boto3.client("dynamodb"), load_template())
+    yield names
+    config.settings.cache_clear()
+    dynamo.reset_client()
+
+
+@pytest.fixture
+def org(tables: dict[str, str]) -> str:
+    return orgs.create_org("Acme", "billing@acme.test", NOW).org_id

@@ -1,0 +1,47 @@
+"""Factories and checks for the integration tests."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from conduix import config, dynamo, wallets
+
+NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
+
+
+def fund(org_id: str, credits: str, key: str = "seed") -> None:
+    from conduix.money import parse_credits
+
+    wallets.credit(
+        org_id, kind="grant", key=key, amount=parse_credits(credits, field="x"), description="t", now=NOW
+    )
+
+
+def ledger_items(org_id: str) -> list[dict[str, Any]]:
+    pages = (
+        dynamo.client()
+        .get_paginator("query")
+        .paginate(
+            TableName=config.settings().billing_table,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :l)",
+            ExpressionAttributeValues={":pk": {"S": f"ORG#{org_id}"}, ":l": {"S": "LEDGER#"}},
+            ConsistentRead=True,
+        )
+    )
+    return [item for page in pages for item in page["Items"]]
+
+
+def assert_consistent(org_id: str) -> wallets.Wallet:
+    """Every identity the wallet promises, checked against the ledger and its holds."""
+    w = wallets.get_wallet(org_id)
+    assert w.balance == sum(int(i["amount"]["N"]) for i in ledger_items(org_id))
+    assert w.held == sum(h.amount for h in w.holds)
+    assert w.available == w.balance - w.held
+    assert w.committed == w.month_spent + w.held
+    assert w.cap_remaining == w.cap_limit - w.committed
+    usage = [i for i in ledger_items(org_id) if i["entry_type"]["S"] == "usage"]
+    assert w.month_spent == -sum(
+        int(i["amount"]["N"]) for i in usage if i["created_at"]["S"].startswith(w.period)
+    )
+    return w

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conduix.catalog import DEFAULT_CATALOG, load_catalog, parse_catalog
+from conduix.errors import ConfigurationError, ModelNotFound
+from conduix.pricing import charge_nanos, hold_nanos, plan_attempts, prompt_token_ceiling
+
+
+def entry(model_id: str, inp: str = "0.15", out: str = "0.60", **extra: object) -> dict[str, object]:
+    return {
+        "id": model_id,
+        "upstream": {"base_url": "http://127.0.0.1:9/v1", "model": model_id.split("/")[-1]},
+        "pricing": {"input_per_million": inp, "output_per_million": out},
+        **extra,
+    }
+
+
+def test_default_catalog_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    catalog = load_catalog(None)
+    assert DEFAULT_CATALOG.exists()
+    model = catalog.get("openai/gpt-4o-mini")
+    assert model.upstream.base_url == "https://api.openai.com/v1"
+    assert model.pricing.input_per_million == 150_000_000
+
+
+def test_env_placeholders_point_the_catalog_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1234/v1")
+    assert load_catalog(None).get("openai/gpt-4o").upstream.base_url == "http://127.0.0.1:1234/v1"
+
+
+def test_yaml_catalog(tmp_path: Path) -> None:
+    path = tmp_path / "models.yaml"
+    path.write_text(
+        "models:\n  - id: acme/fast\n    upstream: {base_url: 'http://h/v1', model: fast-1}\n"
+        "    pricing: {input_per_million: '0.15', output_per_million: '0.60'}\n"
+    )
+    assert load_catalog(str(path)).get("acme/fast").upstream.model == "fast-1"
+
+
+@pytest.mark.parametrize(
+    ("models", "message"),
+    [
+        (
+            [entry("acme/a", inp="cheap")],
+            "entry 'acme/a': field 'pricing.input_per_million' is not a decimal",
+        ),
+        (
+            [entry("acme/a", out="-1")],
+            "entry 'acme/a': field 'pricing.output_per_million' must be a non-negative",
+        ),
+        (
+            [entry("acme/a", inp=0.15)],
+            "entry 'acme/a': field 'pricing.input_per_million' must be a decimal string",
+        ),
+        ([{"id": "acme/a", "pricing": {}}], "entry 'acme/a': field 'upstream' is missing"),
+        ([entry("acme/a", fallbacks=["acme/zz"])], "entry 'acme/a': field 'fallbacks' names 'acme/zz'"),
+        ([entry("acme/a"), entry("acme/a")], "entry 'acme/a': field 'id' is not unique"),
+        (
+            [entry("acme/a", max_output_tokens=0)],
+            "entry 'acme/a': field 'max_output_tokens' must be a positive",
+        ),
+        ([{"upstream": {}}], "entry '#0': field 'id' is missing"),
+        ([], "expected a non-empty list"),
+    ],
+)
+def test_an_invalid_catalog_names_the_entry_and_field(models: list[object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message.replace("(", r"\(")):
+        parse_catalog({"models": models}, "test.json")
+
+
+def test_unreadable_or_malformed_catalog_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="cannot be read"):
+        load_catalog(str(tmp_path / "missing.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigurationError, match="not valid json"):
+        load_catalog(str(bad))
+
+
+def test_unknown_model_is_model_not_found() -> None:
+    catalog = parse_catalog([entry("acme/a")], "t")
+    with pytest.raises(ModelNotFound, match="'acme/b' does not exist"):
+        catalog.get("acme/b")
+
+
+def test_hold_is_the_worst_case_over_the_fallback_chain() -> None:
+    catalog = parse_catalog(
+        [
+            entry("acme/cheap", "1", "2", fallbacks=["acme/dear"]),
+            entry("acme/dear", "10", "20", max_output_tokens=50),
+        ],
+        "t",
+    )
+    attempts = plan_attempts(catalog.chain("acme/cheap"), requested_max_tokens=100, choices=1)
+    assert [(a.model.id, a.max_tokens) for a in attempts] == [("acme/cheap", 100), ("acme/dear", 50)]
+    # cheap: 1000*1 + 100*2 = 1200 credits-per-million units; dear: 1000*10 + 50*20 = 11000
+    assert hold_nanos(attempts, prompt_tokens_ceiling=1000) == 11_000 * 1000
+
+
+def test_hold_covers_every_choice() -> None:
+    catalog = parse_catalog([entry("acme/a", "0", "1")], "t")
+    attempts = plan_attempts(catalog.chain("acme/a"), requested_max_tokens=10, choices=3)
+    assert attempts[0].max_tokens == 10
+    assert hold_nanos(attempts, 0) == 30 * 1000
+
+
+def test_prompt_ceiling_bounds_tokens_by_bytes() -> None:
+    messages = [{"role": "user", "content": "héllo wörld"}]
+    size = len(json.dumps(messages, ensure_ascii=False).encode())
+    assert prompt_token_ceiling(size, 1) >= size
+
+
+def test_charge_is_exact() -> None:
+    model = parse_catalog([entry("acme/a", "0.15", "0.60")], "t").get("acme/a")
+    assert charge_nanos(model, 12, 34) == 12 * 150 + 34 * 600

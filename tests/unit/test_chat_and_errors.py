@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from conduix import errors
+from conduix.chat import assemble, completion_chunks, event_stream, parse_request
+from conduix.http import error_body
+
+
+def body(**fields: object) -> bytes:
+    return json.dumps({"model": "acme/a", "messages": [{"role": "user", "content": "hi"}], **fields}).encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "param", "code"),
+    [
+        (b"{nope", None, "invalid_json"),
+        (b"[1, 2]", None, "invalid_json"),
+        (json.dumps({"messages": []}).encode(), "model", "invalid_request"),
+        (json.dumps({"model": "a"}).encode(), "messages", "invalid_request"),
+        (json.dumps({"model": "a", "messages": "hi"}).encode(), "messages", "invalid_request"),
+        (
+            json.dumps({"model": "a", "messages": [{"role": "robot"}]}).encode(),
+            "messages[0].role",
+            "invalid_request",
+        ),
+        (body(max_tokens=-5), "max_tokens", "invalid_request"),
+        (body(max_tokens="many"), "max_tokens", "invalid_request"),
+        (body(max_completion_tokens=0), "max_completion_tokens", "invalid_request"),
+        (body(temperature=7), "temperature", "invalid_request"),
+        (body(stream="yes"), "stream", "invalid_request"),
+        (body(n=100), "n", "invalid_request"),
+    ],
+)
+def test_bad_requests_name_what_is_wrong(raw: bytes, param: str | None, code: str) -> None:
+    with pytest.raises(errors.InvalidRequest) as refused:
+        parse_request(raw)
+    assert (refused.value.param, refused.value.code) == (param, code)
+    status, payload, _ = error_body(refused.value)
+    assert status == 400 and payload["error"]["type"] == "invalid_request_error"
+
+
+def test_oversized_body_is_413() -> None:
+    with pytest.raises(errors.PayloadTooLarge) as refused:
+        parse_request(b" " * (1024 * 1024 + 1))
+    assert error_body(refused.value)[0] == 413
+
+
+def test_insufficient_credits_body_is_exactly_the_documented_one() -> None:
+    exc = errors.InsufficientCredits("Insufficient credits. Current balance: 12 credits.", available_nanos=12)
+    assert error_body(exc) == (
+        402,
+        {
+            "error": {
+                "message": "Insufficient credits. Current balance: 12 credits.",
+                "type": "insufficient_quota",
+                "code": "insufficient_credits",
+            }
+        },
+        {},
+    )
+
+
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [
+        (errors.SpendCapExceeded("cap", limit_nanos=1, committed_nanos=1, period="2026-11"), 402),
+        (errors.ModelNotFound("x"), 404),
+        (errors.Unauthenticated("x"), 401),
+        (errors.PermissionDenied("x"), 403),
+        (errors.IdempotencyConflict("x"), 409),
+        (errors.UpstreamUnavailable("x"), 503),
+        (errors.UpstreamTimeout("x"), 504),
+        (errors.UpstreamError("x"), 502),
+        (errors.MethodNotAllowed("x", ["GET"]), 405),
+    ],
+)
+def test_every_domain_error_has_its_status(exc: errors.ConduixError, status: int) -> None:
+    assert error_body(exc)[0] == status
+
+
+def test_stream_round_trip_through_assemble() -> None:
+    completion = {
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hi there"}, "finish_reason": "stop"}
+        ]
+    }
+    chunks = completion_chunks(completion)
+    assembled = assemble(chunks)
+    assert assembled is not None
+    assert assembled["choices"][0]["message"]["content"] == "hi there"
+    text = event_stream(chunks, completion_id="c1", model_id="acme/a", created=1, usage=(1, 2, "0.5"))
+    events = [json.loads(line[6:]) for line in text.split("\n\n") if line.startswith("data: {")]
+    assert events[-1]["usage"] == {
+        "prompt_tokens": 1,
+        "completion_tokens": 2,
+        "total_tokens": 3,
+        "cost": "0.5",
+    }
+    assert text.endswith("data: [DONE]\n\n")
+
+
+def test_streamed_tool_calls_are_not_assembled_for_the_cache() -> None:
+    assert assemble([{"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0}]}}]}]) is None

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from conduix.errors import InvalidRequest
+from conduix.money import cost_nanos, format_credits, parse_credits
+
+
+@pytest.mark.parametrize(
+    ("nanos", "text"),
+    [
+        (12_000_000_000, "12"),
+        (200_000_000, "0.2"),
+        (3_500_010_000, "3.50001"),
+        (1, "0.000000001"),
+        (0, "0"),
+        (-1_500_000_000, "-1.5"),
+    ],
+)
+def test_format_credits_has_no_trailing_zeros(nanos: int, text: str) -> None:
+    assert format_credits(nanos) == text
+
+
+@pytest.mark.parametrize(
+    ("value", "nanos"),
+    [
+        ("10.5", 10_500_000_000),
+        ("0.000000001", 1),
+        (" 7 ", 7_000_000_000),
+        (3, 3_000_000_000),
+        (Decimal("0.1"), 100_000_000),
+    ],
+)
+def test_parse_credits_is_exact(value: object, nanos: int) -> None:
+    assert parse_credits(value, field="amount") == nanos
+
+
+@pytest.mark.parametrize(
+    "value", ["abc", "1e400", "NaN", "Infinity", "0.0000000001", "-1", "0", True, 1.5, None, []]
+)
+def test_parse_credits_refuses_what_is_not_an_exact_positive_amount(value: object) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        parse_credits(value, field="amount")
+    assert refused.value.param == "amount"
+
+
+def test_round_trip_of_every_format() -> None:
+    for nanos in (1, 10, 999_999_999, 1_000_000_001, 123_456_789_012):
+        assert parse_credits(format_credits(nanos), field="x") == nanos
+
+
+def test_cost_rounds_up_once_per_request() -> None:
+    # 0.15 and 0.60 credits per million tokens = 150,000,000 and 600,000,000 nano-credits.
+    assert cost_nanos(1_000_000, 1_000_000, 150_000_000, 600_000_000) == 750_000_000
+    assert cost_nanos(7, 11, 150_000_000, 600_000_000) == 1050 + 6600  # exact, nothing to round
+    assert cost_nanos(1, 0, 1, 0) == 1  # 1/1e6 of a nano-credit rounds up to one
+    assert cost_nanos(0, 0, 150_000_000, 600_000_000) == 0
+    # rounding applies to the sum, not per part: 0.5 + 0.5 nano-credits = 1, not 2
+    assert cost_nanos(1, 1, 500_000, 500_000) == 1
