@@ -7,10 +7,13 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from conduix import admin, api
 from conduix.auth import require_operator
 
 logger = Logger()
+# The shared package logs through the standard library; give its loggers the same JSON output.
+copy_config_to_registered_loggers(source_logger=logger, include={"conduix"})
 app = api.resolver()
 
 

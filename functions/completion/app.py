@@ -10,12 +10,15 @@ import time
 from typing import Any
 
 from aws_lambda_powertools import Logger
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from conduix import completion, http
 from conduix.auth import authenticate
 from conduix.errors import MethodNotAllowed, NotFound
 from conduix.money import format_credits
 
 logger = Logger()
+# The shared package logs through the standard library; give its loggers the same JSON output.
+copy_config_to_registered_loggers(source_logger=logger, include={"conduix"})
 
 # API Gateway gives up after 29 s; keep time to settle or release after the provider answers.
 _GATEWAY_SECONDS = 29.0

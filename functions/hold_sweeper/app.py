@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools import Logger
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from conduix import clock, sweeper
 
 logger = Logger()
+# The shared package logs through the standard library; give its loggers the same JSON output.
+copy_config_to_registered_loggers(source_logger=logger, include={"conduix"})
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -1,0 +1,49 @@
+# Two commands on a fresh machine (Python 3.11+ and make):
+#   make run    the local stack on http://127.0.0.1:$${PORT:-3000}, until Ctrl-C
+#   make test   lint, types, template checks, unit, integration and end-to-end tests
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint types check-template unit integration e2e install clean
+
+install: $(STAMP)
+
+# Re-installs whenever the project's dependencies change.
+$(STAMP): pyproject.toml layers/shared/requirements.txt
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found; install Python 3.11 or newer (or pass PYTHON=...)" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || { echo "make: $(PYTHON) is older than 3.11; pass PYTHON=python3.11 (or newer)" >&2; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { echo "make: could not create $(VENV) (on Debian: apt-get install python3-venv)" >&2; exit 1; }
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	@$(PY) -m conduix_local
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+types: $(STAMP)
+	$(VENV)/bin/mypy
+
+check-template: $(STAMP)
+	$(VENV)/bin/cfn-lint template.yaml
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q tests/unit
+
+integration: $(STAMP)
+	$(VENV)/bin/pytest -q tests/integration tests/local
+
+e2e: $(STAMP)
+	$(VENV)/bin/pytest -q tests/e2e
+
+test: lint types check-template
+	$(VENV)/bin/pytest -q tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .aws-sam test-artifacts

@@ -1,0 +1,230 @@
+"""The whole local stack on one machine: what `make run` starts.
+
+moto (DynamoDB, SES) behind one lock, the tables of template.yaml, a fake OpenAI-compatible
+upstream, and the front that plays API Gateway + Lambda + EventBridge for every function of
+the template. A demo org with credits and a key is seeded through the operator API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import socket
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from conduix_local.front import Front
+from conduix_local.functions import load_functions
+from conduix_local.moto_server import LockedMotoServer
+from conduix_local.tables import create_tables
+from conduix_local.template import ROOT, load_template
+from conduix_local.upstream import FakeUpstream
+
+REGION = "us-east-1"
+DEMO_CREDITS = "25"
+_UPSTREAM_KEY = "local-upstream-key"  # what the fake upstream expects; no real provider sees it
+
+
+class StackError(Exception):
+    """The stack cannot start; the message says which part and why."""
+
+
+@dataclass
+class StackConfig:
+    port: int = 3000
+    models_file: str | None = None
+    operator_key: str = field(default_factory=lambda: "cdx_op_" + secrets.token_urlsafe(24))
+    schedules: bool = True
+    workers_per_function: int = 4
+    seed_demo: bool = True
+
+    @classmethod
+    def from_env(cls) -> StackConfig:
+        port = os.environ.get("PORT", "3000")
+        if not port.isdigit() or not 0 <= int(port) < 65536:
+            raise StackError(f"PORT must be a port number, not {port!r}.")
+        config = cls(port=int(port), models_file=os.environ.get("CONDUIX_MODELS_FILE") or None)
+        if os.environ.get("CONDUIX_OPERATOR_KEY"):
+            config.operator_key = os.environ["CONDUIX_OPERATOR_KEY"]
+        workers = os.environ.get("CONDUIX_LOCAL_WORKERS", "")
+        if workers.isdigit() and int(workers) > 0:
+            config.workers_per_function = int(workers)
+        config.schedules = os.environ.get("CONDUIX_LOCAL_SCHEDULES", "on") != "off"
+        return config
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class Stack:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.moto: LockedMotoServer | None = None
+        self.upstream: FakeUpstream | None = None
+        self.front: Front | None = None
+        self.demo: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> Stack:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        config = self.config
+        if config.port and not _port_is_free(config.port):
+            raise StackError(
+                f"Port {config.port} on 127.0.0.1 is in use. Stop what uses it or set PORT=<another>."
+            )
+        models_file = str(Path(config.models_file).resolve()) if config.models_file else None
+        try:
+            self.moto = LockedMotoServer().start()
+        except OSError as exc:
+            raise StackError(f"moto (the DynamoDB/SES stand-in) could not start: {exc}") from exc
+        try:
+            self.upstream = FakeUpstream(api_key=_UPSTREAM_KEY).start()
+        except OSError as exc:
+            raise StackError(f"the fake upstream model server could not start: {exc}") from exc
+        env = self.function_env(models_file)
+        self._check_catalog(models_file, env)
+
+        template = load_template()
+        dynamodb = boto3.client(
+            "dynamodb",
+            endpoint_url=self.moto.url,
+            region_name=REGION,
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+        )
+        tables = create_tables(dynamodb, template)
+        refs = {
+            **tables,
+            "ModelsFile": models_file or "",
+            "OperatorKeySha256": hashlib.sha256(config.operator_key.encode()).hexdigest(),
+            "ScheduledJobFailures.Arn": f"arn:aws:sqs:{REGION}:123456789012:ScheduledJobFailures",
+        }
+        functions = load_functions(template, refs)
+        self.front = Front(
+            functions,
+            port=config.port,
+            operator_key=config.operator_key,
+            max_workers_per_function=config.workers_per_function,
+            extra_env=env,
+            schedules_enabled=config.schedules,
+        ).start()
+        if config.seed_demo:
+            self._seed_demo()
+
+    def function_env(self, models_file: str | None) -> dict[str, str]:
+        """What every local function sees beyond its template environment."""
+        assert self.moto and self.upstream
+        return {
+            "AWS_ENDPOINT_URL": self.moto.url,
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_REGION": REGION,
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
+            "OPENAI_BASE_URL": self.upstream.url,
+            "ANTHROPIC_BASE_URL": self.upstream.url,
+            "CONDUIX_LOCAL_UPSTREAM_URL": self.upstream.url,
+            "OPENAI_API_KEY": _UPSTREAM_KEY,
+            "ANTHROPIC_API_KEY": _UPSTREAM_KEY,
+            "CONDUIX_LOCAL_UPSTREAM_KEY": _UPSTREAM_KEY,
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "POWERTOOLS_DEV": "false",
+            "CONDUIX_MODELS_FILE": models_file or "",
+        }
+
+    @staticmethod
+    def _check_catalog(models_file: str | None, env: dict[str, str]) -> None:
+        """An invalid catalog stops the start, naming the entry and field, before anything serves."""
+        from conduix.catalog import load_catalog
+        from conduix.errors import ConfigurationError
+
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            load_catalog(models_file)
+        except ConfigurationError as exc:
+            raise StackError(exc.message) from None
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def stop(self) -> None:
+        for part in (self.front, self.upstream, self.moto):
+            if part is not None:
+                try:
+                    part.stop()
+                except Exception as exc:
+                    print(f"[stack] stopping {type(part).__name__} failed: {exc}")
+        self.front = self.upstream = self.moto = None
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ demo org
+
+    @property
+    def url(self) -> str:
+        assert self.front
+        return str(self.front.url)
+
+    def operator(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        request = urllib.request.Request(
+            self.url + path,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={
+                "Authorization": f"Bearer {self.config.operator_key}",
+                "Content-Type": "application/json",
+            },
+            method=method,
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            result: dict[str, Any] = json.loads(response.read())
+            return result
+
+    def _seed_demo(self) -> None:
+        org = self.operator("POST", "/admin/orgs", {"name": "Demo Org", "email": "demo@conduix.local"})
+        key = self.operator("POST", f"/admin/orgs/{org['org_id']}/api-keys", {"name": "demo"})
+        self.operator(
+            "POST",
+            f"/admin/orgs/{org['org_id']}/credits",
+            {"amount": DEMO_CREDITS, "reason": "demo credits", "idempotency_key": "demo-seed"},
+        )
+        self.demo = {"org_id": org["org_id"], "api_key": key["api_key"]}
+
+    def state(self) -> dict[str, Any]:
+        """Everything a test or a curious developer needs to reach the parts."""
+        assert self.moto and self.upstream
+        return {
+            "api": self.url,
+            "moto": self.moto.url,
+            "upstream": self.upstream.url,
+            "operator_key": self.config.operator_key,
+            "demo": self.demo,
+            "root": str(ROOT),
+        }
