@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from conduix_local.moto_server import LockedMotoServer
+from conduix_local.upstream import FakeUpstream
 
 
 @pytest.fixture(scope="session")
@@ -13,3 +14,16 @@ def moto_server() -> Iterator[LockedMotoServer]:
     """One locked moto server per test session (state is reset by the fixtures that use it)."""
     with LockedMotoServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def upstream_server() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as server:
+        yield server
+
+
+@pytest.fixture
+def upstream(upstream_server: FakeUpstream) -> FakeUpstream:
+    """The fake model provider, with its call counters zeroed."""
+    upstream_server.reset_calls()
+    return upstream_server

@@ -45,7 +45,7 @@ def main() -> int:
     except StackError as exc:
         print(f"make run: {exc}", file=sys.stderr)
         return 1
-    except Exception as exc:  # noqa: BLE001 - say what failed, leave nothing running (start() stopped it)
+    except Exception as exc:
         print(f"make run: the local stack failed to start: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     stop = threading.Event()

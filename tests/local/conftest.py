@@ -29,18 +29,6 @@ def dynamodb(aws: dict[str, Any]) -> Any:
     return boto3.client("dynamodb", **aws)
 
 
-@pytest.fixture(scope="session")
-def upstream_server() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as server:
-        yield server
-
-
-@pytest.fixture
-def upstream(upstream_server: FakeUpstream) -> FakeUpstream:
-    upstream_server.reset_calls()
-    return upstream_server
-
-
 @pytest.fixture
 def client(upstream: FakeUpstream) -> Iterator[OpenAI]:
     with OpenAI(base_url=upstream.url, api_key="x", max_retries=0) as sdk:

@@ -1,0 +1,158 @@
+"""End-to-end tests start the stack the way a user does (`make run`) and drive it over HTTP,
+with the official openai SDK where a client would use it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from openai import OpenAI
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+OPERATOR_KEY = "cdx_op_e2e_" + uuid.uuid4().hex
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class Stack:
+    api: str
+    upstream: str
+    moto: str
+    log: Path
+
+    def call(
+        self, method: str, path: str, body: Any = None, key: str | None = None, raw: bytes | None = None
+    ) -> Reply:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        request = urllib.request.Request(self.api + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                status, head, payload = response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as exc:
+            status, head, payload = exc.code, dict(exc.headers), exc.read()
+        try:
+            parsed = json.loads(payload) if payload else None
+        except ValueError:
+            parsed = payload.decode()
+        return Reply(status, {k.lower(): v for k, v in head.items()}, parsed)
+
+    def operator(self, method: str, path: str, body: Any = None) -> Reply:
+        return self.call(method, path, body, key=OPERATOR_KEY)
+
+    def new_org(self, credits: str | None = None, scopes: list[str] | None = None) -> tuple[str, str]:
+        org = self.operator("POST", "/admin/orgs", {"name": "Test Org", "email": "t@example.com"})
+        assert org.status == 201, org.body
+        org_id = org.body["org_id"]
+        key = self.operator("POST", f"/admin/orgs/{org_id}/api-keys", {"scopes": scopes} if scopes else {})
+        assert key.status == 201, key.body
+        if credits:
+            grant = self.operator(
+                "POST",
+                f"/admin/orgs/{org_id}/credits",
+                {"amount": credits, "reason": "test", "idempotency_key": f"seed-{org_id}"},
+            )
+            assert grant.status == 201, grant.body
+        return org_id, key.body["api_key"]
+
+    def billing(self, key: str) -> dict[str, Any]:
+        reply = self.call("GET", "/v1/billing", key=key)
+        assert reply.status == 200, reply.body
+        body: dict[str, Any] = reply.body
+        return body
+
+    def sdk(self, key: str) -> OpenAI:
+        return OpenAI(base_url=self.api + "/v1", api_key=key, max_retries=0, timeout=60)
+
+    def ledger_amounts(self, org_id: str) -> list[Decimal]:
+        """The org's ledger, read straight from the DynamoDB stand-in (not through the product)."""
+        dynamodb = boto3.client(
+            "dynamodb",
+            endpoint_url=self.moto,
+            region_name="us-east-1",
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+        )
+        items = dynamodb.query(
+            TableName="BillingTable",
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :l)",
+            ExpressionAttributeValues={":pk": {"S": f"ORG#{org_id}"}, ":l": {"S": "LEDGER#"}},
+        )["Items"]
+        return [Decimal(i["amount"]["N"]) / 10**9 for i in items]
+
+    def upstream_calls(self) -> int:
+        base = self.upstream.removesuffix("/v1")
+        with urllib.request.urlopen(base + "/_control/calls", timeout=10) as response:
+            return int(json.loads(response.read())["total"])
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    ARTIFACTS.mkdir(exist_ok=True)
+    state_file = tmp_path_factory.mktemp("stack") / "state.json"
+    log = ARTIFACTS / "e2e-stack.log"
+    env = {
+        **os.environ,
+        "PORT": str(_free_port()),
+        "CONDUIX_MODELS_FILE": str(ROOT / "tests/e2e/models.json"),
+        "CONDUIX_OPERATOR_KEY": OPERATOR_KEY,
+        "CONDUIX_LOCAL_STATE_FILE": str(state_file),
+        "CONDUIX_LOCAL_WORKERS": "6",
+        "CONDUIX_KEY_CACHE_SECONDS": "1",
+    }
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            ["make", "-s", "run"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while not state_file.exists():
+                if process.poll() is not None:
+                    pytest.fail(f"make run exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"make run did not come up:\n{log.read_text()[-3000:]}")
+                time.sleep(0.2)
+            time.sleep(0.2)  # the file is written, then flushed
+            state = json.loads(state_file.read_text())
+            yield Stack(api=state["api"], upstream=state["upstream"], moto=state["moto"], log=log)
+        finally:
+            os.killpg(process.pid, signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
