@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from conduix import api, billing
@@ -29,6 +30,31 @@ def get_billing() -> dict[str, Any]:
 def put_spend_cap() -> dict[str, Any]:
     org_id = _org_id()
     return billing.set_spend_cap(org_id, api.json_body(app))
+
+
+@app.put("/v1/billing/auto-reload")
+def put_auto_reload() -> dict[str, Any]:
+    from conduix import autoreload
+
+    org_id = _org_id()
+    autoreload.configure(org_id, api.json_body(app))
+    return billing.billing_view(org_id)
+
+
+@app.post("/v1/billing/top-ups")
+def post_top_up() -> Response[dict[str, Any]]:
+    from conduix import payments  # imports stripe: only the routes that need it pay for it
+
+    org_id = _org_id()
+    session = payments.start_top_up(org_id, api.json_body(app), api.headers(app).get("idempotency-key"))
+    return Response(status_code=201, content_type=content_types.APPLICATION_JSON, body=session)
+
+
+@app.get("/v1/billing/invoices")
+def get_invoices() -> dict[str, Any]:
+    from conduix import payments
+
+    return payments.list_invoices(_org_id())
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)

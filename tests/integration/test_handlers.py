@@ -54,6 +54,7 @@ def env(tables: dict[str, str], upstream: FakeUpstream, monkeypatch: pytest.Monk
     monkeypatch.setenv("OPENAI_BASE_URL", upstream.url)
     monkeypatch.setenv("OPENAI_API_KEY", "unused-by-the-fake")
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_handler_tests")
     from conduix import config
 
     config.operator_key_sha256.cache_clear()
@@ -88,13 +89,14 @@ def test_every_sample_event_drives_its_handler(env: None, upstream: FakeUpstream
     assert upstream.calls()["total"] == 1
 
     webhook = handler("stripe_webhook").lambda_handler(event("stripe_webhook"), context("webhook"))
-    assert webhook["statusCode"] == 503
+    assert webhook["statusCode"] == 400  # the sample's signature is not valid for its body
+    assert json.loads(webhook["body"])["error"]["code"] == "invalid_signature"
 
     assert (
         handler("hold_sweeper").lambda_handler(event("hold_sweeper"), context("sweeper"))["holds_released"]
         == 0
     )
-    assert handler("auto_reload").lambda_handler(event("auto_reload"), context("reload"))["enabled"] is False
+    assert handler("auto_reload").lambda_handler(event("auto_reload"), context("reload")) == {"orgs": 0}
     assert (
         handler("monthly_invoicing").lambda_handler(event("monthly_invoicing"), context("inv"))["enabled"]
         is False

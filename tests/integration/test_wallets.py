@@ -21,7 +21,7 @@ def usage(cost: int, model: str = "acme/fast") -> wallets.Usage:
 def test_hold_then_settle_debits_the_actual_cost(org: str) -> None:
     fund(org, "10")
     r = wallets.reserve(org, "req-1", 3 * C, model="acme/fast", key_id="key_1", now=NOW)
-    assert (r.balance, r.available) == (10 * C, 7 * C)
+    assert (r.balance, r.wallet.available) == (10 * C, 7 * C)
     w = assert_consistent(org)
     assert (w.held, w.available) == (3 * C, 7 * C)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conduix import clock, wallets
+from conduix import clock, orgs, wallets
 from conduix.errors import InvalidRequest
 from conduix.money import format_credits, parse_credits
 
@@ -31,7 +31,31 @@ def wallet_view(wallet: wallets.Wallet) -> dict[str, Any]:
 
 
 def billing_view(org_id: str) -> dict[str, Any]:
-    return {"org_id": org_id, **wallet_view(wallets.get_wallet(org_id))}
+    wallet = wallets.get_wallet(org_id)
+    org = orgs.get_org(org_id)
+    reload = wallet.reload
+    card = org.card
+    return {
+        "org_id": org_id,
+        **wallet_view(wallet),
+        "account_state": "paused" if wallet.paused else "active",
+        "auto_reload": {
+            "enabled": reload.enabled,
+            "threshold": format_credits(reload.threshold) if reload.threshold else None,
+            "amount": format_credits(reload.amount) if reload.amount else None,
+            "consecutive_failures": reload.failures,
+            "last_result": (
+                {"status": reload.last_status, "message": reload.last_message, "at": reload.last_at}
+                if reload.last_status
+                else None
+            ),
+        },
+        "saved_card": (
+            {"brand": card.brand, "last4": card.last4, "exp_month": card.exp_month, "exp_year": card.exp_year}
+            if card
+            else None
+        ),
+    }
 
 
 def set_spend_cap(org_id: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from conduix import cache, chat, clock, pricing, providers, wallets
@@ -140,6 +141,9 @@ def serve(principal: Principal, raw_body: bytes, request_id: str, deadline: floa
         outcome = wallets.SettleOutcome.HOLD_GONE
     if outcome is wallets.SettleOutcome.HOLD_GONE:
         cost = 0
+    reload = reservation.wallet.reload
+    if reload.enabled and not reload.due and reservation.wallet.available + hold - cost < reload.threshold:
+        wallets.mark_reload_due(org_id)  # conditional: concurrent settles start one episode
     text, content_type, whole = _respond(
         request,
         reply.completion,
@@ -153,6 +157,20 @@ def serve(principal: Principal, raw_body: bytes, request_id: str, deadline: floa
     if key and whole is not None:
         cache.store(key, org_id, whole, now)
     return Served(text, content_type, MISS if key else BYPASS, cost, reservation.balance - cost)
+
+
+def _ran_dry(org_id: str, now: datetime) -> None:
+    """A refusal for lack of credits: start an auto-reload episode if one is set up, and send
+    the "account paused" notice once per pause. Failures here never hide the 402."""
+    try:
+        wallets.mark_reload_due(org_id)
+        if wallets.mark_paused(org_id, now):
+            from conduix import notices, orgs  # rare path: keep it off the cold start
+
+            org = orgs.get_org(org_id)
+            notices.account_paused(org.email, org.name, format_credits(wallets.get_wallet(org_id).available))
+    except Exception:
+        log.exception("could not record the pause", extra={"org_id": org_id})
 
 
 def list_models() -> dict[str, Any]:

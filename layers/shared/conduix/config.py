@@ -66,3 +66,36 @@ def operator_key_sha256() -> str:
     if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
         raise ConfigurationError("OPERATOR_KEY_SHA256 must be 64 hex digits (a SHA-256).")
     return value
+
+
+@dataclass(frozen=True)
+class PaymentSettings:
+    top_up_tiers: tuple[int, ...]  # nano-credits; operator-configured
+    reload_min: int
+    reload_max: int
+    public_url: str  # where the dashboard lives (Checkout returns there)
+
+
+def _credit_list(name: str, default: str) -> tuple[int, ...]:
+    from conduix.errors import InvalidRequest
+    from conduix.money import parse_credits
+
+    raw = os.environ.get(name, "").strip() or default
+    try:
+        values = tuple(sorted({parse_credits(part, field=name) for part in raw.split(",") if part.strip()}))
+    except InvalidRequest as exc:
+        raise ConfigurationError(f"{name}: {exc.message}") from None
+    if not values or any(v % 10_000_000 for v in values):
+        raise ConfigurationError(f"{name} must list amounts in whole cents, such as 10,50,100,500.")
+    return values
+
+
+@cache
+def payment_settings() -> PaymentSettings:
+    reload_limits = _credit_list("CONDUIX_RELOAD_LIMITS", "5,1000")
+    return PaymentSettings(
+        top_up_tiers=_credit_list("CONDUIX_TOP_UP_TIERS", "10,50,100,500"),
+        reload_min=reload_limits[0],
+        reload_max=reload_limits[-1],
+        public_url=_required("CONDUIX_PUBLIC_URL").rstrip("/"),
+    )

@@ -105,6 +105,12 @@ class UpstreamRejected(UpstreamError):
     code = "upstream_rejected_request"
 
 
+class InvalidSignature(ConduixError):
+    """A webhook whose signature is missing, wrong or stale."""
+
+    code = "invalid_signature"
+
+
 class ServiceBusy(ConduixError):
     """Our own store stayed contended or throttled after retries; safe for the client to retry."""
 

@@ -31,6 +31,7 @@ _STATUS: list[tuple[type[errors.ConduixError], int, str]] = [
     (errors.Unauthenticated, 401, "authentication_error"),
     (errors.PermissionDenied, 403, "permission_error"),
     (errors.Conflict, 409, "invalid_request_error"),
+    (errors.InvalidSignature, 400, "invalid_request_error"),
     (errors.InsufficientCredits, 402, "insufficient_quota"),
     (errors.SpendCapExceeded, 402, "insufficient_quota"),
     (errors.UpstreamRejected, 400, "invalid_request_error"),

@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 
 from conduix import clock
 from conduix.config import settings
-from conduix.dynamo import Item, as_str, cancellation_reasons, client, error_code, s
+from conduix.dynamo import Item, as_int, as_str, cancellation_reasons, client, error_code, n, s
 from conduix.errors import NotFound
 from conduix.wallets import new_wallet_item, org_pk
 
@@ -30,11 +30,22 @@ def hash_key(api_key: str) -> str:
 
 
 @dataclass(frozen=True)
+class Card:
+    payment_method_id: str
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+
+
+@dataclass(frozen=True)
 class Org:
     org_id: str
     name: str
     email: str
     created_at: str
+    stripe_customer_id: str | None = None
+    card: Card | None = None
 
 
 @dataclass(frozen=True)
@@ -80,18 +91,69 @@ def create_org(name: str, email: str, now: datetime) -> Org:
 
 
 def get_org(org_id: str) -> Org:
-    item = (
-        client()
-        .get_item(TableName=settings().billing_table, Key={"pk": s(org_pk(org_id)), "sk": s("ORG")})
-        .get("Item")
-    )
+    item = client().get_item(TableName=settings().billing_table, Key=_org_key(org_id)).get("Item")
     if not item:
         raise NotFound(f"No org '{org_id}'.")
+    card = None
+    if "card_pm" in item:
+        card = Card(
+            payment_method_id=as_str(item, "card_pm"),
+            brand=as_str(item, "card_brand"),
+            last4=as_str(item, "card_last4"),
+            exp_month=as_int(item, "card_exp_month"),
+            exp_year=as_int(item, "card_exp_year"),
+        )
     return Org(
         org_id=org_id,
         name=as_str(item, "name"),
         email=as_str(item, "email"),
         created_at=as_str(item, "created_at"),
+        stripe_customer_id=as_str(item, "stripe_customer_id") or None,
+        card=card,
+    )
+
+
+def _org_key(org_id: str) -> Item:
+    return {"pk": s(org_pk(org_id)), "sk": s("ORG")}
+
+
+def attach_stripe_customer(org_id: str, customer_id: str) -> str:
+    """Remember the org's Stripe customer; if one was attached first, keep (and return) that one."""
+    try:
+        client().update_item(
+            TableName=settings().billing_table,
+            Key=_org_key(org_id),
+            UpdateExpression="SET stripe_customer_id = :c",
+            ConditionExpression="attribute_exists(pk) AND attribute_not_exists(stripe_customer_id)",
+            ExpressionAttributeValues={":c": s(customer_id)},
+        )
+    except ClientError as exc:
+        if error_code(exc) != "ConditionalCheckFailedException":
+            raise
+        existing = get_org(org_id).stripe_customer_id
+        if existing is None:
+            raise
+        return existing
+    return customer_id
+
+
+def save_card(org_id: str, card: Card) -> None:
+    """The card auto-reload charges (the one saved by the latest top-up)."""
+    client().update_item(
+        TableName=settings().billing_table,
+        Key=_org_key(org_id),
+        UpdateExpression=(
+            "SET card_pm = :pm, card_brand = :brand, card_last4 = :last4, "
+            "card_exp_month = :m, card_exp_year = :y"
+        ),
+        ConditionExpression="attribute_exists(pk)",
+        ExpressionAttributeValues={
+            ":pm": s(card.payment_method_id),
+            ":brand": s(card.brand),
+            ":last4": s(card.last4),
+            ":m": n(card.exp_month),
+            ":y": n(card.exp_year),
+        },
     )
 
 

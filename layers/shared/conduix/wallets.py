@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -50,7 +50,7 @@ def org_pk(org_id: str) -> str:
     return f"ORG#{org_id}"
 
 
-def _wallet_key(org_id: str) -> dict[str, Any]:
+def wallet_key(org_id: str) -> dict[str, Any]:
     return {"pk": s(org_pk(org_id)), "sk": s("WALLET")}
 
 
@@ -81,6 +81,37 @@ class Wallet:
     cap_remaining: int
     billing_mode: str
     holds: tuple[Hold, ...]
+    paused: bool = False  # refused for lack of credits since credits last landed
+    reload: AutoReload = field(default_factory=lambda: AutoReload())
+
+
+@dataclass(frozen=True)
+class AutoReload:
+    """Auto-reload settings and state, kept on the wallet so a write's condition can read them."""
+
+    enabled: bool = False
+    threshold: int = 0
+    amount: int = 0
+    episode: int = 0  # counts the times the balance fell below the threshold
+    due: bool = False  # this episode still needs a charge
+    failures: int = 0  # consecutive failed charges
+    last_status: str = ""
+    last_message: str = ""
+    last_at: str = ""
+
+
+def _reload_from_item(item: Item) -> AutoReload:
+    return AutoReload(
+        enabled=as_bool(item, "reload_enabled"),
+        threshold=as_int(item, "reload_threshold"),
+        amount=as_int(item, "reload_amount"),
+        episode=as_int(item, "reload_episode"),
+        due="reload_due_shard" in item,
+        failures=as_int(item, "reload_failures"),
+        last_status=as_str(item, "reload_last_status"),
+        last_message=as_str(item, "reload_last_message"),
+        last_at=as_str(item, "reload_last_at"),
+    )
 
 
 def _wallet_from_item(org_id: str, item: Item) -> Wallet:
@@ -107,6 +138,8 @@ def _wallet_from_item(org_id: str, item: Item) -> Wallet:
         cap_remaining=as_int(item, "cap_remaining"),
         billing_mode=as_str(item, "billing_mode", "prepaid"),
         holds=holds,
+        paused="paused_at" in item,
+        reload=_reload_from_item(item),
     )
 
 
@@ -114,7 +147,7 @@ def new_wallet_item(org_id: str, now: datetime) -> Item:
     """A fresh, empty wallet (written together with its org)."""
     zero = n(0)
     return {
-        **_wallet_key(org_id),
+        **wallet_key(org_id),
         "org_id": s(org_id),
         "balance": zero,
         "held": zero,
@@ -134,7 +167,7 @@ def new_wallet_item(org_id: str, now: datetime) -> Item:
 def get_wallet(org_id: str) -> Wallet:
     item = (
         client()
-        .get_item(TableName=settings().billing_table, Key=_wallet_key(org_id), ConsistentRead=True)
+        .get_item(TableName=settings().billing_table, Key=wallet_key(org_id), ConsistentRead=True)
         .get("Item")
     )
     if not item:
@@ -146,7 +179,7 @@ def get_balance(org_id: str) -> int:
     """The settled balance alone (a small, eventually consistent read for response headers)."""
     item = (
         client()
-        .get_item(TableName=settings().billing_table, Key=_wallet_key(org_id), ProjectionExpression="balance")
+        .get_item(TableName=settings().billing_table, Key=wallet_key(org_id), ProjectionExpression="balance")
         .get("Item")
     )
     return as_int(item or {}, "balance")
@@ -160,7 +193,7 @@ def roll_period(org_id: str, period: str) -> None:
     try:
         client().update_item(
             TableName=settings().billing_table,
-            Key=_wallet_key(org_id),
+            Key=wallet_key(org_id),
             UpdateExpression=(
                 "SET #period = :p, month_spent = :zero, committed = held, cap_remaining = cap_limit - held"
             ),
@@ -180,8 +213,12 @@ def roll_period(org_id: str, period: str) -> None:
 @dataclass(frozen=True)
 class Reservation:
     hold_nanos: int
-    balance: int  # settled balance when the hold was placed
-    available: int  # after the hold
+    wallet: Wallet  # as the hold left it
+
+    @property
+    def balance(self) -> int:
+        """The settled balance when the hold was placed."""
+        return self.wallet.balance
 
 
 def _refusal(org_id: str, old: Item, amount: int) -> Exception | None:
@@ -218,7 +255,7 @@ def reserve(
             result = retrying(
                 lambda: client().update_item(
                     TableName=settings().billing_table,
-                    Key=_wallet_key(org_id),
+                    Key=wallet_key(org_id),
                     UpdateExpression=(
                         "SET holds.#rid = :hold, sweep_shard = :shard "
                         "ADD held :h, available :nh, committed :h, cap_remaining :nh"
@@ -238,7 +275,9 @@ def reserve(
                         ":invoice": s("invoice"),
                         ":false": {"BOOL": False},
                     },
-                    ReturnValues="UPDATED_NEW",
+                    # The whole wallet comes back at no extra cost: the caller learns the
+                    # balance and the auto-reload settings without a read.
+                    ReturnValues="ALL_NEW",
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
             )
@@ -261,9 +300,7 @@ def reserve(
             if refusal:
                 raise refusal from None
             continue  # the state it failed on has changed since: try again
-        attrs = result["Attributes"]
-        held, available = as_int(attrs, "held"), as_int(attrs, "available")
-        return Reservation(hold_nanos=amount, balance=available + held, available=available)
+        return Reservation(hold_nanos=amount, wallet=_wallet_from_item(org_id, result["Attributes"]))
     raise Conflict("The wallet kept changing while placing the hold; please retry.")
 
 
@@ -364,7 +401,7 @@ def settle(org_id: str, request_id: str, hold_amount: int, usage: Usage, now: da
             {
                 "Update": {
                     "TableName": table,
-                    "Key": _wallet_key(org_id),
+                    "Key": wallet_key(org_id),
                     "UpdateExpression": (
                         "REMOVE holds.#rid ADD balance :nc, held :nh, available :hc, "
                         "month_spent :c, committed :ch, cap_remaining :hc"
@@ -433,7 +470,7 @@ def release(org_id: str, request_id: str, hold_amount: int) -> bool:
         retrying(
             lambda: client().update_item(
                 TableName=settings().billing_table,
-                Key=_wallet_key(org_id),
+                Key=wallet_key(org_id),
                 UpdateExpression=(
                     "REMOVE holds.#rid ADD held :nh, available :h, committed :nh, cap_remaining :h"
                 ),
@@ -493,8 +530,10 @@ def credit(
         {
             "Update": {
                 "TableName": table,
-                "Key": _wallet_key(org_id),
-                "UpdateExpression": "ADD balance :a, available :a",
+                "Key": wallet_key(org_id),
+                # Credits landing end an "account paused" spell (its notice may go out again).
+                "UpdateExpression": "ADD balance :a, available :a"
+                + (" REMOVE paused_at" if amount > 0 else ""),
                 "ConditionExpression": "attribute_exists(pk)",
                 "ExpressionAttributeValues": {":a": n(amount)},
             }
@@ -516,7 +555,64 @@ def credit(
         if reasons[1].get("Code") == "ConditionalCheckFailed":
             raise NotFound(f"No wallet for org '{org_id}'.") from None
         raise
+    if amount > 0:
+        end_reload_episode(org_id)
     return _entry_from_item(ledger), True
+
+
+# ------------------------------------------------------------------ account state: paused, auto-reload due
+
+
+def conditional_update(org_id: str, **kwargs: Any) -> bool:
+    """An UpdateItem on the wallet that reports whether its condition held."""
+    try:
+        client().update_item(TableName=settings().billing_table, Key=wallet_key(org_id), **kwargs)
+    except ClientError as exc:
+        if error_code(exc) == "ConditionalCheckFailedException":
+            return False
+        raise
+    return True
+
+
+def mark_paused(org_id: str, now: datetime) -> bool:
+    """Note that requests are being refused for lack of credits. True only for the first
+    refusal since credits last landed, so the notice goes out once per pause."""
+    return conditional_update(
+        org_id,
+        UpdateExpression="SET paused_at = :now",
+        ConditionExpression="attribute_exists(pk) AND attribute_not_exists(paused_at)",
+        ExpressionAttributeValues={":now": s(clock.iso(now))},
+    )
+
+
+def reload_shard(org_id: str) -> str:
+    return sweep_shard(org_id)
+
+
+def mark_reload_due(org_id: str) -> bool:
+    """Start an auto-reload episode: once, when the available balance is below the threshold.
+
+    The condition compares the stored attributes themselves, so concurrent settles mark the
+    episode once and a stale estimate can never mark one speculatively.
+    """
+    return conditional_update(
+        org_id,
+        UpdateExpression="SET reload_due_shard = :shard ADD reload_episode :one",
+        ConditionExpression=(
+            "reload_enabled = :true AND attribute_not_exists(reload_due_shard) "
+            "AND available < reload_threshold"
+        ),
+        ExpressionAttributeValues={":shard": s(reload_shard(org_id)), ":one": n(1), ":true": {"BOOL": True}},
+    )
+
+
+def end_reload_episode(org_id: str) -> bool:
+    """Close the episode once credits brought the balance back to or above the threshold."""
+    return conditional_update(
+        org_id,
+        UpdateExpression="REMOVE reload_due_shard",
+        ConditionExpression="attribute_exists(reload_due_shard) AND available >= reload_threshold",
+    )
 
 
 # ------------------------------------------------------------------ settings kept on the wallet
@@ -535,7 +631,7 @@ def set_spend_cap(org_id: str, limit: int | None, now: datetime) -> None:
     try:
         client().update_item(
             TableName=settings().billing_table,
-            Key=_wallet_key(org_id),
+            Key=wallet_key(org_id),
             UpdateExpression=update,
             ConditionExpression="attribute_exists(pk)",
             ExpressionAttributeValues=values,
@@ -571,7 +667,7 @@ def open_holds(org_id: str) -> tuple[Hold, ...]:
         client()
         .get_item(
             TableName=settings().billing_table,
-            Key=_wallet_key(org_id),
+            Key=wallet_key(org_id),
             ProjectionExpression="holds",
             ConsistentRead=True,
         )
@@ -585,7 +681,7 @@ def forget_if_idle(org_id: str) -> None:
     try:
         client().update_item(
             TableName=settings().billing_table,
-            Key=_wallet_key(org_id),
+            Key=wallet_key(org_id),
             UpdateExpression="REMOVE sweep_shard",
             ConditionExpression="size(holds) = :zero",
             ExpressionAttributeValues={":zero": n(0)},

@@ -1,0 +1,181 @@
+"""Everything we ask of Stripe, through the official SDK, in one place.
+
+Only the functions that take money (BillingApi's top-ups and invoices, StripeWebhook,
+AutoReload) import this module, so the Completion function never pays for `import stripe`.
+Stripe objects are turned into plain dicts at this boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import stripe
+
+from conduix.errors import ConfigurationError, UpstreamUnavailable
+
+CURRENCY = "usd"
+
+
+@cache
+def client() -> stripe.StripeClient:
+    """A StripeClient for STRIPE_API_KEY. STRIPE_API_BASE points it at a local stand-in."""
+    api_key = os.environ.get("STRIPE_API_KEY", "").strip()
+    if not api_key:
+        raise ConfigurationError("STRIPE_API_KEY is not set: Stripe is not configured on this deployment.")
+    base = os.environ.get("STRIPE_API_BASE", "").strip()
+    return stripe.StripeClient(
+        api_key,
+        base_addresses={"api": base} if base else None,
+        max_network_retries=2,  # the SDK sends an idempotency key with its own retries
+    )
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    result: dict[str, Any] = obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
+    return result
+
+
+def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Stripe outages become our domain error; card errors and bad requests pass through."""
+    try:
+        return fn(*args, **kwargs)
+    except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
+        raise UpstreamUnavailable(f"Stripe could not be reached: {exc.user_message or exc}") from exc
+
+
+def cents(credits_nanos: int) -> int:
+    """1 credit is 1 USD; credits for sale are whole cents."""
+    whole, rest = divmod(credits_nanos, 10_000_000)
+    if rest:
+        raise ValueError("credits for sale must be whole cents")
+    return whole
+
+
+def create_customer(org_id: str, name: str, email: str) -> str:
+    customer = _call(
+        client().v1.customers.create,
+        params={"name": name, "email": email, "metadata": {"org_id": org_id}},
+        # One customer per org even when two first top-ups race.
+        options={"idempotency_key": f"customer-{org_id}"},
+    )
+    return str(customer.id)
+
+
+def create_top_up_session(
+    *,
+    org_id: str,
+    customer_id: str,
+    credits_nanos: int,
+    credits_label: str,
+    success_url: str,
+    cancel_url: str,
+    idempotency_key: str,
+) -> tuple[str, str]:
+    metadata = {"org_id": org_id, "credits": credits_label, "purpose": "top_up"}
+    session = _call(
+        client().v1.checkout.sessions.create,
+        params={
+            "mode": "payment",
+            "customer": customer_id,
+            "client_reference_id": org_id,
+            "line_items": [
+                {
+                    "price_data": {
+                        "currency": CURRENCY,
+                        "unit_amount": cents(credits_nanos),
+                        "product_data": {"name": f"{credits_label} Conduix credits"},
+                    },
+                    "quantity": 1,
+                }
+            ],
+            # Every top-up yields an invoice the customer can download.
+            "invoice_creation": {
+                "enabled": True,
+                "invoice_data": {"description": f"{credits_label} Conduix credits", "metadata": metadata},
+            },
+            # Save the card for auto-reload's off-session charges.
+            "payment_intent_data": {"setup_future_usage": "off_session", "metadata": metadata},
+            "metadata": metadata,
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+        },
+        options={"idempotency_key": idempotency_key},
+    )
+    return str(session.url), str(session.id)
+
+
+def retrieve_session(session_id: str) -> dict[str, Any]:
+    session = _call(
+        client().v1.checkout.sessions.retrieve,
+        session_id,
+        params={"expand": ["payment_intent", "payment_intent.payment_method", "invoice"]},
+    )
+    return _plain(session)
+
+
+def retrieve_payment_intent(payment_intent_id: str) -> dict[str, Any]:
+    intent = _call(
+        client().v1.payment_intents.retrieve, payment_intent_id, params={"expand": ["payment_method"]}
+    )
+    return _plain(intent)
+
+
+@dataclass(frozen=True)
+class Charge:
+    succeeded: bool
+    payment_intent_id: str | None
+    failure_code: str | None
+    message: str
+
+
+def charge_off_session(
+    *,
+    customer_id: str,
+    payment_method_id: str,
+    amount_cents: int,
+    description: str,
+    metadata: dict[str, str],
+    idempotency_key: str,
+) -> Charge:
+    """Charge a saved card with nobody present. The idempotency key makes a retried or
+    overlapping run get the first attempt's answer instead of a second charge."""
+    try:
+        intent = _call(
+            client().v1.payment_intents.create,
+            params={
+                "amount": amount_cents,
+                "currency": CURRENCY,
+                "customer": customer_id,
+                "payment_method": payment_method_id,
+                "off_session": True,
+                "confirm": True,
+                "description": description,
+                "metadata": metadata,
+            },
+            options={"idempotency_key": idempotency_key},
+        )
+    except stripe.CardError as exc:
+        error = exc.error
+        intent_id = getattr(getattr(error, "payment_intent", None), "id", None) if error else None
+        return Charge(False, intent_id, exc.code or "card_error", exc.user_message or str(exc))
+    if intent.status == "succeeded":
+        return Charge(True, str(intent.id), None, "Charged the saved card.")
+    return Charge(False, str(intent.id), intent.status, f"The payment is {intent.status.replace('_', ' ')}.")
+
+
+def list_invoices(customer_id: str) -> list[dict[str, Any]]:
+    page = _call(client().v1.invoices.list, params={"customer": customer_id, "limit": 100})
+    return [_plain(invoice) for invoice in page.data]
+
+
+def verified_event(payload: bytes, signature: str | None, secret: str) -> dict[str, Any]:
+    """The event, once its Stripe-Signature has been checked over the raw body (with Stripe's
+    five-minute tolerance against replays). Raises stripe.SignatureVerificationError."""
+    text = payload.decode("utf-8")
+    stripe.WebhookSignature.verify_header(text, signature or "", secret, tolerance=300)
+    event: dict[str, Any] = json.loads(text)
+    return event
