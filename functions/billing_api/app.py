@@ -8,7 +8,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
-from conduix import api, billing
+from conduix import api, billing, statements
 from conduix.auth import authenticate
 
 logger = Logger()
@@ -24,6 +24,17 @@ def _org_id() -> str:
 @app.get("/v1/billing")
 def get_billing() -> dict[str, Any]:
     return billing.billing_view(_org_id())
+
+
+@app.get("/v1/billing/ledger")
+def get_ledger() -> dict[str, Any]:
+    query = app.current_event.query_string_parameters or {}
+    return statements.ledger_page(_org_id(), query.get("limit"), query.get("cursor"))
+
+
+@app.get("/v1/usage")
+def get_usage() -> dict[str, Any]:
+    return statements.usage_report(_org_id(), dict(app.current_event.query_string_parameters or {}))
 
 
 @app.put("/v1/billing/spend-cap")

@@ -6,7 +6,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from conduix import errors, sweeper, wallets
+from conduix import clock, errors, sweeper, wallets
 from conduix.money import NANOS_PER_CREDIT as C
 
 from tests.integration.helpers import NOW, assert_consistent, fund, ledger_items
@@ -31,8 +31,8 @@ def test_hold_then_settle_debits_the_actual_cost(org: str) -> None:
     assert w.balance == 10 * C - 1_234_567_891
     assert (w.held, w.holds, w.month_spent) == (0, (), 1_234_567_891)
     entry = next(i for i in ledger_items(org) if i["entry_type"]["S"] == "usage")
-    assert entry["sk"]["S"] == "LEDGER#usage:req-1"
-    assert entry["amount"]["N"] == "-1234567891"
+    assert entry["sk"]["S"] == f"LEDGER#{clock.iso(NOW)}#usage:req-1"
+    assert (entry["entry_id"]["S"], entry["amount"]["N"]) == ("usage:req-1", "-1234567891")
 
 
 def test_a_settle_retried_after_it_committed_bills_once(org: str) -> None:

@@ -349,7 +349,7 @@ class SettleOutcome(Enum):
     HOLD_GONE = "hold_gone"  # HoldSweeper released it first: the request goes unbilled
 
 
-def _ledger_item(
+def _ledger_items(
     org_id: str,
     *,
     kind: str,
@@ -358,22 +358,25 @@ def _ledger_item(
     now: datetime,
     description: str,
     extra: Item | None = None,
-) -> Item:
+) -> tuple[Item, Item]:
+    """A ledger entry as two items written together: the marker under its idempotency key
+    (whose conditional put is what makes a movement happen once) and the statement line under
+    its time, so an org's ledger reads in order with strongly consistent queries."""
     entry_id = f"{kind}:{key}"
-    fingerprint = hashlib.sha256(f"{kind}|{amount}".encode()).hexdigest()[:32]
     created = clock.iso(now)
-    return {
+    line_sk = f"LEDGER#{created}#{entry_id}"
+    entry = {
         "pk": s(org_pk(org_id)),
-        "sk": s(f"LEDGER#{entry_id}"),
-        "ts": s(f"{created}#{entry_id}"),
         "entry_id": s(entry_id),
         "entry_type": s(kind),
         "amount": n(amount),
         "description": s(description),
-        "fingerprint": s(fingerprint),
         "created_at": s(created),
         **(extra or {}),
     }
+    fingerprint = hashlib.sha256(f"{kind}|{amount}".encode()).hexdigest()[:32]
+    marker = {**entry, "sk": s(f"ENTRY#{entry_id}"), "fingerprint": s(fingerprint), "line_sk": s(line_sk)}
+    return marker, {**entry, "sk": s(line_sk)}
 
 
 def settle(org_id: str, request_id: str, hold_amount: int, usage: Usage, now: datetime) -> SettleOutcome:
@@ -381,7 +384,7 @@ def settle(org_id: str, request_id: str, hold_amount: int, usage: Usage, now: da
     one transaction. Exactly one of settle and release/sweep can close a hold."""
     period = clock.period_of(now)
     c = usage.cost
-    ledger = _ledger_item(
+    marker, line = _ledger_items(
         org_id,
         kind="usage",
         key=request_id,
@@ -420,7 +423,8 @@ def settle(org_id: str, request_id: str, hold_amount: int, usage: Usage, now: da
                     "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                 }
             },
-            {"Put": {"TableName": table, "Item": ledger, "ConditionExpression": "attribute_not_exists(pk)"}},
+            {"Put": {"TableName": table, "Item": marker, "ConditionExpression": "attribute_not_exists(pk)"}},
+            {"Put": {"TableName": table, "Item": line}},
             {
                 "Update": {
                     "TableName": table,
@@ -446,7 +450,7 @@ def settle(org_id: str, request_id: str, hold_amount: int, usage: Usage, now: da
             return SettleOutcome.SETTLED
         except ClientError as exc:
             reasons = cancellation_reasons(exc)
-            if error_code(exc) != "TransactionCanceledException" or len(reasons) != 3:
+            if error_code(exc) != "TransactionCanceledException" or len(reasons) != 4:
                 raise
             if reasons[1].get("Code") == "ConditionalCheckFailed":
                 return SettleOutcome.ALREADY_SETTLED
@@ -516,17 +520,18 @@ def credit(
     Returns the entry and whether this call created it. The same key again returns the
     original entry; the same key with another amount raises IdempotencyConflict.
     """
-    ledger = _ledger_item(org_id, kind=kind, key=key, amount=amount, now=now, description=description)
+    marker, line = _ledger_items(org_id, kind=kind, key=key, amount=amount, now=now, description=description)
     table = settings().billing_table
     items: list[Any] = [
         {
             "Put": {
                 "TableName": table,
-                "Item": ledger,
+                "Item": marker,
                 "ConditionExpression": "attribute_not_exists(pk)",
                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }
         },
+        {"Put": {"TableName": table, "Item": line}},
         {
             "Update": {
                 "TableName": table,
@@ -543,21 +548,21 @@ def credit(
         retrying(lambda: client().transact_write_items(TransactItems=items))
     except ClientError as exc:
         reasons = cancellation_reasons(exc)
-        if error_code(exc) != "TransactionCanceledException" or len(reasons) != 2:
+        if error_code(exc) != "TransactionCanceledException" or len(reasons) != 3:
             raise
         if reasons[0].get("Code") == "ConditionalCheckFailed":
             existing = reasons[0].get("Item") or {}
-            if as_str(existing, "fingerprint") != ledger["fingerprint"]["S"]:
+            if as_str(existing, "fingerprint") != marker["fingerprint"]["S"]:
                 raise IdempotencyConflict(
                     f"The idempotency key '{key}' was already used with a different amount."
                 ) from None
             return _entry_from_item(existing), False
-        if reasons[1].get("Code") == "ConditionalCheckFailed":
+        if reasons[2].get("Code") == "ConditionalCheckFailed":
             raise NotFound(f"No wallet for org '{org_id}'.") from None
         raise
     if amount > 0:
         end_reload_episode(org_id)
-    return _entry_from_item(ledger), True
+    return _entry_from_item(marker), True
 
 
 # ------------------------------------------------------------------ account state: paused, auto-reload due
