@@ -41,6 +41,11 @@ def revoke_api_key(org_id: str, key_id: str) -> dict[str, Any]:
     return admin.revoke_api_key(org_id, key_id)
 
 
+@app.put("/admin/orgs/<org_id>/billing")
+def set_billing(org_id: str) -> dict[str, Any]:
+    return admin.set_billing(org_id, api.json_body(app))
+
+
 @app.post("/admin/orgs/<org_id>/credits")
 def grant_credits(org_id: str) -> Response[dict[str, Any]]:
     entry, created = admin.grant_credits(org_id, api.json_body(app))

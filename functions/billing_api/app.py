@@ -61,6 +61,26 @@ def post_top_up() -> Response[dict[str, Any]]:
     return Response(status_code=201, content_type=content_types.APPLICATION_JSON, body=session)
 
 
+@app.post("/v1/billing/subscription")
+def post_subscription() -> dict[str, Any]:
+    from conduix import subscriptions
+
+    org_id = _org_id()
+    return subscriptions.choose(org_id, api.json_body(app), api.headers(app).get("idempotency-key"))
+
+
+@app.delete("/v1/billing/subscription")
+def delete_subscription() -> dict[str, Any]:
+    from conduix import subscriptions
+
+    return subscriptions.cancel(_org_id())
+
+
+@app.get("/v1/pricing")
+def get_pricing() -> dict[str, Any]:
+    return billing.pricing()
+
+
 @app.get("/v1/billing/invoices")
 def get_invoices() -> dict[str, Any]:
     from conduix import payments

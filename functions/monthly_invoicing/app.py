@@ -1,7 +1,5 @@
-"""MonthlyInvoicing: on the 1st (UTC), invoice last month's usage of invoice-mode orgs.
-
-Not wired yet (it needs Stripe): the schedule runs and reports that there is nothing it can do.
-"""
+"""MonthlyInvoicing: on the 1st (UTC), NET-terms invoices for last month's usage of
+invoice-mode orgs; an event `{"period": "2026-11"}` invoices that month instead (wiring only)."""
 
 from __future__ import annotations
 
@@ -9,6 +7,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+from conduix import clock, invoicing
 
 logger = Logger()
 # The shared package logs through the standard library; give its loggers the same JSON output.
@@ -17,5 +16,6 @@ copy_config_to_registered_loggers(source_logger=logger, include={"conduix"})
 
 @logger.inject_lambda_context(clear_state=True)
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    logger.info("monthly invoicing is not enabled on this deployment yet")
-    return {"enabled": False, "invoiced": 0}
+    result = invoicing.run(event if isinstance(event, dict) else {}, clock.now())
+    logger.info("monthly invoicing done", extra={"period": result["period"], "orgs": len(result["orgs"])})
+    return result

@@ -11,7 +11,7 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
-from conduix import catalog
+from conduix import catalog, clock, invoicing
 from conduix_local.upstream import FakeUpstream
 
 pytestmark = pytest.mark.integration

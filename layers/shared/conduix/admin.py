@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from conduix import clock, orgs, wallets
+from conduix import clock, orgs, plans, wallets
 from conduix.billing import wallet_view
 from conduix.errors import InvalidRequest
 from conduix.money import format_credits, parse_credits
@@ -43,6 +43,7 @@ def get_org(org_id: str) -> dict[str, Any]:
         "email": org.email,
         "created_at": org.created_at,
         "wallet": wallet_view(wallets.get_wallet(org_id)),
+        "invoicing": {"po_number": org.po_number, "net_terms_days": org.net_terms_days},
         "api_keys": [_key_view(k) for k in orgs.list_api_keys(org_id)],
     }
 
@@ -68,7 +69,10 @@ def create_api_key(org_id: str, body: dict[str, Any]) -> dict[str, Any]:
         raise InvalidRequest(
             f"'scopes' must be a non-empty list of {', '.join(orgs.SCOPES)}.", param="scopes"
         )
-    secret, key = orgs.create_api_key(org_id, name, tuple(sorted(set(scopes))), clock.now())
+    plan = plans.get(wallets.get_wallet(org_id).plan)
+    secret, key = orgs.create_api_key(
+        org_id, name, tuple(sorted(set(scopes))), clock.now(), plan.max_api_keys
+    )
     return {"api_key": secret, "org_id": org_id, **_key_view(key)}
 
 
@@ -94,3 +98,22 @@ def grant_credits(org_id: str, body: dict[str, Any]) -> tuple[dict[str, Any], bo
         "created_at": entry.created_at,
         "idempotency_key": key,
     }, created
+
+
+def set_billing(org_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """PUT /admin/orgs/{org_id}/billing: {"mode": "invoice", "po_number": "PO-123", "net_terms_days": 30}
+    or {"mode": "prepaid"}."""
+    mode = body.get("mode")
+    if mode not in wallets.BILLING_MODES:
+        raise InvalidRequest(f"'mode' must be one of {', '.join(wallets.BILLING_MODES)}.", param="mode")
+    po_number = _text(body, "po_number", required=False)
+    days = body.get("net_terms_days", 30)
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 120:
+        raise InvalidRequest(
+            "'net_terms_days' must be a whole number of days from 1 to 120.", param="net_terms_days"
+        )
+    orgs.get_org(org_id)
+    if mode == "invoice":
+        orgs.set_invoice_terms(org_id, po_number, days)
+    wallets.set_billing_mode(org_id, str(mode))
+    return get_org(org_id)

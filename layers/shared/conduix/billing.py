@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conduix import clock, orgs, wallets
+from conduix import clock, orgs, plans, wallets
 from conduix.errors import InvalidRequest
 from conduix.money import format_credits, parse_credits
 
@@ -50,6 +50,7 @@ def billing_view(org_id: str) -> dict[str, Any]:
                 else None
             ),
         },
+        "plan": _plan_view(wallet.plan, org.subscription),
         "saved_card": (
             {"brand": card.brand, "last4": card.last4, "exp_month": card.exp_month, "exp_year": card.exp_year}
             if card
@@ -68,3 +69,57 @@ def set_spend_cap(org_id: str, body: dict[str, Any]) -> dict[str, Any]:
     limit = None if raw is None else parse_credits(raw, field="monthly_limit", allow_zero=True)
     wallets.set_spend_cap(org_id, limit, clock.now())
     return billing_view(org_id)
+
+
+def _plan_view(plan_id: str, sub: orgs.Subscription | None) -> dict[str, Any]:
+    plan = plans.get(plan_id)
+    return {
+        "id": plan.id,
+        "name": plan.name,
+        "included_credits": format_credits(plan.included_credits),
+        "subscription": (
+            {
+                "status": sub.status,
+                "current_period_end": sub.current_period_end,
+                "last_payment_failed": sub.last_payment_failed,
+            }
+            if sub
+            else None
+        ),
+    }
+
+
+def pricing() -> dict[str, Any]:
+    """GET /v1/pricing (public): plans, top-up tiers and model prices."""
+    from conduix.catalog import catalog
+    from conduix.config import payment_settings
+
+    return {
+        "unit": "credits",
+        "credit_value": "1 credit = 1 USD",
+        "plans": [
+            {
+                "id": p.id,
+                "name": p.name,
+                "monthly_price": format_credits(p.monthly_price_cents * 10_000_000),
+                "included_credits": format_credits(p.included_credits),
+                "features": {
+                    "cache_ttl_seconds": p.cache_ttl_seconds,
+                    "requests_per_minute_per_key": p.requests_per_minute,
+                    "max_api_keys": p.max_api_keys,
+                },
+                "highlights": list(p.highlights),
+            }
+            for p in plans.all_plans().values()
+        ],
+        "top_up_tiers": [format_credits(t) for t in payment_settings().top_up_tiers],
+        "models": [
+            {
+                "id": m.id,
+                "input_per_million": format_credits(m.pricing.input_per_million),
+                "output_per_million": format_credits(m.pricing.output_per_million),
+            }
+            for m in catalog()
+        ],
+        "cache": "Identical requests with temperature 0 are answered from cache for free.",
+    }

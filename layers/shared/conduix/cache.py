@@ -77,7 +77,7 @@ def lookup(key: str, now: datetime) -> dict[str, Any] | None:
     return cached
 
 
-def store(key: str, org_id: str, completion: dict[str, Any], now: datetime) -> None:
+def store(key: str, org_id: str, completion: dict[str, Any], now: datetime, ttl_seconds: int) -> None:
     try:
         client().put_item(
             TableName=settings().cache_table,
@@ -85,7 +85,7 @@ def store(key: str, org_id: str, completion: dict[str, Any], now: datetime) -> N
                 "cache_key": s(key),
                 "org_id": s(org_id),
                 "completion": s(json.dumps(completion, separators=(",", ":"))),
-                "expires_at": n(int(now.timestamp()) + settings().cache_ttl_seconds),
+                "expires_at": n(int(now.timestamp()) + ttl_seconds),
             },
         )
     except (ClientError, BotoCoreError):

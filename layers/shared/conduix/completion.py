@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from conduix import cache, chat, clock, pricing, providers, wallets
+from conduix import cache, chat, clock, plans, pricing, providers, wallets
 from conduix.auth import Principal
 from conduix.catalog import catalog
 from conduix.errors import InvalidRequest
@@ -130,7 +130,12 @@ def serve(principal: Principal, raw_body: bytes, request_id: str, deadline: floa
     if cost > hold:  # only if the provider ignored the output budget we sent it
         log.error("charge above hold", extra={"request_id": request_id, "hold": hold, "cost": cost})
     usage_record = wallets.Usage(
-        model.id, principal.key_id, reply.prompt_tokens, reply.completion_tokens, cost
+        model.id,
+        principal.key_id,
+        reply.prompt_tokens,
+        reply.completion_tokens,
+        cost,
+        billed_by=reservation.wallet.billing_mode,
     )
     try:
         outcome = wallets.settle(org_id, request_id, hold, usage_record, clock.now())
@@ -154,8 +159,8 @@ def serve(principal: Principal, raw_body: bytes, request_id: str, deadline: floa
         completion_tokens=reply.completion_tokens,
         cost=format_credits(cost),
     )
-    if key and whole is not None:
-        cache.store(key, org_id, whole, now)
+    if key and whole is not None:  # kept as long as the org's plan keeps answers
+        cache.store(key, org_id, whole, now, plans.get(reservation.wallet.plan).cache_ttl_seconds)
     return Served(text, content_type, MISS if key else BYPASS, cost, reservation.balance - cost)
 
 

@@ -41,7 +41,6 @@ class Settings:
     # A hold outlives any Lambda that could settle it (Completion times out at 30 s), so a
     # hold still open after this long belongs to a request that died: HoldSweeper frees it.
     hold_ttl_seconds: int
-    cache_ttl_seconds: int
     # Org keys are looked up once and remembered this long by a warm function; revoking a
     # key takes effect within it.
     key_cache_seconds: int
@@ -54,7 +53,6 @@ def settings() -> Settings:
         cache_table=_required("CACHE_TABLE"),
         models_file=os.environ.get("CONDUIX_MODELS_FILE", "").strip() or None,
         hold_ttl_seconds=_int("CONDUIX_HOLD_TTL_SECONDS", 300),
-        cache_ttl_seconds=_int("CONDUIX_CACHE_TTL_SECONDS", 86_400),
         key_cache_seconds=_int("CONDUIX_KEY_CACHE_SECONDS", 30),
     )
 

@@ -60,6 +60,11 @@ class PermissionDenied(ConduixError):
 class Conflict(ConduixError):
     code = "conflict"
 
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code:
+            self.code = code
+
 
 class IdempotencyConflict(Conflict):
     """The same idempotency key arrived with a different payload."""
@@ -83,6 +88,14 @@ class SpendCapExceeded(ConduixError):
         self.limit_nanos = limit_nanos
         self.committed_nanos = committed_nanos
         self.period = period
+
+
+class RateLimited(ConduixError):
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
 
 
 class UpstreamError(ConduixError):

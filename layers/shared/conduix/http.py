@@ -34,6 +34,7 @@ _STATUS: list[tuple[type[errors.ConduixError], int, str]] = [
     (errors.InvalidSignature, 400, "invalid_request_error"),
     (errors.InsufficientCredits, 402, "insufficient_quota"),
     (errors.SpendCapExceeded, 402, "insufficient_quota"),
+    (errors.RateLimited, 429, "requests"),
     (errors.UpstreamRejected, 400, "invalid_request_error"),
     (errors.UpstreamTimeout, 504, "api_error"),
     (errors.UpstreamUnavailable, 503, "api_error"),
@@ -56,6 +57,8 @@ def error_body(exc: errors.ConduixError) -> tuple[int, dict[str, Any], dict[str,
     headers: dict[str, str] = {}
     if isinstance(exc, errors.MethodNotAllowed):
         headers["Allow"] = ", ".join(exc.allowed)
+    if isinstance(exc, errors.RateLimited):
+        headers["Retry-After"] = str(exc.retry_after_seconds)
     if isinstance(exc, errors.SpendCapExceeded):
         inner["limit"] = format_credits(exc.limit_nanos)
         inner["period"] = exc.period

@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 from conduix import clock
 from conduix.config import settings
 from conduix.dynamo import Item, as_int, as_str, cancellation_reasons, client, error_code, n, s
-from conduix.errors import NotFound
+from conduix.errors import Conflict, NotFound
 from conduix.wallets import new_wallet_item, org_pk
 
 KEY_PREFIX = "cdx_"
@@ -46,6 +46,19 @@ class Org:
     created_at: str
     stripe_customer_id: str | None = None
     card: Card | None = None
+    subscription: Subscription | None = None
+    po_number: str | None = None
+    net_terms_days: int = 30
+
+
+@dataclass(frozen=True)
+class Subscription:
+    subscription_id: str
+    item_id: str
+    plan: str
+    status: str  # Stripe's: active, past_due, canceled...
+    current_period_end: int
+    last_payment_failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,6 +123,20 @@ def get_org(org_id: str) -> Org:
         created_at=as_str(item, "created_at"),
         stripe_customer_id=as_str(item, "stripe_customer_id") or None,
         card=card,
+        subscription=(
+            Subscription(
+                subscription_id=as_str(item, "sub_id"),
+                item_id=as_str(item, "sub_item_id"),
+                plan=as_str(item, "sub_plan"),
+                status=as_str(item, "sub_status"),
+                current_period_end=as_int(item, "sub_period_end"),
+                last_payment_failed=bool(item.get("sub_payment_failed", {}).get("BOOL", False)),
+            )
+            if "sub_id" in item
+            else None
+        ),
+        po_number=as_str(item, "po_number") or None,
+        net_terms_days=as_int(item, "net_terms_days", 30),
     )
 
 
@@ -168,8 +195,11 @@ def _key_from_item(item: Item) -> ApiKey:
     )
 
 
-def create_api_key(org_id: str, name: str, scopes: tuple[str, ...], now: datetime) -> tuple[str, ApiKey]:
-    """Mint a key. Returns the secret (never stored, shown once) and its record."""
+def create_api_key(
+    org_id: str, name: str, scopes: tuple[str, ...], now: datetime, max_keys: int
+) -> tuple[str, ApiKey]:
+    """Mint a key, if the org has fewer than `max_keys` live ones (its plan's limit).
+    Returns the secret (never stored, shown once) and its record."""
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(
         key_id=f"key_{secrets.token_hex(6)}",
@@ -194,10 +224,16 @@ def create_api_key(org_id: str, name: str, scopes: tuple[str, ...], now: datetim
         client().transact_write_items(
             TransactItems=[
                 {
-                    "ConditionCheck": {
+                    # The live-key count is kept on the org so the plan's limit holds under races.
+                    "Update": {
                         "TableName": table,
-                        "Key": {"pk": s(org_pk(org_id)), "sk": s("ORG")},
-                        "ConditionExpression": "attribute_exists(pk)",
+                        "Key": _org_key(org_id),
+                        "UpdateExpression": "ADD live_keys :one",
+                        "ConditionExpression": (
+                            "attribute_exists(pk) AND (attribute_not_exists(live_keys) OR live_keys < :max)"
+                        ),
+                        "ExpressionAttributeValues": {":one": n(1), ":max": n(max_keys)},
+                        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                     }
                 },
                 {"Put": {"TableName": table, "Item": {"pk": s(f"KEY#{key_hash}"), "sk": s("KEY"), **fields}}},
@@ -220,7 +256,13 @@ def create_api_key(org_id: str, name: str, scopes: tuple[str, ...], now: datetim
             error_code(exc) == "TransactionCanceledException"
             and reasons[0].get("Code") == "ConditionalCheckFailed"
         ):
-            raise NotFound(f"No org '{org_id}'.") from None
+            if not reasons[0].get("Item"):
+                raise NotFound(f"No org '{org_id}'.") from None
+            raise Conflict(
+                f"The org already has {max_keys} live API keys, the most its plan allows. "
+                "Revoke one or change plan.",
+                code="api_key_limit_reached",
+            ) from None
         raise
     return secret, key
 
@@ -255,13 +297,31 @@ def revoke_api_key(org_id: str, key_id: str) -> ApiKey:
     )
     if not item:
         raise NotFound(f"No API key '{key_id}' in org '{org_id}'.")
+    if item.get("revoked", {}).get("BOOL"):
+        return _key_from_item(item)
     table = settings().billing_table
     revoke: dict[str, Any] = {
         "UpdateExpression": "SET revoked = :true",
         "ExpressionAttributeValues": {":true": {"BOOL": True}},
     }
     updates: list[Any] = [
-        {"Update": {"TableName": table, "Key": {"pk": item["pk"], "sk": item["sk"]}, **revoke}},
+        {
+            "Update": {
+                "TableName": table,
+                "Key": {"pk": item["pk"], "sk": item["sk"]},
+                **revoke,
+                "ConditionExpression": "revoked = :false",
+                "ExpressionAttributeValues": {":true": {"BOOL": True}, ":false": {"BOOL": False}},
+            }
+        },
+        {
+            "Update": {
+                "TableName": table,
+                "Key": _org_key(org_id),
+                "UpdateExpression": "ADD live_keys :minus_one",
+                "ExpressionAttributeValues": {":minus_one": n(-1)},
+            }
+        },
         {
             "Update": {
                 "TableName": table,
@@ -270,5 +330,76 @@ def revoke_api_key(org_id: str, key_id: str) -> ApiKey:
             }
         },
     ]
-    client().transact_write_items(TransactItems=updates)
+    try:
+        client().transact_write_items(TransactItems=updates)
+    except ClientError as exc:
+        if error_code(exc) != "TransactionCanceledException":
+            raise
+        # Revoked meanwhile by another call: the outcome is the same.
     return _key_from_item({**item, "revoked": {"BOOL": True}})
+
+
+def save_subscription(org_id: str, sub: Subscription) -> None:
+    client().update_item(
+        TableName=settings().billing_table,
+        Key=_org_key(org_id),
+        UpdateExpression=(
+            "SET sub_id = :id, sub_item_id = :item, sub_plan = :plan, sub_status = :status, "
+            "sub_period_end = :end, sub_payment_failed = :failed"
+        ),
+        ConditionExpression="attribute_exists(pk)",
+        ExpressionAttributeValues={
+            ":id": s(sub.subscription_id),
+            ":item": s(sub.item_id),
+            ":plan": s(sub.plan),
+            ":status": s(sub.status),
+            ":end": n(sub.current_period_end),
+            ":failed": {"BOOL": sub.last_payment_failed},
+        },
+    )
+
+
+def mark_subscription_payment(org_id: str, subscription_id: str, failed: bool) -> None:
+    """Note whether the latest charge of this subscription failed (shown in billing)."""
+    try:
+        client().update_item(
+            TableName=settings().billing_table,
+            Key=_org_key(org_id),
+            UpdateExpression="SET sub_payment_failed = :failed",
+            ConditionExpression="sub_id = :id",
+            ExpressionAttributeValues={":failed": {"BOOL": failed}, ":id": s(subscription_id)},
+        )
+    except ClientError as exc:
+        if error_code(exc) != "ConditionalCheckFailedException":
+            raise
+
+
+def forget_subscription(org_id: str, subscription_id: str) -> None:
+    """Drop the subscription once Stripe says it ended (only if it is still the org's)."""
+    try:
+        client().update_item(
+            TableName=settings().billing_table,
+            Key=_org_key(org_id),
+            UpdateExpression=(
+                "REMOVE sub_id, sub_item_id, sub_plan, sub_status, sub_period_end, sub_payment_failed"
+            ),
+            ConditionExpression="sub_id = :id",
+            ExpressionAttributeValues={":id": s(subscription_id)},
+        )
+    except ClientError as exc:
+        if error_code(exc) != "ConditionalCheckFailedException":
+            raise
+
+
+def set_invoice_terms(org_id: str, po_number: str | None, net_terms_days: int) -> None:
+    update = "SET net_terms_days = :days" + (", po_number = :po" if po_number else " REMOVE po_number")
+    values: dict[str, Any] = {":days": n(net_terms_days)}
+    if po_number:
+        values[":po"] = s(po_number)
+    client().update_item(
+        TableName=settings().billing_table,
+        Key=_org_key(org_id),
+        UpdateExpression=update,
+        ConditionExpression="attribute_exists(pk)",
+        ExpressionAttributeValues=values,
+    )

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------ top-ups
 
 
-def _customer(org: orgs.Org) -> str:
+def customer_of(org: orgs.Org) -> str:
+    """The org's Stripe customer, created on first need."""
     if org.stripe_customer_id:
         return org.stripe_customer_id
     return orgs.attach_stripe_customer(
@@ -46,7 +47,7 @@ def start_top_up(org_id: str, body: dict[str, Any], idempotency_key: str | None)
     org = orgs.get_org(org_id)
     url, session_id = stripe_gateway.create_top_up_session(
         org_id=org_id,
-        customer_id=_customer(org),
+        customer_id=customer_of(org),
         credits_nanos=amount,
         credits_label=format_credits(amount),
         success_url=f"{config.public_url}/dashboard/billing?top_up=success&session_id={{CHECKOUT_SESSION_ID}}",
@@ -220,8 +221,25 @@ def _dispute_created(obj: dict[str, Any], now: datetime) -> str:
     )
 
 
-def _for_plans(obj: dict[str, Any], now: datetime) -> str:
-    return "ignored: plans are not enabled on this deployment"
+def _invoice_paid(obj: dict[str, Any], now: datetime) -> str:
+    from conduix import invoicing, subscriptions
+
+    metadata = obj.get("metadata") or {}
+    if metadata.get("purpose") == invoicing.PURPOSE:
+        return invoicing.invoice_paid(obj, now)
+    return subscriptions.invoice_paid(obj, now)
+
+
+def _invoice_payment_failed(obj: dict[str, Any], now: datetime) -> str:
+    from conduix import subscriptions
+
+    return subscriptions.invoice_payment_failed(obj, now)
+
+
+def _subscription_changed(obj: dict[str, Any], now: datetime) -> str:
+    from conduix import subscriptions
+
+    return subscriptions.subscription_changed(obj, now)
 
 
 HANDLERS: dict[str, Callable[[dict[str, Any], datetime], str]] = {
@@ -232,6 +250,11 @@ HANDLERS: dict[str, Callable[[dict[str, Any], datetime], str]] = {
     "payment_intent.payment_failed": _intent_failed,
     "charge.refunded": _charge_refunded,
     "charge.dispute.created": _dispute_created,
+    "invoice.paid": _invoice_paid,
+    "invoice.payment_failed": _invoice_payment_failed,
+    "customer.subscription.created": _subscription_changed,
+    "customer.subscription.updated": _subscription_changed,
+    "customer.subscription.deleted": _subscription_changed,
 }
 
 
@@ -239,8 +262,6 @@ def handle_event(event: dict[str, Any], now: datetime) -> str:
     """What this event did (for the log). Unknown types are acknowledged and ignored."""
     event_type = str(event.get("type", ""))
     handler = HANDLERS.get(event_type)
-    if handler is None and event_type.startswith(("invoice.", "customer.subscription.")):
-        handler = _for_plans
     if handler is None:
         return "ignored: unhandled type"
     return handler(event["data"]["object"], now)

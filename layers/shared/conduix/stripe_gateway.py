@@ -179,3 +179,147 @@ def verified_event(payload: bytes, signature: str | None, secret: str) -> dict[s
     stripe.WebhookSignature.verify_header(text, signature or "", secret, tolerance=300)
     event: dict[str, Any] = json.loads(text)
     return event
+
+
+# ------------------------------------------------------------------ plans (subscriptions)
+
+
+def plan_price(*, lookup_key: str, plan_name: str, unit_amount_cents: int, plan_id: str) -> str:
+    """The monthly price of a plan, found by lookup key or created once."""
+    found = _call(client().v1.prices.list, params={"lookup_keys": [lookup_key], "active": True, "limit": 1})
+    if found.data:
+        return str(found.data[0].id)
+    product = _call(
+        client().v1.products.create,
+        params={"name": f"Conduix {plan_name}", "metadata": {"plan": plan_id}},
+        options={"idempotency_key": f"product-{lookup_key}"},
+    )
+    price = _call(
+        client().v1.prices.create,
+        params={
+            "product": product.id,
+            "unit_amount": unit_amount_cents,
+            "currency": CURRENCY,
+            "recurring": {"interval": "month"},
+            "lookup_key": lookup_key,
+            "metadata": {"plan": plan_id},
+        },
+        options={"idempotency_key": f"price-{lookup_key}"},
+    )
+    return str(price.id)
+
+
+def create_subscription_session(
+    *,
+    org_id: str,
+    customer_id: str,
+    price_id: str,
+    plan_id: str,
+    success_url: str,
+    cancel_url: str,
+    idempotency_key: str,
+) -> tuple[str, str]:
+    metadata = {"org_id": org_id, "plan": plan_id, "purpose": "subscription"}
+    session = _call(
+        client().v1.checkout.sessions.create,
+        params={
+            "mode": "subscription",
+            "customer": customer_id,
+            "client_reference_id": org_id,
+            "line_items": [{"price": price_id, "quantity": 1}],
+            "subscription_data": {"metadata": metadata},
+            "metadata": metadata,
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+        },
+        options={"idempotency_key": idempotency_key},
+    )
+    return str(session.url), str(session.id)
+
+
+def retrieve_subscription(subscription_id: str) -> dict[str, Any]:
+    return _plain(_call(client().v1.subscriptions.retrieve, subscription_id))
+
+
+def change_subscription_price(
+    subscription_id: str, item_id: str, price_id: str, plan_id: str
+) -> dict[str, Any]:
+    """Switch plans from the next period on, without proration: the included credits of the
+    period already paid stay as they are."""
+    updated = _call(
+        client().v1.subscriptions.update,
+        subscription_id,
+        params={
+            "items": [{"id": item_id, "price": price_id}],
+            "proration_behavior": "none",
+            "metadata": {"plan": plan_id},
+        },
+    )
+    return _plain(updated)
+
+
+def cancel_subscription(subscription_id: str) -> dict[str, Any]:
+    return _plain(_call(client().v1.subscriptions.cancel, subscription_id))
+
+
+def retrieve_invoice(invoice_id: str) -> dict[str, Any]:
+    return _plain(_call(client().v1.invoices.retrieve, invoice_id))
+
+
+# ------------------------------------------------------------------ NET-terms invoices
+
+
+@dataclass(frozen=True)
+class InvoiceLine:
+    key: str  # stable per invoice (makes the item's creation idempotent)
+    amount_cents: int
+    description: str
+
+
+def send_usage_invoice(
+    *,
+    customer_id: str,
+    idempotency_prefix: str,
+    lines: list[InvoiceLine],
+    days_until_due: int,
+    po_number: str | None,
+    description: str,
+    metadata: dict[str, str],
+) -> dict[str, Any]:
+    """Create (or, on a rerun, find again) a send_invoice invoice, add its lines, finalize and
+    send it. Every step carries an idempotency key derived from the org and the month."""
+    params: dict[str, Any] = {
+        "customer": customer_id,
+        "collection_method": "send_invoice",
+        "days_until_due": days_until_due,
+        "description": description,
+        "metadata": metadata,
+        "auto_advance": False,
+        "pending_invoice_items_behavior": "exclude",
+    }
+    if po_number:
+        params["custom_fields"] = [{"name": "PO number", "value": po_number}]
+    invoice = _call(
+        client().v1.invoices.create, params=params, options={"idempotency_key": idempotency_prefix}
+    )
+    if invoice.status == "draft":
+        for line in lines:
+            _call(
+                client().v1.invoice_items.create,
+                params={
+                    "customer": customer_id,
+                    "invoice": invoice.id,
+                    "amount": line.amount_cents,
+                    "currency": CURRENCY,
+                    "description": line.description,
+                },
+                options={"idempotency_key": f"{idempotency_prefix}-{line.key}"},
+            )
+        invoice = _call(client().v1.invoices.finalize_invoice, invoice.id)
+    if invoice.status == "open":
+        invoice = _call(
+            client().v1.invoices.send_invoice,
+            invoice.id,
+            options={"idempotency_key": f"{idempotency_prefix}-send"},
+        )
+    return _plain(invoice)

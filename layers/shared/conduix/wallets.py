@@ -25,7 +25,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from conduix import clock
+from conduix import clock, plans
 from conduix.config import settings
 from conduix.dynamo import (
     Item,
@@ -39,7 +39,14 @@ from conduix.dynamo import (
     retrying,
     s,
 )
-from conduix.errors import Conflict, IdempotencyConflict, InsufficientCredits, NotFound, SpendCapExceeded
+from conduix.errors import (
+    Conflict,
+    IdempotencyConflict,
+    InsufficientCredits,
+    NotFound,
+    RateLimited,
+    SpendCapExceeded,
+)
 from conduix.money import format_credits
 
 SWEEP_SHARDS = 8
@@ -83,6 +90,7 @@ class Wallet:
     holds: tuple[Hold, ...]
     paused: bool = False  # refused for lack of credits since credits last landed
     reload: AutoReload = field(default_factory=lambda: AutoReload())
+    plan: str = "free"
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,7 @@ def _wallet_from_item(org_id: str, item: Item) -> Wallet:
         holds=holds,
         paused="paused_at" in item,
         reload=_reload_from_item(item),
+        plan=as_str(item, "plan", "free"),
     )
 
 
@@ -161,6 +170,9 @@ def new_wallet_item(org_id: str, now: datetime) -> Item:
         "billing_mode": s("prepaid"),
         "holds": {"M": {}},
         "created_at": s(clock.iso(now)),
+        "plan": s(plans.FREE),
+        "rpm_limit": n(plans.get(plans.FREE).requests_per_minute),
+        "rpm": {"M": {}},  # per key and minute: "<key_id>@<minute>" -> requests held
     }
 
 
@@ -221,8 +233,16 @@ class Reservation:
         return self.wallet.balance
 
 
-def _refusal(org_id: str, old: Item, amount: int) -> Exception | None:
+def _refusal(org_id: str, old: Item, amount: int, window: str, now: datetime) -> Exception | None:
     wallet = _wallet_from_item(org_id, old)
+    used = int(old.get("rpm", {}).get("M", {}).get(window, {}).get("N", 0))
+    limit = as_int(old, "rpm_limit")
+    if used >= limit:
+        return RateLimited(
+            f"Rate limit reached: {limit} requests per minute for this API key on the "
+            f"{plans.get(wallet.plan).name} plan. Retry after the minute turns.",
+            retry_after_seconds=60 - now.second,
+        )
     if wallet.capped and wallet.cap_remaining < amount:
         return SpendCapExceeded(
             f"Monthly spend cap of {format_credits(wallet.cap_limit)} credits reached for {wallet.period} "
@@ -250,23 +270,35 @@ def reserve(
     period = clock.period_of(now)
     expires = int(now.timestamp()) + settings().hold_ttl_seconds
     hold = {"M": {"a": n(amount), "x": n(expires), "m": s(model), "k": s(key_id)}}
+    minute = int(now.timestamp()) // 60
+    window, previous = f"{key_id}@{minute}", f"{key_id}@{minute - 1}"
     for _ in range(4):
         try:
             result = retrying(
                 lambda: client().update_item(
                     TableName=settings().billing_table,
                     Key=wallet_key(org_id),
+                    # The key's request count for this minute rides on the same write; the
+                    # previous minute's count is dropped so the map stays small.
                     UpdateExpression=(
                         "SET holds.#rid = :hold, sweep_shard = :shard "
-                        "ADD held :h, available :nh, committed :h, cap_remaining :nh"
+                        "ADD held :h, available :nh, committed :h, cap_remaining :nh, rpm.#win :one "
+                        "REMOVE rpm.#prev"
                     ),
                     ConditionExpression=(
                         "#period = :p AND attribute_not_exists(holds.#rid) "
+                        "AND (attribute_not_exists(rpm.#win) OR rpm.#win < rpm_limit) "
                         "AND (billing_mode = :invoice OR available >= :h) "
                         "AND (capped = :false OR cap_remaining >= :h)"
                     ),
-                    ExpressionAttributeNames={"#rid": request_id, "#period": "period"},
+                    ExpressionAttributeNames={
+                        "#rid": request_id,
+                        "#period": "period",
+                        "#win": window,
+                        "#prev": previous,
+                    },
                     ExpressionAttributeValues={
+                        ":one": n(1),
                         ":hold": hold,
                         ":shard": s(sweep_shard(org_id)),
                         ":h": n(amount),
@@ -296,7 +328,7 @@ def reserve(
                 continue
             if "M" in old.get("holds", {}) and request_id in old["holds"]["M"]:
                 raise Conflict(f"Request id '{request_id}' already holds credits.") from None
-            refusal = _refusal(org_id, old, amount)
+            refusal = _refusal(org_id, old, amount, window, now)
             if refusal:
                 raise refusal from None
             continue  # the state it failed on has changed since: try again
@@ -313,6 +345,7 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cost: int
+    billed_by: str = "prepaid"  # the wallet's billing mode when the request ran
 
 
 def _usage_update(
@@ -396,6 +429,7 @@ def settle(org_id: str, request_id: str, hold_amount: int, usage: Usage, now: da
             "key_id": s(usage.key_id),
             "prompt_tokens": n(usage.prompt_tokens),
             "completion_tokens": n(usage.completion_tokens),
+            "billed_by": s(usage.billed_by),
         },
     )
     table = settings().billing_table
@@ -694,3 +728,47 @@ def forget_if_idle(org_id: str) -> None:
     except ClientError as exc:
         if error_code(exc) != "ConditionalCheckFailedException":
             raise
+
+
+def set_plan(org_id: str, plan: plans.Plan) -> None:
+    """The plan whose features the wallet's own writes enforce (requests per minute)."""
+    client().update_item(
+        TableName=settings().billing_table,
+        Key=wallet_key(org_id),
+        UpdateExpression="SET #plan = :plan, rpm_limit = :rpm",
+        ConditionExpression="attribute_exists(pk)",
+        ExpressionAttributeNames={"#plan": "plan"},
+        ExpressionAttributeValues={":plan": s(plan.id), ":rpm": n(plan.requests_per_minute)},
+    )
+
+
+def set_billing_mode(org_id: str, mode: str) -> None:
+    """prepaid: the balance gates requests; invoice: usage accrues and is invoiced monthly
+    (caps still hold). Invoice-mode wallets are listed in a sparse index for MonthlyInvoicing."""
+    if mode == "invoice":
+        update, values = "SET billing_mode = :m, invoice_shard = :shard", {":m": s(mode), ":shard": s("all")}
+    else:
+        update, values = "SET billing_mode = :m REMOVE invoice_shard", {":m": s(mode)}
+    client().update_item(
+        TableName=settings().billing_table,
+        Key=wallet_key(org_id),
+        UpdateExpression=update,
+        ConditionExpression="attribute_exists(pk)",
+        ExpressionAttributeValues=values,
+    )
+
+
+def invoice_mode_orgs() -> list[str]:
+    org_ids: list[str] = []
+    kwargs: dict[str, Any] = {
+        "TableName": settings().billing_table,
+        "IndexName": "by_invoice_mode",
+        "KeyConditionExpression": "invoice_shard = :s",
+        "ExpressionAttributeValues": {":s": s("all")},
+    }
+    while True:
+        page = client().query(**kwargs)
+        org_ids += [item["pk"]["S"].removeprefix("ORG#") for item in page.get("Items", [])]
+        if "LastEvaluatedKey" not in page:
+            return org_ids
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
