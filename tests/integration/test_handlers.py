@@ -97,7 +97,5 @@ def test_every_sample_event_drives_its_handler(env: None, upstream: FakeUpstream
         == 0
     )
     assert handler("auto_reload").lambda_handler(event("auto_reload"), context("reload")) == {"orgs": 0}
-    assert (
-        handler("monthly_invoicing").lambda_handler(event("monthly_invoicing"), context("inv"))["enabled"]
-        is False
-    )
+    invoiced = handler("monthly_invoicing").lambda_handler(event("monthly_invoicing"), context("inv"))
+    assert invoiced == {"period": invoicing.previous_month(clock.now()), "orgs": {}}
