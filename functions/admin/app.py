@@ -8,7 +8,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
-from conduix import admin, api
+from conduix import admin, api, keys
 from conduix.auth import require_operator
 
 logger = Logger()
@@ -33,12 +33,12 @@ def get_org(org_id: str) -> dict[str, Any]:
 
 @app.post("/admin/orgs/<org_id>/api-keys")
 def create_api_key(org_id: str) -> Response[dict[str, Any]]:
-    return _json(201, admin.create_api_key(org_id, api.json_body(app)))
+    return _json(201, keys.create_api_key(org_id, api.json_body(app)))
 
 
 @app.delete("/admin/orgs/<org_id>/api-keys/<key_id>")
 def revoke_api_key(org_id: str, key_id: str) -> dict[str, Any]:
-    return admin.revoke_api_key(org_id, key_id)
+    return keys.revoke_api_key(org_id, key_id)
 
 
 @app.put("/admin/orgs/<org_id>/billing")

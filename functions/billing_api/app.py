@@ -8,7 +8,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
-from conduix import api, billing, statements
+from conduix import api, billing, keys, statements
 from conduix.auth import authenticate
 
 logger = Logger()
@@ -35,6 +35,23 @@ def get_ledger() -> dict[str, Any]:
 @app.get("/v1/usage")
 def get_usage() -> dict[str, Any]:
     return statements.usage_report(_org_id(), dict(app.current_event.query_string_parameters or {}))
+
+
+@app.get("/v1/billing/api-keys")
+def get_api_keys() -> dict[str, Any]:
+    return keys.list_keys(_org_id())
+
+
+@app.post("/v1/billing/api-keys")
+def post_api_key() -> Response[dict[str, Any]]:
+    org_id = _org_id()
+    created = keys.create_api_key(org_id, api.json_body(app))
+    return Response(status_code=201, content_type=content_types.APPLICATION_JSON, body=created)
+
+
+@app.delete("/v1/billing/api-keys/<key_id>")
+def delete_api_key(key_id: str) -> dict[str, Any]:
+    return keys.revoke_api_key(_org_id(), key_id)
 
 
 @app.put("/v1/billing/spend-cap")

@@ -5,29 +5,18 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from conduix import clock, orgs, plans, wallets
+from conduix import clock, keys, orgs, wallets
 from conduix.billing import wallet_view
 from conduix.errors import InvalidRequest
 from conduix.money import format_credits, parse_credits
+from conduix.validation import text_field
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_MAX_TEXT = 200
-
-
-def _text(body: dict[str, Any], name: str, *, required: bool) -> str | None:
-    value = body.get(name)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidRequest(f"'{name}' must be a non-empty string.", param=name)
-    if len(value) > _MAX_TEXT:
-        raise InvalidRequest(f"'{name}' must be at most {_MAX_TEXT} characters.", param=name)
-    return value.strip()
 
 
 def create_org(body: dict[str, Any]) -> dict[str, Any]:
-    name = _text(body, "name", required=True)
-    email = _text(body, "email", required=True)
+    name = text_field(body, "name", required=True)
+    email = text_field(body, "email", required=True)
     assert name and email
     if not _EMAIL.match(email):
         raise InvalidRequest("'email' is not an email address.", param="email")
@@ -44,47 +33,15 @@ def get_org(org_id: str) -> dict[str, Any]:
         "created_at": org.created_at,
         "wallet": wallet_view(wallets.get_wallet(org_id)),
         "invoicing": {"po_number": org.po_number, "net_terms_days": org.net_terms_days},
-        "api_keys": [_key_view(k) for k in orgs.list_api_keys(org_id)],
+        "api_keys": keys.list_keys(org_id)["data"],
     }
-
-
-def _key_view(key: orgs.ApiKey) -> dict[str, Any]:
-    return {
-        "key_id": key.key_id,
-        "name": key.name,
-        "scopes": sorted(key.scopes),
-        "created_at": key.created_at,
-        "revoked": key.revoked,
-    }
-
-
-def create_api_key(org_id: str, body: dict[str, Any]) -> dict[str, Any]:
-    name = _text(body, "name", required=False) or "default"
-    scopes = body.get("scopes", list(orgs.SCOPES))
-    if (
-        not isinstance(scopes, list)
-        or not scopes
-        or not all(isinstance(x, str) and x in orgs.SCOPES for x in scopes)
-    ):
-        raise InvalidRequest(
-            f"'scopes' must be a non-empty list of {', '.join(orgs.SCOPES)}.", param="scopes"
-        )
-    plan = plans.get(wallets.get_wallet(org_id).plan)
-    secret, key = orgs.create_api_key(
-        org_id, name, tuple(sorted(set(scopes))), clock.now(), plan.max_api_keys
-    )
-    return {"api_key": secret, "org_id": org_id, **_key_view(key)}
-
-
-def revoke_api_key(org_id: str, key_id: str) -> dict[str, Any]:
-    return _key_view(orgs.revoke_api_key(org_id, key_id))
 
 
 def grant_credits(org_id: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """Add credits by hand. Returns the ledger entry and whether this call created it."""
     amount = parse_credits(body.get("amount"), field="amount")
-    reason = _text(body, "reason", required=True)
-    key = _text(body, "idempotency_key", required=True)
+    reason = text_field(body, "reason", required=True)
+    key = text_field(body, "idempotency_key", required=True)
     assert reason and key
     orgs.get_org(org_id)  # a 404 for an unknown org, before anything moves
     entry, created = wallets.credit(
@@ -106,7 +63,7 @@ def set_billing(org_id: str, body: dict[str, Any]) -> dict[str, Any]:
     mode = body.get("mode")
     if mode not in wallets.BILLING_MODES:
         raise InvalidRequest(f"'mode' must be one of {', '.join(wallets.BILLING_MODES)}.", param="mode")
-    po_number = _text(body, "po_number", required=False)
+    po_number = text_field(body, "po_number", required=False)
     days = body.get("net_terms_days", 30)
     if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 120:
         raise InvalidRequest(
