@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint types check-template unit integration e2e install clean
+.PHONY: run test lint types check-template unit integration e2e reconcile install clean
 
 install: $(STAMP)
 
@@ -22,6 +22,11 @@ $(STAMP): pyproject.toml layers/shared/requirements.txt
 
 run: $(STAMP)
 	@$(PY) -m conduix_local
+
+# Replays every org's ledger against its wallet: the running local stack's, or a deployed
+# table's when BILLING_TABLE (and AWS credentials) are set. Non-zero on any discrepancy.
+reconcile: $(STAMP)
+	@$(PY) -m conduix_local.reconcile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -41,6 +41,14 @@ def revoke_api_key(org_id: str, key_id: str) -> dict[str, Any]:
     return keys.revoke_api_key(org_id, key_id)
 
 
+@app.get("/admin/orgs/<org_id>/reconcile")
+def reconcile_org(org_id: str) -> dict[str, Any]:
+    from conduix import reconcile
+
+    admin.get_org(org_id)  # 404 for an unknown org
+    return reconcile.report(org_id)
+
+
 @app.put("/admin/orgs/<org_id>/billing")
 def set_billing(org_id: str) -> dict[str, Any]:
     return admin.set_billing(org_id, api.json_body(app))

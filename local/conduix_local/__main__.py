@@ -7,7 +7,9 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
+from conduix_local.reconcile import DEFAULT_STATE
 from conduix_local.stack import Stack, StackConfig, StackError
 
 
@@ -52,15 +54,15 @@ def main() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        state_file = os.environ.get("CONDUIX_LOCAL_STATE_FILE")
-        if state_file:
-            with open(state_file, "w", encoding="utf-8") as fh:
-                json.dump(stack.state(), fh)
+        # Where `make reconcile` (and the tests) find the running stack's parts.
+        state_file = Path(os.environ.get("CONDUIX_LOCAL_STATE_FILE") or DEFAULT_STATE)
+        state_file.write_text(json.dumps(stack.state()), encoding="utf-8")
         print(_banner(stack, generated), flush=True)
         stop.wait()
     finally:
         print("Stopping the local stack...", flush=True)
         stack.stop()
+        state_file.unlink(missing_ok=True)
     return 0
 
 

@@ -149,6 +149,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             time.sleep(0.2)  # the file is written, then flushed
             state = json.loads(state_file.read_text())
             yield Stack(api=state["api"], upstream=state["upstream"], moto=state["moto"], log=log)
+            # The suite ends as an operator would: every org's ledger replayed against its wallet.
+            audit = subprocess.run(
+                ["make", "-s", "reconcile"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+            )
+            assert audit.returncode == 0, f"make reconcile found discrepancies:\n{audit.stdout}{audit.stderr}"
         finally:
             os.killpg(process.pid, signal.SIGINT)
             try:

@@ -1,0 +1,133 @@
+"""Reconciliation: replay each org's ledger and compare it with its wallet.
+
+It checks what the money rules promise: the balance equals the sum of the ledger; every
+ledger line has its idempotency marker and agrees with it; held equals the open holds;
+available, committed and cap_remaining are what their definitions say; the month's spend
+equals the month's usage entries; the usage aggregates add up to the usage entries.
+
+`python -m conduix.reconcile` checks every org (a full table scan: an operator's audit,
+not a hot path), prints each discrepancy and exits non-zero if there is any.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from conduix import wallets
+from conduix.config import settings
+from conduix.dynamo import Item, as_int, as_str, client, s
+from conduix.money import format_credits
+
+
+@dataclass(frozen=True)
+class Discrepancy:
+    org_id: str
+    check: str
+    expected: str
+    found: str
+
+    def __str__(self) -> str:
+        return f"{self.org_id}: {self.check}: expected {self.expected}, found {self.found}"
+
+
+def _org_items(org_id: str) -> list[Item]:
+    items: list[Item] = []
+    kwargs: dict[str, Any] = {
+        "TableName": settings().billing_table,
+        "KeyConditionExpression": "pk = :pk",
+        "ExpressionAttributeValues": {":pk": s(wallets.org_pk(org_id))},
+        "ConsistentRead": True,
+    }
+    while True:
+        page = client().query(**kwargs)
+        items += page.get("Items", [])
+        if "LastEvaluatedKey" not in page:
+            return items
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def reconcile_org(org_id: str) -> list[Discrepancy]:
+    items = _org_items(org_id)
+    wallet = wallets.get_wallet(org_id)
+    lines = [i for i in items if as_str(i, "sk").startswith("LEDGER#")]
+    markers = {as_str(i, "entry_id"): i for i in items if as_str(i, "sk").startswith("ENTRY#")}
+    usage_rows = [i for i in items if as_str(i, "sk").startswith("USAGE#")]
+    found: list[Discrepancy] = []
+
+    def check(name: str, expected: int, actual: int, credits: bool = True) -> None:
+        if expected != actual:
+            fmt = format_credits if credits else str
+            found.append(Discrepancy(org_id, name, fmt(expected), fmt(actual)))
+
+    ledger_sum = sum(as_int(i, "amount") for i in lines)
+    check("balance = sum of the ledger", ledger_sum, wallet.balance)
+    check("held = sum of open holds", sum(h.amount for h in wallet.holds), wallet.held)
+    check("available = balance - held", wallet.balance - wallet.held, wallet.available)
+    check("committed = month spend + held", wallet.month_spent + wallet.held, wallet.committed)
+    check("cap_remaining = cap - committed", wallet.cap_limit - wallet.committed, wallet.cap_remaining)
+    usage = [i for i in lines if as_str(i, "entry_type") == "usage"]
+    month_usage = -sum(
+        as_int(i, "amount") for i in usage if as_str(i, "created_at").startswith(wallet.period)
+    )
+    check(f"month spend = usage entries of {wallet.period}", month_usage, wallet.month_spent)
+    check(
+        "usage aggregates = usage entries (credits)",
+        -sum(as_int(i, "amount") for i in usage),
+        sum(as_int(i, "credits") for i in usage_rows),
+    )
+    check(
+        "usage aggregates = usage entries (requests)",
+        len(usage),
+        sum(as_int(i, "requests") for i in usage_rows),
+        credits=False,
+    )
+    check("ledger lines = idempotency markers", len(markers), len(lines), credits=False)
+    for line in lines:
+        marker = markers.get(as_str(line, "entry_id"))
+        if marker is None or as_int(marker, "amount") != as_int(line, "amount"):
+            found.append(
+                Discrepancy(
+                    org_id,
+                    f"marker of {as_str(line, 'entry_id')}",
+                    format_credits(as_int(line, "amount")),
+                    "missing" if marker is None else format_credits(as_int(marker, "amount")),
+                )
+            )
+    return found
+
+
+def all_org_ids() -> list[str]:
+    org_ids: list[str] = []
+    kwargs: dict[str, Any] = {
+        "TableName": settings().billing_table,
+        "FilterExpression": "sk = :wallet",
+        "ExpressionAttributeValues": {":wallet": s("WALLET")},
+        "ProjectionExpression": "pk",
+    }
+    while True:
+        page = client().scan(**kwargs)
+        org_ids += [as_str(i, "pk").removeprefix("ORG#") for i in page.get("Items", [])]
+        if "LastEvaluatedKey" not in page:
+            return sorted(org_ids)
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def report(org_id: str) -> dict[str, Any]:
+    """GET /admin/orgs/{org_id}/reconcile."""
+    discrepancies = reconcile_org(org_id)
+    return {"org_id": org_id, "ok": not discrepancies, "discrepancies": [d.__dict__ for d in discrepancies]}
+
+
+def main() -> int:
+    org_ids = all_org_ids()
+    problems = [d for org_id in org_ids for d in reconcile_org(org_id)]
+    for problem in problems:
+        print(problem)
+    print(f"reconciled {len(org_ids)} org(s): {len(problems)} discrepancy(ies)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
