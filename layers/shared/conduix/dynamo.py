@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
 
 from conduix.errors import ConfigurationError, ServiceBusy
 
@@ -103,13 +109,23 @@ def is_retryable(exc: ClientError) -> bool:
     return False
 
 
+# A write may have happened when these are raised: retrying is safe only because every
+# write retried here is idempotent by its condition.
+_AMBIGUOUS = (ConnectionClosedError, ReadTimeoutError, EndpointConnectionError, ConnectTimeoutError)
+
+
 def retrying(operation: Callable[[], T], attempts: int = 6, base_delay: float = 0.02) -> T:
-    """Run a write, retrying contention and throttling with capped exponential backoff and
-    full jitter. Every write retried here is idempotent by its conditions, so a retry after
-    an ambiguous failure can never move money twice."""
+    """Run a write, retrying contention, throttling and lost answers with capped exponential
+    backoff and full jitter. Every write retried here is idempotent by its conditions, so a
+    retry after an ambiguous failure can never move money twice."""
     for attempt in range(attempts):
         try:
             return operation()
+        except _AMBIGUOUS:
+            if attempt == attempts - 1:
+                raise ServiceBusy("The billing store did not answer; please retry the request.") from None
+            time.sleep(random.uniform(0, min(1.0, base_delay * 2**attempt)))
+            continue
         except ClientError as exc:
             if error_code(exc) == "ResourceNotFoundException":
                 raise ConfigurationError(f"DynamoDB table not found: {exc}") from None

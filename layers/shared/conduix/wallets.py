@@ -326,7 +326,10 @@ def reserve(
             if old_period > period:  # our clock lags the writer's: use the wallet's month
                 period = old_period
                 continue
-            if "M" in old.get("holds", {}) and request_id in old["holds"]["M"]:
+            existing = old.get("holds", {}).get("M", {}).get(request_id)
+            if existing is not None:
+                if int(existing["M"]["a"]["N"]) == amount:  # our own hold: a retry after a lost answer
+                    return Reservation(hold_nanos=amount, wallet=_wallet_from_item(org_id, old))
                 raise Conflict(f"Request id '{request_id}' already holds credits.") from None
             refusal = _refusal(org_id, old, amount, window, now)
             if refusal:

@@ -1,0 +1,153 @@
+"""Faults on the money path: contention and throttling are retried without double debits,
+a response lost after a commit is recognised, a dead request's hold is swept, and a failing
+cache table only costs the cache."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError, ConnectionClosedError
+from conduix import catalog, completion, dynamo, sweeper, wallets
+from conduix.auth import Principal
+from conduix.money import NANOS_PER_CREDIT as C
+from conduix_local.upstream import FakeUpstream
+
+from tests.integration.helpers import NOW, assert_consistent, fund, ledger_items
+
+pytestmark = pytest.mark.integration
+
+
+class Faults:
+    """Fails chosen DynamoDB calls through botocore's event hooks, as the service would."""
+
+    def __init__(self) -> None:
+        self.plan: dict[str, list[str]] = {}  # operation -> faults to inject, in order
+        self.calls: dict[str, int] = {}
+
+    def fail(self, operation: str, *faults: str) -> None:
+        self.plan.setdefault(operation, []).extend(faults)
+
+    def before(self, model: Any, params: dict[str, Any], **_: Any) -> None:
+        self.calls[model.name] = self.calls.get(model.name, 0) + 1
+        faults = self.plan.get(model.name)
+        if not faults or faults[0] == "lost-response":
+            return
+        fault = faults.pop(0)
+        if fault == "TransactionConflict":
+            n = len(params.get("TransactItems", []))
+            raise ClientError(
+                {
+                    "Error": {"Code": "TransactionCanceledException", "Message": "conflict"},
+                    "CancellationReasons": [{"Code": "TransactionConflict"}] + [{"Code": "None"}] * (n - 1),
+                },
+                model.name,
+            )
+        raise ClientError({"Error": {"Code": fault, "Message": "injected"}}, model.name)
+
+    def after(self, model: Any, **_: Any) -> None:
+        faults = self.plan.get(model.name)
+        if faults and faults[0] == "lost-response":
+            faults.pop(0)  # the write happened; its answer is lost on the way back
+            raise ConnectionClosedError(endpoint_url="moto")
+
+
+@pytest.fixture
+def faults(tables: dict[str, str]) -> Iterator[Faults]:
+    injected = Faults()
+    events = dynamo.client().meta.events
+    events.register("before-call.dynamodb", injected.before, unique_id="faults-before")
+    events.register("after-call.dynamodb", injected.after, unique_id="faults-after")
+    yield injected
+    events.unregister("before-call.dynamodb", unique_id="faults-before")
+    events.unregister("after-call.dynamodb", unique_id="faults-after")
+
+
+def usage(cost: int) -> wallets.Usage:
+    return wallets.Usage("m", "k", 1, 1, cost)
+
+
+def test_throttled_reserve_is_retried_and_holds_once(org: str, faults: Faults) -> None:
+    fund(org, "5")
+    faults.fail("UpdateItem", "ThrottlingException", "ProvisionedThroughputExceededException")
+    wallets.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
+    assert assert_consistent(org).held == 2 * C
+
+
+def test_a_hold_whose_answer_was_lost_is_recognised_not_doubled(org: str, faults: Faults) -> None:
+    fund(org, "5")
+    faults.fail("UpdateItem", "lost-response")
+    reservation = wallets.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
+    assert reservation.wallet.held == 2 * C
+    assert assert_consistent(org).held == 2 * C
+
+
+def test_settle_conflicts_are_retried_without_a_double_debit(org: str, faults: Faults) -> None:
+    fund(org, "5")
+    wallets.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
+    faults.fail("TransactWriteItems", "TransactionConflict", "TransactionConflict", "ThrottlingException")
+    assert wallets.settle(org, "a", 2 * C, usage(C), NOW) is wallets.SettleOutcome.SETTLED
+    w = assert_consistent(org)
+    assert (w.balance, w.held) == (4 * C, 0)
+
+
+def test_a_settle_whose_answer_was_lost_is_not_billed_twice(org: str, faults: Faults) -> None:
+    fund(org, "5")
+    wallets.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
+    faults.calls.clear()
+    faults.fail("TransactWriteItems", "lost-response")
+    # The retry finds its own entry already written, and knows the debit happened.
+    assert wallets.settle(org, "a", 2 * C, usage(C), NOW) is wallets.SettleOutcome.ALREADY_SETTLED
+    assert faults.calls["TransactWriteItems"] == 2
+    assert assert_consistent(org).balance == 4 * C
+    assert len([i for i in ledger_items(org) if i["entry_type"]["S"] == "usage"]) == 1
+
+
+def test_contention_that_never_clears_is_a_clean_busy_error(org: str, faults: Faults) -> None:
+    from conduix.errors import ServiceBusy
+
+    fund(org, "5")
+    wallets.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
+    faults.fail("TransactWriteItems", *["TransactionConflict"] * 20)
+    with pytest.raises(ServiceBusy):
+        wallets.settle(org, "a", 2 * C, usage(C), NOW)
+    faults.plan.clear()
+    w = assert_consistent(org)
+    assert (w.balance, w.held) == (5 * C, 2 * C)  # nothing debited; the hold awaits settle or sweep
+
+
+def test_a_request_that_died_after_its_hold_is_swept_and_costs_nothing(org: str) -> None:
+    fund(org, "5")
+    wallets.reserve(org, "died", 2 * C, model="m", key_id="k", now=NOW)  # ...and the Lambda was killed
+    assert sweeper.sweep(NOW)["holds_released"] == 0  # not expired yet
+    from datetime import timedelta
+
+    assert sweeper.sweep(NOW + timedelta(minutes=6))["holds_released"] == 1
+    w = assert_consistent(org)
+    assert (w.balance, w.held, w.available) == (5 * C, 0, 5 * C)
+
+
+def test_a_failing_cache_table_serves_and_bills_as_a_miss(
+    org: str, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conduix import config
+
+    fund(org, "5")
+    monkeypatch.setenv("CACHE_TABLE", "NoSuchTable")
+    monkeypatch.setenv("OPENAI_BASE_URL", upstream.url)
+    monkeypatch.setenv("OPENAI_API_KEY", "x")
+    config.settings.cache_clear()
+    catalog.catalog.cache_clear()
+    principal = Principal(org_id=org, key_id="k", scopes=("inference",))
+    body = json.dumps(
+        {"model": "openai/gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": "hi"}]}
+    ).encode()
+    first = completion.serve(principal, body, "req-1", time.monotonic() + 20)
+    second = completion.serve(principal, body, "req-2", time.monotonic() + 20)
+    assert (first.cache_status, second.cache_status) == ("MISS", "MISS")
+    assert first.cost > 0 and second.cost == first.cost
+    assert upstream.calls()["total"] == 2
+    assert assert_consistent(org).balance == 5 * C - 2 * first.cost
