@@ -119,7 +119,7 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     ARTIFACTS.mkdir(exist_ok=True)
     state_file = tmp_path_factory.mktemp("stack") / "state.json"
-    log = ARTIFACTS / "e2e-stack.log"
+    log = ARTIFACTS / f"e2e-stack-{os.getpid()}.log"  # one per test session: sessions may overlap
     env = {
         **os.environ,
         "PORT": str(_free_port()),
