@@ -22,11 +22,13 @@ import boto3
 from conduix_local.front import Front
 from conduix_local.functions import load_functions
 from conduix_local.moto_server import LockedMotoServer
+from conduix_local.stripe_local import LocalStripe
 from conduix_local.tables import create_tables
 from conduix_local.template import ROOT, load_template
 from conduix_local.upstream import FakeUpstream
 
 REGION = "us-east-1"
+EMAIL_SENDER = "billing@conduix.local"
 DEMO_CREDITS = "25"
 _UPSTREAM_KEY = "local-upstream-key"  # what the fake upstream expects; no real provider sees it
 
@@ -69,13 +71,21 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 class Stack:
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         self.moto: LockedMotoServer | None = None
         self.upstream: FakeUpstream | None = None
+        self.stripe: LocalStripe | None = None
         self.front: Front | None = None
         self.demo: dict[str, str] = {}
+        self.webhook_secret = "whsec_local_" + secrets.token_hex(16)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -93,6 +103,9 @@ class Stack:
             raise StackError(
                 f"Port {config.port} on 127.0.0.1 is in use. Stop what uses it or set PORT=<another>."
             )
+        # The functions must know their public URL (Checkout returns there) before they start.
+        port = config.port or _free_port()
+        public_url = f"http://127.0.0.1:{port}"
         models_file = str(Path(config.models_file).resolve()) if config.models_file else None
         try:
             self.moto = LockedMotoServer().start()
@@ -102,6 +115,7 @@ class Stack:
             self.upstream = FakeUpstream(api_key=_UPSTREAM_KEY).start()
         except OSError as exc:
             raise StackError(f"the fake upstream model server could not start: {exc}") from exc
+        stripe_key, stripe_secret = self._start_stripe(public_url)
         env = self.function_env(models_file)
         self._check_catalog(models_file, env)
 
@@ -119,11 +133,23 @@ class Stack:
             "ModelsFile": models_file or "",
             "OperatorKeySha256": hashlib.sha256(config.operator_key.encode()).hexdigest(),
             "ScheduledJobFailures.Arn": f"arn:aws:sqs:{REGION}:123456789012:ScheduledJobFailures",
+            "PublicUrl": public_url,
+            "EmailSender": EMAIL_SENDER,
+            "StripeApiKey": stripe_key,
+            "StripeWebhookSecret": stripe_secret,
         }
+        # moto's SES refuses mail from unverified senders, as SES does.
+        boto3.client(
+            "ses",
+            endpoint_url=self.moto.url,
+            region_name=REGION,
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+        ).verify_email_identity(EmailAddress=EMAIL_SENDER)
         functions = load_functions(template, refs)
         self.front = Front(
             functions,
-            port=config.port,
+            port=port,
             operator_key=config.operator_key,
             max_workers_per_function=config.workers_per_function,
             extra_env=env,
@@ -132,10 +158,27 @@ class Stack:
         if config.seed_demo:
             self._seed_demo()
 
+    def _start_stripe(self, public_url: str) -> tuple[str, str]:
+        """The local Stripe, with the stack's webhook registered; or, when STRIPE_API_KEY and
+        STRIPE_WEBHOOK_SECRET are set, Stripe's test mode itself (forward its webhooks here
+        with `stripe listen --forward-to <url>/webhooks/stripe`)."""
+        key, secret = os.environ.get("STRIPE_API_KEY", ""), os.environ.get("STRIPE_WEBHOOK_SECRET", "")
+        if key and secret:
+            self.webhook_secret = secret
+            return key, secret
+        try:
+            self.stripe = LocalStripe().start()
+        except (OSError, RuntimeError) as exc:
+            raise StackError(f"the local Stripe could not start: {exc}") from exc
+        self.stripe.register_webhook(f"{public_url}/webhooks/stripe", self.webhook_secret)
+        return self.stripe.api_key, self.webhook_secret
+
     def function_env(self, models_file: str | None) -> dict[str, str]:
         """What every local function sees beyond its template environment."""
         assert self.moto and self.upstream
+        stripe_base = {"STRIPE_API_BASE": self.stripe.url} if self.stripe else {}
         return {
+            **stripe_base,
             "AWS_ENDPOINT_URL": self.moto.url,
             "AWS_DEFAULT_REGION": REGION,
             "AWS_REGION": REGION,
@@ -172,13 +215,14 @@ class Stack:
                     os.environ[k] = v
 
     def stop(self) -> None:
-        for part in (self.front, self.upstream, self.moto):
+        for part in (self.front, self.stripe, self.upstream, self.moto):
             if part is not None:
                 try:
                     part.stop()
                 except Exception as exc:
                     print(f"[stack] stopping {type(part).__name__} failed: {exc}")
         self.front = self.upstream = self.moto = None
+        self.stripe = None
 
     def __enter__(self) -> Stack:
         return self.start()
@@ -225,6 +269,9 @@ class Stack:
             "moto": self.moto.url,
             "upstream": self.upstream.url,
             "operator_key": self.config.operator_key,
+            "stripe": self.stripe.url if self.stripe else "https://api.stripe.com",
+            "webhook_secret": self.webhook_secret,
+            "email_sender": EMAIL_SENDER,
             "demo": self.demo,
             "root": str(ROOT),
         }

@@ -201,18 +201,12 @@ def _reverse(kind: str, key: str, intent_id: str | None, amount_cents: int, now:
 
 
 def _charge_refunded(obj: dict[str, Any], now: datetime) -> str:
-    refunds = (obj.get("refunds") or {}).get("data") or []
+    """Each refund of the charge reverses its share of the credits, once (keyed by the refund).
+    The refunds are listed from Stripe: the event only says how much was refunded in all."""
     intent_id = _id(obj.get("payment_intent"))
-    if not refunds:  # an older shape: one cumulative amount
-        return _reverse(
-            "refund",
-            f"{obj['id']}:{obj.get('amount_refunded')}",
-            intent_id,
-            int(obj.get("amount_refunded") or 0),
-            now,
-        )
+    refunds = [r for r in stripe_gateway.list_refunds(str(obj["id"])) if r.get("status") == "succeeded"]
     outcomes = [_reverse("refund", str(r["id"]), intent_id, int(r["amount"]), now) for r in refunds]
-    return ", ".join(outcomes)
+    return ", ".join(outcomes) or "no refund yet"
 
 
 def _dispute_created(obj: dict[str, Any], now: datetime) -> str:

@@ -167,6 +167,11 @@ def charge_off_session(
     return Charge(False, str(intent.id), intent.status, f"The payment is {intent.status.replace('_', ' ')}.")
 
 
+def list_refunds(charge_id: str) -> list[dict[str, Any]]:
+    page = _call(client().v1.refunds.list, params={"charge": charge_id, "limit": 100})
+    return [_plain(refund) for refund in page.data]
+
+
 def list_invoices(customer_id: str) -> list[dict[str, Any]]:
     page = _call(client().v1.invoices.list, params={"customer": customer_id, "limit": 100})
     return [_plain(invoice) for invoice in page.data]

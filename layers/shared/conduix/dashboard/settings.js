@@ -1,0 +1,192 @@
+/* /dashboard/settings: the monthly spend cap and the org's API keys. */
+(function () {
+  "use strict";
+  var C = window.Conduix;
+  var $ = C.$;
+  var el = C.el;
+
+  var state = { wired: false, revoking: null };
+
+  // ------------------------------------------------------------------ spend cap
+
+  function renderCap(b) {
+    var cap = b.spend_cap;
+    C.setText("cap-limit", cap ? C.credits(cap.monthly_limit) + " credits" : "No cap");
+    C.setText("cap-used", cap ? C.credits(cap.used) + " credits" : C.credits(b.month && b.month.spent) + " credits");
+    C.setText("cap-remaining", cap ? C.credits(cap.remaining) + " credits" : "Unlimited");
+    C.setText("cap-period", "(" + ((cap && cap.period) || (b.month && b.month.period) || "") + ", UTC)");
+    $("cap-remove").hidden = !cap;
+  }
+
+  function saveCap(limit, button) {
+    C.clearError("cap-error");
+    return C.busy(button, C.put("/v1/billing/spend-cap", { monthly_limit: limit })).then(
+      function (b) {
+        renderCap(b);
+        $("cap-input").value = "";
+        C.showNotice(
+          "success",
+          b.spend_cap ? "Monthly spend cap set to " + C.credits(b.spend_cap.monthly_limit) + " credits." : "The monthly spend cap is removed."
+        );
+      },
+      function (err) {
+        C.showError("cap-error", err.message, C.inputForParam($("cap-form"), err) || $("cap-input"));
+      }
+    );
+  }
+
+  function onCapSubmit(event) {
+    event.preventDefault();
+    C.clearError("cap-error");
+    var value = $("cap-input").value.trim();
+    if (!value) return C.showError("cap-error", "Enter a monthly cap in credits, such as 100.", $("cap-input"));
+    if (!C.isDecimal(value))
+      return C.showError("cap-error", "The cap must be a number of credits, such as 100 or 250.50.", $("cap-input"));
+    saveCap(value, $("cap-save"));
+  }
+
+  // ------------------------------------------------------------------ API keys
+
+  function loadKeys() {
+    return C.get("/v1/billing/api-keys").then(function (list) {
+      var rows = ((list && list.data) || []).slice().sort(function (a, b) {
+        if (a.revoked !== b.revoked) return a.revoked ? 1 : -1;
+        return a.created_at < b.created_at ? 1 : -1;
+      });
+      var body = $("keys").tBodies[0];
+      C.clear(body);
+      rows.forEach(function (k) {
+        var action = el("td", {});
+        if (!k.revoked) {
+          var button = el("button", { type: "button", class: "button subtle", "aria-label": "Revoke key " + k.name + " (" + k.key_id + ")", text: "Revoke" });
+          button.addEventListener("click", function () {
+            askRevoke(k, button);
+          });
+          action.appendChild(button);
+        }
+        body.appendChild(
+          el(
+            "tr",
+            { "data-key": k.key_id, class: k.revoked ? "revoked" : null },
+            el("th", { scope: "row", text: k.name }),
+            el("td", {}, el("code", { text: k.key_id })),
+            el("td", { text: (k.scopes || []).join(", ") }),
+            el("td", {}, el("time", { datetime: k.created_at, text: C.dateTimeUTC(k.created_at) })),
+            el("td", {}, el("span", { class: "badge " + (k.revoked ? "bad" : "ok"), text: k.revoked ? "Revoked" : "Active" })),
+            action
+          )
+        );
+      });
+      $("keys-empty").hidden = rows.length > 0;
+    });
+  }
+
+  function onKeySubmit(event) {
+    event.preventDefault();
+    C.clearError("key-error");
+    var name = $("key-name").value.trim();
+    if (!name) return C.showError("key-error", "Give the key a name, such as production.", $("key-name"));
+    var scopes = [];
+    if ($("key-scope-inference").checked) scopes.push("inference");
+    if ($("key-scope-billing").checked) scopes.push("billing");
+    if (!scopes.length) return C.showError("key-error", "Choose at least one scope.", $("key-scope-inference"));
+    C.busy($("key-create"), C.post("/v1/billing/api-keys", { name: name, scopes: scopes })).then(
+      function (created) {
+        $("key-name").value = "";
+        $("new-key-secret").value = created.api_key;
+        C.setText("new-key-copied", "");
+        var box = $("new-key");
+        box.hidden = false;
+        box.focus();
+        loadKeys();
+      },
+      function (err) {
+        C.showError("key-error", err.message, C.inputForParam($("key-form"), err));
+      }
+    );
+  }
+
+  function copySecret() {
+    var input = $("new-key-secret");
+    var done = function () {
+      C.setText("new-key-copied", "Copied to the clipboard.");
+    };
+    var fallback = function () {
+      input.focus();
+      input.select();
+      var ok = false;
+      try {
+        ok = document.execCommand("copy");
+      } catch (e) {
+        ok = false;
+      }
+      if (ok) done();
+      else C.setText("new-key-copied", "Select the key and copy it with Ctrl+C (⌘C on a Mac).");
+    };
+    if (navigator.clipboard && window.isSecureContext) navigator.clipboard.writeText(input.value).then(done, fallback);
+    else fallback();
+  }
+
+  function forgetSecret() {
+    $("new-key-secret").value = "";
+    $("new-key").hidden = true;
+    $("key-name").focus();
+  }
+
+  function askRevoke(key, button) {
+    state.revoking = { key: key, button: button };
+    C.setText(
+      "revoke-text",
+      "“" + key.name + "” (" + key.key_id + ") stops working within about 30 seconds, for every request that uses it. This cannot be undone."
+    );
+    var dialog = $("revoke-dialog");
+    dialog.returnValue = "";
+    dialog.showModal();
+  }
+
+  function onDialogClose() {
+    var dialog = $("revoke-dialog");
+    var pending = state.revoking;
+    state.revoking = null;
+    if (!pending) return;
+    if (dialog.returnValue !== "revoke") {
+      pending.button.focus();
+      return;
+    }
+    C.busy(pending.button, C.del("/v1/billing/api-keys/" + encodeURIComponent(pending.key.key_id))).then(
+      function () {
+        C.showNotice("success", "Key “" + pending.key.name + "” is revoked.");
+        return loadKeys().then(function () {
+          $("keys").focus();
+        });
+      },
+      function (err) {
+        if (err.status !== 401 && err.status !== 403) C.showNotice("error", err.message);
+      }
+    );
+  }
+
+  // ------------------------------------------------------------------ start
+
+  function onSignedIn(billing) {
+    if (!state.wired) {
+      state.wired = true;
+      $("cap-form").addEventListener("submit", onCapSubmit);
+      $("cap-remove").addEventListener("click", function () {
+        saveCap(null, $("cap-remove"));
+      });
+      $("key-form").addEventListener("submit", onKeySubmit);
+      $("new-key-copy").addEventListener("click", copySecret);
+      $("new-key-done").addEventListener("click", forgetSecret);
+      $("revoke-dialog").addEventListener("close", onDialogClose);
+      $("keys").setAttribute("tabindex", "-1");
+    }
+    var fail = function (err) {
+      if (err && err.status !== 401 && err.status !== 403) C.showNotice("error", err.message);
+    };
+    (billing ? Promise.resolve(billing) : C.get("/v1/billing")).then(renderCap).catch(fail);
+    loadKeys().catch(fail);
+  }
+
+  C.start({ public: false, onSignedIn: onSignedIn });
+})();
