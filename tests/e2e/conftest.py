@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -20,11 +21,27 @@ from typing import Any
 
 import boto3
 import pytest
+import stripe
 from openai import OpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 OPERATOR_KEY = "cdx_op_e2e_" + uuid.uuid4().hex
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # the success URL is the dashboard; the status says enough
+
+
+def wait_until(check: Any, timeout: float = 15.0, interval: float = 0.2) -> Any:
+    """Poll until `check()` is truthy (webhooks arrive asynchronously, as from Stripe)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
 
 
 def _free_port() -> int:
@@ -45,6 +62,8 @@ class Stack:
     api: str
     upstream: str
     moto: str
+    stripe_url: str
+    webhook_secret: str
     log: Path
 
     def call(
@@ -69,8 +88,10 @@ class Stack:
     def operator(self, method: str, path: str, body: Any = None) -> Reply:
         return self.call(method, path, body, key=OPERATOR_KEY)
 
-    def new_org(self, credits: str | None = None, scopes: list[str] | None = None) -> tuple[str, str]:
-        org = self.operator("POST", "/admin/orgs", {"name": "Test Org", "email": "t@example.com"})
+    def new_org(
+        self, credits: str | None = None, scopes: list[str] | None = None, email: str = "t@example.com"
+    ) -> tuple[str, str]:
+        org = self.operator("POST", "/admin/orgs", {"name": "Test Org", "email": email})
         assert org.status == 201, org.body
         org_id = org.body["org_id"]
         key = self.operator("POST", f"/admin/orgs/{org_id}/api-keys", {"scopes": scopes} if scopes else {})
@@ -108,6 +129,31 @@ class Stack:
             ExpressionAttributeValues={":pk": {"S": f"ORG#{org_id}"}, ":l": {"S": "LEDGER#"}},
         )["Items"]
         return [Decimal(i["amount"]["N"]) / 10**9 for i in items]
+
+    def stripe(self) -> stripe.StripeClient:
+        """Stripe as a test (or Stripe's dashboard) sees it: the local stand-in, through the SDK."""
+        return stripe.StripeClient(
+            "sk_test_conduix_local", base_addresses={"api": self.stripe_url}, max_network_retries=0
+        )
+
+    def pay(self, checkout_url: str, card: str = "4242424242424242") -> int:
+        """Submit the local hosted payment page as a customer would; returns its HTTP status."""
+        form = urllib.parse.urlencode({"card": card}).encode()
+        request = urllib.request.Request(checkout_url, data=form, method="POST")
+        opener = urllib.request.build_opener(_NoRedirect)
+        try:
+            with opener.open(request, timeout=30) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    def run_job(self, logical_id: str, event: dict[str, Any] | None = None) -> Reply:
+        return self.operator("POST", f"/_local/run/{logical_id}", event)
+
+    def emails(self, to: str | None = None) -> list[dict[str, Any]]:
+        with urllib.request.urlopen(self.moto + "/moto-api/data.json", timeout=10) as response:
+            sent = json.loads(response.read()).get("ses", {}).get("Message", [])
+        return [m for m in sent if to is None or to in (m.get("destinations") or {}).get("ToAddresses", [])]
 
     def upstream_calls(self) -> int:
         base = self.upstream.removesuffix("/v1")
@@ -148,7 +194,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 time.sleep(0.2)
             time.sleep(0.2)  # the file is written, then flushed
             state = json.loads(state_file.read_text())
-            yield Stack(api=state["api"], upstream=state["upstream"], moto=state["moto"], log=log)
+            yield Stack(
+                api=state["api"],
+                upstream=state["upstream"],
+                moto=state["moto"],
+                stripe_url=state["stripe"],
+                webhook_secret=state["webhook_secret"],
+                log=log,
+            )
             # The suite ends as an operator would: every org's ledger replayed against its wallet.
             audit = subprocess.run(
                 ["make", "-s", "reconcile"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300

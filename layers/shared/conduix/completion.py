@@ -16,7 +16,7 @@ from typing import Any
 from conduix import cache, chat, clock, plans, pricing, providers, wallets
 from conduix.auth import Principal
 from conduix.catalog import catalog
-from conduix.errors import InvalidRequest
+from conduix.errors import InsufficientCredits, InvalidRequest
 from conduix.money import format_credits, parse_credits
 
 log = logging.getLogger(__name__)
@@ -114,9 +114,13 @@ def serve(principal: Principal, raw_body: bytes, request_id: str, deadline: floa
     hold = pricing.hold_nanos(
         attempts, pricing.prompt_token_ceiling(request.prompt_bytes, request.message_count)
     )
-    reservation = wallets.reserve(
-        org_id, request_id, hold, model=chain[0].id, key_id=principal.key_id, now=now
-    )
+    try:
+        reservation = wallets.reserve(
+            org_id, request_id, hold, model=chain[0].id, key_id=principal.key_id, now=now
+        )
+    except InsufficientCredits:
+        _ran_dry(org_id, now)
+        raise
     try:
         reply = providers.complete(
             attempts, lambda attempt: chat.upstream_payload(request, attempt), request.stream, deadline
