@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint types check-template unit integration e2e reconcile install clean
+.PHONY: run test lint types check-template unit integration e2e browser browser-deps reconcile install clean
 
 install: $(STAMP)
 
@@ -47,7 +47,21 @@ integration: $(STAMP)
 e2e: $(STAMP)
 	$(VENV)/bin/pytest -q tests/e2e
 
-test: lint types check-template
+browser: $(STAMP) browser-deps
+	$(VENV)/bin/pytest -q tests/browser
+
+# Headless Chromium and its driver for the browser tests, from Debian's packages. Without
+# root (or sudo) it says what to install; the browser tests then skip, except in CI.
+browser-deps:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "Installing chromium and chromium-driver (Debian packages) for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver fonts-liberation >/dev/null; \
+	elif command -v sudo >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver fonts-liberation >/dev/null; \
+	else echo "make: the browser tests need chromium and chromium-driver (apt-get install chromium chromium-driver)" >&2; fi
+
+test: lint types check-template browser-deps
 	$(VENV)/bin/pytest -q tests
 
 clean:

@@ -8,6 +8,8 @@ import pytest
 from conduix_local.moto_server import LockedMotoServer
 from conduix_local.upstream import FakeUpstream
 
+from tests.support.stack import stack  # noqa: F401 - one stack per session for e2e and browser tests
+
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[LockedMotoServer]:

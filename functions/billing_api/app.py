@@ -8,8 +8,9 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
-from conduix import api, billing, keys, statements
+from conduix import api, billing, dashboard, keys, statements
 from conduix.auth import authenticate
+from conduix.errors import NotFound
 
 logger = Logger()
 # The shared package logs through the standard library; give its loggers the same JSON output.
@@ -103,6 +104,47 @@ def get_invoices() -> dict[str, Any]:
     from conduix import payments
 
     return payments.list_invoices(_org_id())
+
+
+# ---- dashboard pages (static HTML/CSS/JS from conduix.dashboard; no auth: the pages call the API)
+
+
+def _static(content_type: str, text: str, cache_control: str) -> Response[str]:
+    headers = {**dashboard.SECURITY_HEADERS, "Cache-Control": cache_control}
+    return Response(status_code=200, content_type=content_type, body=text, headers=headers)
+
+
+def _page(name: str) -> Response[str]:
+    text = dashboard.page(name)
+    if text is None:
+        raise NotFound(f"Unknown page: /dashboard/{name}")
+    return _static("text/html; charset=utf-8", text, "no-cache")
+
+
+@app.get("/dashboard/assets/<name>")
+def get_dashboard_asset(name: str) -> Response[str]:
+    found = dashboard.asset(name)
+    if found is None:
+        raise NotFound(f"Unknown asset: /dashboard/assets/{name}")
+    versioned = "v" in (app.current_event.query_string_parameters or {})
+    return _static(*found, "public, max-age=31536000, immutable" if versioned else "no-cache")
+
+
+@app.get("/dashboard/<name>")
+def get_dashboard_page(name: str) -> Response[str]:
+    return _page(name)
+
+
+@app.get("/dashboard")
+def get_dashboard_home() -> Response[str]:
+    return Response(
+        status_code=302, content_type="text/plain", body="", headers={"Location": "/dashboard/billing"}
+    )
+
+
+@app.get("/pricing")
+def get_pricing_page() -> Response[str]:
+    return _page("pricing")
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)

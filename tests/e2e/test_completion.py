@@ -10,7 +10,7 @@ from decimal import Decimal
 import openai
 import pytest
 
-from tests.e2e.conftest import Stack
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -13,7 +13,7 @@ from decimal import Decimal
 
 import pytest
 
-from tests.e2e.conftest import Reply, Stack, wait_until
+from tests.support.stack import Reply, Stack, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
-from tests.e2e.conftest import Stack, wait_until
+from tests.support.stack import Stack, wait_until
 
 pytestmark = pytest.mark.e2e
 

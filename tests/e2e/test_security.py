@@ -8,7 +8,7 @@ import json
 import boto3
 import pytest
 
-from tests.e2e.conftest import OPERATOR_KEY, Stack
+from tests.support.stack import OPERATOR_KEY, Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT
+from tests.support.stack import ROOT
 
 pytestmark = pytest.mark.e2e
 

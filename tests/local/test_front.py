@@ -500,7 +500,10 @@ def test_stop_leaves_no_processes() -> None:
 
         t = threading.Thread(target=call_slow)
         t.start()
-        time.sleep(0.3)  # the sleep worker is mid-invocation when stop() comes
+        deadline = time.monotonic() + 10  # the sleep worker is mid-invocation when stop() comes
+        while len(f.worker_pids()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # a cold start takes longer on a loaded machine
+        time.sleep(0.1)
         pids = f.worker_pids()
         assert len(pids) == 2
     finally:

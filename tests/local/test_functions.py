@@ -83,6 +83,7 @@ def test_real_template() -> None:
                 Route("ANY", "/v1/usage"),
                 Route("ANY", "/v1/pricing"),
                 Route("ANY", "/dashboard/{proxy+}"),
+                Route("ANY", "/dashboard"),
                 Route("ANY", "/pricing"),
             ],
             [],

@@ -27,11 +27,12 @@ def configure(org_id: str, body: dict[str, Any]) -> None:
     if not isinstance(enabled, bool):
         raise InvalidRequest("'enabled' must be true or false.", param="enabled")
     current = wallets.get_wallet(org_id).reload
+    # A field left out keeps its saved value; turning on needs both to be known.
     threshold = current.threshold
-    amount = current.amount
-    if "threshold" in body or enabled:
+    if "threshold" in body or (enabled and not threshold):
         threshold = parse_credits(body.get("threshold"), field="threshold")
-    if "amount" in body or enabled:
+    amount = current.amount
+    if "amount" in body or (enabled and not amount):
         amount = parse_credits(body.get("amount"), field="amount")
         config = payment_settings()
         if amount not in config.top_up_tiers and not config.reload_min <= amount <= config.reload_max:
@@ -44,7 +45,10 @@ def configure(org_id: str, body: dict[str, Any]) -> None:
         if amount % 10_000_000:
             raise InvalidRequest("'amount' must be whole cents.", param="amount")
     if enabled and orgs.get_org(org_id).card is None:
-        raise Conflict("Auto-reload needs a saved card: make a top-up first, and the card is saved with it.")
+        raise Conflict(
+            "Auto-reload needs a saved card: make a top-up first, and the card is saved with it.",
+            code="saved_card_required",
+        )
     reloads.configure(org_id, enabled=enabled, threshold=threshold, amount=amount)
 
 

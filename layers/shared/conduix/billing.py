@@ -37,6 +37,7 @@ def billing_view(org_id: str) -> dict[str, Any]:
     card = org.card
     return {
         "org_id": org_id,
+        "org_name": org.name,
         **wallet_view(wallet),
         "account_state": "paused" if wallet.paused else "active",
         "auto_reload": {

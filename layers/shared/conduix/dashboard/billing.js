@@ -111,7 +111,7 @@
     tiers.forEach(function (amount) {
       var button = el(
         "button",
-        { type: "button", class: "button tier", "data-amount": amount, "aria-label": "Add " + amount + " credits for " + C.dollars(amount) },
+        { type: "button", class: "button tier", "data-amount": amount },
         el("span", { class: "tier-amount", text: C.credits(amount) }),
         el("small", { text: "credits · " + C.dollars(amount) })
       );
@@ -288,10 +288,19 @@
   /* Credits land by webhook a moment after the redirect: poll until the balance moves. */
   function waitForTopUp(sessionId) {
     var initial = state.billing.balance;
-    var landed = function () {
-      return Promise.all([loadLedger(false), loadInvoices()]).then(function () {
-        C.showNotice("success", "Payment received: your credits were added. Your balance is now " + C.credits(state.billing.balance) + " credits.");
+    var invoicesBefore = $("invoices").tBodies[0].rows.length;
+    // Stripe may finish the top-up's invoice a moment after the credits land.
+    var invoicesAfter = function (n) {
+      return loadInvoices().then(function (rows) {
+        if (rows.length > invoicesBefore || n >= 4) return rows;
+        return C.wait(POLL_MS).then(function () {
+          return invoicesAfter(n + 1);
+        });
       });
+    };
+    var landed = function () {
+      C.showNotice("success", "Payment received: your credits were added. Your balance is now " + C.credits(state.billing.balance) + " credits.");
+      return Promise.all([loadLedger(false), invoicesAfter(0)]);
     };
     var check = sessionId ? ledgerHas(sessionId) : Promise.resolve(false);
     return check.then(function (already) {

@@ -261,14 +261,15 @@
   function showNotice(kind, text) {
     var box = $("notice");
     if (!box) return;
+    // The live region stays in the page (an empty one takes no room), so that a message
+    // written into it is announced.
     box.className = "notice " + (kind || "info");
     box.textContent = text;
-    box.hidden = false;
   }
 
   function hideNotice() {
     var box = $("notice");
-    if (box) box.hidden = true;
+    if (box) box.textContent = "";
   }
 
   function showError(id, message, input) {
@@ -377,6 +378,7 @@
         input.value = "";
         hideNotice();
         enterDashboard(billing);
+        $("main").focus(); // the form is gone: start reading from the top of the page
         var next = page.pending;
         page.pending = null;
         if (next) next(billing);

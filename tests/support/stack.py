@@ -1,5 +1,6 @@
-"""End-to-end tests start the stack the way a user does (`make run`) and drive it over HTTP,
-with the official openai SDK where a client would use it."""
+"""The local stack as the end-to-end and browser tests see it: started the way a user does
+(`make run`), once per test session, and driven over HTTP (the openai SDK where a client
+would use it). tests/conftest.py registers the `stack` fixture for every folder."""
 
 from __future__ import annotations
 
