@@ -121,7 +121,14 @@ def _page(name: str) -> Response[str]:
     return _static("text/html; charset=utf-8", text, "no-cache")
 
 
-@app.get("/dashboard/assets/<name>")
+@app.get("/openapi.json", include_in_schema=False)
+def get_openapi() -> dict[str, Any]:
+    from conduix import openapi
+
+    return openapi.document(app)
+
+
+@app.get("/dashboard/assets/<name>", include_in_schema=False)
 def get_dashboard_asset(name: str) -> Response[str]:
     found = dashboard.asset(name)
     if found is None:
@@ -130,19 +137,19 @@ def get_dashboard_asset(name: str) -> Response[str]:
     return _static(*found, "public, max-age=31536000, immutable" if versioned else "no-cache")
 
 
-@app.get("/dashboard/<name>")
+@app.get("/dashboard/<name>", include_in_schema=False)
 def get_dashboard_page(name: str) -> Response[str]:
     return _page(name)
 
 
-@app.get("/dashboard")
+@app.get("/dashboard", include_in_schema=False)
 def get_dashboard_home() -> Response[str]:
     return Response(
         status_code=302, content_type="text/plain", body="", headers={"Location": "/dashboard/billing"}
     )
 
 
-@app.get("/pricing")
+@app.get("/pricing", include_in_schema=False)
 def get_pricing_page() -> Response[str]:
     return _page("pricing")
 

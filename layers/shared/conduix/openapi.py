@@ -1,0 +1,199 @@
+"""The OpenAPI document of the public API, generated from the code.
+
+BillingApi's routes come from its Powertools resolver; the request bodies those routes read
+are the pydantic models below; the two Completion routes (which use no resolver, to keep
+that function's cold start small) are described from the same models. Served at
+GET /openapi.json; schemathesis drives the local stack with it in the tests.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Credits = Annotated[
+    str,
+    Field(
+        pattern=r"^\d{1,15}(\.\d{1,9})?$",
+        examples=["10", "0.5"],
+        description="Credits, as an exact decimal string.",
+    ),
+]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Message(_Body):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | None = None
+
+
+class ChatCompletionRequest(_Body):
+    """OpenAI's chat completion request; fields we do not name are passed to the model."""
+
+    model: str = Field(min_length=1, examples=["openai/gpt-4o-mini"])
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2, description="0 makes the request cacheable.")
+    stream: bool = False
+    n: int | None = Field(default=None, ge=1, le=16)
+
+
+class TopUpRequest(_Body):
+    amount: Credits = Field(description="One of the operator's top-up tiers.")
+
+
+class SpendCapRequest(_Body):
+    monthly_limit: Credits | None = Field(description="The monthly cap; null removes it.")
+
+
+class AutoReloadRequest(_Body):
+    enabled: bool
+    threshold: Credits | None = None
+    amount: Credits | None = None
+
+
+class SubscriptionRequest(_Body):
+    plan: str = Field(examples=["builder"])
+
+
+class ApiKeyRequest(_Body):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    scopes: list[Literal["inference", "billing"]] | None = Field(default=None, min_length=1)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: str
+    param: str | None = None
+
+
+class Error(BaseModel):
+    error: ErrorDetail
+
+
+REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
+    ("post", "/v1/chat/completions"): ChatCompletionRequest,
+    ("post", "/v1/billing/top-ups"): TopUpRequest,
+    ("put", "/v1/billing/spend-cap"): SpendCapRequest,
+    ("put", "/v1/billing/auto-reload"): AutoReloadRequest,
+    ("post", "/v1/billing/subscription"): SubscriptionRequest,
+    ("post", "/v1/billing/api-keys"): ApiKeyRequest,
+}
+QUERY_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
+    ("get", "/v1/billing/ledger"): [
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
+        {
+            "name": "cursor",
+            "in": "query",
+            "schema": {"type": "string"},
+            "description": "next_cursor of a page",
+        },
+    ],
+    ("get", "/v1/usage"): [
+        {"name": "from", "in": "query", "schema": {"type": "string", "format": "date"}},
+        {"name": "to", "in": "query", "schema": {"type": "string", "format": "date"}},
+        {
+            "name": "group_by",
+            "in": "query",
+            "schema": {"type": "string", "examples": ["model", "model,day"]},
+            "description": "model, day, key, or a comma-separated mix",
+        },
+    ],
+}
+PUBLIC = {("get", "/v1/models"), ("get", "/v1/pricing")}
+_ERRORS = {
+    "400": "Bad input (nothing is held or charged)",
+    "401": "Missing, unknown or revoked API key",
+    "402": "insufficient_credits or spend_cap_exceeded",
+    "403": "The key lacks the scope",
+    "404": "Unknown model, object or route",
+    "409": "Conflict (idempotency key reused, a plan limit, a missing saved card)",
+    "413": "Body over 1 MB",
+    "429": "Requests per minute of the plan reached",
+    "502": "The model provider failed (nothing billed)",
+    "503": "The model provider or a store is unavailable (nothing billed)",
+    "504": "The model provider timed out (nothing billed)",
+}
+
+
+def _schema_of(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(schema.pop("$defs", {}))
+    components[model.__name__] = schema
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _completion_paths(components: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "/v1/chat/completions": {
+            "post": {
+                "summary": "Create a chat completion, billed in credits",
+                "description": "Held before the provider is called and settled from its usage. Headers: "
+                "x-conduix-cache (HIT, MISS, BYPASS), x-conduix-cost, x-conduix-balance, x-request-id.",
+                "operationId": "create_chat_completion",
+                "tags": ["Completions"],
+                "responses": {
+                    "200": {
+                        "description": "The completion (JSON, or server-sent events when stream is true)",
+                        "content": {
+                            "application/json": {"schema": {"type": "object"}},
+                            "text/event-stream": {"schema": {"type": "string"}},
+                        },
+                    }
+                },
+            }
+        },
+        "/v1/models": {
+            "get": {
+                "summary": "List the models and their prices",
+                "operationId": "list_models",
+                "tags": ["Completions"],
+                "responses": {
+                    "200": {
+                        "description": "The catalog",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
+    }
+
+
+def document(billing_app: Any, version: str = "1.0.0") -> dict[str, Any]:
+    generated = billing_app.get_openapi_schema(
+        title="Conduix API",
+        version=version,
+        summary="OpenAI-compatible completions billed in credits, and the billing API behind the dashboard.",
+    )
+    doc: dict[str, Any] = json.loads(generated.model_dump_json(by_alias=True, exclude_none=True))
+    components: dict[str, Any] = doc.setdefault("components", {}).setdefault("schemas", {})
+    doc["paths"] = {**_completion_paths(components), **doc.get("paths", {})}
+    error_ref = _schema_of(Error, components)
+    doc["components"]["securitySchemes"] = {
+        "apiKey": {"type": "http", "scheme": "bearer", "description": "An org API key (cdx_...)."}
+    }
+    doc["security"] = [{"apiKey": []}]
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            model = REQUEST_BODIES.get((method, path))
+            if model is not None:
+                operation["requestBody"] = {
+                    "required": True,
+                    "content": {"application/json": {"schema": _schema_of(model, components)}},
+                }
+            if (method, path) in QUERY_PARAMETERS:
+                operation.setdefault("parameters", []).extend(QUERY_PARAMETERS[(method, path)])
+            if (method, path) in PUBLIC:
+                operation["security"] = []
+            for status, description in _ERRORS.items():
+                operation["responses"].setdefault(
+                    status,
+                    {"description": description, "content": {"application/json": {"schema": error_ref}}},
+                )
+    return doc
