@@ -85,6 +85,7 @@ def test_real_template() -> None:
                 Route("ANY", "/dashboard/{proxy+}"),
                 Route("ANY", "/dashboard"),
                 Route("ANY", "/pricing"),
+                Route("ANY", "/openapi.json"),
             ],
             [],
         ),
