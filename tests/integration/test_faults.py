@@ -151,3 +151,28 @@ def test_a_failing_cache_table_serves_and_bills_as_a_miss(
     assert first.cost > 0 and second.cost == first.cost
     assert upstream.calls()["total"] == 2
     assert assert_consistent(org).balance == 5 * C - 2 * first.cost
+
+
+def test_stripe_down_during_auto_reload_charges_nothing_and_keeps_the_org_due(
+    org: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from conduix import autoreload, orgs, reloads, stripe_gateway
+
+    with socket.socket() as closed:  # a port nothing listens on: Stripe unreachable
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("STRIPE_API_KEY", "sk_test_unreachable")
+    monkeypatch.setenv("STRIPE_API_BASE", f"http://127.0.0.1:{port}")
+    stripe_gateway.client.cache_clear()
+    orgs.attach_stripe_customer(org, "cus_test")
+    orgs.save_card(org, orgs.Card("pm_test", "visa", "4242", 12, 2030))
+    reloads.configure(org, enabled=True, threshold=5 * C, amount=25 * C)
+    assert wallets.mark_reload_due(org)  # balance 0 < threshold 5
+    try:
+        assert autoreload.run(NOW) == {"orgs": 1, "error": 1}
+        w = assert_consistent(org)
+        assert (w.balance, w.reload.due, w.reload.failures) == (0, True, 0)  # retried on the next run
+    finally:
+        stripe_gateway.client.cache_clear()
