@@ -12,7 +12,7 @@ from typing import Any
 from conduix import clock
 from conduix.config import settings
 from conduix.dynamo import client, n, s
-from conduix.wallets import conditional_update, wallet_key
+from conduix.wallets import conditional_update, orgs_in_index, wallet_key
 
 MAX_FAILURES = 3
 # Only the first run to report on an episode notes it (and sends its email).
@@ -41,19 +41,7 @@ def configure(org_id: str, *, enabled: bool, threshold: int, amount: int) -> Non
 
 def due_orgs(shard: str) -> list[str]:
     """Orgs with an auto-reload episode waiting for a charge (a sparse index)."""
-    org_ids: list[str] = []
-    kwargs: dict[str, Any] = {
-        "TableName": settings().billing_table,
-        "IndexName": "by_reload_due",
-        "KeyConditionExpression": "reload_due_shard = :s",
-        "ExpressionAttributeValues": {":s": s(shard)},
-    }
-    while True:
-        page = client().query(**kwargs)
-        org_ids += [item["pk"]["S"].removeprefix("ORG#") for item in page.get("Items", [])]
-        if "LastEvaluatedKey" not in page:
-            return org_ids
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return orgs_in_index("by_reload_due", "reload_due_shard", shard)
 
 
 def record_success(org_id: str, episode: int, message: str, now: datetime) -> bool:

@@ -687,14 +687,15 @@ def set_spend_cap(org_id: str, limit: int | None, now: datetime) -> None:
 # ------------------------------------------------------------------ expiry
 
 
-def wallets_with_holds(shard: str) -> list[str]:
-    """Org ids whose wallets may hold credits, from the sparse sweep index."""
+def orgs_in_index(index: str, key_attribute: str, value: str) -> list[str]:
+    """Org ids of the wallets a sparse index lists under one key value (all pages)."""
     org_ids: list[str] = []
     kwargs: dict[str, Any] = {
         "TableName": settings().billing_table,
-        "IndexName": "by_sweep_shard",
-        "KeyConditionExpression": "sweep_shard = :s",
-        "ExpressionAttributeValues": {":s": s(shard)},
+        "IndexName": index,
+        "KeyConditionExpression": "#k = :v",
+        "ExpressionAttributeNames": {"#k": key_attribute},
+        "ExpressionAttributeValues": {":v": s(value)},
     }
     while True:
         page = client().query(**kwargs)
@@ -702,6 +703,11 @@ def wallets_with_holds(shard: str) -> list[str]:
         if "LastEvaluatedKey" not in page:
             return org_ids
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def wallets_with_holds(shard: str) -> list[str]:
+    """Org ids whose wallets may hold credits, from the sparse sweep index."""
+    return orgs_in_index("by_sweep_shard", "sweep_shard", shard)
 
 
 def open_holds(org_id: str) -> tuple[Hold, ...]:
@@ -762,16 +768,4 @@ def set_billing_mode(org_id: str, mode: str) -> None:
 
 
 def invoice_mode_orgs() -> list[str]:
-    org_ids: list[str] = []
-    kwargs: dict[str, Any] = {
-        "TableName": settings().billing_table,
-        "IndexName": "by_invoice_mode",
-        "KeyConditionExpression": "invoice_shard = :s",
-        "ExpressionAttributeValues": {":s": s("all")},
-    }
-    while True:
-        page = client().query(**kwargs)
-        org_ids += [item["pk"]["S"].removeprefix("ORG#") for item in page.get("Items", [])]
-        if "LastEvaluatedKey" not in page:
-            return org_ids
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return orgs_in_index("by_invoice_mode", "invoice_shard", "all")
