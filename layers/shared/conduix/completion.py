@@ -118,8 +118,8 @@ def serve(principal: Principal, raw_body: bytes, request_id: str, deadline: floa
         reservation = wallets.reserve(
             org_id, request_id, hold, model=chain[0].id, key_id=principal.key_id, now=now
         )
-    except InsufficientCredits:
-        _ran_dry(org_id, now)
+    except InsufficientCredits as refusal:
+        _ran_dry(org_id, refusal, now)
         raise
     try:
         reply = providers.complete(
@@ -168,12 +168,15 @@ def serve(principal: Principal, raw_body: bytes, request_id: str, deadline: floa
     return Served(text, content_type, MISS if key else BYPASS, cost, reservation.balance - cost)
 
 
-def _ran_dry(org_id: str, now: datetime) -> None:
+def _ran_dry(org_id: str, refusal: InsufficientCredits, now: datetime) -> None:
     """A refusal for lack of credits: start an auto-reload episode if one is set up, and send
-    the "account paused" notice once per pause. Failures here never hide the 402."""
+    the "account paused" notice once per pause. Each write is made only if the refused write
+    saw that it could succeed, so a refusal in a steady pause costs one write. Failures here
+    never hide the 402."""
     try:
-        wallets.mark_reload_due(org_id)
-        if wallets.mark_paused(org_id, now):
+        if refusal.reload_can_start:
+            wallets.mark_reload_due(org_id)
+        if not refusal.already_paused and wallets.mark_paused(org_id, now):
             from conduix import notices, orgs  # rare path: keep it off the cold start
 
             org = orgs.get_org(org_id)

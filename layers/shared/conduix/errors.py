@@ -75,9 +75,19 @@ class IdempotencyConflict(Conflict):
 class InsufficientCredits(ConduixError):
     code = "insufficient_credits"
 
-    def __init__(self, message: str, *, available_nanos: int) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        available_nanos: int,
+        already_paused: bool = False,
+        reload_can_start: bool = False,
+    ) -> None:
         super().__init__(message)
         self.available_nanos = available_nanos
+        # What the refused write saw, so the follow-up writes are made only when they can succeed.
+        self.already_paused = already_paused
+        self.reload_can_start = reload_can_start
 
 
 class SpendCapExceeded(ConduixError):

@@ -34,6 +34,7 @@ def sweep(now: datetime) -> dict[str, Any]:
                             "amount": format_credits(hold.amount),
                         },
                     )
+            wallets.prune_rate_windows(org_id, now)
             if all(h.expires_at <= cutoff for h in holds):
                 wallets.forget_if_idle(org_id)
     return {

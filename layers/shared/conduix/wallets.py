@@ -253,9 +253,12 @@ def _refusal(org_id: str, old: Item, amount: int, window: str, now: datetime) ->
             period=wallet.period,
         )
     if wallet.billing_mode != "invoice" and wallet.available < amount:
+        reload = wallet.reload
         return InsufficientCredits(
             f"Insufficient credits. Current balance: {format_credits(wallet.available)} credits.",
             available_nanos=wallet.available,
+            already_paused=wallet.paused,
+            reload_can_start=reload.enabled and not reload.due and wallet.available < reload.threshold,
         )
     return None
 
@@ -482,7 +485,8 @@ def settle(org_id: str, request_id: str, hold_amount: int, usage: Usage, now: da
         ]
         try:
             # The token makes DynamoDB itself drop a replay of this exact transaction.
-            token = hashlib.sha256(f"settle:{org_id}:{request_id}".encode()).hexdigest()[:36]
+            # (With the period: a retry after a month roll-over is another request to DynamoDB.)
+            token = hashlib.sha256(f"settle:{org_id}:{request_id}:{period}".encode()).hexdigest()[:36]
             retrying(lambda: client().transact_write_items(TransactItems=items, ClientRequestToken=token))  # noqa: B023
             return SettleOutcome.SETTLED
         except ClientError as exc:
@@ -722,6 +726,31 @@ def open_holds(org_id: str) -> tuple[Hold, ...]:
         .get("Item")
     )
     return _wallet_from_item(org_id, item).holds if item else ()
+
+
+def prune_rate_windows(org_id: str, now: datetime) -> int:
+    """Drop per-key request counts of minutes that are over. A reserve drops its key's previous
+    minute itself; a key that paused longer leaves its last window behind, and the wallet (the
+    hottest item) must not keep growing. HoldSweeper calls this for every active wallet."""
+    item = (
+        client()
+        .get_item(TableName=settings().billing_table, Key=wallet_key(org_id), ProjectionExpression="rpm")
+        .get("Item")
+        or {}
+    )
+    current = int(now.timestamp()) // 60
+    stale = [w for w in (item.get("rpm", {}).get("M") or {}) if int(w.rsplit("@", 1)[1]) < current - 1]
+    for start in range(0, len(stale), 50):  # a modest expression per write
+        batch = stale[start : start + 50]
+        names = {f"#w{i}": window for i, window in enumerate(batch)}
+        client().update_item(
+            TableName=settings().billing_table,
+            Key=wallet_key(org_id),
+            UpdateExpression="REMOVE " + ", ".join(f"rpm.{name}" for name in names),
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeNames=names,
+        )
+    return len(stale)
 
 
 def forget_if_idle(org_id: str) -> None:
