@@ -1,13 +1,14 @@
 # Two commands on a fresh machine (Python 3.11+ and make):
 #   make run    the local stack on http://127.0.0.1:$${PORT:-3000}, until Ctrl-C
-#   make test   lint, types, template checks, unit, integration and end-to-end tests
+#   make test   lint, types, template checks, unit, integration, end-to-end and browser tests
+# And: make test-long, make bench, make load, make reconcile.
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint types check-template unit integration e2e browser browser-deps reconcile install clean
+.PHONY: run test test-long bench load lint types check-template unit integration e2e browser browser-deps reconcile install clean
 
 install: $(STAMP)
 
@@ -63,6 +64,19 @@ browser-deps:
 
 test: lint types check-template browser-deps
 	$(VENV)/bin/pytest -q tests
+
+# The same suite with the long profiles (the ledger state machine runs 10,000+ steps).
+test-long: lint types check-template browser-deps
+	CONDUIX_PROFILE=long $(VENV)/bin/pytest -q tests
+
+# Writes docs/benchmarks.md: DynamoDB requests and capacity units per path, billing CPU
+# against a bare UpdateItem, cold-start imports against `import boto3`, the hottest item.
+bench: $(STAMP)
+	$(PY) -m bench.run
+
+# A bounded load on loopback against the local stack; fails on any overdraft or drift.
+load: $(STAMP)
+	$(PY) -m bench.load
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .aws-sam test-artifacts
