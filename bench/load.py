@@ -1,0 +1,485 @@
+"""A bounded load on the local stack, then a money check.
+
+    python -m bench.load [--seconds 20] [--clients 32] [--workers 8]
+
+Starts the local stack in this process (moto behind its lock, the fake upstream, the front with
+every function in worker processes; schedules off; the e2e test catalog), creates two orgs
+through the operator API and runs, on loopback:
+
+1. `--clients` concurrent clients sending billed chat completions (temperature unset) for
+   `--seconds`, most of them on a well-funded org and a few on an org whose credits run out
+   mid-run (its refusals must be clean 402s, and it must never go below zero);
+2. the same number of clients calling the fake upstream directly for the same time, so the
+   gateway's overhead can be read off the difference.
+
+Then, straight from the DynamoDB stand-in (not through the product), for each org: no
+overdraft, balance = sum of its ledger, held = sum of open holds, one usage entry per 200, and
+the credits charged in `x-conduix-cost` headers = what left the balance. Exits non-zero on any
+failure. Stops everything it started.
+
+Latencies are of the local stand-ins on this machine (moto behind one lock, Python workers):
+they say how the stack behaves under concurrency, not how fast AWS would be.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import multiprocessing
+import os
+import secrets
+import socket
+import statistics
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parents[1]
+CATALOG = ROOT / "tests" / "e2e" / "models.json"
+STACK_LOG = ROOT / "test-artifacts" / "load-stack.log"
+MODEL = "test/cheap"
+FUNDED_CREDITS = Decimal("1000")
+SCARCE_CREDITS = Decimal("0.0005")  # some ten requests: its clients run it dry at once
+NANO = Decimal(10) ** 9
+
+
+def log(message: str) -> None:
+    print(f"[load] {message}", file=sys.__stderr__, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ------------------------------------------------------------------ clients
+
+
+@dataclass
+class Tally:
+    """What one phase's clients saw."""
+
+    latencies: list[float] = field(default_factory=list)  # seconds, 200s only
+    statuses: Counter[str] = field(default_factory=Counter)
+    charged: Decimal = Decimal(0)  # sum of x-conduix-cost of the 200s
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, status: str, seconds: float, cost: str | None) -> None:
+        with self.lock:
+            self.statuses[status] += 1
+            if status == "200":
+                self.latencies.append(seconds)
+                if cost is not None:
+                    self.charged += Decimal(cost)
+
+    @property
+    def ok(self) -> int:
+        return self.statuses["200"]
+
+    def merged(self, other: Tally) -> Tally:
+        both = Tally(self.latencies + other.latencies, self.statuses + other.statuses)
+        both.charged = self.charged + other.charged
+        return both
+
+    def errors(self, allowed: tuple[str, ...] = ()) -> int:
+        return sum(n for s, n in self.statuses.items() if s != "200" and s not in allowed)
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """One client: where it sends what, and which tally its results go to. Picklable."""
+
+    name: str
+    url: str  # base URL; `path` is appended to its path
+    path: str
+    headers: dict[str, str]
+    model: str
+    tag: str
+    group: str
+
+
+def _client(spec: ClientSpec, seconds: float, start_delay: float, tally: Tally) -> None:
+    """Requests one at a time until the time is up, each on a new connection (as urllib does):
+    on a kept-alive connection the stand-ins' separate header and body writes meet delayed ACKs
+    and add some 40 ms to every answer, which would measure TCP, not the gateway."""
+    time.sleep(start_delay)  # staggered, so the clients' first connects do not arrive as one burst
+    split = urlsplit(spec.url)
+    host, port = split.hostname or "127.0.0.1", split.port or 80
+    path = split.path.rstrip("/") + spec.path
+    headers = {"Content-Type": "application/json", "Connection": "close", **spec.headers}
+    deadline = time.monotonic() + seconds - start_delay
+    i = 0
+    while time.monotonic() < deadline:
+        i += 1
+        body = {
+            "model": spec.model,
+            "messages": [{"role": "user", "content": f"load {spec.tag} {i}"}],
+            "max_tokens": 16,
+        }
+        started = time.perf_counter()
+        connection = http.client.HTTPConnection(host, port, timeout=60)
+        try:
+            connection.request("POST", path, body=json.dumps(body).encode(), headers=headers)
+            response = connection.getresponse()
+            response.read()
+            status, cost = str(response.status), response.getheader("x-conduix-cost")
+        except (OSError, http.client.HTTPException) as exc:
+            status, cost = type(exc).__name__, None
+        finally:
+            connection.close()
+        tally.add(status, time.perf_counter() - started, cost)
+
+
+def _client_process(specs: list[ClientSpec], seconds: float, results: Any) -> None:
+    """The clients of one phase, as threads of a process of their own: in the stack's process
+    they would compete for its interpreter lock with moto and the front, and slow both."""
+    tallies: dict[str, Tally] = {spec.group: Tally() for spec in specs}
+    threads = [
+        threading.Thread(target=_client, args=(spec, seconds, 0.01 * i, tallies[spec.group]), daemon=True)
+        for i, spec in enumerate(specs)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    results.put(
+        {
+            group: {"latencies": t.latencies, "statuses": dict(t.statuses), "charged": str(t.charged)}
+            for group, t in tallies.items()
+        }
+    )
+
+
+def run_phase(specs: list[ClientSpec], seconds: float) -> tuple[dict[str, Tally], float, float]:
+    """Run the clients; their tallies, the phase's wall time, and this process's CPU time in it
+    (the stack's process: moto, the front and the fake upstream; not the workers, not the clients)."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    process = context.Process(target=_client_process, args=(specs, seconds, results), name="load-clients")
+    started, cpu = time.monotonic(), time.process_time()
+    process.start()
+    try:
+        raw = results.get(timeout=seconds + 120)
+    finally:
+        process.join(timeout=30)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    elapsed, cpu = time.monotonic() - started, time.process_time() - cpu
+    tallies = {}
+    for group, data in raw.items():
+        tally = Tally(data["latencies"], Counter(data["statuses"]))
+        tally.charged = Decimal(data["charged"])
+        tallies[group] = tally
+    return tallies, elapsed, cpu
+
+
+# ------------------------------------------------------------------ checks
+
+
+def _dynamodb(moto_url: str) -> Any:
+    import boto3
+
+    return boto3.client(
+        "dynamodb",
+        endpoint_url=moto_url,
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
+
+
+def org_items(moto_url: str, org_id: str) -> list[dict[str, Any]]:
+    pages = (
+        _dynamodb(moto_url)
+        .get_paginator("query")
+        .paginate(
+            TableName="BillingTable",
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": f"ORG#{org_id}"}},
+            ConsistentRead=True,
+        )
+    )
+    return [item for page in pages for item in page["Items"]]
+
+
+def check_org(moto_url: str, org_id: str, granted: Decimal, tally: Tally) -> tuple[dict[str, Any], list[str]]:
+    """The org's money, read from the stand-in itself, against what the clients were told."""
+    items = org_items(moto_url, org_id)
+    wallet = next(i for i in items if i["sk"]["S"] == "WALLET")
+    lines = [i for i in items if i["sk"]["S"].startswith("LEDGER#")]
+
+    def num(item: dict[str, Any], name: str) -> int:
+        return int(item[name]["N"]) if name in item else 0
+
+    balance, held, available = num(wallet, "balance"), num(wallet, "held"), num(wallet, "available")
+    holds = wallet.get("holds", {}).get("M", {})
+    usage = [i for i in lines if i["entry_type"]["S"] == "usage"]
+    spent = -sum(num(i, "amount") for i in usage)
+    facts = {
+        "balance": (Decimal(balance) / NANO).normalize(),
+        "held": (Decimal(held) / NANO).normalize(),
+        "open holds": len(holds),
+        "ledger entries": len(lines),
+        "usage entries": len(usage),
+        "spent": (Decimal(spent) / NANO).normalize(),
+        "charged (headers)": tally.charged.normalize(),
+    }
+    failures = []
+    if balance < 0 or available < 0:
+        failures.append(f"overdraft: balance {balance} nano, available {available} nano")
+    if balance != sum(num(i, "amount") for i in lines):
+        failures.append(f"balance {balance} != sum of the ledger {sum(num(i, 'amount') for i in lines)}")
+    if held != sum(int(h["M"]["a"]["N"]) for h in holds.values()):
+        failures.append("held != sum of open holds")
+    if available != balance - held:
+        failures.append("available != balance - held")
+    if Decimal(spent) / NANO != tally.charged:
+        failures.append(f"usage entries total {Decimal(spent) / NANO} credits, headers said {tally.charged}")
+    if Decimal(balance) / NANO != granted - tally.charged:
+        failures.append(f"balance {Decimal(balance) / NANO} != granted {granted} - charged {tally.charged}")
+    if len(usage) != tally.ok:
+        failures.append(f"{len(usage)} usage entries for {tally.ok} answered requests")
+    return facts, failures
+
+
+# ------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each phase (default 20)")
+    parser.add_argument("--clients", type=int, default=32, help="concurrent clients (default 32)")
+    parser.add_argument("--workers", type=int, default=8, help="warm workers per function (default 8)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds first (default 3)")
+    parser.add_argument("--scarce-clients", type=int, default=4, help="clients on the org that runs dry")
+    parser.add_argument(
+        "--stack-log", type=Path, default=STACK_LOG, help=f"the stack's log (default {STACK_LOG})"
+    )
+    args = parser.parse_args(argv)
+    if args.clients <= args.scarce_clients:
+        parser.error("--clients must be larger than --scarce-clients")
+
+    from conduix_local.stack import Stack, StackConfig, StackError
+
+    config = StackConfig(
+        port=free_port(),
+        models_file=str(CATALOG),
+        operator_key="cdx_op_load_" + secrets.token_hex(16),
+        schedules=False,
+        workers_per_function=args.workers,
+        seed_demo=False,
+    )
+    args.stack_log.parent.mkdir(parents=True, exist_ok=True)
+    log(
+        f"starting the local stack ({args.workers} workers per function, schedules off); "
+        f"its log: {args.stack_log}"
+    )
+    started = time.monotonic()
+    # The front logs every request and relays the functions' logs on stderr: into a file.
+    with open(args.stack_log, "w", encoding="utf-8") as stack_log, contextlib.redirect_stderr(stack_log):
+        stack = Stack(config)
+        try:
+            stack.start()
+        except StackError as exc:
+            log(f"the stack did not start: {exc}")
+            return 2
+        try:
+            return _run(stack, args, started)
+        finally:
+            log("stopping the local stack")
+            stack.stop()
+
+
+def _new_org(stack: Any, name: str, credits: Decimal) -> tuple[str, str]:
+    org = stack.operator("POST", "/admin/orgs", {"name": name, "email": "load@example.test"})
+    key = stack.operator("POST", f"/admin/orgs/{org['org_id']}/api-keys", {"name": "load"})
+    stack.operator(
+        "POST",
+        f"/admin/orgs/{org['org_id']}/credits",
+        {"amount": str(credits), "reason": "load test", "idempotency_key": f"load-{org['org_id']}"},
+    )
+    return org["org_id"], key["api_key"]
+
+
+def _lift_rate_limit(moto_url: str, org_ids: list[str]) -> str:
+    """Put the orgs on the shipped plan with the highest per-key rate: the free plan's 60
+    requests a minute would turn most of the load into 429s. (A direct write to the stand-in;
+    there is no operator route for plans.)"""
+    os.environ.update(
+        AWS_ENDPOINT_URL=moto_url,
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ACCESS_KEY_ID="local",
+        AWS_SECRET_ACCESS_KEY="local",
+        BILLING_TABLE="BillingTable",
+        CACHE_TABLE="CacheTable",
+    )
+    from conduix import config, dynamo, plans, wallets
+
+    config.settings.cache_clear()
+    dynamo.reset_client()
+    plan = max(plans.all_plans().values(), key=lambda p: p.requests_per_minute)
+    for org_id in org_ids:
+        wallets.set_plan(org_id, plan)
+    return f"{plan.id} ({plan.requests_per_minute} requests a minute per key)"
+
+
+def _run(stack: Any, args: argparse.Namespace, started: float) -> int:
+    state = stack.state()
+    funded_org, funded_key = _new_org(stack, "Load Org", FUNDED_CREDITS)
+    scarce_org, scarce_key = _new_org(stack, "Scarce Org", SCARCE_CREDITS)
+    plan = _lift_rate_limit(state["moto"], [funded_org, scarce_org])
+    log(f"orgs ready on plan {plan}; stack up in {time.monotonic() - started:.1f} s")
+
+    def gateway_client(i: int, key: str, tag: str, group: str) -> ClientSpec:
+        auth = {"Authorization": f"Bearer {key}"}
+        return ClientSpec(f"{group}-{i}", state["api"], "/v1/chat/completions", auth, MODEL, tag, group)
+
+    # Phase 0: the workers start (cold starts) under the same load; not measured, but billed.
+    log(f"warm-up: {args.clients} clients for {args.warmup:g} s (not measured)")
+    specs = [gateway_client(i, funded_key, f"w{i}", "warm") for i in range(args.clients)]
+    warm = run_phase(specs, args.warmup)[0]["warm"]
+
+    # Phase 1: through the gateway; a few clients on the org that runs dry.
+    log(f"phase 1: {args.clients} clients through the gateway for {args.seconds:g} s")
+    specs = [
+        gateway_client(i, scarce_key, f"s{i}", "scarce")
+        if i < args.scarce_clients
+        else gateway_client(i, funded_key, f"g{i}", "gateway")
+        for i in range(args.clients)
+    ]
+    tallies, gateway_seconds, gateway_cpu = run_phase(specs, args.seconds)
+    gateway, scarce = tallies["gateway"], tallies["scarce"]
+
+    # Phase 2: as many clients, straight at the fake upstream, for as long.
+    log(f"phase 2: {args.clients} clients straight at the fake upstream for {args.seconds:g} s")
+    upstream_model = json.loads(CATALOG.read_text())["models"][0]["upstream"]["model"]
+    auth = {"Authorization": "Bearer local-upstream-key"}
+    specs = [
+        ClientSpec(
+            f"direct-{i}", state["upstream"], "/chat/completions", auth, upstream_model, f"d{i}", "direct"
+        )
+        for i in range(args.clients)
+    ]
+    tallies, direct_seconds, direct_cpu = run_phase(specs, args.seconds)
+    direct = tallies["direct"]
+
+    funded_facts, funded_failures = check_org(state["moto"], funded_org, FUNDED_CREDITS, gateway.merged(warm))
+    scarce_facts, scarce_failures = check_org(state["moto"], scarce_org, SCARCE_CREDITS, scarce)
+    failures = [f"funded org: {f}" for f in funded_failures] + [f"scarce org: {f}" for f in scarce_failures]
+    if gateway.errors() or warm.errors():
+        failures.append(f"gateway errors on the funded org: {dict(gateway.statuses + warm.statuses)}")
+    if scarce.errors(allowed=("402",)):
+        failures.append(f"errors other than 402 on the scarce org: {dict(scarce.statuses)}")
+    warnings = []
+    if direct.errors():  # the baseline's own hiccups are not the gateway's failures
+        warnings.append(f"errors calling the upstream directly: {dict(direct.statuses)}")
+    if not scarce.statuses["402"]:
+        warnings.append("the scarce org never ran out, so no refusal under load was seen: run longer")
+
+    table_items = _dynamodb(state["moto"]).scan(TableName="BillingTable", Select="COUNT")["Count"]
+    _print_summary(
+        args,
+        {"gateway": gateway, "scarce": scarce, "direct": direct, "warm": warm},
+        {"gateway": (gateway_seconds, gateway_cpu), "direct": (direct_seconds, direct_cpu)},
+        {"funded org": funded_facts, "scarce org": scarce_facts},
+        table_items,
+    )
+    for warning in warnings:
+        print(f"WARNING: {warning}")
+    for failure in failures:
+        print(f"FAIL: {failure}")
+    print(
+        "OK: no overdraft; balances equal their ledgers and the charges sent to clients"
+        if not failures
+        else ""
+    )
+    log(f"done in {time.monotonic() - started:.0f} s")
+    return 1 if failures else 0
+
+
+def _print_summary(
+    args: argparse.Namespace,
+    tallies: dict[str, Tally],
+    times: dict[str, tuple[float, float]],
+    money: dict[str, dict[str, Any]],
+    table_items: int,
+) -> None:
+    gateway, direct, scarce, warm = tallies["gateway"], tallies["direct"], tallies["scarce"], tallies["warm"]
+    (g_wall, g_cpu), (d_wall, d_cpu) = times["gateway"], times["direct"]
+
+    def ms(seconds: float) -> str:
+        return f"{seconds * 1000:.1f}"
+
+    g_all = gateway.ok + sum(scarce.statuses.values())  # everything the stack answered in phase 1
+    rows = [
+        ("", "through the gateway", "upstream directly", "gateway overhead"),
+        (
+            "clients",
+            f"{args.clients - args.scarce_clients} (+{args.scarce_clients} scarce)",
+            str(args.clients),
+            "",
+        ),
+        ("answered 200", str(gateway.ok), str(direct.ok), ""),
+        ("throughput (200/s)", f"{gateway.ok / g_wall:.1f}", f"{direct.ok / d_wall:.1f}", ""),
+    ]
+    for label, p in (("p50 latency (ms)", 50), ("p90 latency (ms)", 90), ("p99 latency (ms)", 99)):
+        g, d = percentile(gateway.latencies, p), percentile(direct.latencies, p)
+        rows.append((label, ms(g), ms(d), f"+{ms(g - d)}"))
+    g_mean, d_mean = statistics.fmean(gateway.latencies or [0]), statistics.fmean(direct.latencies or [0])
+    rows.append(("mean latency (ms)", ms(g_mean), ms(d_mean), f"+{ms(g_mean - d_mean)}"))
+    rows.append(("errors", str(gateway.errors()), str(direct.errors()), ""))
+    rows.append(
+        (
+            "stack-process CPU per request (ms)",
+            ms(g_cpu / max(g_all, 1)),
+            ms(d_cpu / max(direct.ok, 1)),
+            "",
+        )
+    )
+    width = [max(len(r[i]) for r in rows) for i in range(4)]
+    print()
+    print(f"Load: {args.seconds:g} s per phase, {args.clients} concurrent clients, {args.workers} workers")
+    for r in rows:
+        print("  " + "  ".join(cell.ljust(width[i]) for i, cell in enumerate(r)))
+    print()
+    print(f"Warm-up before it: {args.warmup:g} s, {warm.ok} answered (cold starts; billed, not measured).")
+    print(
+        f"Scarce org ({args.scarce_clients} clients, {SCARCE_CREDITS} credits): {scarce.ok} answered, "
+        f"{scarce.statuses['402']} refused with 402, other {scarce.errors(('402',))}."
+    )
+    if percentile(direct.latencies, 99) > 0.9:
+        print(
+            "The upstream's own p99 near 1 s is TCP retrying a connect its full accept queue dropped "
+            "(each request opens a connection): a stand-in artefact."
+        )
+    print(
+        "The stack's process runs moto (one lock; every transaction copies the whole table, "
+        f"{table_items} BillingTable items at the end), the front and the fake upstream: its CPU, not "
+        "the billing code, bounds the throughput here. These are stand-in figures, not AWS ones."
+    )
+    print()
+    print("Money, read from the DynamoDB stand-in:")
+    for name, facts in money.items():
+        print(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in facts.items()))
+    print()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
