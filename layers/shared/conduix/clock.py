@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+# Durations and monotonic deadlines (time, never money) are plain float seconds.
+Seconds = float
+
 
 def now() -> datetime:
     return datetime.now(UTC)

@@ -16,6 +16,7 @@ from typing import Any
 from conduix import cache, chat, clock, plans, pricing, providers, wallets
 from conduix.auth import Principal
 from conduix.catalog import catalog
+from conduix.clock import Seconds
 from conduix.errors import InsufficientCredits, InvalidRequest
 from conduix.money import format_credits, parse_credits
 
@@ -75,7 +76,7 @@ def _respond(
     return json.dumps(body, separators=(",", ":")), "application/json", body
 
 
-def serve(principal: Principal, raw_body: bytes, request_id: str, deadline: float) -> Served:
+def serve(principal: Principal, raw_body: bytes, request_id: str, deadline: Seconds) -> Served:
     request = chat.parse_request(raw_body)
     chain = catalog().chain(request.model_id)
     if request.max_tokens is not None and request.max_tokens > chain[0].max_output_tokens:

@@ -21,6 +21,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from conduix.clock import Seconds
 from conduix.errors import ConfigurationError, ServiceBusy
 
 if TYPE_CHECKING:
@@ -114,7 +115,7 @@ def is_retryable(exc: ClientError) -> bool:
 _AMBIGUOUS = (ConnectionClosedError, ReadTimeoutError, EndpointConnectionError, ConnectTimeoutError)
 
 
-def retrying(operation: Callable[[], T], attempts: int = 6, base_delay: float = 0.02) -> T:
+def retrying(operation: Callable[[], T], attempts: int = 6, base_delay: Seconds = 0.02) -> T:
     """Run a write, retrying contention, throttling and lost answers with capped exponential
     backoff and full jitter. Every write retried here is idempotent by its conditions, so a
     retry after an ambiguous failure can never move money twice."""

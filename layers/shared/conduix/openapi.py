@@ -23,6 +23,9 @@ Credits = Annotated[
 ]
 
 
+Temperature = Annotated[float, Field(ge=0, le=2, description="0 makes the request cacheable.")]
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -38,7 +41,7 @@ class ChatCompletionRequest(_Body):
     model: str = Field(min_length=1, examples=["openai/gpt-4o-mini"])
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2, description="0 makes the request cacheable.")
+    temperature: Temperature | None = None
     stream: bool = False
     n: int | None = Field(default=None, ge=1, le=16)
 

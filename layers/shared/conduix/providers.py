@@ -17,6 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from conduix.clock import Seconds
 from conduix.errors import UpstreamError, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from conduix.pricing import Attempt
 
@@ -42,7 +43,7 @@ def _usage(obj: Any) -> tuple[int, int]:
     return p, c  # type: ignore[return-value]
 
 
-def _open(attempt: Attempt, payload: dict[str, Any], timeout: float) -> Any:
+def _open(attempt: Attempt, payload: dict[str, Any], timeout: Seconds) -> Any:
     upstream = attempt.model.upstream
     headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
     if upstream.api_key_env:
@@ -73,7 +74,7 @@ def _open(attempt: Attempt, payload: dict[str, Any], timeout: float) -> Any:
         raise UpstreamUnavailable(f"{attempt.model.id} could not be reached.") from None
 
 
-def _read_stream(response: Any, deadline: float) -> tuple[list[dict[str, Any]], tuple[int, int]]:
+def _read_stream(response: Any, deadline: Seconds) -> tuple[list[dict[str, Any]], tuple[int, int]]:
     chunks: list[dict[str, Any]] = []
     usage: tuple[int, int] | None = None
     for raw in response:
@@ -97,7 +98,7 @@ def _read_stream(response: Any, deadline: float) -> tuple[list[dict[str, Any]], 
     raise UpstreamError("The upstream stream ended early.")
 
 
-def call(attempt: Attempt, payload: dict[str, Any], stream: bool, deadline: float) -> UpstreamReply:
+def call(attempt: Attempt, payload: dict[str, Any], stream: bool, deadline: Seconds) -> UpstreamReply:
     remaining = deadline - time.monotonic()
     if remaining < _MIN_ATTEMPT_SECONDS:
         raise UpstreamTimeout("No time left to call the upstream.")
@@ -122,7 +123,7 @@ def call(attempt: Attempt, payload: dict[str, Any], stream: bool, deadline: floa
         response.close()
 
 
-def complete(attempts: list[Attempt], build_payload: Any, stream: bool, deadline: float) -> UpstreamReply:
+def complete(attempts: list[Attempt], build_payload: Any, stream: bool, deadline: Seconds) -> UpstreamReply:
     """Try each model of the chain in turn; the first usable answer wins.
 
     A provider outage, timeout or unusable answer moves on to the next fallback; a refusal
