@@ -65,6 +65,33 @@ def create_customer(org_id: str, name: str, email: str) -> str:
     return str(customer.id)
 
 
+def _checkout(
+    *,
+    org_id: str,
+    customer_id: str,
+    metadata: dict[str, str],
+    success_url: str,
+    cancel_url: str,
+    idempotency_key: str,
+    **mode: Any,
+) -> tuple[str, str]:
+    """A Checkout Session for the org's customer, with the org in its metadata; `mode` holds
+    what differs between a top-up and a subscription."""
+    session = _call(
+        client().v1.checkout.sessions.create,
+        params={
+            **mode,
+            "customer": customer_id,
+            "client_reference_id": org_id,
+            "metadata": metadata,
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+        },
+        options={"idempotency_key": idempotency_key},
+    )
+    return str(session.url), str(session.id)
+
+
 def create_top_up_session(
     *,
     org_id: str,
@@ -76,36 +103,32 @@ def create_top_up_session(
     idempotency_key: str,
 ) -> tuple[str, str]:
     metadata = {"org_id": org_id, "credits": credits_label, "purpose": "top_up"}
-    session = _call(
-        client().v1.checkout.sessions.create,
-        params={
-            "mode": "payment",
-            "customer": customer_id,
-            "client_reference_id": org_id,
-            "line_items": [
-                {
-                    "price_data": {
-                        "currency": CURRENCY,
-                        "unit_amount": cents(credits_nanos),
-                        "product_data": {"name": f"{credits_label} Conduix credits"},
-                    },
-                    "quantity": 1,
-                }
-            ],
-            # Every top-up yields an invoice the customer can download.
-            "invoice_creation": {
-                "enabled": True,
-                "invoice_data": {"description": f"{credits_label} Conduix credits", "metadata": metadata},
-            },
-            # Save the card for auto-reload's off-session charges.
-            "payment_intent_data": {"setup_future_usage": "off_session", "metadata": metadata},
-            "metadata": metadata,
-            "success_url": success_url,
-            "cancel_url": cancel_url,
+    return _checkout(
+        org_id=org_id,
+        customer_id=customer_id,
+        metadata=metadata,
+        success_url=success_url,
+        cancel_url=cancel_url,
+        idempotency_key=idempotency_key,
+        mode="payment",
+        line_items=[
+            {
+                "price_data": {
+                    "currency": CURRENCY,
+                    "unit_amount": cents(credits_nanos),
+                    "product_data": {"name": f"{credits_label} Conduix credits"},
+                },
+                "quantity": 1,
+            }
+        ],
+        # Every top-up yields an invoice the customer can download.
+        invoice_creation={
+            "enabled": True,
+            "invoice_data": {"description": f"{credits_label} Conduix credits", "metadata": metadata},
         },
-        options={"idempotency_key": idempotency_key},
+        # Save the card for auto-reload's off-session charges.
+        payment_intent_data={"setup_future_usage": "off_session", "metadata": metadata},
     )
-    return str(session.url), str(session.id)
 
 
 def retrieve_session(session_id: str) -> dict[str, Any]:
@@ -225,21 +248,17 @@ def create_subscription_session(
     idempotency_key: str,
 ) -> tuple[str, str]:
     metadata = {"org_id": org_id, "plan": plan_id, "purpose": "subscription"}
-    session = _call(
-        client().v1.checkout.sessions.create,
-        params={
-            "mode": "subscription",
-            "customer": customer_id,
-            "client_reference_id": org_id,
-            "line_items": [{"price": price_id, "quantity": 1}],
-            "subscription_data": {"metadata": metadata},
-            "metadata": metadata,
-            "success_url": success_url,
-            "cancel_url": cancel_url,
-        },
-        options={"idempotency_key": idempotency_key},
+    return _checkout(
+        org_id=org_id,
+        customer_id=customer_id,
+        metadata=metadata,
+        success_url=success_url,
+        cancel_url=cancel_url,
+        idempotency_key=idempotency_key,
+        mode="subscription",
+        line_items=[{"price": price_id, "quantity": 1}],
+        subscription_data={"metadata": metadata},
     )
-    return str(session.url), str(session.id)
 
 
 def retrieve_subscription(subscription_id: str) -> dict[str, Any]:

@@ -631,10 +631,6 @@ def mark_paused(org_id: str, now: datetime) -> bool:
     )
 
 
-def reload_shard(org_id: str) -> str:
-    return sweep_shard(org_id)
-
-
 def mark_reload_due(org_id: str) -> bool:
     """Start an auto-reload episode: once, when the available balance is below the threshold.
 
@@ -648,7 +644,7 @@ def mark_reload_due(org_id: str) -> bool:
             "reload_enabled = :true AND attribute_not_exists(reload_due_shard) "
             "AND available < reload_threshold"
         ),
-        ExpressionAttributeValues={":shard": s(reload_shard(org_id)), ":one": n(1), ":true": {"BOOL": True}},
+        ExpressionAttributeValues={":shard": s(sweep_shard(org_id)), ":one": n(1), ":true": {"BOOL": True}},
     )
 
 
