@@ -9,7 +9,7 @@ from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from conduix import api, billing, dashboard, keys, statements
-from conduix.auth import authenticate
+from conduix.auth import Principal, authenticate
 from conduix.errors import NotFound
 
 logger = Logger()
@@ -18,8 +18,14 @@ copy_config_to_registered_loggers(source_logger=logger, include={"conduix"})
 app = api.resolver()
 
 
+def _principal() -> Principal:
+    # Read fresh on every call: a revoked key is refused at once here, and these routes are
+    # not the billed path whose cache the wallet's revocation marks cover.
+    return authenticate(api.headers(app), "billing", fresh=True)
+
+
 def _org_id() -> str:
-    return authenticate(api.headers(app), "billing").org_id
+    return _principal().org_id
 
 
 @app.get("/v1/billing")
@@ -45,8 +51,8 @@ def get_api_keys() -> dict[str, Any]:
 
 @app.post("/v1/billing/api-keys")
 def post_api_key() -> Response[dict[str, Any]]:
-    org_id = _org_id()
-    created = keys.create_api_key(org_id, api.json_body(app))
+    principal = _principal()
+    created = keys.create_api_key(principal.org_id, api.json_body(app), principal.scopes)
     return Response(status_code=201, content_type=content_types.APPLICATION_JSON, body=created)
 
 
@@ -75,7 +81,7 @@ def post_top_up() -> Response[dict[str, Any]]:
     from conduix import payments  # imports stripe: only the routes that need it pay for it
 
     org_id = _org_id()
-    session = payments.start_top_up(org_id, api.json_body(app), api.headers(app).get("idempotency-key"))
+    session = payments.start_top_up(org_id, api.json_body(app), api.idempotency_key(app))
     return Response(status_code=201, content_type=content_types.APPLICATION_JSON, body=session)
 
 
@@ -84,7 +90,7 @@ def post_subscription() -> dict[str, Any]:
     from conduix import subscriptions
 
     org_id = _org_id()
-    return subscriptions.choose(org_id, api.json_body(app), api.headers(app).get("idempotency-key"))
+    return subscriptions.choose(org_id, api.json_body(app), api.idempotency_key(app))
 
 
 @app.delete("/v1/billing/subscription")

@@ -137,6 +137,7 @@ class Stack:
             "EmailSender": EMAIL_SENDER,
             "StripeApiKey": stripe_key,
             "StripeWebhookSecret": stripe_secret,
+            "CursorSigningKey": secrets.token_hex(32),  # a new one per start: cursors are short-lived
         }
         # moto's SES refuses mail from unverified senders, as SES does.
         boto3.client(

@@ -25,6 +25,7 @@ def tables(moto_server: LockedMotoServer, monkeypatch: pytest.MonkeyPatch) -> It
         "AWS_SECRET_ACCESS_KEY": "testing",
         "BILLING_TABLE": "BillingTable",
         "CACHE_TABLE": "CacheTable",
+        "CONDUIX_CURSOR_KEY": "integration-tests-cursor-key-0123456789abcdef",
     }.items():
         monkeypatch.setenv(name, value)
     config.settings.cache_clear()

@@ -67,6 +67,7 @@ REAL_REFS = {
     "CacheTable": "local-CacheTable",
     "ModelsFile": "",
     "OperatorKeySha256": "0" * 64,
+    "CursorSigningKey": "k" * 32,
     "ScheduledJobFailures.Arn": "arn:aws:sqs:us-east-1:123456789012:local-ScheduledJobFailures",
     "BillingTable.Arn": "arn:aws:dynamodb:us-east-1:123456789012:table/local-BillingTable",
 }

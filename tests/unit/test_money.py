@@ -27,9 +27,9 @@ def test_format_credits_has_no_trailing_zeros(nanos: int, text: str) -> None:
     [
         ("10.5", 10_500_000_000),
         ("0.000000001", 1),
-        (" 7 ", 7_000_000_000),
-        (3, 3_000_000_000),
-        (Decimal("0.1"), 100_000_000),
+        ("7", 7_000_000_000),
+        ("007.10", 7_100_000_000),
+        ("999999999999999.999999999", 999_999_999_999_999_999_999_999),
     ],
 )
 def test_parse_credits_is_exact(value: object, nanos: int) -> None:
@@ -37,12 +37,46 @@ def test_parse_credits_is_exact(value: object, nanos: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["abc", "1e400", "NaN", "Infinity", "0.0000000001", "-1", "0", True, 1.5, None, []]
+    "value",
+    [
+        "abc",
+        "1e400",
+        "5E1",
+        "5e1",
+        "NaN",
+        "Infinity",
+        "0.0000000001",
+        "-1",
+        "+50",
+        " 50 ",
+        "50\n",
+        "5_0",
+        "\uff15\uff10",  # fullwidth 50
+        "\u0665",  # Arabic-Indic 5
+        "50.",
+        ".5",
+        "0",
+        "0.000000000",
+        "1" * 16,
+        "1" * 5000,
+        "",
+        3,
+        Decimal("0.1"),
+        True,
+        1.5,
+        None,
+        [],
+    ],
 )
-def test_parse_credits_refuses_what_is_not_an_exact_positive_amount(value: object) -> None:
+def test_parse_credits_refuses_what_is_not_a_plain_positive_decimal_string(value: object) -> None:
     with pytest.raises(InvalidRequest) as refused:
         parse_credits(value, field="amount")
     assert refused.value.param == "amount"
+
+
+def test_zero_only_where_allowed() -> None:
+    assert parse_credits("0", field="cap", allow_zero=True) == 0
+    assert parse_credits("0.0", field="cap", allow_zero=True) == 0
 
 
 def test_round_trip_of_every_format() -> None:

@@ -32,7 +32,9 @@ def test_sam_translator_transforms_the_template_offline(monkeypatch: pytest.Monk
         for key in ("CodeUri", "ContentUri"):
             if key in props:
                 props[key] = f"s3://artifacts/{logical_id}.zip"
-    output = transform(template, {"OperatorKeySha256": "0" * 64}, _NoManagedPolicies())
+    output = transform(
+        template, {"OperatorKeySha256": "0" * 64, "CursorSigningKey": "k" * 32}, _NoManagedPolicies()
+    )
     types = [r["Type"] for r in output["Resources"].values()]
     assert types.count("AWS::Lambda::Function") == 7
     assert types.count("AWS::Events::Rule") == 3
@@ -73,6 +75,7 @@ def test_the_routes_of_the_mission_are_declared() -> None:
         "CacheTable": "c",
         "ScheduledJobFailures.Arn": "arn",
         "OperatorKeySha256": "0" * 64,
+        "CursorSigningKey": "k" * 32,
     }
     routes = {
         (spec.logical_id, route.path_template)

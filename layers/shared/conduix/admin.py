@@ -9,7 +9,7 @@ from conduix import clock, keys, orgs, wallets
 from conduix.billing import wallet_view
 from conduix.errors import InvalidRequest
 from conduix.money import format_credits, parse_credits
-from conduix.validation import text_field
+from conduix.validation import resource_id, text_field
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -25,7 +25,7 @@ def create_org(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def get_org(org_id: str) -> dict[str, Any]:
-    org = orgs.get_org(org_id)
+    org = orgs.get_org(resource_id(org_id, "org"))
     return {
         "org_id": org.org_id,
         "name": org.name,
@@ -39,6 +39,7 @@ def get_org(org_id: str) -> dict[str, Any]:
 
 def grant_credits(org_id: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """Add credits by hand. Returns the ledger entry and whether this call created it."""
+    resource_id(org_id, "org")
     amount = parse_credits(body.get("amount"), field="amount")
     reason = text_field(body, "reason", required=True)
     key = text_field(body, "idempotency_key", required=True)
@@ -60,6 +61,7 @@ def grant_credits(org_id: str, body: dict[str, Any]) -> tuple[dict[str, Any], bo
 def set_billing(org_id: str, body: dict[str, Any]) -> dict[str, Any]:
     """PUT /admin/orgs/{org_id}/billing: {"mode": "invoice", "po_number": "PO-123", "net_terms_days": 30}
     or {"mode": "prepaid"}."""
+    resource_id(org_id, "org")
     mode = body.get("mode")
     if mode not in wallets.BILLING_MODES:
         raise InvalidRequest(f"'mode' must be one of {', '.join(wallets.BILLING_MODES)}.", param="mode")

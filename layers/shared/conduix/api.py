@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from decimal import Decimal
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 
-from conduix import errors, http
+from conduix import errors, http, validation
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +26,8 @@ def _response(status: int, body: dict[str, Any], headers: dict[str, str] | None 
 
 
 def json_body(app: APIGatewayRestResolver) -> dict[str, Any]:
-    """The request's JSON object; numbers with a fraction parse as Decimal, never as float."""
-    raw = app.current_event.body or ""
-    try:
-        body = json.loads(raw or "{}", parse_float=Decimal)
-    except ValueError:
-        raise errors.InvalidRequest("The request body is not valid JSON.", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise errors.InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-    return body
+    """The request's JSON object, through the one hostile-input-safe parser (an empty body is {})."""
+    return validation.parse_json_object(app.current_event.body or "", empty_is_object=True)
 
 
 def _domain_error(exc: errors.ConduixError) -> Response[str]:
@@ -70,6 +62,11 @@ def resolver() -> APIGatewayRestResolver:
 def headers(app: APIGatewayRestResolver) -> dict[str, str]:
     """The current request's headers, names lower-cased."""
     return {k.lower(): v for k, v in (app.current_event.headers or {}).items() if v is not None}
+
+
+def idempotency_key(app: APIGatewayRestResolver) -> str | None:
+    """The request's Idempotency-Key header, checked (see validation.idempotency_key)."""
+    return validation.idempotency_key(headers(app).get("idempotency-key"))
 
 
 def guarded(

@@ -22,8 +22,10 @@ class Principal:
     scopes: tuple[str, ...]
 
 
-# key hash -> (monotonic expiry, principal). Only found, live keys are remembered, so a new
-# key works at once and a revoked one stops within `key_cache_seconds`.
+# key hash -> (monotonic expiry, principal). Only found, live keys are remembered, so a new key
+# works at once. A revoked one is refused at once all the same: by a fresh read on the routes
+# that ask for one, and on the billed path by the wallet's revocation marks, which the hold's
+# conditional write checks (see wallets.note_revoked_key).
 _cache: dict[str, tuple[float, Principal]] = {}
 
 
@@ -38,15 +40,18 @@ def _bearer(headers: Mapping[str, str]) -> str:
     return token.strip()
 
 
-def authenticate(headers: Mapping[str, str], scope: str) -> Principal:
-    """The org key's principal, if the key is known, live and has `scope`."""
+def authenticate(headers: Mapping[str, str], scope: str, *, fresh: bool = False) -> Principal:
+    """The org key's principal, if the key is known, live and has `scope`.
+
+    `fresh` reads the key (strongly consistent) instead of trusting the warm cache: for every
+    route that does not end in a hold, which is where the cache's revocation check lives."""
     key_hash = orgs.hash_key(_bearer(headers))
     now = time.monotonic()
-    cached = _cache.get(key_hash)
+    cached = None if fresh else _cache.get(key_hash)
     if cached and cached[0] > now:
         principal = cached[1]
     else:
-        key = orgs.find_key(key_hash)
+        key = orgs.find_key(key_hash, consistent=fresh)
         if key is None or key.revoked:
             _cache.pop(key_hash, None)
             raise Unauthenticated("Incorrect API key provided.")

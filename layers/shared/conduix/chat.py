@@ -10,6 +10,7 @@ from typing import Any
 
 from conduix.errors import InvalidRequest, PayloadTooLarge
 from conduix.pricing import Attempt
+from conduix.validation import parse_json_object
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_CHOICES = 16
@@ -46,14 +47,7 @@ def parse_request(raw: bytes) -> ChatRequest:
     """Validate a client's body; every refusal names the parameter at fault."""
     if len(raw) > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"The request body is larger than {MAX_BODY_BYTES} bytes.")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest(
-            "We could not parse the JSON body of your request. It must be a JSON object.", code="invalid_json"
-        ) from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    body = parse_json_object(raw)  # depth, surrogates and number sizes checked here
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequest("You must provide a model parameter.", param="model")

@@ -109,7 +109,7 @@ def serve(principal: Principal, raw_body: bytes, request_id: str, deadline: Seco
                 completion_tokens=int(usage.get("completion_tokens", 0)),
                 cost="0",
             )
-            return Served(text, content_type, HIT, 0, wallets.get_balance(org_id))
+            return Served(text, content_type, HIT, 0, wallets.get_balance(org_id, principal.key_id))
 
     attempts = pricing.plan_attempts(chain, request.max_tokens, request.choices)
     hold = pricing.hold_nanos(

@@ -66,6 +66,16 @@ def operator_key_sha256() -> str:
     return value
 
 
+@cache
+def cursor_key() -> bytes:
+    """The HMAC key that signs ledger cursors (they carry a running balance the client must
+    not be able to edit). A secret of at least 32 characters; see template.yaml."""
+    value = _required("CONDUIX_CURSOR_KEY")
+    if len(value) < 32:
+        raise ConfigurationError("CONDUIX_CURSOR_KEY must be at least 32 characters long.")
+    return value.encode("utf-8")
+
+
 @dataclass(frozen=True)
 class PaymentSettings:
     top_up_tiers: tuple[int, ...]  # nano-credits; operator-configured
@@ -80,7 +90,9 @@ def _credit_list(name: str, default: str) -> tuple[int, ...]:
 
     raw = os.environ.get(name, "").strip() or default
     try:
-        values = tuple(sorted({parse_credits(part, field=name) for part in raw.split(",") if part.strip()}))
+        values = tuple(
+            sorted({parse_credits(part.strip(), field=name) for part in raw.split(",") if part.strip()})
+        )
     except InvalidRequest as exc:
         raise ConfigurationError(f"{name}: {exc.message}") from None
     if not values or any(v % 10_000_000 for v in values):

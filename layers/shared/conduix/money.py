@@ -1,41 +1,41 @@
 """Exact credit amounts.
 
 Every amount is an integer number of nano-credits (1 credit = 10**9 nano-credits). Amounts
-enter as decimal strings (or JSON numbers parsed as Decimal) and leave as decimal strings; no
-binary float ever carries money. The one rounding rule lives in `cost_nanos`.
+enter as plain decimal strings and leave as decimal strings; no binary float ever carries
+money. The one rounding rule lives in `cost_nanos`.
 """
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+import re
 
 from conduix.errors import InvalidRequest
 
 NANOS_PER_CREDIT = 10**9
 TOKENS_PER_PRICE_UNIT = 1_000_000  # catalog prices are per million tokens
-_MAX_CREDITS = Decimal(10) ** 15  # far above any real amount; keeps numbers in DynamoDB's range
+_MAX_WHOLE_DIGITS = 15  # far above any real amount; keeps numbers in DynamoDB's range
+_AMOUNT = re.compile(r"[0-9]+(?:\.[0-9]{1,9})?")  # re's [0-9] is ASCII only, unlike \d
 
 
-def parse_credits(
-    value: object, *, field: str, allow_zero: bool = False, allow_negative: bool = False
-) -> int:
-    """Parse a client-supplied credit amount into nano-credits, or raise InvalidRequest naming `field`."""
-    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
-        raise InvalidRequest(f"'{field}' must be a decimal string such as \"10.5\".", param=field)
-    try:
-        amount = Decimal(value.strip()) if isinstance(value, str) else Decimal(value)
-    except InvalidOperation:
-        raise InvalidRequest(f"'{field}' is not a decimal number: {value!r}.", param=field) from None
-    if not amount.is_finite():
-        raise InvalidRequest(f"'{field}' must be a finite decimal number.", param=field)
-    if abs(amount) >= _MAX_CREDITS:
+def parse_credits(value: object, *, field: str, allow_zero: bool = False) -> int:
+    """Parse a client-supplied credit amount into nano-credits, or raise InvalidRequest naming `field`.
+
+    The one accepted form is a JSON string of plain ASCII decimal digits with at most nine
+    after the point (`^[0-9]+(\\.[0-9]{1,9})?$`): "10", "0.5", "3.000000001". No sign, space,
+    underscore, exponent or non-ASCII digit, and no JSON number: a number may already have
+    been rounded by the client's float before it reached us."""
+    example = 'a decimal string such as "10.5"'
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{field}' must be {example} (JSON numbers are not accepted).", param=field)
+    if not _AMOUNT.fullmatch(value):
+        raise InvalidRequest(
+            f"'{field}' must be {example}: ASCII digits, optionally a point and up to 9 decimals.",
+            param=field,
+        )
+    whole, _, fraction = value.partition(".")
+    if len(whole.lstrip("0")) > _MAX_WHOLE_DIGITS:
         raise InvalidRequest(f"'{field}' is too large.", param=field)
-    nanos = amount * NANOS_PER_CREDIT
-    if nanos != nanos.to_integral_value():
-        raise InvalidRequest(f"'{field}' has more than 9 decimal places.", param=field)
-    result = int(nanos)
-    if result < 0 and not allow_negative:
-        raise InvalidRequest(f"'{field}' must not be negative.", param=field)
+    result = int(whole.lstrip("0") or "0") * NANOS_PER_CREDIT + int(fraction.ljust(9, "0") or "0")
     if result == 0 and not allow_zero:
         raise InvalidRequest(f"'{field}' must be greater than zero.", param=field)
     return result

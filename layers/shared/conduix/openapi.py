@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 Credits = Annotated[
     str,
     Field(
-        pattern=r"^\d{1,15}(\.\d{1,9})?$",
+        pattern=r"^[0-9]{1,15}(\.[0-9]{1,9})?$",
         examples=["10", "0.5"],
         description="Credits, as an exact decimal string.",
     ),

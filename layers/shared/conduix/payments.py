@@ -21,6 +21,7 @@ from conduix import autoreload, notices, orgs, stripe_gateway, wallets, webhook_
 from conduix.config import payment_settings
 from conduix.errors import ConfigurationError, InvalidRequest, InvalidSignature, ServiceBusy
 from conduix.money import format_credits, parse_credits
+from conduix.validation import parse_json_object
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +262,30 @@ def handle_event(event: dict[str, Any], now: datetime) -> str:
     return handler(event["data"]["object"], now)
 
 
+def _event_envelope(payload: bytes) -> dict[str, Any]:
+    """A signed body shaped like a Stripe event, or a 400: it is parsed by the same safe parser
+    as every client body, and every handler may rely on a string `id` and `type` and on
+    `data.object` being an object with a string `id`."""
+    event = parse_json_object(payload)
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    if not (
+        isinstance(event.get("id"), str)
+        and 0 < len(event["id"]) <= 255  # it keys the event log: keep it within DynamoDB's limits
+        and isinstance(event.get("type"), str)
+        and len(event["type"]) <= 255
+        and isinstance(obj, dict)
+        and isinstance(obj.get("id"), str)
+        and obj["id"]
+    ):
+        raise InvalidRequest(
+            "The event is not shaped like a Stripe event: it needs a string 'id' and 'type' "
+            "and a 'data.object' with a string 'id'.",
+            code="malformed_event",
+        )
+    return event
+
+
 def receive(payload: bytes, signature: str | None, now: datetime) -> dict[str, Any]:
     """POST /webhooks/stripe: verify the signature over the raw body before anything else,
     then handle the event once. Raises InvalidSignature, ConfigurationError or ServiceBusy."""
@@ -270,10 +295,11 @@ def receive(payload: bytes, signature: str | None, now: datetime) -> dict[str, A
     if not signature:
         raise InvalidSignature("The Stripe-Signature header is missing.")
     try:
-        event = stripe_gateway.verified_event(payload, signature, secret)
+        stripe_gateway.verify_signature(payload, signature, secret)
     except (stripe.SignatureVerificationError, ValueError, UnicodeDecodeError):
         raise InvalidSignature("The Stripe-Signature does not match this payload, or is too old.") from None
-    event_id, event_type = str(event.get("id", "")), str(event.get("type", ""))
+    event = _event_envelope(payload)
+    event_id, event_type = event["id"], event["type"]
     claim = webhook_log.claim(event_id, event_type, now)
     if claim == webhook_log.DONE:
         return {"received": True, "event": event_id, "outcome": "duplicate"}

@@ -4,12 +4,14 @@ access and shaping)."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import re
 from datetime import date, timedelta
 from typing import Any
 
-from conduix import clock, wallets
+from conduix import clock, config, wallets
 from conduix.config import settings
 from conduix.dynamo import Item, as_int, as_str, client, s
 from conduix.errors import InvalidRequest
@@ -20,18 +22,44 @@ MAX_USAGE_DAYS = 366
 GROUPS = ("model", "day", "key")
 
 
-def _cursor_out(sk: str, balance: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"sk": sk, "b": balance}).encode()).decode()
+# A cursor carries the running balance where the page ends, so the next page needs no read of
+# everything newer. It is signed (HMAC-SHA256, bound to the org), so a client cannot make the
+# API print a balance of its choosing.
+_BAD_CURSOR = "'cursor' is not one this API gave out."
 
 
-def _cursor_in(cursor: str) -> tuple[str, int]:
+def _cursor_mac(org_id: str, payload: bytes) -> bytes:
+    return hmac.new(config.cursor_key(), org_id.encode() + b"\n" + payload, hashlib.sha256).digest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _cursor_out(org_id: str, sk: str, balance: int) -> str:
+    payload = json.dumps({"sk": sk, "b": balance}, separators=(",", ":")).encode()
+    return f"{_b64(payload)}.{_b64(_cursor_mac(org_id, payload))}"
+
+
+def _cursor_in(org_id: str, cursor: str) -> tuple[str, int]:
     try:
-        data = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        sk, balance = str(data["sk"]), int(data["b"])
+        payload_text, _, mac_text = cursor.partition(".")
+        payload, mac = _unb64(payload_text), _unb64(mac_text)
+    except (ValueError, UnicodeEncodeError):  # binascii.Error is a ValueError
+        raise InvalidRequest(_BAD_CURSOR, param="cursor") from None
+    if not hmac.compare_digest(mac, _cursor_mac(org_id, payload)):
+        raise InvalidRequest(_BAD_CURSOR, param="cursor")
+    try:
+        data = json.loads(payload)
+        sk, balance = data["sk"], data["b"]
     except (ValueError, KeyError, TypeError):
-        raise InvalidRequest("'cursor' is not one this API gave out.", param="cursor") from None
-    if not sk.startswith("LEDGER#"):
-        raise InvalidRequest("'cursor' is not one this API gave out.", param="cursor")
+        raise InvalidRequest(_BAD_CURSOR, param="cursor") from None
+    if not isinstance(sk, str) or not sk.startswith("LEDGER#") or type(balance) is not int:
+        raise InvalidRequest(_BAD_CURSOR, param="cursor")
     return sk, balance
 
 
@@ -62,7 +90,7 @@ def ledger_page(org_id: str, limit_text: str | None, cursor: str | None) -> dict
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidRequest(f"'limit' must be between 1 and {MAX_PAGE}.", param="limit")
     if cursor:
-        after_sk, running = _cursor_in(cursor)
+        after_sk, running = _cursor_in(org_id, cursor)
         items, more = _query_lines(org_id, limit, after_sk)
     else:
         for _ in range(5):
@@ -88,7 +116,7 @@ def ledger_page(org_id: str, limit_text: str | None, cursor: str | None) -> dict
             }
         )
         running -= amount
-    next_cursor = _cursor_out(as_str(items[-1], "sk"), running) if more and items else None
+    next_cursor = _cursor_out(org_id, as_str(items[-1], "sk"), running) if more and items else None
     return {
         "object": "list",
         "data": entries,

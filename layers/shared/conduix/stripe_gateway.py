@@ -7,7 +7,6 @@ Stripe objects are turned into plain dicts at this boundary.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -200,13 +199,10 @@ def list_invoices(customer_id: str) -> list[dict[str, Any]]:
     return [_plain(invoice) for invoice in page.data]
 
 
-def verified_event(payload: bytes, signature: str | None, secret: str) -> dict[str, Any]:
-    """The event, once its Stripe-Signature has been checked over the raw body (with Stripe's
-    five-minute tolerance against replays). Raises stripe.SignatureVerificationError."""
-    text = payload.decode("utf-8")
-    stripe.WebhookSignature.verify_header(text, signature or "", secret, tolerance=300)
-    event: dict[str, Any] = json.loads(text)
-    return event
+def verify_signature(payload: bytes, signature: str | None, secret: str) -> None:
+    """Check the Stripe-Signature over the raw body (with Stripe's five-minute tolerance
+    against replays), before anything reads it. Raises stripe.SignatureVerificationError."""
+    stripe.WebhookSignature.verify_header(payload.decode("utf-8"), signature or "", secret, tolerance=300)
 
 
 # ------------------------------------------------------------------ plans (subscriptions)

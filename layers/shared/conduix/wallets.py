@@ -46,6 +46,7 @@ from conduix.errors import (
     NotFound,
     RateLimited,
     SpendCapExceeded,
+    Unauthenticated,
 )
 from conduix.money import format_credits
 
@@ -173,6 +174,7 @@ def new_wallet_item(org_id: str, now: datetime) -> Item:
         "plan": s(plans.FREE),
         "rpm_limit": n(plans.get(plans.FREE).requests_per_minute),
         "rpm": {"M": {}},  # per key and minute: "<key_id>@<minute>" -> requests held
+        "revoked_keys": {"M": {}},  # key id -> when it was revoked (see note_revoked_key)
     }
 
 
@@ -187,14 +189,74 @@ def get_wallet(org_id: str) -> Wallet:
     return _wallet_from_item(org_id, item)
 
 
-def get_balance(org_id: str) -> int:
-    """The settled balance alone (a small, eventually consistent read for response headers)."""
+def get_balance(org_id: str, key_id: str | None = None) -> int:
+    """The settled balance alone (a small, eventually consistent read for response headers).
+    Given the caller's key, the same read refuses a key revoked since it was cached."""
+    kwargs: dict[str, Any] = {"ProjectionExpression": "balance"}
+    if key_id is not None:
+        kwargs = {
+            "ProjectionExpression": "balance, revoked_keys.#kid",
+            "ExpressionAttributeNames": {"#kid": key_id},
+        }
     item = (
-        client()
-        .get_item(TableName=settings().billing_table, Key=wallet_key(org_id), ProjectionExpression="balance")
-        .get("Item")
-    )
-    return as_int(item or {}, "balance")
+        client().get_item(TableName=settings().billing_table, Key=wallet_key(org_id), **kwargs).get("Item")
+    ) or {}
+    if key_id is not None and key_id in item.get("revoked_keys", {}).get("M", {}):
+        raise Unauthenticated(REVOKED_MESSAGE)
+    return as_int(item, "balance")
+
+
+# ------------------------------------------------------------------ revoked keys
+#
+# Warm functions remember an org key for `key_cache_seconds` so that a billed request needs no
+# read. To make a revocation count at once, the wallet keeps `revoked_keys` (key id -> epoch
+# seconds of the revocation) and the hold's own conditional write refuses those keys: no
+# extra request on the billed path. A mark is needed only while a cached copy of the key may
+# be alive, so the next revocation prunes marks older than the cache lifetime (plus a minute
+# for clock skew between functions).
+
+REVOKED_MESSAGE = "This API key has been revoked."
+_REVOKED_SKEW_SECONDS = 60
+
+
+def note_revoked_key(org_id: str, key_id: str, now: datetime) -> None:
+    """Mark `key_id` revoked on the org's wallet, pruning marks that are no longer needed."""
+    table, at = settings().billing_table, int(now.timestamp())
+    oldest = at - settings().key_cache_seconds - _REVOKED_SKEW_SECONDS
+    for _ in range(5):
+        item = (
+            client()
+            .get_item(TableName=table, Key=wallet_key(org_id), ProjectionExpression="pk, revoked_keys")
+            .get("Item")
+        )
+        if not item:
+            raise NotFound(f"No wallet for org '{org_id}'.")
+        marks = item.get("revoked_keys", {}).get("M")
+        update: dict[str, Any]
+        if marks is None:  # a wallet from before revocation marks: start the map
+            update = {
+                "UpdateExpression": "SET revoked_keys = :marks",
+                "ConditionExpression": "attribute_not_exists(revoked_keys)",
+                "ExpressionAttributeValues": {":marks": {"M": {key_id: n(at)}}},
+            }
+        else:
+            stale = [k for k, v in marks.items() if k != key_id and int(v["N"]) < oldest][:50]
+            names = {"#kid": key_id, **{f"#s{i}": k for i, k in enumerate(stale)}}
+            remove = ", ".join(f"revoked_keys.#s{i}" for i in range(len(stale)))
+            update = {
+                "UpdateExpression": "SET revoked_keys.#kid = :at" + (f" REMOVE {remove}" if remove else ""),
+                "ConditionExpression": "attribute_exists(revoked_keys)",
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": {":at": n(at)},
+            }
+        try:
+            retrying(lambda: client().update_item(TableName=table, Key=wallet_key(org_id), **update))  # noqa: B023
+            return
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            # Another revocation started the map meanwhile: read it again.
+    raise Conflict("The wallet kept changing while recording the revocation; please retry.")
 
 
 # ------------------------------------------------------------------ period roll-over
@@ -290,6 +352,7 @@ def reserve(
                     ),
                     ConditionExpression=(
                         "#period = :p AND attribute_not_exists(holds.#rid) "
+                        "AND attribute_not_exists(revoked_keys.#kid) "
                         "AND (attribute_not_exists(rpm.#win) OR rpm.#win < rpm_limit) "
                         "AND (billing_mode = :invoice OR available >= :h) "
                         "AND (capped = :false OR cap_remaining >= :h)"
@@ -299,6 +362,7 @@ def reserve(
                         "#period": "period",
                         "#win": window,
                         "#prev": previous,
+                        "#kid": key_id,
                     },
                     ExpressionAttributeValues={
                         ":one": n(1),
@@ -334,6 +398,8 @@ def reserve(
                 if int(existing["M"]["a"]["N"]) == amount:  # our own hold: a retry after a lost answer
                     return Reservation(hold_nanos=amount, wallet=_wallet_from_item(org_id, old))
                 raise Conflict(f"Request id '{request_id}' already holds credits.") from None
+            if key_id in old.get("revoked_keys", {}).get("M", {}):
+                raise Unauthenticated(REVOKED_MESSAGE) from None
             refusal = _refusal(org_id, old, amount, window, now)
             if refusal:
                 raise refusal from None
