@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -427,11 +428,16 @@ class _Worker:
     def __init__(self, spec: FunctionSpec, env: dict[str, str]) -> None:
         self.spec = spec
         self._messages: queue.Queue[Any] = queue.Queue()
+        if spec.python_path is not None:
+            # The deployment package alone: no site-packages (-S -s), no script folder (-P).
+            env = {**env, "PYTHONPATH": os.pathsep.join(str(p) for p in spec.python_path)}
+            env.pop("PYTHONHOME", None)
+            harness = [sys.executable, "-S", "-s", "-P", str(Path(__file__).with_name("worker.py"))]
+        else:  # test fixtures without a build: the front's own interpreter and packages
+            harness = [sys.executable, "-m", "conduix_local.worker"]
         self.proc = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "conduix_local.worker",
+                *harness,
                 str(spec.code_dir),
                 spec.handler,
                 spec.logical_id,

@@ -40,6 +40,9 @@ class FunctionSpec:
     env: dict[str, str]
     routes: list[Route] = field(default_factory=list)
     schedules: list[ScheduleSpec] = field(default_factory=list)
+    # The built deployment package (conduix_local.build), in sys.path order; None runs the
+    # source folder with the front's own interpreter and packages (front tests only).
+    python_path: tuple[Path, ...] | None = None
 
 
 def load_functions(

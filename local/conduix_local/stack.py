@@ -19,6 +19,7 @@ from typing import Any
 
 import boto3
 
+from conduix_local.build import BuildError, build_all
 from conduix_local.front import Front
 from conduix_local.functions import load_functions
 from conduix_local.moto_server import LockedMotoServer
@@ -147,6 +148,13 @@ class Stack:
             aws_secret_access_key="local",
         ).verify_email_identity(EmailAddress=EMAIL_SENDER)
         functions = load_functions(template, refs)
+        try:
+            packages = build_all(template)
+        except BuildError as exc:
+            raise StackError(str(exc)) from None
+        for spec in functions:  # run what deploys: the built package, never this virtualenv
+            spec.code_dir = packages[spec.logical_id].code_dir
+            spec.python_path = tuple(packages[spec.logical_id].path)
         self.front = Front(
             functions,
             port=port,
