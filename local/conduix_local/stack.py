@@ -19,13 +19,14 @@ from typing import Any
 
 import boto3
 
+from conduix_local import iam
 from conduix_local.build import BuildError, build_all
 from conduix_local.front import Front
-from conduix_local.functions import load_functions
+from conduix_local.functions import FunctionSpec, load_functions
 from conduix_local.moto_server import LockedMotoServer
 from conduix_local.stripe_local import LocalStripe
 from conduix_local.tables import create_tables
-from conduix_local.template import ROOT, load_template
+from conduix_local.template import ROOT, load_template, resources_of_type
 from conduix_local.upstream import FakeUpstream
 
 REGION = "us-east-1"
@@ -46,6 +47,7 @@ class StackConfig:
     schedules: bool = True
     workers_per_function: int = 4
     seed_demo: bool = True
+    iam: bool = True  # enforce the template's policies on every AWS call a function makes
 
     @classmethod
     def from_env(cls) -> StackConfig:
@@ -59,6 +61,7 @@ class StackConfig:
         if workers.isdigit() and int(workers) > 0:
             config.workers_per_function = int(workers)
         config.schedules = os.environ.get("CONDUIX_LOCAL_SCHEDULES", "on") != "off"
+        config.iam = os.environ.get("CONDUIX_LOCAL_IAM", "on") != "off"
         return config
 
 
@@ -155,6 +158,8 @@ class Stack:
         for spec in functions:  # run what deploys: the built package, never this virtualenv
             spec.code_dir = packages[spec.logical_id].code_dir
             spec.python_path = tuple(packages[spec.logical_id].path)
+        if config.iam:
+            self._enforce_iam(template, refs, functions)
         self.front = Front(
             functions,
             port=port,
@@ -165,6 +170,25 @@ class Stack:
         ).start()
         if config.seed_demo:
             self._seed_demo()
+
+    def _enforce_iam(
+        self, template: dict[str, Any], refs: dict[str, str], functions: list[FunctionSpec]
+    ) -> None:
+        """Each function signs its AWS calls with a key of its own; moto's front checks each
+        call against that function's policies in the template."""
+        assert self.moto
+        arns = {
+            f"{logical_id}.Arn": f"arn:aws:dynamodb:{REGION}:{iam.ACCOUNT_ID}:table/{name}"
+            for logical_id, name in refs.items()
+            if logical_id in resources_of_type(template, "AWS::DynamoDB::Table")
+        }
+        try:
+            principals = iam.load_principals(template, {**refs, **arns}, REGION)
+        except iam.PolicyError as exc:
+            raise StackError(f"template.yaml: {exc}") from None
+        self.moto.enforce(principals)
+        for spec in functions:
+            spec.env["AWS_ACCESS_KEY_ID"] = iam.access_key_id(spec.logical_id)
 
     def _start_stripe(self, public_url: str) -> tuple[str, str]:
         """The local Stripe, with the stack's webhook registered; or, when STRIPE_API_KEY and
