@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import socket
 import urllib.request
 from dataclasses import dataclass, field
@@ -24,7 +25,8 @@ from conduix_local.build import BuildError, build_all
 from conduix_local.front import Front
 from conduix_local.functions import FunctionSpec, load_functions
 from conduix_local.moto_server import LockedMotoServer
-from conduix_local.stripe_local import LocalStripe
+from conduix_local.reconcile import STACKS_DIR
+from conduix_local.stripe_local import LocalStripe, advance
 from conduix_local.tables import create_tables
 from conduix_local.template import ROOT, load_template, resources_of_type
 from conduix_local.upstream import FakeUpstream
@@ -90,6 +92,9 @@ class Stack:
         self.front: Front | None = None
         self.demo: dict[str, str] = {}
         self.webhook_secret = "whsec_local_" + secrets.token_hex(16)
+        # Per stack, not per checkout: two stacks started from one folder keep apart.
+        self.state_dir = STACKS_DIR / str(os.getpid())
+        self.clock_file = self.state_dir / "clock"
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -103,6 +108,7 @@ class Stack:
 
     def _start(self) -> None:
         config = self.config
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if config.port and not _port_is_free(config.port):
             raise StackError(
                 f"Port {config.port} on 127.0.0.1 is in use. Stop what uses it or set PORT=<another>."
@@ -150,6 +156,7 @@ class Stack:
             aws_access_key_id="local",
             aws_secret_access_key="local",
         ).verify_email_identity(EmailAddress=EMAIL_SENDER)
+        env["CONDUIX_LOCAL_CLOCK_FILE"] = str(self.clock_file)
         functions = load_functions(template, refs)
         try:
             packages = build_all(template)
@@ -167,7 +174,15 @@ class Stack:
             max_workers_per_function=config.workers_per_function,
             extra_env=env,
             schedules_enabled=config.schedules,
+            clock_file=self.clock_file,
+            stage=str((template.get("Parameters") or {}).get("StageName", {}).get("Default") or "") or None,
         ).start()
+        if self.stripe is not None:
+            stripe = self.stripe
+            # The local Stripe's own clock hook when it has one, else renewals (stripe_local.advance).
+            hook = getattr(stripe, "advance_to", None) or (lambda now: advance.advance_to(stripe, now))
+            self.front.clock_hooks.append(hook)
+        self.front.stack_map = self.stack_map()
         if config.seed_demo:
             self._seed_demo()
 
@@ -255,6 +270,7 @@ class Stack:
                     print(f"[stack] stopping {type(part).__name__} failed: {exc}")
         self.front = self.upstream = self.moto = None
         self.stripe = None
+        shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def __enter__(self) -> Stack:
         return self.start()
@@ -293,10 +309,28 @@ class Stack:
         )
         self.demo = {"org_id": org["org_id"], "api_key": key["api_key"]}
 
+    def stack_map(self) -> dict[str, Any]:
+        """Where each part of the stack answers (GET /_local/stack, and the start banner)."""
+        assert self.moto and self.upstream
+        if self.stripe is not None:
+            stripe = {"api_base": self.stripe.url, "secret_key": self.stripe.api_key}
+        else:  # Stripe's test mode: its key is the operator's own, not repeated here
+            stripe = {"api_base": "https://api.stripe.com", "secret_key": "(STRIPE_API_KEY)"}
+        return {
+            "api": self.url,
+            "dashboard": self.url + "/dashboard/billing",
+            "dynamodb": {"endpoint": self.moto.url},
+            "stripe": stripe,
+            "upstream": {"base_url": self.upstream.url},
+        }
+
     def state(self) -> dict[str, Any]:
         """Everything a test or a curious developer needs to reach the parts."""
         assert self.moto and self.upstream
         return {
+            "stack": self.state_dir.name,
+            "pid": os.getpid(),
+            "map": self.stack_map(),
             "api": self.url,
             "moto": self.moto.url,
             "upstream": self.upstream.url,
