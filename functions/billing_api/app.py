@@ -145,7 +145,10 @@ def get_dashboard_page(name: str) -> Response[str]:
 @app.get("/dashboard", include_in_schema=False)
 def get_dashboard_home() -> Response[str]:
     return Response(
-        status_code=302, content_type="text/plain", body="", headers={"Location": "/dashboard/billing"}
+        status_code=302,
+        content_type="text/plain",
+        body="",
+        headers={"Location": "dashboard/billing"},  # relative: works under the stage path
     )
 
 
