@@ -75,7 +75,8 @@ def page(name: str) -> str | None:
     root = _ROOT[name]
     current = ' aria-current="page"'
     nav = "\n".join(
-        f'<li><a href="{root}{path}"{current if key == name else ""}>{label}</a></li>' for key, label, path in _NAV
+        f'<li><a href="{root}{path}"{current if key == name else ""}>{label}</a></li>'
+        for key, label, path in _NAV
     )
     scripts = [_asset_url("common.js", root)]
     if name == "usage":
