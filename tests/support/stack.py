@@ -263,3 +263,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             timeout=300,
         )
         assert audit.returncode == 0, f"make reconcile found discrepancies:\n{audit.stdout}{audit.stderr}"
+        # Every function ran under the template's IAM; a denial the product swallowed shows here.
+        denied = [line for line in launched.stack.log.read_text().splitlines() if line.startswith("[iam]")]
+        assert denied == [], denied
