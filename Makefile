@@ -27,7 +27,7 @@ run: $(STAMP)
 # Replays every org's ledger against its wallet: the running local stack's, or a deployed
 # table's when BILLING_TABLE (and AWS credentials) are set. Non-zero on any discrepancy.
 reconcile: $(STAMP)
-	@$(PY) -m conduix_local.reconcile
+	@STACK=$(STACK) $(PY) -m conduix_local.reconcile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

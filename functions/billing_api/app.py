@@ -8,7 +8,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
-from conduix import api, billing, dashboard, keys, statements
+from conduix import api, billing, config, dashboard, keys, statements
 from conduix.auth import Principal, authenticate
 from conduix.errors import NotFound
 
@@ -151,7 +151,10 @@ def get_dashboard_page(name: str) -> Response[str]:
 @app.get("/dashboard", include_in_schema=False)
 def get_dashboard_home() -> Response[str]:
     return Response(
-        status_code=302, content_type="text/plain", body="", headers={"Location": "/dashboard/billing"}
+        status_code=302,
+        content_type="text/plain",
+        body="",
+        headers={"Location": "dashboard/billing"},  # relative: works under the stage path
     )
 
 
@@ -162,4 +165,5 @@ def get_pricing_page() -> Response[str]:
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    config.learn_public_url(event)  # Checkout returns to the dashboard at this URL
     return app.resolve(event, context)

@@ -1,4 +1,5 @@
-"""`python -m conduix_local` (what `make run` runs): start the local stack, serve until Ctrl-C."""
+"""`python -m conduix_local` (what `make run` runs): start the local stack, serve until Ctrl-C
+or SIGTERM."""
 
 from __future__ import annotations
 
@@ -8,20 +9,26 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
-from conduix_local.reconcile import DEFAULT_STATE
+from conduix_local.reconcile import STATE_NAME
 from conduix_local.stack import Stack, StackConfig, StackError
 
 
 def _banner(stack: Stack, generated_key: bool) -> str:
     state = stack.state()
+    parts = state["map"]
     demo = state["demo"]
     lines = [
         "",
-        f"Conduix local stack is up on {state['api']}",
-        f"  stand-ins: DynamoDB/SES (moto) {state['moto']} · upstream models {state['upstream']}",
-        f"  operator key: {state['operator_key']}"
+        f"Conduix local stack {state['stack']} is up on {parts['api']}",
+        f"  dashboard:       {parts['dashboard']}",
+        f"  DynamoDB/SES:    {parts['dynamodb']['endpoint']} (moto; the template's IAM enforced)",
+        f"  Stripe:          {parts['stripe']['api_base']} (secret key {parts['stripe']['secret_key']})",
+        f"  upstream models: {parts['upstream']['base_url']}",
+        f"  operator key:    {state['operator_key']}"
         + ("  (generated; set CONDUIX_OPERATOR_KEY to choose)" if generated_key else ""),
+        "  test clock:      GET/POST /_local/clock · this map: GET /_local/stack (operator key)",
     ]
     if demo:
         lines += [
@@ -39,7 +46,21 @@ def _banner(stack: Stack, generated_key: bool) -> str:
     return "\n".join(lines)
 
 
+def write_secret_file(path: Path, state: dict[str, Any]) -> None:
+    """The state holds the operator key and the webhook secret: readable by its owner only."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(state))
+    os.chmod(tmp, 0o600)  # O_CREAT's mode is ignored for a file that already existed
+    os.replace(tmp, path)  # readers never see half a file
+
+
 def main() -> int:
+    stop = threading.Event()
+    # Installed first, so a SIGTERM during the start also ends in a clean stop.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     try:
         config = StackConfig.from_env()
         generated = not os.environ.get("CONDUIX_OPERATOR_KEY")
@@ -50,19 +71,19 @@ def main() -> int:
     except Exception as exc:
         print(f"make run: the local stack failed to start: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    extra = os.environ.get("CONDUIX_LOCAL_STATE_FILE")
+    files = [stack.state_dir / STATE_NAME, *([Path(extra)] if extra else [])]
     try:
         # Where `make reconcile` (and the tests) find the running stack's parts.
-        state_file = Path(os.environ.get("CONDUIX_LOCAL_STATE_FILE") or DEFAULT_STATE)
-        state_file.write_text(json.dumps(stack.state()), encoding="utf-8")
+        for state_file in files:
+            write_secret_file(state_file, stack.state())
         print(_banner(stack, generated), flush=True)
         stop.wait()
     finally:
         print("Stopping the local stack...", flush=True)
+        for state_file in files:
+            state_file.unlink(missing_ok=True)
         stack.stop()
-        state_file.unlink(missing_ok=True)
     return 0
 
 

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -190,6 +191,25 @@ def next_fire(expression: str, after: datetime, anchor: datetime | None = None) 
             return start + period
         return start + period * ((after - start) // period + 1)
     return CronExpr.parse(expression).next_after(after)
+
+
+def last_fire(expression: str, after: datetime, until: datetime, anchor: datetime) -> datetime | None:
+    """The latest time in (after, until] a schedule fires at; None when it does not fire."""
+    if expression.strip().startswith("rate("):
+        period = parse_rate(expression)
+        until, anchor = _utc(until), _utc(anchor)
+        if until < anchor + period:
+            return None
+        last = anchor + period * ((until - anchor) // period)
+        return last if last > _utc(after) else None
+    cron = CronExpr.parse(expression)
+    found, t = None, _utc(after)
+    for _ in range(100_000):  # a year of minutes is more than any test clock move needs
+        t_next = cron.next_after(t)
+        if t_next is None or t_next > _utc(until):
+            return found
+        found = t = t_next
+    return found
 
 
 def scheduled_event(rule_arn: str, region: str, at: datetime) -> dict[str, Any]:
@@ -427,11 +447,16 @@ class _Worker:
     def __init__(self, spec: FunctionSpec, env: dict[str, str]) -> None:
         self.spec = spec
         self._messages: queue.Queue[Any] = queue.Queue()
+        if spec.python_path is not None:
+            # The deployment package alone: no site-packages (-S -s), no script folder (-P).
+            env = {**env, "PYTHONPATH": os.pathsep.join(str(p) for p in spec.python_path)}
+            env.pop("PYTHONHOME", None)
+            harness = [sys.executable, "-S", "-s", "-P", str(Path(__file__).with_name("worker.py"))]
+        else:  # test fixtures without a build: the front's own interpreter and packages
+            harness = [sys.executable, "-m", "conduix_local.worker"]
         self.proc = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "conduix_local.worker",
+                *harness,
                 str(spec.code_dir),
                 spec.handler,
                 spec.logical_id,
@@ -723,6 +748,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._local(path, body)
             return
         match, allowed = front.router.resolve(self.command, path)
+        target, staged = self.path, False
+        if match is None and front.stage and path.startswith(f"/{front.stage}/"):
+            # The stage URL (ApiUrl): API Gateway strips the stage before routing.
+            target = self.path[len(front.stage) + 1 :]
+            match, allowed = front.router.resolve(self.command, urlsplit(target).path)
+            staged = True
         if match is None:
             status, code = (405, "method_not_allowed") if allowed else (404, "not_found")
             headers = [("Allow", ", ".join(allowed))] if allowed else []
@@ -733,13 +764,15 @@ class _Handler(BaseHTTPRequestHandler):
         request_id = str(uuid.uuid4())
         event = build_proxy_event(
             method=self.command,
-            target=self.path,
+            target=target,
             headers=list(self.headers.items()),
             body=body,
             match=match,
             source_ip=self.client_address[0],
             request_id=request_id,
         )
+        if staged:
+            event["requestContext"].update(stage=front.stage, path=path)
         trace = [("x-amzn-RequestId", request_id)]
         try:
             result = front.invoke(match.function, event)
@@ -756,32 +789,77 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, [*headers, *trace], payload)
 
     def _local(self, path: str, body: bytes) -> None:
+        """The operator's test hooks: /_local/run/<function>, /_local/clock, /_local/stack."""
         front = self.server.front
-        fn = path.removeprefix("/_local/run/")
         auth = self.headers.get("Authorization", "")
-        if fn == path or not fn or "/" in fn:
+        routes = {"/_local/clock": ("GET", "POST"), "/_local/stack": ("GET",)}
+        fn = path.removeprefix("/_local/run/")
+        allowed = routes.get(path) if fn == path else ("POST",) if fn and "/" not in fn else None
+        if allowed is None:
             self._send_json(404, _error_json(404, f"Unknown route: {self.command} {path}", "not_found"))
-        elif self.command != "POST":
-            self._send_json(405, _error_json(405, "Use POST.", "method_not_allowed"), [("Allow", "POST")])
+        elif self.command not in allowed:
+            self._send_json(
+                405,
+                _error_json(405, f"Use {' or '.join(allowed)}.", "method_not_allowed"),
+                [("Allow", ", ".join(allowed))],
+            )
         elif not hmac.compare_digest(auth.encode(), f"Bearer {front.operator_key}".encode()):
             self._send_json(401, _error_json(401, "Operator key required.", "unauthorized"))
-        elif fn not in front.functions:
+        elif path == "/_local/stack":
+            self._send_json(200, front.stack_map or {"api": front.url})
+        elif path == "/_local/clock":
+            self._clock(body)
+        elif front.function_id(fn) is None:
             self._send_json(404, _error_json(404, f"Unknown function: {fn}", "not_found"))
         else:
-            event: Any = scheduled_event(front.rule_arn(fn, "Manual"), front.region, datetime.now(UTC))
-            if body.strip():
-                try:
-                    event = json.loads(body)
-                except ValueError:
-                    self._send_json(400, _error_json(400, "Body must be JSON.", "bad_request"))
-                    return
+            self._run(front.function_id(fn) or fn, body)
+
+    def _clock(self, body: bytes) -> None:
+        front = self.server.front
+        if self.command == "GET":
+            self._send_json(200, {"now": iso_utc(front.now())})
+            return
+        try:
+            wanted = json.loads(body or b"{}").get("now")
+            target = datetime.fromisoformat(str(wanted).replace("Z", "+00:00"))
+            if target.tzinfo is None:
+                raise ValueError("no time zone")
+        except (ValueError, AttributeError):
+            self._send_json(
+                400, _error_json(400, 'Body must be {"now": "<ISO 8601 time with a zone>"}.', "bad_request")
+            )
+            return
+        try:
+            fired = front.move_clock(target)
+        except ClockError as exc:
+            self._send_json(409, _error_json(409, str(exc), "clock_conflict"))
+            return
+        self._send_json(200, {"now": iso_utc(front.now()), "fired": fired})
+
+    def _run(self, fn: str, body: bytes) -> None:
+        front = self.server.front
+        event: Any = scheduled_event(front.rule_arn(fn, "Manual"), front.region, front.now())
+        if body.strip():
             try:
-                result = front.invoke(fn, event)
-            except InvocationError as exc:
-                error = {"errorType": exc.error_type, "errorMessage": exc.message}
-                self._send_json(exc.status, {"function": fn, "error": error})
+                event = json.loads(body)
+            except ValueError:
+                self._send_json(400, _error_json(400, "Body must be JSON.", "bad_request"))
                 return
-            self._send_json(200, {"function": fn, "result": result})
+        try:
+            result = front.invoke(fn, event)
+        except InvocationError as exc:
+            error = {"errorType": exc.error_type, "errorMessage": exc.message}
+            self._send_json(exc.status, {"function": fn, "error": error})
+            return
+        self._send_json(200, {"function": fn, "result": result})
+
+
+def iso_utc(moment: datetime) -> str:
+    return _utc(moment).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class ClockError(Exception):
+    """The stack's clock only moves forward."""
 
 
 # ------------------------------------------------------------------------------------------------ front
@@ -800,6 +878,8 @@ class Front:
         max_workers_per_function: int = 4,
         extra_env: dict[str, str] | None = None,
         schedules_enabled: bool = True,
+        clock_file: Path | None = None,
+        stage: str | None = None,
     ) -> None:
         if host not in ("127.0.0.1", "localhost"):
             raise ValueError("the local front binds to 127.0.0.1 only")
@@ -835,6 +915,16 @@ class Front:
         self._fired: list[threading.Thread] = []
         self._fired_lock = threading.Lock()
         self._stopping = threading.Event()
+        # The test clock: stack time = real time + offset, shared with the workers through
+        # clock_file (conduix.clock reads it). It only moves forward.
+        self.clock_file = clock_file
+        self._offset = timedelta(0)
+        self._clock_lock = threading.Lock()
+        self._replan = threading.Event()
+        self.clock_hooks: list[Callable[[datetime], None]] = []  # e.g. the local Stripe's advance_to
+        self.stage = stage  # also served under /<stage>/..., as API Gateway's stage URL
+        self.stack_map: dict[str, Any] | None = None  # what GET /_local/stack answers
+        self._schedule_anchor = datetime.now(UTC)  # when the rules were "created": rates count from it
 
     # -------------------------------------------------------------------------------- lifecycle
 
@@ -940,23 +1030,83 @@ class Front:
         )
         return env
 
+    def function_id(self, name: str) -> str | None:
+        """A function's logical id from itself or its short name (AutoReload)."""
+        for candidate in (name, f"{name}Function"):
+            if candidate in self.functions:
+                return candidate
+        return None
+
+    # -------------------------------------------------------------------------------- clock
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self._offset
+
+    def move_clock(self, target: datetime) -> list[dict[str, Any]]:
+        """Move the stack's time forward to `target`: the workers' clocks, the clock hooks (the
+        local Stripe), then each schedule due in between, fired once for its latest due time,
+        as EventBridge would have fired it by then. Returns what was fired and how it went."""
+        with self._clock_lock:
+            before = self.now()
+            target = _utc(target)
+            if target < before:
+                raise ClockError(
+                    f"The stack's clock is at {iso_utc(before)}; it cannot go back to {iso_utc(target)}."
+                )
+            self._offset = target - datetime.now(UTC)
+            if self.clock_file is not None:
+                tmp = self.clock_file.with_name(self.clock_file.name + ".tmp")
+                tmp.write_text(str(self._offset // timedelta(microseconds=1)), encoding="ascii")
+                os.replace(tmp, self.clock_file)  # a new inode: every worker notices
+            self._replan.set()
+            for hook in self.clock_hooks:
+                hook(target)
+            fired = []
+            for spec in self.functions.values():
+                for sched in spec.schedules:
+                    due = last_fire(sched.expression, before, target, anchor=self._schedule_anchor)
+                    if due is None:
+                        continue
+                    event = sched.input
+                    if event is None:
+                        event = scheduled_event(self.rule_arn(spec.logical_id, sched.name), self.region, due)
+                    outcome: dict[str, Any] = {
+                        "function": spec.logical_id,
+                        "schedule": sched.name,
+                        "at": iso_utc(due),
+                    }
+                    try:
+                        outcome["result"] = self.invoke(spec.logical_id, event)
+                    except InvocationError as exc:
+                        outcome["error"] = {"errorType": exc.error_type, "errorMessage": exc.message}
+                    fired.append(outcome)
+            return fired
+
     # -------------------------------------------------------------------------------- schedules
 
     def _run_schedules(self) -> None:
-        start = datetime.now(UTC)
-        plan = [
-            _Planned(spec.logical_id, sched, next_fire(sched.expression, start, anchor=start))
-            for spec in self.functions.values()
-            for sched in spec.schedules
-        ]
+        plan: list[_Planned] = []
         while True:
+            if not plan or self._replan.is_set():  # first round, or the clock moved
+                self._replan.clear()
+                now = self.now()
+                plan = [
+                    _Planned(
+                        spec.logical_id, sched, next_fire(sched.expression, now, anchor=self._schedule_anchor)
+                    )
+                    for spec in self.functions.values()
+                    for sched in spec.schedules
+                ]
             times = [p.due for p in plan if p.due is not None]
             if not times:
                 return
-            wait = (min(times) - datetime.now(UTC)).total_seconds()
-            if self._stopping.wait(min(max(wait, 0.0), 60.0)):  # re-reads the clock at least every minute
+            wait = (min(times) - self.now()).total_seconds()
+            # Re-reads the clock at least every second, so a moved clock replans promptly.
+            if self._stopping.wait(min(max(wait, 0.0), 1.0)):
                 return
-            now = datetime.now(UTC)
+            if self._replan.is_set():
+                continue
+            now = self.now()
             for p in plan:
                 if p.due is None or p.due > now:
                     continue
@@ -971,7 +1121,7 @@ class Front:
                     self._fired = [f for f in self._fired if f.is_alive()]
                     self._fired.append(t)
                 t.start()
-                p.due = next_fire(p.schedule.expression, now, anchor=start)
+                p.due = next_fire(p.schedule.expression, now, anchor=self._schedule_anchor)
 
     def _fire(self, logical_id: str, rule: str, event: Any) -> None:
         try:

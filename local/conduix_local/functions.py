@@ -40,6 +40,9 @@ class FunctionSpec:
     env: dict[str, str]
     routes: list[Route] = field(default_factory=list)
     schedules: list[ScheduleSpec] = field(default_factory=list)
+    # The built deployment package (conduix_local.build), in sys.path order; None runs the
+    # source folder with the front's own interpreter and packages (front tests only).
+    python_path: tuple[Path, ...] | None = None
 
 
 def load_functions(
@@ -54,6 +57,20 @@ def load_functions(
     """
     globals_fn: dict[str, Any] = (template.get("Globals") or {}).get("Function") or {}
     params: dict[str, Any] = template.get("Parameters") or {}
+    # Pseudo parameters, and the REST API's id as the local front names it (events' apiId).
+    apis = {name: "local" for name in resources_of_type(template, "AWS::Serverless::Api")}
+    refs = {
+        "AWS::Region": "us-east-1",
+        "AWS::AccountId": "123456789012",
+        "AWS::Partition": "aws",
+        **apis,
+        **refs,
+    }
+    conditions = {
+        name: _condition(expr, refs, params, template.get("Conditions") or {})
+        for name, expr in (template.get("Conditions") or {}).items()
+    }
+    refs = {**refs, **{f"Condition::{name}": "true" if value else "" for name, value in conditions.items()}}
     specs = []
     for logical_id, resource in resources_of_type(template, FUNCTION_TYPE).items():
         props: dict[str, Any] = resource.get("Properties") or {}
@@ -115,9 +132,31 @@ def _resolve(value: Any, refs: dict[str, str], params: dict[str, Any], where: st
         if fn == "Fn::GetAtt":
             name = ".".join(arg) if isinstance(arg, list) else str(arg)
             return _lookup(name, refs, params, where)
+        if fn == "Fn::If" and isinstance(arg, list) and len(arg) == 3:
+            chosen = arg[1] if _lookup(f"Condition::{arg[0]}", refs, params, where) else arg[2]
+            return _resolve(chosen, refs, params, where)
         if fn == "Fn::Sub" and isinstance(arg, str):
             return re.sub(r"\$\{([^}!]+)\}", lambda m: _lookup(m.group(1), refs, params, where), arg)
     raise TemplateError(f"{where}: cannot resolve {value!r} locally (pass its value in refs)")
+
+
+def _condition(
+    expr: Any, refs: dict[str, str], params: dict[str, Any], all_conditions: dict[str, Any]
+) -> bool:
+    """A template condition: Fn::Equals, Fn::Not, Fn::And, Fn::Or and Condition over parameters."""
+    ((fn, arg),) = expr.items()
+    if fn == "Fn::Equals":
+        a, b = (_resolve(v, refs, params, "Conditions") for v in arg)
+        return a == b
+    if fn == "Fn::Not":
+        return not _condition(arg[0], refs, params, all_conditions)
+    if fn == "Fn::And":
+        return all(_condition(c, refs, params, all_conditions) for c in arg)
+    if fn == "Fn::Or":
+        return any(_condition(c, refs, params, all_conditions) for c in arg)
+    if fn == "Condition":
+        return _condition(all_conditions[arg], refs, params, all_conditions)
+    raise TemplateError(f"Conditions: {fn} is not supported locally")
 
 
 def _lookup(name: str, refs: dict[str, str], params: dict[str, Any], where: str) -> str:

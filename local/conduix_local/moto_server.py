@@ -23,6 +23,8 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from conduix_local import iam
+
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
@@ -33,12 +35,26 @@ class _Serialized:
     def __init__(self, app: WsgiApp) -> None:
         self._app = app
         self._lock = threading.Lock()
+        self.principals: dict[str, iam.Principal] = {}  # access key id -> the function's policies
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         # Read the request body before taking the lock, so a slow client cannot stall everyone.
         length = environ.get("CONTENT_LENGTH")
+        body = b""
         if length and length.isdigit():
-            environ["wsgi.input"] = io.BytesIO(environ["wsgi.input"].read(int(length)))
+            body = environ["wsgi.input"].read(int(length))
+            environ["wsgi.input"] = io.BytesIO(body)
+        if self.principals:
+            headers = {
+                k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")
+            }
+            refused = iam.denial(self.principals, headers, environ.get("PATH_INFO", ""), body)
+            if refused is not None:
+                status, response_headers, payload = refused
+                start_response(
+                    f"{status} {'Bad Request' if status == 400 else 'Forbidden'}", response_headers
+                )
+                return [payload]
         with self._lock:
             result = self._app(environ, start_response)
             try:
@@ -63,11 +79,18 @@ class LockedMotoServer:
         self._port = port
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
+        self._app: _Serialized | None = None
+
+    def enforce(self, principals: dict[str, iam.Principal]) -> None:
+        """Check every call signed with one of these access keys against its policies."""
+        if self._app is None:
+            raise RuntimeError("LockedMotoServer not started")
+        self._app.principals = dict(principals)
 
     def start(self) -> LockedMotoServer:
         if self._server is not None:
             raise RuntimeError("LockedMotoServer already started")
-        app = _Serialized(DomainDispatcherApplication(create_backend_app))
+        app = self._app = _Serialized(DomainDispatcherApplication(create_backend_app))
         # make_server binds here, so the port is known (and taken) when start() returns.
         self._server = make_server(self._host, self._port, app, threaded=True, request_handler=_QuietHandler)
         self._thread = threading.Thread(

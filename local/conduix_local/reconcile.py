@@ -1,5 +1,9 @@
-"""`make reconcile`: run the reconciliation against the running local stack (or, with
-BILLING_TABLE and AWS credentials in the environment, against a deployed table)."""
+"""`make reconcile`: run the reconciliation against a running local stack (or, with
+BILLING_TABLE and AWS credentials in the environment, against a deployed table).
+
+Every running stack keeps its state in a folder of its own (.aws-sam/conduix-local/stacks/<id>/).
+STACK=<id or API port> names one; otherwise the most recently started stack still running is
+checked, and named, so nobody reconciles a stack they did not mean to."""
 
 from __future__ import annotations
 
@@ -7,23 +11,62 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from conduix_local.template import ROOT
 
-DEFAULT_STATE = ROOT / ".local-stack.json"
+STACKS_DIR = ROOT / ".aws-sam" / "conduix-local" / "stacks"
+STATE_NAME = "state.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running_stacks(stacks_dir: Path = STACKS_DIR) -> list[dict[str, Any]]:
+    """The state of every stack still running, the newest first."""
+    found = []
+    for state_file in stacks_dir.glob(f"*/{STATE_NAME}"):
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            continue  # being written, or being removed
+        if _alive(int(state.get("pid", -1))):
+            found.append((state_file.stat().st_mtime, state))
+    return [state for _, state in sorted(found, key=lambda pair: pair[0], reverse=True)]
+
+
+def pick_stack(wanted: str | None, stacks_dir: Path = STACKS_DIR) -> dict[str, Any] | str:
+    """The state of the stack to check, or why there is none."""
+    stacks = running_stacks(stacks_dir)
+    if wanted:
+        for state in stacks:
+            if wanted in (str(state.get("stack")), str(state["api"]).rsplit(":", 1)[-1]):
+                return state
+        known = ", ".join(f"{s['stack']} ({s['api']})" for s in stacks) or "none"
+        return f"no running local stack is {wanted!r}; running: {known}."
+    if not stacks:
+        return "no local stack is running (start it with make run), and BILLING_TABLE is not set."
+    return stacks[0]
 
 
 def main() -> int:
     if not os.environ.get("BILLING_TABLE"):
-        state_file = Path(os.environ.get("CONDUIX_LOCAL_STATE_FILE") or DEFAULT_STATE)
-        if not state_file.exists():
-            print(
-                "make reconcile: no local stack is running (start it with make run), "
-                "and BILLING_TABLE is not set to reconcile a deployed table.",
-                file=sys.stderr,
-            )
+        state_file = os.environ.get("CONDUIX_LOCAL_STATE_FILE")
+        if state_file and Path(state_file).exists():
+            state: dict[str, Any] | str = json.loads(Path(state_file).read_text())
+        else:
+            state = pick_stack(os.environ.get("STACK") or None)
+        if isinstance(state, str):
+            print(f"make reconcile: {state}", file=sys.stderr)
             return 2
-        state = json.loads(state_file.read_text())
+        print(f"make reconcile: checking local stack {state['stack']} on {state['api']}", file=sys.stderr)
         os.environ.update(
             AWS_ENDPOINT_URL=state["moto"],
             AWS_DEFAULT_REGION="us-east-1",

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import socket
 import urllib.request
 from dataclasses import dataclass, field
@@ -19,12 +20,15 @@ from typing import Any
 
 import boto3
 
+from conduix_local import iam
+from conduix_local.build import BuildError, build_all
 from conduix_local.front import Front
-from conduix_local.functions import load_functions
+from conduix_local.functions import FunctionSpec, load_functions
 from conduix_local.moto_server import LockedMotoServer
-from conduix_local.stripe_local import LocalStripe
+from conduix_local.reconcile import STACKS_DIR
+from conduix_local.stripe_local import LocalStripe, advance
 from conduix_local.tables import create_tables
-from conduix_local.template import ROOT, load_template
+from conduix_local.template import ROOT, load_template, resources_of_type
 from conduix_local.upstream import FakeUpstream
 
 REGION = "us-east-1"
@@ -45,6 +49,7 @@ class StackConfig:
     schedules: bool = True
     workers_per_function: int = 4
     seed_demo: bool = True
+    iam: bool = True  # enforce the template's policies on every AWS call a function makes
 
     @classmethod
     def from_env(cls) -> StackConfig:
@@ -58,6 +63,7 @@ class StackConfig:
         if workers.isdigit() and int(workers) > 0:
             config.workers_per_function = int(workers)
         config.schedules = os.environ.get("CONDUIX_LOCAL_SCHEDULES", "on") != "off"
+        config.iam = os.environ.get("CONDUIX_LOCAL_IAM", "on") != "off"
         return config
 
 
@@ -86,6 +92,9 @@ class Stack:
         self.front: Front | None = None
         self.demo: dict[str, str] = {}
         self.webhook_secret = "whsec_local_" + secrets.token_hex(16)
+        # Per stack, not per checkout: two stacks started from one folder keep apart.
+        self.state_dir = STACKS_DIR / str(os.getpid())
+        self.clock_file = self.state_dir / "clock"
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -99,6 +108,7 @@ class Stack:
 
     def _start(self) -> None:
         config = self.config
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if config.port and not _port_is_free(config.port):
             raise StackError(
                 f"Port {config.port} on 127.0.0.1 is in use. Stop what uses it or set PORT=<another>."
@@ -147,7 +157,17 @@ class Stack:
             aws_access_key_id="local",
             aws_secret_access_key="local",
         ).verify_email_identity(EmailAddress=EMAIL_SENDER)
+        env["CONDUIX_LOCAL_CLOCK_FILE"] = str(self.clock_file)
         functions = load_functions(template, refs)
+        try:
+            packages = build_all(template)
+        except BuildError as exc:
+            raise StackError(str(exc)) from None
+        for spec in functions:  # run what deploys: the built package, never this virtualenv
+            spec.code_dir = packages[spec.logical_id].code_dir
+            spec.python_path = tuple(packages[spec.logical_id].path)
+        if config.iam:
+            self._enforce_iam(template, refs, functions)
         self.front = Front(
             functions,
             port=port,
@@ -155,9 +175,36 @@ class Stack:
             max_workers_per_function=config.workers_per_function,
             extra_env=env,
             schedules_enabled=config.schedules,
+            clock_file=self.clock_file,
+            stage=str((template.get("Parameters") or {}).get("StageName", {}).get("Default") or "") or None,
         ).start()
+        if self.stripe is not None:
+            stripe = self.stripe
+            # The local Stripe's own clock hook when it has one, else renewals (stripe_local.advance).
+            hook = getattr(stripe, "advance_to", None) or (lambda now: advance.advance_to(stripe, now))
+            self.front.clock_hooks.append(hook)
+        self.front.stack_map = self.stack_map()
         if config.seed_demo:
             self._seed_demo()
+
+    def _enforce_iam(
+        self, template: dict[str, Any], refs: dict[str, str], functions: list[FunctionSpec]
+    ) -> None:
+        """Each function signs its AWS calls with a key of its own; moto's front checks each
+        call against that function's policies in the template."""
+        assert self.moto
+        arns = {
+            f"{logical_id}.Arn": f"arn:aws:dynamodb:{REGION}:{iam.ACCOUNT_ID}:table/{name}"
+            for logical_id, name in refs.items()
+            if logical_id in resources_of_type(template, "AWS::DynamoDB::Table")
+        }
+        try:
+            principals = iam.load_principals(template, {**refs, **arns}, REGION)
+        except iam.PolicyError as exc:
+            raise StackError(f"template.yaml: {exc}") from None
+        self.moto.enforce(principals)
+        for spec in functions:
+            spec.env["AWS_ACCESS_KEY_ID"] = iam.access_key_id(spec.logical_id)
 
     def _start_stripe(self, public_url: str) -> tuple[str, str]:
         """The local Stripe, with the stack's webhook registered; or, when STRIPE_API_KEY and
@@ -224,6 +271,7 @@ class Stack:
                     print(f"[stack] stopping {type(part).__name__} failed: {exc}")
         self.front = self.upstream = self.moto = None
         self.stripe = None
+        shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def __enter__(self) -> Stack:
         return self.start()
@@ -262,10 +310,28 @@ class Stack:
         )
         self.demo = {"org_id": org["org_id"], "api_key": key["api_key"]}
 
+    def stack_map(self) -> dict[str, Any]:
+        """Where each part of the stack answers (GET /_local/stack, and the start banner)."""
+        assert self.moto and self.upstream
+        if self.stripe is not None:
+            stripe = {"api_base": self.stripe.url, "secret_key": self.stripe.api_key}
+        else:  # Stripe's test mode: its key is the operator's own, not repeated here
+            stripe = {"api_base": "https://api.stripe.com", "secret_key": "(STRIPE_API_KEY)"}
+        return {
+            "api": self.url,
+            "dashboard": self.url + "/dashboard/billing",
+            "dynamodb": {"endpoint": self.moto.url},
+            "stripe": stripe,
+            "upstream": {"base_url": self.upstream.url},
+        }
+
     def state(self) -> dict[str, Any]:
         """Everything a test or a curious developer needs to reach the parts."""
         assert self.moto and self.upstream
         return {
+            "stack": self.state_dir.name,
+            "pid": os.getpid(),
+            "map": self.stack_map(),
             "api": self.url,
             "moto": self.moto.url,
             "upstream": self.upstream.url,

@@ -17,9 +17,9 @@ import shutil
 import sys
 import tempfile
 import urllib.request
-from pathlib import Path
 from typing import Any
 
+from conduix_local.reconcile import pick_stack
 from openai import OpenAI
 
 from tests.browser import driver as chromium
@@ -40,15 +40,15 @@ def _call(api: str, method: str, path: str, key: str, body: Any = None) -> Any:
 
 
 def main() -> int:
-    state_file = Path(os.environ.get("CONDUIX_LOCAL_STATE_FILE") or ROOT / ".local-stack.json")
-    if not state_file.exists():
-        print(f"no running stack ({state_file} is missing): start it with `make run`", file=sys.stderr)
+    found = pick_stack(os.environ.get("STACK") or None)
+    if isinstance(found, str):
+        print(found, file=sys.stderr)
         return 1
     lacking = chromium.missing()
     if lacking:
         print(f"{lacking} is missing: {chromium.INSTALL_HINT}", file=sys.stderr)
         return 1
-    state = json.loads(state_file.read_text())
+    state = found
     api, operator = state["api"], state["operator_key"]
 
     org = _call(

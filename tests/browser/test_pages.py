@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 from html.parser import HTMLParser
-from urllib.parse import urlsplit
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
 
 import pytest
 from conduix import dashboard
@@ -53,17 +54,45 @@ def test_a_page_needs_no_csp_exception(name: str) -> None:
             assert attrs.get("src"), "a script without src"
 
 
+# The pages are served at the root of a custom domain and under API Gateway's stage URL.
+ROOTS = ("https://billing.example.com/", "https://abc123.execute-api.us-east-1.amazonaws.com/api/")
+
+
+def _page_url(root: str, name: str) -> str:
+    return root + ("pricing" if name == "pricing" else f"dashboard/{name}")
+
+
+@pytest.mark.parametrize("root", ROOTS)
 @pytest.mark.parametrize("name", PAGES)
-def test_every_asset_a_page_links_resolves(name: str) -> None:
+def test_every_asset_and_link_of_a_page_resolves_under_its_root(name: str, root: str) -> None:
     parsed = _parse(name)
     urls = [a.get("src") or a.get("href") for t, a in parsed.tags if t in ("script", "link")]
     assert len(urls) >= 3
     for url in urls:
         assert url
-        parts = urlsplit(url)
-        assert parts.path.startswith("/dashboard/assets/") and parts.query.startswith("v=")
+        parts = urlsplit(urljoin(_page_url(root, name), url))
+        assert parts.geturl().startswith(root + "dashboard/assets/") and parts.query.startswith("v=")
         found = dashboard.asset(parts.path.rsplit("/", 1)[1])
         assert found is not None, url
+    links = [a["href"] for t, a in parsed.tags if t == "a" and a.get("href", "").startswith(("/", "."))]
+    pages = {_page_url(root, n) for n in PAGES}
+    assert links and all(urljoin(_page_url(root, name), link) in pages for link in links), links
+
+
+def test_no_dashboard_file_uses_an_absolute_path() -> None:
+    """Absolute paths miss the stage prefix: /dashboard/... under …/api/ would 404."""
+    folder = Path(dashboard.__file__).parent
+    absolute = re.compile(
+        r"""(?:href|src|action)\s*=\s*["']/[^/]|["'`]/(?:v1|dashboard|pricing|admin|webhooks)\b"""
+    )
+    offenders = [
+        f"{path.name}:{n}: {line.strip()}"
+        for path in sorted(folder.iterdir())
+        if path.suffix in (".html", ".js", ".css", ".py")
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if absolute.search(line)
+    ]
+    assert offenders == []
 
 
 @pytest.mark.parametrize("name", PAGES)

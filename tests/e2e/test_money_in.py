@@ -133,6 +133,8 @@ def test_auto_reload_charges_once_even_when_fired_twice_at_once(stack: Stack) ->
     )  # no saved card yet
     top_up(stack, key, "10")
     assert wait_until(lambda: balance(stack, key) == 10)
+    # The webhook credits first and saves the card just after: wait for both.
+    assert wait_until(lambda: stack.billing(key)["saved_card"] is not None)
     settings = stack.call(
         "PUT", "/v1/billing/auto-reload", {"enabled": True, "threshold": "9.99999", "amount": "25"}, key=key
     )

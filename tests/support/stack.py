@@ -4,6 +4,7 @@ would use it). tests/conftest.py registers the `stack` fixture for every folder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -168,11 +169,45 @@ class Stack:
             return int(json.loads(response.read())["total"])
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@dataclass
+class Launched:
+    """A `make run` started by a test, with its process (its own process group)."""
+
+    stack: Stack
+    process: subprocess.Popen[bytes]
+    env: dict[str, str]
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 30) -> float:
+        """Signal the whole group (as a terminal's Ctrl-C does); seconds until everything exited."""
+        started = time.monotonic()
+        os.killpg(self.process.pid, sig)
+        try:
+            self.process.wait(timeout=timeout)
+            while _group_alive(self.process.pid) and time.monotonic() - started < timeout:
+                time.sleep(0.1)
+        except subprocess.TimeoutExpired:
+            pass
+        elapsed = time.monotonic() - started
+        if self.process.poll() is None or _group_alive(self.process.pid):
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        return elapsed
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def launch(state_dir: Path, name: str, **extra_env: str) -> Iterator[Launched]:
+    """`make run` as a user starts it, on free ports, until the block ends (SIGINT)."""
     ARTIFACTS.mkdir(exist_ok=True)
-    state_file = tmp_path_factory.mktemp("stack") / "state.json"
-    log = ARTIFACTS / f"e2e-stack-{os.getpid()}.log"  # one per test session: sessions may overlap
+    state_file = state_dir / "state.json"
+    log = ARTIFACTS / f"{name}-{os.getpid()}.log"  # one per test session: sessions may overlap
     env = {
         **os.environ,
         "PORT": str(_free_port()),
@@ -182,6 +217,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "CONDUIX_LOCAL_WORKERS": "6",
         # Long, as in production: revocation must count at once however long keys are cached.
         "CONDUIX_KEY_CACHE_SECONDS": "300",
+        **extra_env,
     }
     with open(log, "wb") as out:
         process = subprocess.Popen(
@@ -192,6 +228,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        launched: Launched | None = None
         try:
             deadline = time.monotonic() + 180
             while not state_file.exists():
@@ -200,25 +237,39 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 if time.monotonic() > deadline:
                     pytest.fail(f"make run did not come up:\n{log.read_text()[-3000:]}")
                 time.sleep(0.2)
-            time.sleep(0.2)  # the file is written, then flushed
-            state = json.loads(state_file.read_text())
-            yield Stack(
-                api=state["api"],
-                upstream=state["upstream"],
-                moto=state["moto"],
-                stripe_url=state["stripe"],
-                webhook_secret=state["webhook_secret"],
-                log=log,
+            state = json.loads(state_file.read_text())  # written whole (replaced), never half
+            launched = Launched(
+                Stack(
+                    api=state["api"],
+                    upstream=state["upstream"],
+                    moto=state["moto"],
+                    stripe_url=state["stripe"],
+                    webhook_secret=state["webhook_secret"],
+                    log=log,
+                ),
+                process,
+                env,
             )
-            # The suite ends as an operator would: every org's ledger replayed against its wallet.
-            audit = subprocess.run(
-                ["make", "-s", "reconcile"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-            )
-            assert audit.returncode == 0, f"make reconcile found discrepancies:\n{audit.stdout}{audit.stderr}"
+            yield launched
         finally:
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            if launched is None or process.poll() is None:
+                Launched(None, process, env).stop()  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with launch(tmp_path_factory.mktemp("stack"), "e2e-stack") as launched:
+        yield launched.stack
+        # The suite ends as an operator would: every org's ledger replayed against its wallet.
+        audit = subprocess.run(
+            ["make", "-s", "reconcile"],
+            cwd=ROOT,
+            env=launched.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert audit.returncode == 0, f"make reconcile found discrepancies:\n{audit.stdout}{audit.stderr}"
+        # Every function ran under the template's IAM; a denial the product swallowed shows here.
+        denied = [line for line in launched.stack.log.read_text().splitlines() if line.startswith("[iam]")]
+        assert denied == [], denied

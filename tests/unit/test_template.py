@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,45 @@ def test_sam_translator_transforms_the_template_offline(monkeypatch: pytest.Monk
     assert types.count("AWS::Events::Rule") == 3
     assert "AWS::ApiGateway::RestApi" in types
     json.dumps(output)  # plain JSON, ready for CloudFormation
+    _assert_no_circular_dependency(output["Resources"])
+
+
+def _assert_no_circular_dependency(resources: dict[str, Any]) -> None:
+    """CloudFormation refuses a cycle (say, a function of the API reading the API's own URL)."""
+
+    def deps(resource: dict[str, Any]) -> set[str]:
+        text = json.dumps(resource.get("Properties", {}))
+        names = set(re.findall(r'"Ref": "(\w+)"', text)) | set(re.findall(r'"Fn::GetAtt": \["(\w+)"', text))
+        names |= set(re.findall(r"\$\{(\w+)[.}]", text))
+        depends = resource.get("DependsOn", [])
+        return {n for n in names | set(depends if isinstance(depends, list) else [depends]) if n in resources}
+
+    graph = {name: deps(resource) for name, resource in resources.items()}
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"circular dependency: {' -> '.join((*path, name))}"
+        if name not in done:
+            for dep in graph[name]:
+                visit(dep, (*path, name))
+            done.add(name)
+
+    for name in graph:
+        visit(name, ())
+
+
+def test_learn_public_url_defaults_to_the_apis_own_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    from conduix import config
+
+    monkeypatch.setenv("CONDUIX_PUBLIC_URL", "")
+    stage = {"requestContext": {"domainName": "abc.execute-api.eu-west-1.amazonaws.com", "stage": "api"}}
+    config.learn_public_url(stage)
+    assert os.environ["CONDUIX_PUBLIC_URL"] == "https://abc.execute-api.eu-west-1.amazonaws.com/api"
+    config.learn_public_url({"requestContext": {"domainName": "other.example", "stage": "api"}})
+    assert os.environ["CONDUIX_PUBLIC_URL"] == "https://abc.execute-api.eu-west-1.amazonaws.com/api"  # kept
+    monkeypatch.setenv("CONDUIX_PUBLIC_URL", "")
+    config.learn_public_url({"requestContext": {"domainName": "billing.example.com", "stage": "api"}})
+    assert os.environ["CONDUIX_PUBLIC_URL"] == "https://billing.example.com"  # a custom domain's root
 
 
 def test_every_function_has_a_handler_file_a_log_group_and_a_sample_event() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from conduix import clock, orgs, plans, wallets
@@ -10,6 +11,17 @@ from conduix.money import format_credits, parse_credits
 
 
 def wallet_view(wallet: wallets.Wallet) -> dict[str, Any]:
+    current = clock.period_of(clock.now())
+    if wallet.period < current:
+        # A wallet rolls into a new month on its first write of that month (wallets.roll_period);
+        # until then it reads as rolled, the same way: nothing spent, only open holds committed.
+        wallet = dataclasses.replace(
+            wallet,
+            period=current,
+            month_spent=0,
+            committed=wallet.held,
+            cap_remaining=wallet.cap_limit - wallet.held,
+        )
     cap = None
     if wallet.capped:
         cap = {

@@ -8,8 +8,10 @@ function's cold start stays small.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 from conduix.errors import ConfigurationError
 
@@ -74,6 +76,20 @@ def cursor_key() -> bytes:
     if len(value) < 32:
         raise ConfigurationError("CONDUIX_CURSOR_KEY must be at least 32 characters long.")
     return value.encode("utf-8")
+
+
+def learn_public_url(event: Mapping[str, Any]) -> None:
+    """An empty PublicUrl means the API's own URL. CloudFormation cannot hand that URL to the
+    API's own functions (the API depends on them: a circular dependency), so they take it from
+    the first request they serve: the stage URL, or a custom domain's root."""
+    if os.environ.get("CONDUIX_PUBLIC_URL"):
+        return
+    context = event.get("requestContext") or {}
+    domain, stage = context.get("domainName"), context.get("stage")
+    if not domain:
+        return
+    on_stage = str(domain).endswith(".amazonaws.com") and stage
+    os.environ["CONDUIX_PUBLIC_URL"] = f"https://{domain}" + (f"/{stage}" if on_stage else "")
 
 
 @dataclass(frozen=True)

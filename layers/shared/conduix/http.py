@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from conduix import errors
+from conduix import config, errors
 from conduix.money import format_credits
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class Request:
 
 def parse_event(event: Mapping[str, Any]) -> Request:
     """An API Gateway REST proxy event as a Request (header names lower-cased)."""
+    config.learn_public_url(event)
     raw_body = event.get("body") or ""
     body = base64.b64decode(raw_body) if event.get("isBase64Encoded") else raw_body.encode("utf-8")
     context = event.get("requestContext") or {}

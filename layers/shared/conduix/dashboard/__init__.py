@@ -20,13 +20,16 @@ _PAGES: dict[str, tuple[str, str, str]] = {
     "settings": ("Settings", "Monthly spend cap and API keys.", "settings.js"),
     "pricing": ("Pricing", "Plans, credit top-ups and model prices.", "pricing.js"),
 }
-# name in the nav -> path
+# name in the nav -> path from the API's root. Every URL in the pages is relative, so they work
+# at the root of a custom domain and under API Gateway's stage URL (…/api/dashboard/billing).
 _NAV: tuple[tuple[str, str, str], ...] = (
-    ("billing", "Billing", "/dashboard/billing"),
-    ("usage", "Usage", "/dashboard/usage"),
-    ("settings", "Settings", "/dashboard/settings"),
-    ("pricing", "Pricing", "/pricing"),
+    ("billing", "Billing", "dashboard/billing"),
+    ("usage", "Usage", "dashboard/usage"),
+    ("settings", "Settings", "dashboard/settings"),
+    ("pricing", "Pricing", "pricing"),
 )
+# How each page reaches the API's root: /dashboard/<name> is one level down, /pricing is not.
+_ROOT = {"billing": "../", "usage": "../", "settings": "../", "pricing": "./"}
 _TYPES = {
     ".css": "text/css; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -59,8 +62,8 @@ def _version(name: str) -> str:
     return hashlib.sha256(_read(name).encode()).hexdigest()[:10]
 
 
-def _asset_url(name: str) -> str:
-    return f"/dashboard/assets/{name}?v={_version(name)}"
+def _asset_url(name: str, root: str) -> str:
+    return f"{root}dashboard/assets/{name}?v={_version(name)}"
 
 
 @cache
@@ -69,21 +72,23 @@ def page(name: str) -> str | None:
     if name not in _PAGES:
         return None
     title, description, script = _PAGES[name]
+    root = _ROOT[name]
     current = ' aria-current="page"'
     nav = "\n".join(
-        f'<li><a href="{path}"{current if key == name else ""}>{label}</a></li>' for key, label, path in _NAV
+        f'<li><a href="{root}{path}"{current if key == name else ""}>{label}</a></li>'
+        for key, label, path in _NAV
     )
-    scripts = [_asset_url("common.js")]
+    scripts = [_asset_url("common.js", root)]
     if name == "usage":
-        scripts.append(_asset_url("chart.js"))
-    scripts.append(_asset_url(script))
+        scripts.append(_asset_url("chart.js", root))
+    scripts.append(_asset_url(script, root))
     replacements = {
         "{{title}}": html.escape(title),
         "{{description}}": html.escape(description),
         "{{page}}": name,
         "{{nav}}": nav,
-        "{{css}}": _asset_url("dashboard.css"),
-        "{{icon}}": _asset_url("favicon.svg"),
+        "{{css}}": _asset_url("dashboard.css", root),
+        "{{icon}}": _asset_url("favicon.svg", root),
         "{{scripts}}": "\n".join(f'<script src="{src}" defer></script>' for src in scripts),
         "{{signin}}": _read("signin.html"),
         "{{content}}": _read(f"{name}.html"),
@@ -91,7 +96,7 @@ def page(name: str) -> str | None:
     text = _read("layout.html")
     for key, value in replacements.items():
         text = text.replace(key, value)
-    return text
+    return text.replace("{{root}}", root)  # last: the page's content uses it too
 
 
 @cache

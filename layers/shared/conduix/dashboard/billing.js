@@ -50,7 +50,7 @@
     } else {
       capLine.appendChild(document.createTextNode("No monthly spend cap. "));
     }
-    capLine.appendChild(el("a", { href: "/dashboard/settings", text: b.spend_cap ? "Change the cap" : "Set a cap" }));
+    capLine.appendChild(el("a", { href: C.url("dashboard/settings"), text: b.spend_cap ? "Change the cap" : "Set a cap" }));
 
     var plan = b.plan || {};
     C.setText("plan-name", plan.name || plan.id || "—");
@@ -97,7 +97,7 @@
   }
 
   function loadBilling() {
-    return C.get("/v1/billing").then(function (b) {
+    return C.get("v1/billing").then(function (b) {
       renderBilling(b);
       return b;
     });
@@ -124,7 +124,7 @@
 
   function topUp(amount, button) {
     C.clearError("top-up-error");
-    C.busy(button, C.post("/v1/billing/top-ups", { amount: amount })).then(
+    C.busy(button, C.post("v1/billing/top-ups", { amount: amount })).then(
       function (session) {
         var url = session && C.safeUrl(session.checkout_url);
         if (!url) {
@@ -164,7 +164,7 @@
       return C.showError("reload-error", "Enter the threshold to turn auto-reload on.", $("reload-threshold"));
     if (enabled && !amount)
       return C.showError("reload-error", "Enter the amount to turn auto-reload on.", $("reload-amount"));
-    C.busy($("reload-save"), C.put("/v1/billing/auto-reload", body)).then(
+    C.busy($("reload-save"), C.put("v1/billing/auto-reload", body)).then(
       function (b) {
         renderBilling(b);
         renderReloadForm(b);
@@ -188,7 +188,7 @@
   // ------------------------------------------------------------------ invoices
 
   function loadInvoices() {
-    return C.get("/v1/billing/invoices").then(function (list) {
+    return C.get("v1/billing/invoices").then(function (list) {
       var rows = (list && list.data) || [];
       var body = $("invoices").tBodies[0];
       C.clear(body);
@@ -238,7 +238,7 @@
   }
 
   function loadLedger(more) {
-    var path = "/v1/billing/ledger?limit=" + LEDGER_PAGE;
+    var path = "v1/billing/ledger?limit=" + LEDGER_PAGE;
     if (more && state.cursor) path += "&cursor=" + encodeURIComponent(state.cursor);
     return C.get(path).then(function (page) {
       var body = $("ledger").tBodies[0];
@@ -278,7 +278,7 @@
   // ------------------------------------------------------------------ back from checkout
 
   function ledgerHas(reference) {
-    return C.get("/v1/billing/ledger?limit=" + LEDGER_PAGE).then(function (page) {
+    return C.get("v1/billing/ledger?limit=" + LEDGER_PAGE).then(function (page) {
       return (page.data || []).some(function (e) {
         return e.reference === reference;
       });
@@ -366,7 +366,7 @@
     first
       .then(function (b) {
         renderReloadForm(b);
-        C.get("/v1/pricing").then(function (p) { renderTiers(p.top_up_tiers || []); }, fail);
+        C.get("v1/pricing").then(function (p) { renderTiers(p.top_up_tiers || []); }, fail);
         loadInvoices().catch(fail);
         return loadLedger(false).then(function () {
           if (topUpResult === "success") return waitForTopUp(sessionId);

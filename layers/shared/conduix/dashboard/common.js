@@ -69,6 +69,15 @@
 
   var hooks = { onUnauthorized: null };
 
+  /* The API's root, from this script's own URL (<root>dashboard/assets/common.js), so the pages
+     work at a custom domain's root and under API Gateway's stage path alike. */
+  var API_ROOT = new URL("../../", document.currentScript ? document.currentScript.src : window.location.href);
+
+  /* A path relative to the API's root ("v1/billing", "dashboard/settings") as a full URL. */
+  function url(path) {
+    return new URL(path, API_ROOT).href;
+  }
+
   /* One call to the JSON API. Resolves with the parsed body; rejects with an ApiError whose
      message is the API's own (OpenAI-style error.message) when there is one. */
   function request(method, path, body, keyOverride) {
@@ -86,7 +95,7 @@
       headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
     }
-    return fetch(path, init).then(
+    return fetch(url(path), init).then(
       function (response) {
         return response.text().then(function (text) {
           var data = null;
@@ -371,7 +380,7 @@
     }
     busy(
       $("sign-in-submit"),
-      request("GET", "/v1/billing", undefined, key)
+      request("GET", "v1/billing", undefined, key)
     ).then(
       function (billing) {
         setSession(key, billing && billing.org_id);
@@ -445,6 +454,7 @@
   window.Conduix = {
     ApiError: ApiError,
     request: request,
+    url: url,
     get: function (path) {
       return request("GET", path);
     },

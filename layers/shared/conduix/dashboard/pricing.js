@@ -122,7 +122,7 @@
       return;
     }
     var button = state.buttons[plan.id];
-    C.busy(button, C.post("/v1/billing/subscription", { plan: plan.id })).then(
+    C.busy(button, C.post("v1/billing/subscription", { plan: plan.id })).then(
       function (result) {
         var url = result && result.checkout_url ? C.safeUrl(result.checkout_url) : null;
         if (url) {
@@ -153,7 +153,7 @@
       if (state.pricing) markCurrent();
     };
     if (billing) apply(billing);
-    else C.get("/v1/billing").then(apply, function () {});
+    else C.get("v1/billing").then(apply, function () {});
   }
 
   function onLoad() {
@@ -162,7 +162,7 @@
       C.showNotice("info", "Checkout was cancelled. Your plan did not change and nothing was charged.");
       C.cleanUrl();
     }
-    C.request("GET", "/v1/pricing").then(
+    C.request("GET", "v1/pricing").then(
       function (pricing) {
         state.pricing = pricing;
         renderPlans(pricing);

@@ -20,7 +20,7 @@
 
   function saveCap(limit, button) {
     C.clearError("cap-error");
-    return C.busy(button, C.put("/v1/billing/spend-cap", { monthly_limit: limit })).then(
+    return C.busy(button, C.put("v1/billing/spend-cap", { monthly_limit: limit })).then(
       function (b) {
         renderCap(b);
         $("cap-input").value = "";
@@ -48,7 +48,7 @@
   // ------------------------------------------------------------------ API keys
 
   function loadKeys() {
-    return C.get("/v1/billing/api-keys").then(function (list) {
+    return C.get("v1/billing/api-keys").then(function (list) {
       var rows = ((list && list.data) || []).slice().sort(function (a, b) {
         if (a.revoked !== b.revoked) return a.revoked ? 1 : -1;
         return a.created_at < b.created_at ? 1 : -1;
@@ -90,7 +90,7 @@
     if ($("key-scope-inference").checked) scopes.push("inference");
     if ($("key-scope-billing").checked) scopes.push("billing");
     if (!scopes.length) return C.showError("key-error", "Choose at least one scope.", $("key-scope-inference"));
-    C.busy($("key-create"), C.post("/v1/billing/api-keys", { name: name, scopes: scopes })).then(
+    C.busy($("key-create"), C.post("v1/billing/api-keys", { name: name, scopes: scopes })).then(
       function (created) {
         $("key-name").value = "";
         $("new-key-secret").value = created.api_key;
@@ -153,7 +153,7 @@
       pending.button.focus();
       return;
     }
-    C.busy(pending.button, C.del("/v1/billing/api-keys/" + encodeURIComponent(pending.key.key_id))).then(
+    C.busy(pending.button, C.del("v1/billing/api-keys/" + encodeURIComponent(pending.key.key_id))).then(
       function () {
         C.showNotice("success", "Key “" + pending.key.name + "” is revoked.");
         return loadKeys().then(function () {
@@ -184,7 +184,7 @@
     var fail = function (err) {
       if (err && err.status !== 401 && err.status !== 403) C.showNotice("error", err.message);
     };
-    (billing ? Promise.resolve(billing) : C.get("/v1/billing")).then(renderCap).catch(fail);
+    (billing ? Promise.resolve(billing) : C.get("v1/billing")).then(renderCap).catch(fail);
     loadKeys().catch(fail);
   }
 

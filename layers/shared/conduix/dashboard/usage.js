@@ -19,7 +19,7 @@
     var q = "group_by=" + groupBy;
     if (from) q += "&from=" + encodeURIComponent(from);
     if (to) q += "&to=" + encodeURIComponent(to);
-    return C.get("/v1/usage?" + q);
+    return C.get("v1/usage?" + q);
   }
 
   // ------------------------------------------------------------------ per-model table and totals
