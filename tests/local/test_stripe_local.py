@@ -728,16 +728,12 @@ def test_subscription_checkout_cycle_update_cancel(
     assert sub.id.startswith("sub_") and sub.metadata.to_dict() == {"org_id": "org_1", "plan": "builder"}
     item = sub["items"].data[0]
     assert item.price.id == price and item.quantity == 1
-    start, end = sub.current_period_start, sub.current_period_end
+    start, end = item.current_period_start, item.current_period_end  # periods live on items
     assert 28 * 86400 <= end - start <= 31 * 86400 and sub.latest_invoice == first.id
-    assert (first.status, first.billing_reason, first.subscription, first.amount_paid) == (
-        "paid",
-        "subscription_create",
-        sub.id,
-        2900,
-    )
+    assert (first.status, first.billing_reason, first.amount_paid) == ("paid", "subscription_create", 2900)
+    assert first.parent.subscription_details.subscription == sub.id
     line = first.lines.data[0]
-    assert line.price.id == price and (line.period.start, line.period.end) == (start, end)
+    assert line.pricing.price_details.price == price and (line.period.start, line.period.end) == (start, end)
     completed = receiver.wait("checkout.session.completed")
     assert completed["data"]["object"]["subscription"] == sub.id
     assert {"customer.subscription.created", "invoice.paid"} <= set(receiver.types())
@@ -748,14 +744,12 @@ def test_subscription_checkout_cycle_update_cancel(
     assert renewal["amount_paid"] == 2900 and renewal["lines"]["data"][0]["period"]["start"] == end
     receiver.wait("invoice.paid", lambda e: e["data"]["object"]["id"] == renewal["id"])
     renewed = client.v1.subscriptions.retrieve(sub.id)
-    assert renewed.current_period_start == end and renewed.latest_invoice == renewal["id"]
-    assert (
-        receiver.wait(
-            "customer.subscription.updated",
-            lambda e: e["data"]["object"]["current_period_start"] == end,
-        )["data"]["previous_attributes"]["current_period_start"]
-        == start
+    assert renewed["items"].data[0].current_period_start == end and renewed.latest_invoice == renewal["id"]
+    updated = receiver.wait(
+        "customer.subscription.updated",
+        lambda e: e["data"]["object"]["items"]["data"][0]["current_period_start"] == end,
     )
+    assert updated["data"]["previous_attributes"]["items"]["data"][0]["current_period_start"] == start
 
     yearly = client.v1.prices.create(
         params={

@@ -261,6 +261,10 @@ def create_subscription_session(
     )
 
 
+def retrieve_price(price_id: str) -> dict[str, Any]:
+    return _plain(_call(client().v1.prices.retrieve, price_id))
+
+
 def retrieve_subscription(subscription_id: str) -> dict[str, Any]:
     return _plain(_call(client().v1.subscriptions.retrieve, subscription_id))
 

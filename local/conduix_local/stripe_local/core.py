@@ -86,9 +86,13 @@ class Obj(ls.StripeObject):  # type: ignore[misc]  # localstripe is untyped
     public attribute and property into a field. Methods and internals therefore start with _."""
 
     _id_prefix = ""
+    # Attributes the stand-in keeps for its own bookkeeping that the pinned API version does
+    # not return (Stripe removed them, or never had them on this object): never exported.
+    _absent: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         super().__init__(new_id(self._id_prefix))
+        self.created = now()  # the stand-in's clock, which advance_to may have moved
 
     def _extras(self) -> dict[str, Callable[[], Any]]:
         """Fields Stripe only returns when expanded (e.g. a session's line_items)."""
@@ -96,6 +100,8 @@ class Obj(ls.StripeObject):  # type: ignore[misc]  # localstripe is untyped
 
     def _export(self, expand: list[str] | None = None) -> dict[str, Any]:
         obj: dict[str, Any] = super()._export()
+        for name in self._absent:
+            obj.pop(name, None)
         for name, make in self._extras().items():
             if any(p == name or p.startswith(name + ".") for p in expand or ()):
                 obj[name] = make()
@@ -386,6 +392,18 @@ HUB = Hub()
 # store is per process), and every event, localstripe's own included, goes through the hub.
 STORE.dump_to_disk = lambda: None  # type: ignore[attr-defined]
 ls.schedule_webhook = HUB.publish
+_product_export = ls.Product._export
+
+
+def _product_today(self: Any, expand: list[str] | None = None) -> dict[str, Any]:
+    """localstripe's Product without the fields of API versions before 2018-02-05."""
+    obj: dict[str, Any] = _product_export(self, expand=expand)
+    for old in ("attributes", "caption", "deactivate_on", "skus"):
+        obj.pop(old, None)
+    return obj
+
+
+ls.Product._export = _product_today
 
 
 def emit(type_: str, obj: Any, previous: dict[str, Any] | None = None) -> dict[str, Any] | None:
