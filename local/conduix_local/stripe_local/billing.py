@@ -713,8 +713,10 @@ def start(
     return sub, failure
 
 
-def cycle(sub: Subscription) -> Invoice | None:
-    """Move the subscription into its next period and bill it (the local test hook)."""
+def cycle(sub: Subscription, *, draft: bool = False) -> Invoice | None:
+    """Move the subscription into its next period and bill it. The local test hook bills at
+    once; a test clock (draft=True) leaves the invoice a draft that advances an hour later,
+    as Stripe's renewal invoices do."""
     if sub.status in ("canceled", "incomplete", "incomplete_expired"):
         raise bad(f"A subscription in status {sub.status} does not renew.", "subscription")
     if sub.cancel_at_period_end:
@@ -726,10 +728,24 @@ def cycle(sub: Subscription) -> Invoice | None:
     inv = _period_invoice(sub, "subscription_cycle", old_period)
     emit("customer.subscription.updated", sub, previous)
     emit("invoice.created", inv)
-    finalize(inv)
-    if inv.status == "open" and collect(inv) is not None and sub.status in ("active", "trialing"):
-        set_status(sub, "past_due")
+    if draft:
+        inv.auto_advance = True
+        return inv
+    advance(inv)
     return inv
+
+
+def advance(inv: Invoice) -> None:
+    """What auto-advance does to a draft: finalize it, then charge it or send it."""
+    finalize(inv)
+    if inv.status != "open":
+        return
+    if inv.collection_method == "send_invoice":
+        emit("invoice.sent", inv)
+        return
+    sub = ls.store.get(f"subscription:{inv.subscription}") if inv.subscription else None
+    if collect(inv) is not None and sub is not None and sub.status in ("active", "trialing"):
+        set_status(sub, "past_due")
 
 
 def cancel(sub: Subscription, *, reason: str = "cancellation_requested", comment: str | None = None) -> None:

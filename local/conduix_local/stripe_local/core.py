@@ -63,7 +63,8 @@ def new_id(prefix: str, length: int = 24) -> str:
 
 
 def now() -> int:
-    return int(time.time())
+    """The stand-in's clock: the machine's time, moved forward by advance_to (test clocks)."""
+    return int(time.time() + HUB.offset)
 
 
 _ZERO_DECIMAL = frozenset(
@@ -301,6 +302,7 @@ class Hub:
     later: Callable[[float, Callable[[], object]], None] | None = None
     endpoints: list[Endpoint] = field(default_factory=list)
     idempotency: dict[tuple[str, str], Any] = field(default_factory=dict)
+    offset: float = 0.0  # seconds the clock was advanced past the machine's time
     invoice_sequence: dict[str, int] = field(default_factory=dict)
     _events: list[dict[str, Any]] = field(default_factory=list)
     _deliveries: list[dict[str, Any]] = field(default_factory=list)
@@ -313,6 +315,7 @@ class Hub:
             self._deliveries.clear()
         self.idempotency.clear()
         self.invoice_sequence.clear()
+        self.offset = 0.0
 
     @contextmanager
     def quiet(self) -> Iterator[None]:
@@ -333,6 +336,7 @@ class Hub:
         with self._cond:
             endpoints = [e for e in self.endpoints if e.wants(event.type)]
         event.api_version = API_VERSION
+        event.created = now()
         event.pending_webhooks = len(endpoints)
         event.request = REQUEST.get() or {"id": None, "idempotency_key": None}
         # A deep snapshot: later changes to the object must not leak into the event.

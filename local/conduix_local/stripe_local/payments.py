@@ -126,6 +126,10 @@ class Customer(ls.Customer):  # type: ignore[misc]  # localstripe is untyped
     subscriptions = None  # localstripe lists them on every export; today's API does not
     currency = None
 
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.created = now()  # the stand-in's clock
+
     def _export(self, expand: list[str] | None = None) -> dict[str, Any]:
         obj: dict[str, Any] = super()._export()
         for old in ("sources", "subscriptions", "tax_ids", "account_balance", "business_vat_id"):
