@@ -121,6 +121,8 @@ class Bench:
                 "ANTHROPIC_BASE_URL": upstream_url,
                 "OPENAI_API_KEY": "bench-upstream-key",
                 "ANTHROPIC_API_KEY": "bench-upstream-key",
+                "CONDUIX_SECRETS_FROM_ENV": "1",  # in AWS: Secrets Manager, cached (config.secret)
+                "PROVIDER_KEYS_SECRET_ID": "local",
                 "OPERATOR_KEY_SHA256": hashlib.sha256(OPERATOR_KEY.encode()).hexdigest(),
                 "POWERTOOLS_TRACE_DISABLED": "true",
                 "POWERTOOLS_LOG_LEVEL": "INFO",  # as template.yaml deploys it

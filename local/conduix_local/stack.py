@@ -117,6 +117,11 @@ class Stack:
             raise StackError(f"the fake upstream model server could not start: {exc}") from exc
         stripe_key, stripe_secret = self._start_stripe(public_url)
         env = self.function_env(models_file)
+        # In AWS these come from Secrets Manager; locally (and only locally) from the
+        # environment, for the functions whose template names the secret (config.secret).
+        env.update(
+            CONDUIX_SECRETS_FROM_ENV="1", STRIPE_API_KEY=stripe_key, STRIPE_WEBHOOK_SECRET=stripe_secret
+        )
         self._check_catalog(models_file, env)
 
         template = load_template()
@@ -135,8 +140,9 @@ class Stack:
             "ScheduledJobFailures.Arn": f"arn:aws:sqs:{REGION}:123456789012:ScheduledJobFailures",
             "PublicUrl": public_url,
             "EmailSender": EMAIL_SENDER,
-            "StripeApiKey": stripe_key,
-            "StripeWebhookSecret": stripe_secret,
+            "ProviderKeysSecret": "local:ProviderKeysSecret",
+            "StripeApiKeySecret": "local:StripeApiKeySecret",
+            "StripeWebhookSigningSecret": "local:StripeWebhookSigningSecret",
         }
         # moto's SES refuses mail from unverified senders, as SES does.
         boto3.client(
