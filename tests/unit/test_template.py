@@ -184,3 +184,23 @@ def test_alarms_watch_what_an_operator_must_act_on() -> None:
     # The service names the alarms filter on are the functions' own.
     services = {env["POWERTOOLS_SERVICE_NAME"] for env in _functions_env().values()}
     assert {"completion", "stripe-webhook"} <= services
+
+
+def test_completion_memory_is_what_the_published_benchmark_chose() -> None:
+    import re
+
+    memory = load_template()["Resources"]["CompletionFunction"]["Properties"]["MemorySize"]
+    report = (ROOT / "docs" / "benchmarks.md").read_text()
+    picked = re.search(r"It picks \*\*(\d+) MB\*\*", report)
+    assert picked, "docs/benchmarks.md has no memory choice: run make bench"
+    assert int(picked.group(1)) == memory
+
+
+def test_the_runbook_subscribes_the_webhook_to_exactly_the_handled_events() -> None:
+    import re
+
+    from conduix import payments
+
+    readme = (ROOT / "README.md").read_text()
+    subscribed = re.findall(r'enabled_events\[\]=([a-z_.]+)"', readme)
+    assert sorted(subscribed) == sorted(payments.HANDLERS)
