@@ -722,7 +722,7 @@ _IMPORT_GROUPS = {
     "dateutil": _BOTO,
     "jmespath": _BOTO,
     "six": _BOTO,
-    "aws_lambda_powertools": "aws_lambda_powertools (Logger)",
+    "aws_lambda_powertools": "aws_lambda_powertools (Logger, Metrics)",
     "conduix": "conduix (the layer's own modules, and the stdlib they import)",
 }
 

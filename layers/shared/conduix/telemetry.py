@@ -14,9 +14,10 @@ POWERTOOLS_SERVICE_NAME, plus the dimensions named):
 
 Each call flushes at once (one EMF line on stdout, which CloudWatch Logs turns into metrics):
 no handler decorator is needed, and a metric is never lost with a failed invocation.
-Telemetry never fails a request: errors here are logged and swallowed. Powertools Metrics
-adds about 2 ms to a cold start that already imports the Powertools Logger (measured; see
-docs/benchmarks.md), so it is used as is rather than hand-written EMF.
+Telemetry never fails a request: errors here are logged and swallowed. Powertools Metrics,
+not hand-written EMF: on top of the Powertools Logger every function already imports, it
+added 1.7 ms to a cold import (medians of 11 fresh interpreters), within the noise of
+Completion's ~210 ms (docs/benchmarks.md).
 """
 
 from __future__ import annotations
