@@ -282,7 +282,8 @@ class LocalStripe:
         HUB.deliver = HUB.later = None
 
     def reset(self) -> None:
-        """Forget every object, event, idempotency key and pending delivery; keep webhooks."""
+        """Forget every object, event, idempotency key, pending delivery and clock advance;
+        keep webhooks."""
         self._call(self._reset)
 
     async def _reset(self) -> None:
