@@ -9,7 +9,6 @@ and every movement is keyed by a Stripe id, so a replay moves nothing.
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -19,6 +18,7 @@ import stripe
 
 from conduix import autoreload, notices, orgs, stripe_gateway, wallets, webhook_log
 from conduix.config import payment_settings
+from conduix.config import secret as configured_secret
 from conduix.errors import ConfigurationError, InvalidRequest, InvalidSignature, ServiceBusy
 from conduix.money import format_credits, parse_credits
 from conduix.validation import parse_json_object
@@ -289,7 +289,7 @@ def _event_envelope(payload: bytes) -> dict[str, Any]:
 def receive(payload: bytes, signature: str | None, now: datetime) -> dict[str, Any]:
     """POST /webhooks/stripe: verify the signature over the raw body before anything else,
     then handle the event once. Raises InvalidSignature, ConfigurationError or ServiceBusy."""
-    secret = os.environ.get("STRIPE_WEBHOOK_SECRET", "").strip()
+    secret = configured_secret("STRIPE_WEBHOOK_SECRET")
     if not secret:  # never accept an unsigned event, whatever else is configured
         raise ConfigurationError("STRIPE_WEBHOOK_SECRET is not set: webhook events are refused.")
     if not signature:

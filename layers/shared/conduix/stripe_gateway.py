@@ -21,8 +21,10 @@ CURRENCY = "usd"
 
 @cache
 def client() -> stripe.StripeClient:
-    """A StripeClient for STRIPE_API_KEY. STRIPE_API_BASE points it at a local stand-in."""
-    api_key = os.environ.get("STRIPE_API_KEY", "").strip()
+    """A StripeClient for the STRIPE_API_KEY secret. STRIPE_API_BASE points it at a local stand-in."""
+    from conduix.config import secret
+
+    api_key = secret("STRIPE_API_KEY")
     if not api_key:
         raise ConfigurationError("STRIPE_API_KEY is not set: Stripe is not configured on this deployment.")
     base = os.environ.get("STRIPE_API_BASE", "").strip()
@@ -255,6 +257,10 @@ def create_subscription_session(
         line_items=[{"price": price_id, "quantity": 1}],
         subscription_data={"metadata": metadata},
     )
+
+
+def retrieve_price(price_id: str) -> dict[str, Any]:
+    return _plain(_call(client().v1.prices.retrieve, price_id))
 
 
 def retrieve_subscription(subscription_id: str) -> dict[str, Any]:

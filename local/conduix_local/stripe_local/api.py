@@ -1144,7 +1144,6 @@ def update_subscription(p: dict[str, Any], ids: dict[str, str]) -> Any:
     previous: dict[str, Any] = {}
     if "items" in p:
         previous["items"] = sub.items
-        previous["plan"] = sub.plan
         _update_items(sub, as_list(p["items"], "items"))
     if "metadata" in p:
         previous["metadata"] = dict(sub.metadata)

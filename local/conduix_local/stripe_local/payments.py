@@ -126,6 +126,10 @@ class Customer(ls.Customer):  # type: ignore[misc]  # localstripe is untyped
     subscriptions = None  # localstripe lists them on every export; today's API does not
     currency = None
 
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.created = now()  # the stand-in's clock
+
     def _export(self, expand: list[str] | None = None) -> dict[str, Any]:
         obj: dict[str, Any] = super()._export()
         for old in ("sources", "subscriptions", "tax_ids", "account_balance", "business_vat_id"):
@@ -296,6 +300,7 @@ def detach(pm: PaymentMethod) -> None:
 class PaymentIntent(Obj):
     object = "payment_intent"
     _id_prefix = "pi_"
+    _absent = ("invoice",)  # since 2025-03-31 an invoice names its payments, not the reverse
 
     def __init__(
         self,
@@ -325,7 +330,7 @@ class PaymentIntent(Obj):
         self.currency = currency
         self.customer = customer
         self.description = description
-        self.invoice = invoice  # dropped from recent API versions; kept for older readers
+        self.invoice = invoice
         self.last_payment_error: dict[str, Any] | None = None
         self.latest_charge: str | None = None
         self.metadata = metadata or {}
@@ -374,6 +379,7 @@ def _outcome(failure: Failure | None, pending: bool) -> dict[str, Any]:
 class Charge(Obj):
     object = "charge"
     _id_prefix = "ch_"
+    _absent = ("invoice",)
 
     def __init__(self, pi: PaymentIntent, pm: PaymentMethod, failure: Failure | None, pending: bool = False):
         super().__init__()
@@ -533,6 +539,7 @@ def settle_delayed(pi: PaymentIntent, charge: Charge, succeed: bool) -> None:
 class Refund(Obj):
     object = "refund"
     _id_prefix = "re_"
+    _absent = ("livemode",)
 
     def __init__(self, charge: Charge, amount: int, reason: str | None, metadata: dict[str, str]) -> None:
         super().__init__()

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +25,8 @@ import aiohttp
 from aiohttp import web
 from localstripe.errors import UserError
 
-from . import api, pages
-from .core import HUB, REQUEST, STORE, Endpoint, StripeError, ls_server, new_id
+from . import api, clock, pages
+from .core import HUB, REQUEST, STORE, Endpoint, StripeError, ls_server, new_id, now
 
 if TYPE_CHECKING:
     import stripe
@@ -281,7 +282,8 @@ class LocalStripe:
         HUB.deliver = HUB.later = None
 
     def reset(self) -> None:
-        """Forget every object, event, idempotency key and pending delivery; keep webhooks."""
+        """Forget every object, event, idempotency key, pending delivery and clock advance;
+        keep webhooks."""
         self._call(self._reset)
 
     async def _reset(self) -> None:
@@ -314,6 +316,29 @@ class LocalStripe:
     @property
     def url(self) -> str:
         return f"http://{self._host}:{self.port}"
+
+    # ------------------------------------------------------------------ the test clock
+    def now(self) -> datetime:
+        """The stand-in's time (the machine's, unless advance_to moved it on)."""
+        return datetime.fromtimestamp(now(), UTC)
+
+    def advance_to(self, when: datetime) -> list[dict[str, Any]]:
+        """Move the stand-in's time forward to `when` (timezone-aware) and do what Stripe's
+        test clocks do meanwhile: renewals, auto-advancing invoices with their charges,
+        overdue notices, expiries (see clock.py). Returns the events made, oldest first;
+        their webhooks follow as usual. Raises ValueError for a time in the past."""
+        if when.tzinfo is None:
+            raise ValueError("advance_to needs a timezone-aware datetime")
+        target = int(when.timestamp())
+        made: list[list[dict[str, Any]]] = []
+
+        async def run() -> None:
+            if target < now():
+                raise ValueError(f"the local Stripe's clock is already at {self.now().isoformat()}")
+            made.append(clock.advance_to(target))
+
+        self._call(run)
+        return made[0]
 
     def client(self) -> stripe.StripeClient:
         """The official SDK's client for this server, as product code builds it."""
@@ -445,6 +470,15 @@ class LocalStripe:
         """localstripe's DELETE /_config/data: forget everything (webhooks stay)."""
         await self._reset()
         return web.Response()
+
+
+def advance_to(when: datetime) -> list[dict[str, Any]]:
+    """LocalStripe.advance_to on the local Stripe running in this process."""
+    with _active_lock:
+        server = _active
+    if server is None:
+        raise RuntimeError("no local Stripe runs in this process")
+    return server.advance_to(when)
 
 
 def main(argv: list[str] | None = None) -> None:
