@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from conduix import clock, keys, orgs, wallets
+from conduix import clock, keys, notices, orgs, wallets
 from conduix.billing import wallet_view
 from conduix.errors import InvalidRequest
 from conduix.money import format_credits, parse_credits
@@ -69,8 +69,12 @@ def set_billing(org_id: str, body: dict[str, Any]) -> dict[str, Any]:
         raise InvalidRequest(
             "'net_terms_days' must be a whole number of days from 1 to 120.", param="net_terms_days"
         )
-    orgs.get_org(org_id)
+    org = orgs.get_org(org_id)
     if mode == "invoice":
         orgs.set_invoice_terms(org_id, po_number, days)
-    wallets.set_billing_mode(org_id, str(mode))
-    return get_org(org_id)
+    reload_turned_off = wallets.set_billing_mode(org_id, str(mode), clock.now())
+    if reload_turned_off:  # the saved card must not pay for what the invoice bills
+        notices.auto_reload_turned_off(
+            org.email, org.name, "Your account now pays by monthly invoice, so the card is no longer charged."
+        )
+    return {**get_org(org_id), "auto_reload_turned_off": reload_turned_off}

@@ -195,6 +195,28 @@ def list_refunds(charge_id: str) -> list[dict[str, Any]]:
     return [_plain(refund) for refund in page.data]
 
 
+def retrieve_dispute(dispute_id: str) -> dict[str, Any]:
+    return _plain(_call(client().v1.disputes.retrieve, dispute_id))
+
+
+def retrieve_charge(charge_id: str) -> dict[str, Any]:
+    return _plain(_call(client().v1.charges.retrieve, charge_id))
+
+
+def retrieve_customer(customer_id: str) -> dict[str, Any]:
+    return _plain(_call(client().v1.customers.retrieve, customer_id))
+
+
+def invoice_of_payment(payment_intent_id: str) -> dict[str, Any] | None:
+    """The invoice a PaymentIntent paid, through its invoice payment (since API 2025-03-31
+    neither object names the other)."""
+    page = _call(
+        client().v1.invoice_payments.list,
+        params={"payment": {"type": "payment_intent", "payment_intent": payment_intent_id}, "limit": 1},
+    )
+    return retrieve_invoice(str(page.data[0].invoice)) if page.data else None
+
+
 def list_invoices(customer_id: str) -> list[dict[str, Any]]:
     page = _call(client().v1.invoices.list, params={"customer": customer_id, "limit": 100})
     return [_plain(invoice) for invoice in page.data]
@@ -300,18 +322,18 @@ class InvoiceLine:
     description: str
 
 
-def send_usage_invoice(
+def create_draft_invoice(
     *,
     customer_id: str,
-    idempotency_prefix: str,
-    lines: list[InvoiceLine],
+    idempotency_key: str,
     days_until_due: int,
     po_number: str | None,
     description: str,
     metadata: dict[str, str],
-) -> dict[str, Any]:
-    """Create (or, on a rerun, find again) a send_invoice invoice, add its lines, finalize and
-    send it. Every step carries an idempotency key derived from the org and the month."""
+) -> str:
+    """A draft send_invoice invoice; only its id is returned. Within Stripe's idempotency
+    window a retry gets the first response replayed as it was (still saying "draft"), so
+    callers must retrieve the invoice for its state."""
     params: dict[str, Any] = {
         "customer": customer_id,
         "collection_method": "send_invoice",
@@ -323,27 +345,58 @@ def send_usage_invoice(
     }
     if po_number:
         params["custom_fields"] = [{"name": "PO number", "value": po_number}]
-    invoice = _call(
-        client().v1.invoices.create, params=params, options={"idempotency_key": idempotency_prefix}
+    invoice = _call(client().v1.invoices.create, params=params, options={"idempotency_key": idempotency_key})
+    return str(invoice.id)
+
+
+def find_invoice(customer_id: str, field: str, value: str, *, created_gte: int) -> dict[str, Any] | None:
+    """The customer's invoice whose metadata[field] is value, created since created_gte. A
+    list is strongly consistent, unlike Search, so an invoice created a moment ago is found."""
+    page = _call(
+        client().v1.invoices.list,
+        params={"customer": customer_id, "created": {"gte": created_gte}, "limit": 100},
     )
-    if invoice.status == "draft":
-        for line in lines:
-            _call(
-                client().v1.invoice_items.create,
-                params={
-                    "customer": customer_id,
-                    "invoice": invoice.id,
-                    "amount": line.amount_cents,
-                    "currency": CURRENCY,
-                    "description": line.description,
-                },
-                options={"idempotency_key": f"{idempotency_prefix}-{line.key}"},
-            )
-        invoice = _call(client().v1.invoices.finalize_invoice, invoice.id)
-    if invoice.status == "open":
-        invoice = _call(
-            client().v1.invoices.send_invoice,
-            invoice.id,
-            options={"idempotency_key": f"{idempotency_prefix}-send"},
-        )
-    return _plain(invoice)
+    for invoice in page.auto_paging_iter():
+        if (invoice.metadata or {}).get(field) == value:
+            return _plain(invoice)
+    return None
+
+
+def invoice_line_keys(invoice_id: str, field: str) -> set[str]:
+    """metadata[field] of every line the invoice has now."""
+    page = _call(client().v1.invoices.line_items.list, invoice_id, params={"limit": 100})
+    return {str((line.metadata or {}).get(field)) for line in page.auto_paging_iter()}
+
+
+def add_invoice_line(
+    *, customer_id: str, invoice_id: str, line: InvoiceLine, metadata: dict[str, str], idempotency_key: str
+) -> None:
+    _call(
+        client().v1.invoice_items.create,
+        params={
+            "customer": customer_id,
+            "invoice": invoice_id,
+            "amount": line.amount_cents,
+            "currency": CURRENCY,
+            "description": line.description,
+            "metadata": metadata,
+        },
+        options={"idempotency_key": idempotency_key},
+    )
+
+
+def finalize_invoice(invoice_id: str) -> dict[str, Any]:
+    """Finalize a draft; one finalized meanwhile (a lost answer, a racing run) is fine."""
+    try:
+        return _plain(_call(client().v1.invoices.finalize_invoice, invoice_id))
+    except stripe.InvalidRequestError:
+        invoice = retrieve_invoice(invoice_id)
+        if invoice.get("status") == "draft":
+            raise
+        return invoice
+
+
+def send_invoice(invoice_id: str, *, idempotency_key: str) -> dict[str, Any]:
+    return _plain(
+        _call(client().v1.invoices.send_invoice, invoice_id, options={"idempotency_key": idempotency_key})
+    )

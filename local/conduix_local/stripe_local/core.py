@@ -112,6 +112,7 @@ _PREFIXES = (
     ("ch_", "charge"),
     ("re_", "refund"),
     ("dp_", "dispute"),
+    ("inpay_", "invoice_payment"),
     ("in_", "invoice"),
     ("ii_", "invoiceitem"),
     ("sub_", "subscription"),
@@ -295,6 +296,11 @@ class Hub:
     later: Callable[[float, Callable[[], object]], None] | None = None
     endpoints: list[Endpoint] = field(default_factory=list)
     idempotency: dict[tuple[str, str], Any] = field(default_factory=dict)
+    # Stripe prunes idempotency keys once they are at least 24 hours old; a request after that
+    # with the same key is a new request.
+    idempotency_ttl: float = 24 * 3600
+    # Armed failures (see server._faults): method, path pattern, mode, calls left.
+    faults: list[dict[str, Any]] = field(default_factory=list)
     invoice_sequence: dict[str, int] = field(default_factory=dict)
     _events: list[dict[str, Any]] = field(default_factory=list)
     _deliveries: list[dict[str, Any]] = field(default_factory=list)
@@ -307,6 +313,7 @@ class Hub:
             self._deliveries.clear()
         self.idempotency.clear()
         self.invoice_sequence.clear()
+        self.faults.clear()
 
     @contextmanager
     def quiet(self) -> Iterator[None]:
