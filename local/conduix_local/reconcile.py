@@ -1,5 +1,6 @@
-"""`make reconcile`: run the reconciliation against the running local stack (or, with
-BILLING_TABLE and AWS credentials in the environment, against a deployed table)."""
+"""`make reconcile`: run the reconciliation against the running local stack and its local
+Stripe (or, with BILLING_TABLE and AWS credentials in the environment, against a deployed
+table, and against Stripe itself when STRIPE_API_KEY is set)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ def main() -> int:
             )
             return 2
         state = json.loads(state_file.read_text())
+        if not os.environ.get("STRIPE_API_KEY") and state.get("stripe", "").startswith("http://127.0.0.1"):
+            from conduix_local.stripe_local import API_KEY
+
+            os.environ.update(STRIPE_API_KEY=API_KEY, STRIPE_API_BASE=state["stripe"])
         os.environ.update(
             AWS_ENDPOINT_URL=state["moto"],
             AWS_DEFAULT_REGION="us-east-1",

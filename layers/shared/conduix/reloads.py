@@ -126,7 +126,12 @@ def claim_charge(org_id: str, episode: int, day: str, limit: int) -> str:
                     "reload_episode = :ep AND (attribute_not_exists(reload_charge_episode) "
                     f"OR reload_charge_episode <> :ep) AND {condition}"
                 ),
-                ExpressionAttributeValues={":ep": n(episode), ":day": s(day), ":one": n(1), ":max": n(limit)},
+                ExpressionAttributeValues={
+                    ":ep": n(episode),
+                    ":day": s(day),
+                    ":one": n(1),
+                    **({":max": n(limit)} if ":max" in condition else {}),
+                },
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:

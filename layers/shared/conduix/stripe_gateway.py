@@ -15,7 +15,7 @@ from typing import Any
 
 import stripe
 
-from conduix.errors import ConfigurationError, UpstreamUnavailable
+from conduix.errors import ConfigurationError, NotFound, UpstreamUnavailable
 
 CURRENCY = "usd"
 
@@ -40,11 +40,16 @@ def _plain(obj: Any) -> dict[str, Any]:
 
 
 def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Stripe outages become our domain error; card errors and bad requests pass through."""
+    """Stripe outages and missing objects become our domain errors; card errors and other
+    bad requests pass through."""
     try:
         return fn(*args, **kwargs)
     except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
         raise UpstreamUnavailable(f"Stripe could not be reached: {exc.user_message or exc}") from exc
+    except stripe.InvalidRequestError as exc:
+        if exc.http_status == 404:
+            raise NotFound(f"Stripe has no such object: {exc.user_message or exc}") from exc
+        raise
 
 
 def cents(credits_nanos: int) -> int:
@@ -199,6 +204,10 @@ def retrieve_dispute(dispute_id: str) -> dict[str, Any]:
     return _plain(_call(client().v1.disputes.retrieve, dispute_id))
 
 
+def retrieve_refund(refund_id: str) -> dict[str, Any]:
+    return _plain(_call(client().v1.refunds.retrieve, refund_id))
+
+
 def retrieve_charge(charge_id: str) -> dict[str, Any]:
     return _plain(_call(client().v1.charges.retrieve, charge_id))
 
@@ -215,6 +224,32 @@ def invoice_of_payment(payment_intent_id: str) -> dict[str, Any] | None:
         params={"payment": {"type": "payment_intent", "payment_intent": payment_intent_id}, "limit": 1},
     )
     return retrieve_invoice(str(page.data[0].invoice)) if page.data else None
+
+
+def retrieve_price(price_id: str) -> dict[str, Any]:
+    return _plain(_call(client().v1.prices.retrieve, price_id))
+
+
+def _all(service: Any, params: dict[str, Any]) -> list[dict[str, Any]]:
+    page = _call(service.list, params={**params, "limit": 100})
+    return [_plain(obj) for obj in page.auto_paging_iter()]
+
+
+def customer_payments(customer_id: str) -> dict[str, list[dict[str, Any]]]:
+    """Everything of one customer that can move credits (for reconciliation): Checkout
+    Sessions, PaymentIntents, charges and invoices."""
+    v1 = client().v1
+    by_customer = {"customer": customer_id}
+    return {
+        "sessions": _all(v1.checkout.sessions, by_customer),
+        "intents": _all(v1.payment_intents, by_customer),
+        "charges": _all(v1.charges, by_customer),
+        "invoices": _all(v1.invoices, by_customer),
+    }
+
+
+def list_disputes(payment_intent_id: str) -> list[dict[str, Any]]:
+    return _all(client().v1.disputes, {"payment_intent": payment_intent_id})
 
 
 def list_invoices(customer_id: str) -> list[dict[str, Any]]:
@@ -357,15 +392,16 @@ def find_invoice(customer_id: str, field: str, value: str, *, created_gte: int) 
         params={"customer": customer_id, "created": {"gte": created_gte}, "limit": 100},
     )
     for invoice in page.auto_paging_iter():
-        if (invoice.metadata or {}).get(field) == value:
-            return _plain(invoice)
+        found = _plain(invoice)
+        if (found.get("metadata") or {}).get(field) == value:
+            return found
     return None
 
 
 def invoice_line_keys(invoice_id: str, field: str) -> set[str]:
     """metadata[field] of every line the invoice has now."""
     page = _call(client().v1.invoices.line_items.list, invoice_id, params={"limit": 100})
-    return {str((line.metadata or {}).get(field)) for line in page.auto_paging_iter()}
+    return {str((_plain(line).get("metadata") or {}).get(field)) for line in page.auto_paging_iter()}
 
 
 def add_invoice_line(
