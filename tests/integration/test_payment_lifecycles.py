@@ -26,7 +26,7 @@ from conduix import (
 from conduix.money import NANOS_PER_CREDIT as C
 from conduix_local.stripe_local import API_KEY, LocalStripe
 
-from tests.integration.helpers import NOW, assert_consistent, fund
+from tests.integration.helpers import NOW, assert_consistent, fund, ledger_items
 
 pytestmark = pytest.mark.integration
 PERIOD = "2026-10"
@@ -342,3 +342,33 @@ def test_a_prepaid_wallet_below_zero_must_name_its_reversal(org: str) -> None:
     wallets.credit(org, kind="grant", key="g", amount=-2 * C, description="t", now=NOW)  # unnamed
     found = reconcile_stripe.check_org(org)
     assert len(found) == 1 and "refund:re_1" in found[0].check and found[0].found == "-5"
+
+
+def test_a_refunded_usage_invoice_takes_back_what_its_payment_credited(
+    org: str, local_stripe: LocalStripe
+) -> None:
+    import urllib.parse
+    import urllib.request
+
+    invoice_mode_month(org)
+    invoice_id = invoicing.invoice_org(org, PERIOD, NOW).removeprefix("invoiced: ")
+    client = sdk(local_stripe)
+    url = str(client.v1.invoices.retrieve(invoice_id).hosted_invoice_url)
+    form = urllib.parse.urlencode({"card": "4242424242424242"}).encode()
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, data=form), timeout=10).close()
+    except urllib.error.HTTPError as redirect:  # the page answers 303 to its own view
+        assert redirect.code == 303
+    before = wallets.get_wallet(org).balance
+    paid = {"type": "invoice.paid", "data": {"object": client.v1.invoices.retrieve(invoice_id).to_dict()}}
+    assert payments.handle_event(paid, NOW) == "credited"
+    assert wallets.get_wallet(org).balance == before + 2_234_567_891  # exactly what it billed
+    intent = client.v1.invoice_payments.list(params={"invoice": invoice_id}).data[0].payment.payment_intent
+    refund = client.v1.refunds.create(params={"payment_intent": intent, "amount": 100})  # $1 of $2.23
+    charge = client.v1.charges.retrieve(refund.charge).to_dict()
+    event = {"type": "charge.refunded", "data": {"object": charge}}
+    assert payments.handle_event(event, NOW) == "reversed"
+    assert payments.handle_event(event, NOW) == "already reversed"  # keyed by the refund
+    after = wallets.get_wallet(org).balance
+    assert after == before + 2_234_567_891 - 2_234_567_891 * 100 // 223
+    assert after == sum(int(i["amount"]["N"]) for i in ledger_items(org))
