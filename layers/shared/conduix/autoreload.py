@@ -96,8 +96,8 @@ def reload_org(org_id: str, now: datetime) -> str:
 
     wallet = wallets.get_wallet(org_id)
     settings = wallet.reload
-    if not settings.enabled or not settings.due:
-        return "not_due"
+    if not settings.enabled or not settings.due or wallet.billing_mode == "invoice":
+        return "not_due"  # (in invoice mode the invoice pays, never the card)
     if wallet.available >= settings.threshold:
         wallets.end_reload_episode(org_id)
         return "above_threshold"
