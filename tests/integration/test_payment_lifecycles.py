@@ -372,3 +372,33 @@ def test_a_refunded_usage_invoice_takes_back_what_its_payment_credited(
     after = wallets.get_wallet(org).balance
     assert after == before + 2_234_567_891 - 2_234_567_891 * 100 // 223
     assert after == sum(int(i["amount"]["N"]) for i in ledger_items(org))
+
+
+def test_a_refund_keeps_its_share_when_a_later_one_comes_in_the_same_second(
+    card_org: str, local_stripe: LocalStripe
+) -> None:
+    org = orgs.get_org(card_org)
+    assert org.stripe_customer_id and org.card
+    charge = stripe_gateway.charge_off_session(
+        customer_id=org.stripe_customer_id,
+        payment_method_id=org.card.payment_method_id,
+        amount_cents=2900,
+        description="x",
+        metadata={"org_id": card_org, "credits": "25", "purpose": "auto_reload", "episode": "1"},
+        idempotency_key="k",
+    )
+    assert charge.payment_intent_id
+    purchase = payments.purchase_of(charge.payment_intent_id)
+    assert purchase == payments.Purchase(card_org, f"auto_reload:{charge.payment_intent_id}", 25 * C, 2900)
+    client = sdk(local_stripe)
+    ch = client.v1.charges.retrieve(
+        client.v1.payment_intents.retrieve(charge.payment_intent_id).latest_charge
+    )
+    shares_then: list[tuple[str, int]] = []
+    for _ in range(10):  # ids are random: whatever they are, the first share stays
+        first = client.v1.refunds.create(params={"charge": ch.id, "amount": 10})
+        shares_then.append((first.id, dict(payments.refund_reversals(ch.to_dict(), purchase))[first.id]))
+    client.v1.refunds.create(params={"charge": ch.id})  # the rest, within the same second or so
+    now_shares = dict(payments.refund_reversals(ch.to_dict(), purchase))
+    assert all(now_shares[rid] == share for rid, share in shares_then)
+    assert sum(now_shares.values()) == 25 * C

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from conduix import clock, keys, notices, orgs, wallets
+from conduix import clock, keys, notices, orgs, reloads, wallets
 from conduix.billing import wallet_view
 from conduix.errors import InvalidRequest
 from conduix.money import format_credits, parse_credits
@@ -70,11 +70,14 @@ def set_billing(org_id: str, body: dict[str, Any]) -> dict[str, Any]:
             "'net_terms_days' must be a whole number of days from 1 to 120.", param="net_terms_days"
         )
     org = orgs.get_org(org_id)
+    now = clock.now()
+    reload_turned_off = False
     if mode == "invoice":
         orgs.set_invoice_terms(org_id, po_number, days)
-    reload_turned_off = wallets.set_billing_mode(org_id, str(mode), clock.now())
-    if reload_turned_off:  # the saved card must not pay for what the invoice bills
-        notices.auto_reload_turned_off(
-            org.email, org.name, "Your account now pays by monthly invoice, so the card is no longer charged."
-        )
+        # The saved card must not pay for what the invoice bills.
+        reason = "Your account now pays by monthly invoice, so the card is no longer charged."
+        reload_turned_off = reloads.turn_off(org_id, reason, now)
+        if reload_turned_off:
+            notices.auto_reload_turned_off(org.email, org.name, reason)
+    wallets.set_billing_mode(org_id, str(mode), now)
     return {**get_org(org_id), "auto_reload_turned_off": reload_turned_off}

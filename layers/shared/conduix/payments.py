@@ -244,8 +244,11 @@ def reversal_share(purchase: Purchase, before_cents: int, cents: int) -> int:
 
 
 def _refunds_in_order(charge_id: str) -> list[dict[str, Any]]:
+    """Oldest first. Stripe lists newest first in the order it made them; `created` has only
+    whole seconds, so two refunds in one second could not be ordered by it, and a refund's
+    share must never change once a later refund exists."""
     refunds = [r for r in stripe_gateway.list_refunds(charge_id) if r.get("status") == "succeeded"]
-    return sorted(refunds, key=lambda r: (int(r.get("created") or 0), str(r["id"])))
+    return refunds[::-1]
 
 
 def refund_reversals(charge: dict[str, Any], purchase: Purchase) -> list[tuple[str, int]]:

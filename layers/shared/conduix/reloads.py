@@ -169,8 +169,8 @@ def note_paused(org_id: str, day: str, message: str, now: datetime) -> bool:
 
 
 def turn_off(org_id: str, message: str, now: datetime) -> bool:
-    """Turn auto-reload off (a dispute: the card must not be charged again until the customer
-    acts). True if it was on."""
+    """Turn auto-reload off (after a dispute, or for invoice mode: the card must not be charged
+    until the customer acts), noting why for the billing view. True if it was on."""
     return conditional_update(
         org_id,
         UpdateExpression=(

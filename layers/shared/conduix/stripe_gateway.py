@@ -196,8 +196,9 @@ def charge_off_session(
 
 
 def list_refunds(charge_id: str) -> list[dict[str, Any]]:
+    """The charge's refunds, newest first (Stripe's order of creation)."""
     page = _call(client().v1.refunds.list, params={"charge": charge_id, "limit": 100})
-    return [_plain(refund) for refund in page.data]
+    return [_plain(refund) for refund in page.auto_paging_iter()]
 
 
 def retrieve_dispute(dispute_id: str) -> dict[str, Any]:

@@ -801,12 +801,12 @@ def set_plan(org_id: str, plan: plans.Plan) -> None:
     )
 
 
-def set_billing_mode(org_id: str, mode: str, now: datetime | None = None) -> bool:
+def set_billing_mode(org_id: str, mode: str, now: datetime | None = None) -> None:
     """prepaid: the balance gates requests; invoice: usage accrues and is invoiced monthly
     (caps still hold). Wallets that have invoice-billed usage stay listed in a sparse index for
     MonthlyInvoicing after a switch back to prepaid, until the month of the switch is invoiced
-    (`forget_invoiced_org`). Switching to invoice mode turns auto-reload off (the card must not
-    pay for what the invoice bills). Returns whether auto-reload was on and is now off."""
+    (`forget_invoiced_org`). Invoice mode keeps auto-reload off: the card must not pay for
+    what the invoice bills."""
     if mode == "invoice":
         update = (
             "SET billing_mode = :m, invoice_shard = :shard, reload_enabled = :false REMOVE reload_due_shard"
@@ -815,15 +815,13 @@ def set_billing_mode(org_id: str, mode: str, now: datetime | None = None) -> boo
     else:
         period = clock.period_of(now or clock.now())
         update, values = "SET billing_mode = :m, invoice_last_period = :p", {":m": s(mode), ":p": s(period)}
-    old = client().update_item(
+    client().update_item(
         TableName=settings().billing_table,
         Key=wallet_key(org_id),
         UpdateExpression=update,
         ConditionExpression="attribute_exists(pk)",
         ExpressionAttributeValues=values,
-        ReturnValues="UPDATED_OLD",
     )
-    return mode == "invoice" and as_bool(old.get("Attributes", {}), "reload_enabled")
 
 
 def invoice_mode_orgs() -> list[str]:
