@@ -53,14 +53,14 @@ def _credits(metadata: dict[str, Any]) -> int | None:
 
 def plan_credits_of(invoice: dict[str, Any]) -> int:
     """The included credits of the plan a subscription invoice's line bills (today's shape
-    names the price in pricing.price_details; older ones expand it as line.price)."""
+    names the price in pricing.price_details; older API versions put it in line.price)."""
     from conduix import stripe_gateway
 
     lines = (invoice.get("lines") or {}).get("data") or []
     if not lines:
         return 0
     line = lines[0]
-    price: Any = line.get("price") or ((line.get("pricing") or {}).get("price_details") or {}).get("price")
+    price: Any = ((line.get("pricing") or {}).get("price_details") or {}).get("price") or line.get("price")
     if isinstance(price, str):
         price = stripe_gateway.retrieve_price(price)
     plan = plans.by_price_lookup_key(price.get("lookup_key") if isinstance(price, dict) else None)
