@@ -988,3 +988,87 @@ def test_clock_only_moves_forward_and_speaks_http(client: stripe.StripeClient, l
     # Objects made now carry the stand-in's time.
     assert abs(client.v1.customers.create(params={"email": "a@example.com"}).created - later.timestamp()) < 5
     assert advance_to(later + timedelta(hours=1)) == []  # the module-level hook, same server
+
+
+# ------------------------------------------------------------ dispute outcomes, invoice payments, faults
+
+
+def _disputed_intent(client: stripe.StripeClient, local: LocalStripe) -> Any:
+    customer = new_customer(client)
+    intent = client.v1.payment_intents.create(
+        params={
+            "amount": 2500,
+            "currency": "usd",
+            "customer": customer,
+            "confirm": True,
+            "off_session": True,
+            "payment_method": saved_card(client, customer, "4242424242424242"),
+        },
+    )
+    assert http(f"{local.url}/_local/disputes", {"payment_intent": intent.id})[0] == 200
+    return intent
+
+
+def test_disputes_are_won_by_winning_evidence_and_lost_by_closing(
+    client: stripe.StripeClient, local: LocalStripe
+) -> None:
+    won_intent = _disputed_intent(client, local)
+    won = client.v1.disputes.list(params={"payment_intent": won_intent.id}).data[0]
+    submitted = client.v1.disputes.update(
+        won.id, params={"evidence": {"uncategorized_text": "winning_evidence"}, "submit": True}
+    )
+    assert submitted.status == "under_review"
+    closed = local.wait_for_event("charge.dispute.closed", lambda e: e["data"]["object"]["id"] == won.id, 3)
+    assert closed["data"]["object"]["status"] == "won" and client.v1.disputes.retrieve(won.id).status == "won"
+    assert (
+        local.wait_for_event("charge.dispute.funds_reinstated", timeout=1)["data"]["object"]["id"] == won.id
+    )
+
+    lost_intent = _disputed_intent(client, local)
+    lost = client.v1.disputes.list(params={"payment_intent": lost_intent.id}).data[0]
+    assert client.v1.disputes.close(lost.id).status == "lost"
+    with pytest.raises(stripe.InvalidRequestError):  # a closed dispute stays closed
+        client.v1.disputes.close(lost.id)
+    events = [e["data"]["object"] for e in local.events("charge.dispute.closed")]
+    assert [(d["id"], d["status"]) for d in events] == [(won.id, "won"), (lost.id, "lost")]
+
+
+def test_invoice_payments_name_the_payment_intent_that_paid_an_invoice(client: stripe.StripeClient) -> None:
+    customer = new_customer(client)
+    draft = client.v1.invoices.create(
+        params={"customer": customer, "collection_method": "send_invoice", "days_until_due": 7}
+    )
+    client.v1.invoice_items.create(
+        params={"customer": customer, "invoice": draft.id, "amount": 4200, "currency": "usd"}
+    )
+    final = client.v1.invoices.finalize_invoice(draft.id)
+    assert http(final.hosted_invoice_url, {"card": "4242424242424242"})[0] == 303
+    payments = client.v1.invoice_payments.list(params={"invoice": draft.id}).data
+    assert len(payments) == 1 and payments[0].status == "paid" and payments[0].amount_paid == 4200
+    intent_id = payments[0].payment.payment_intent
+    by_intent = client.v1.invoice_payments.list(
+        params={"payment": {"type": "payment_intent", "payment_intent": intent_id}}
+    ).data
+    assert [p.invoice for p in by_intent] == [draft.id]
+    assert client.v1.payment_intents.retrieve(intent_id).status == "succeeded"
+
+
+def test_injected_faults_and_idempotency_keys_that_expire(
+    client: stripe.StripeClient, local: LocalStripe
+) -> None:
+    params = {"name": "Acme", "metadata": {"org_id": "org_f"}}
+    local.arm_fault("POST", "/v1/customers", "lose_answer")
+    with pytest.raises(stripe.APIError):
+        client.v1.customers.create(params=params, options={"idempotency_key": "c1"})
+    assert len(client.v1.customers.list().data) == 1  # it was made; only the answer was lost
+    replay = client.v1.customers.create(params=params, options={"idempotency_key": "c1"})
+    assert replay.id == client.v1.customers.list().data[0].id
+    local.arm_fault("POST", "/v1/customers", "down")
+    with pytest.raises(stripe.APIError):
+        client.v1.customers.create(params={"name": "Other"})
+    assert len(client.v1.customers.list().data) == 1  # down: nothing was made
+    assert local.expire_idempotency_keys() >= 1
+    again = client.v1.customers.create(params=params, options={"idempotency_key": "c1"})
+    assert again.id != replay.id and len(client.v1.customers.list().data) == 2  # a new request
+    status, _, _ = http(f"{local.url}/_local/faults", {"method": "POST", "path": "/v1/x", "mode": "nope"})
+    assert status == 400

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from conduix import clock, keys, orgs, wallets
+from conduix import clock, keys, notices, orgs, reloads, wallets
 from conduix.billing import wallet_view
 from conduix.errors import InvalidRequest
 from conduix.money import format_credits, parse_credits
@@ -71,8 +71,15 @@ def set_billing(org_id: str, body: dict[str, Any]) -> dict[str, Any]:
         raise InvalidRequest(
             "'net_terms_days' must be a whole number of days from 1 to 120.", param="net_terms_days"
         )
-    orgs.get_org(org_id)
+    org = orgs.get_org(org_id)
+    now = clock.now()
+    reload_turned_off = False
     if mode == "invoice":
         orgs.set_invoice_terms(org_id, po_number, days)
-    wallets.set_billing_mode(org_id, str(mode))
-    return get_org(org_id)
+        # The saved card must not pay for what the invoice bills.
+        reason = "Your account now pays by monthly invoice, so the card is no longer charged."
+        reload_turned_off = reloads.turn_off(org_id, reason, now)
+        if reload_turned_off:
+            notices.auto_reload_turned_off(org.email, org.name, reason)
+    wallets.set_billing_mode(org_id, str(mode), now)
+    return {**get_org(org_id), "auto_reload_turned_off": reload_turned_off}

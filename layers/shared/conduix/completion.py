@@ -160,6 +160,7 @@ def serve(principal: Principal, raw_body: bytes, request_id: str, deadline: Seco
         reply.completion_tokens,
         cost,
         billed_by=reservation.wallet.billing_mode,
+        funds_hint=reservation.wallet.balance,
     )
     try:
         outcome = wallets.settle(org_id, request_id, hold, usage_record, clock.now())

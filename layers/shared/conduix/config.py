@@ -177,3 +177,12 @@ def payment_settings() -> PaymentSettings:
         reload_max=reload_limits[-1],
         public_url=_required("CONDUIX_PUBLIC_URL").rstrip("/"),
     )
+
+
+@cache
+def reload_daily_limit() -> int:
+    """How many auto-reload charges one org may have per UTC day before auto-reload pauses."""
+    limit = _int("CONDUIX_RELOAD_DAILY_LIMIT", 5)
+    if limit < 1:
+        raise ConfigurationError("CONDUIX_RELOAD_DAILY_LIMIT must be at least 1.")
+    return limit

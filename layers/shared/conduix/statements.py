@@ -113,6 +113,8 @@ def ledger_page(org_id: str, limit_text: str | None, cursor: str | None) -> dict
                 "reference": entry_id.split(":", 1)[1] if ":" in entry_id else entry_id,
                 "created_at": as_str(item, "created_at"),
                 **({"model": as_str(item, "model")} if "model" in item else {}),
+                # Invoice mode: the part of a usage entry the month's invoice bills.
+                **({"invoiced": format_credits(as_int(item, "invoiced"))} if "invoiced" in item else {}),
             }
         )
         running -= amount

@@ -389,6 +389,25 @@ class Invoice(Obj):
         return self.status == "paid"
 
 
+class InvoicePayment(Obj):
+    """A payment applied to an invoice (API 2025-03-31 and later: the invoice no longer has
+    `charge` or `payment_intent`, and the PaymentIntent no longer has `invoice`)."""
+
+    object = "invoice_payment"
+    _id_prefix = "inpay_"
+
+    def __init__(self, inv: Invoice, pi: PaymentIntent) -> None:
+        super().__init__()
+        self.amount_paid = pi.amount_received
+        self.amount_requested = pi.amount
+        self.currency = pi.currency
+        self.invoice = inv.id
+        self.is_default = True
+        self.payment = {"type": "payment_intent", "payment_intent": pi.id}
+        self.status = "paid"
+        self.status_transitions = {"canceled_at": None, "paid_at": now()}
+
+
 def invoice(id_: Any, param: str = "id") -> Invoice:
     obj: Invoice = get("invoice", id_, param)
     return obj
@@ -460,6 +479,7 @@ def mark_paid(inv: Invoice, pi: PaymentIntent | None, *, out_of_band: bool = Fal
     if pi is not None:
         inv.payment_intent, inv.charge = pi.id, pi.latest_charge
         pi.invoice = inv.id
+        InvoicePayment(inv, pi)
         charge = ls.store.get(f"charge:{pi.latest_charge}")
         if charge is not None:
             charge.invoice = inv.id

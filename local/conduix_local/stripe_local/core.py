@@ -119,6 +119,7 @@ _PREFIXES = (
     ("ch_", "charge"),
     ("re_", "refund"),
     ("dp_", "dispute"),
+    ("inpay_", "invoice_payment"),
     ("in_", "invoice"),
     ("ii_", "invoiceitem"),
     ("sub_", "subscription"),
@@ -303,6 +304,11 @@ class Hub:
     endpoints: list[Endpoint] = field(default_factory=list)
     idempotency: dict[tuple[str, str], Any] = field(default_factory=dict)
     offset: float = 0.0  # seconds the clock was advanced past the machine's time
+    # Stripe prunes idempotency keys once they are at least 24 hours old; a request after that
+    # with the same key is a new request.
+    idempotency_ttl: float = 24 * 3600
+    # Armed failures (see server._faults): method, path pattern, mode, calls left.
+    faults: list[dict[str, Any]] = field(default_factory=list)
     invoice_sequence: dict[str, int] = field(default_factory=dict)
     _events: list[dict[str, Any]] = field(default_factory=list)
     _deliveries: list[dict[str, Any]] = field(default_factory=list)
@@ -316,6 +322,7 @@ class Hub:
         self.idempotency.clear()
         self.invoice_sequence.clear()
         self.offset = 0.0
+        self.faults.clear()
 
     @contextmanager
     def quiet(self) -> Iterator[None]:

@@ -617,6 +617,44 @@ def open_dispute(charge: Charge, reason: str = "fraudulent", amount: int | None 
     dispute = Dispute(charge, reason, charge.amount if amount is None else amount)
     charge.disputed = True
     emit("charge.dispute.created", dispute)
+    emit("charge.dispute.funds_withdrawn", dispute)
+    return dispute
+
+
+# Stripe's test-mode evidence texts that decide a dispute once submitted.
+WINNING_EVIDENCE, LOSING_EVIDENCE = "winning_evidence", "losing_evidence"
+_OPEN_DISPUTE = ("warning_needs_response", "needs_response", "warning_under_review", "under_review")
+
+
+def update_dispute(dispute: Dispute, evidence: dict[str, Any], submit: bool, meta: dict[str, str]) -> Dispute:
+    """Evidence (and, with submit, its submission). As in Stripe's test mode, submitted
+    evidence whose uncategorized_text is winning_evidence wins the dispute a moment later, and
+    losing_evidence loses it."""
+    if dispute.status not in _OPEN_DISPUTE:
+        raise bad(f"This dispute is already closed ({dispute.status}).", "dispute")
+    dispute.evidence.update({str(k): v for k, v in evidence.items()})
+    dispute.metadata.update(meta)
+    if evidence:
+        dispute.evidence_details["has_evidence"] = True
+    if submit:
+        dispute.evidence_details["submission_count"] += 1
+        dispute.status = "under_review"
+        text = dispute.evidence.get("uncategorized_text")
+        if text in (WINNING_EVIDENCE, LOSING_EVIDENCE):
+            later(HUB.async_payment_delay, lambda: close_dispute(dispute, won=text == WINNING_EVIDENCE))
+    emit("charge.dispute.updated", dispute)
+    return dispute
+
+
+def close_dispute(dispute: Dispute, *, won: bool) -> Dispute:
+    """Decide the dispute: lost (also what accepting it through POST .../close means), or won,
+    in which case the disputed funds come back to the merchant."""
+    if dispute.status not in _OPEN_DISPUTE:
+        raise bad(f"This dispute is already closed ({dispute.status}).", "dispute")
+    dispute.status = "won" if won else "lost"
+    emit("charge.dispute.closed", dispute)
+    if won:
+        emit("charge.dispute.funds_reinstated", dispute)
     return dispute
 
 
