@@ -181,8 +181,10 @@ def _serve(
                 cost="0",
             )
             served = Served(text, content_type, HIT, 0, wallets.get_balance(org_id))
-            if claim:
-                idempotency.keep(claim, _answer(served, request_id))
+            if claim:  # a free answer: if it is not kept, a retry is answered free again
+                _best_effort(
+                    "keep the idempotent answer", idempotency.keep, claim, _answer(served, request_id)
+                )
             return served
 
     hold = pricing.hold_nanos(attempts, request.prompt)
