@@ -294,3 +294,21 @@ def test_a_provider_billing_above_the_hold_under_conflicts_is_billed_once_and_re
     assert usage_lines(org) == [("usage:r1", served.cost)]
     assert [i["request_id"]["S"] for i in wallets.over_hold_incidents(org)] == ["r1"]
     assert [d.check for d in reconcile.reconcile_org(org)] == ["charge within its hold"]
+
+
+def test_a_deferred_settle_still_contended_keeps_its_expired_hold_for_the_next_run(
+    org: str, served_catalog: FakeUpstream, faults: Faults
+) -> None:
+    from conduix import clock
+
+    fund(org, "1")
+    faults.fail("TransactWriteItems", *["TransactionConflict"] * 6)
+    served = serve(org, "r1")
+    later = clock.now() + timedelta(minutes=10)  # the hold has expired
+    faults.fail("TransactWriteItems", *["TransactionConflict"] * 6)  # the sweeper's settle too
+    result = sweeper.sweep(later)
+    assert (result["pending_settled"], result["holds_released"]) == (0, 0)
+    assert len(assert_consistent(org).holds) == 1  # not released: it is owed
+    assert sweeper.sweep(later)["pending_settled"] == 1
+    w = assert_consistent(org)
+    assert (w.balance, w.held, usage_lines(org)) == (C - served.cost, 0, [("usage:r1", served.cost)])

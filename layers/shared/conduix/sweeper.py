@@ -23,10 +23,18 @@ def sweep(now: datetime) -> dict[str, Any]:
     for shard in range(wallets.SWEEP_SHARDS):
         for org_id in wallets.wallets_with_holds(str(shard)):
             checked += 1
+            waiting = set()  # deferred settles still contended: their holds are not released
             for pending in wallets.pending_settles(org_id):
-                outcome = wallets.settle(
-                    org_id, pending.request_id, pending.hold_amount, pending.usage, now, from_pending=True
-                )
+                try:
+                    outcome = wallets.settle(
+                        org_id, pending.request_id, pending.hold_amount, pending.usage, now, from_pending=True
+                    )
+                except Exception:  # still contended: the record and its hold wait for the next run
+                    log.exception(
+                        "could not settle a deferred settle", extra={"request_id": pending.request_id}
+                    )
+                    waiting.add(pending.request_id)
+                    continue
                 if outcome is wallets.SettleOutcome.SETTLED:
                     settled += 1
                     settled_nanos += pending.usage.cost
@@ -38,6 +46,8 @@ def sweep(now: datetime) -> dict[str, Any]:
                 )
             holds = wallets.open_holds(org_id)
             for hold in holds:
+                if hold.request_id in waiting:
+                    continue
                 if hold.expires_at <= cutoff and wallets.release(org_id, hold.request_id, hold.amount):
                     released += 1
                     released_nanos += hold.amount

@@ -513,7 +513,10 @@ def settle(
         try:
             # The token makes DynamoDB itself drop a replay of this exact transaction.
             # (With the period: a retry after a month roll-over is another request to DynamoDB.)
-            token = hashlib.sha256(f"settle:{org_id}:{request_id}:{period}".encode()).hexdigest()[:36]
+            # A deferred settle is another request to DynamoDB too (other items, another time):
+            # reusing the first token there would be refused as a parameter mismatch.
+            kind = "settle-pending" if from_pending else "settle"
+            token = hashlib.sha256(f"{kind}:{org_id}:{request_id}:{period}".encode()).hexdigest()[:36]
             retrying(lambda: client().transact_write_items(TransactItems=items, ClientRequestToken=token))  # noqa: B023
             return SettleOutcome.SETTLED
         except ClientError as exc:
