@@ -9,6 +9,7 @@ LEASE_SECONDS, longer than Completion can run, and the key can be used again.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
@@ -116,26 +117,28 @@ def _first_answer(old: Item, mark: str, at: int) -> Answer:
             "A request with this Idempotency-Key is still in progress; retry after it has answered.",
             retry_after_seconds=max(1, min(5, as_int(old, "lease_until") - at)),
         )
-    blob = old.get("answer", {}).get("B")
-    if blob is None:
+    kept = old.get("answer", {}).get("S")
+    if kept is None:
         raise Conflict(
             "The request with this Idempotency-Key was served and billed, but its answer was too "
             "large to keep for a replay.",
             code="idempotency_answer_unavailable",
         )
-    stored = json.loads(zlib.decompress(blob))
+    stored = json.loads(zlib.decompress(base64.b64decode(kept)))
     return Answer(request_id=as_str(old, "request_id"), **stored)
 
 
 def answer_action(owner: Claim, answer: Answer) -> dict[str, Any]:
     """The write that keeps the answer, as a transaction action (joined to the settle)."""
     kept = {k: v for k, v in dataclasses.asdict(answer).items() if k != "request_id"}
-    blob = zlib.compress(json.dumps(kept).encode())
+    # Compressed, as text: answers compress well, and a string keeps every tool that dumps the
+    # table as JSON working.
+    blob = base64.b64encode(zlib.compress(json.dumps(kept).encode())).decode()
     values: dict[str, Any] = {":done": s("done")}
     update = "SET #state = :done"
     if len(blob) <= _MAX_STORED_BYTES:
         update += ", answer = :answer"
-        values[":answer"] = {"B": blob}
+        values[":answer"] = s(blob)
     return {
         "Update": {
             "TableName": settings().billing_table,
