@@ -229,7 +229,7 @@ def check_org(moto_url: str, org_id: str, granted: Decimal, tally: Tally) -> tup
         return int(item[name]["N"]) if name in item else 0
 
     balance, held, available = num(wallet, "balance"), num(wallet, "held"), num(wallet, "available")
-    holds = wallet.get("holds", {}).get("M", {})
+    holds = [i for i in items if i["sk"]["S"].startswith("HOLD#")]
     usage = [i for i in lines if i["entry_type"]["S"] == "usage"]
     spent = -sum(num(i, "amount") for i in usage)
     facts = {
@@ -246,7 +246,7 @@ def check_org(moto_url: str, org_id: str, granted: Decimal, tally: Tally) -> tup
         failures.append(f"overdraft: balance {balance} nano, available {available} nano")
     if balance != sum(num(i, "amount") for i in lines):
         failures.append(f"balance {balance} != sum of the ledger {sum(num(i, 'amount') for i in lines)}")
-    if held != sum(int(h["M"]["a"]["N"]) for h in holds.values()):
+    if held != sum(num(h, "amount") for h in holds):
         failures.append("held != sum of open holds")
     if available != balance - held:
         failures.append("available != balance - held")

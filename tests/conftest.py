@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from conduix_local.dynamo_standin import StandIn
 from conduix_local.moto_server import LockedMotoServer
 from conduix_local.upstream import FakeUpstream
 
@@ -20,8 +21,9 @@ for _variable in ("PROVIDER_KEYS_SECRET_ID", "STRIPE_API_KEY_SECRET_ID", "STRIPE
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[LockedMotoServer]:
-    """One locked moto server per test session (state is reset by the fixtures that use it)."""
-    with LockedMotoServer() as server:
+    """One locked moto server per test session (state is reset by the fixtures that use it),
+    with DynamoDB's throttles and transaction conflicts modelled in front of it."""
+    with LockedMotoServer(standin=StandIn()) as server:
         yield server
 
 

@@ -4,6 +4,8 @@ moto's backends are not thread-safe: concurrent conditional updates or transacti
 succeed, and a failed transaction restores a deep copy of the whole table, wiping concurrent
 writes (see /work/shared/notes/stand-ins.md). DynamoDB serializes per item; one global lock is
 stricter than that, which is fine for a stand-in whose job is to be correct, not fast.
+Under that lock a transaction rolls back from a per-item undo log (`moto_undo`), not from a
+copy of the whole table, so the stand-in does not slow as its tables grow.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import argparse
 import io
 import threading
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
@@ -24,7 +27,8 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from conduix_local import iam
+from conduix_local import iam, moto_undo
+from conduix_local.dynamo_standin import StandIn
 
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -33,9 +37,10 @@ WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 class _Serialized:
     """WSGI middleware running the wrapped app, body included, under one lock."""
 
-    def __init__(self, app: WsgiApp) -> None:
+    def __init__(self, app: WsgiApp, standin: StandIn | None = None) -> None:
         self._app = app
         self._lock = threading.Lock()
+        self.standin = standin
         self.principals: dict[str, iam.Principal] = {}  # access key id -> the function's policies
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
@@ -56,7 +61,17 @@ class _Serialized:
                     f"{status} {'Bad Request' if status == 400 else 'Forbidden'}", response_headers
                 )
                 return [payload]
-        with self._lock:
+        held: list[Any] = []
+        if self.standin is not None:  # DynamoDB's throttles and transaction conflicts
+            refused_by, held = self.standin.before(environ.get("HTTP_X_AMZ_TARGET", ""), body)
+            if refused_by is not None:
+                status_code, payload = refused_by
+                start_response(
+                    f"{status_code} Bad Request",
+                    [("Content-Type", "application/x-amz-json-1.0"), ("Content-Length", str(len(payload)))],
+                )
+                return [payload]
+        with self._lock, self.standin.conflicts.running(held) if self.standin else _nothing():
             result = self._app(environ, start_response)
             try:
                 # Flask responses may be lazy generators that still touch the backend.
@@ -72,6 +87,11 @@ class _Serialized:
                 DynamoItem.instances_tracked.clear()  # type: ignore[attr-defined]
 
 
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
 class _QuietHandler(MotoRequestHandler):
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass  # one access-log line per DynamoDB call drowns test output; errors still log
@@ -80,9 +100,12 @@ class _QuietHandler(MotoRequestHandler):
 class LockedMotoServer:
     """A moto server on a loopback port, in a daemon thread, with every request serialized."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, standin: StandIn | None = None) -> None:
+        """`standin` models DynamoDB's throttling and transaction conflicts in front of moto
+        (tests, bench and the local stack pass one; without it moto answers alone)."""
         self._host = host
         self._port = port
+        self.standin = standin
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
         self._app: _Serialized | None = None
@@ -93,10 +116,22 @@ class LockedMotoServer:
             raise RuntimeError("LockedMotoServer not started")
         self._app.principals = dict(principals)
 
+    @contextmanager
+    def without_standin(self) -> Iterator[None]:
+        """Serve moto alone for a while (tests of moto's own atomicity)."""
+        if self._app is None:
+            raise RuntimeError("LockedMotoServer not started")
+        standin, self._app.standin = self._app.standin, None
+        try:
+            yield
+        finally:
+            self._app.standin = standin
+
     def start(self) -> LockedMotoServer:
         if self._server is not None:
             raise RuntimeError("LockedMotoServer already started")
-        app = self._app = _Serialized(DomainDispatcherApplication(create_backend_app))
+        moto_undo.install()  # a transaction costs the items it touches, not a copy of the table
+        app = self._app = _Serialized(DomainDispatcherApplication(create_backend_app), self.standin)
         # make_server binds here, so the port is known (and taken) when start() returns.
         self._server = make_server(self._host, self._port, app, threaded=True, request_handler=_QuietHandler)
         self._thread = threading.Thread(
@@ -150,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve moto, one request at a time, on loopback.")
     parser.add_argument("--port", type=int, default=5000)
     args = parser.parse_args(argv)
-    server = LockedMotoServer(port=args.port).start()
+    server = LockedMotoServer(port=args.port, standin=StandIn()).start()
     print(f"moto listening on {server.url} (Ctrl-C to stop)", flush=True)
     try:
         threading.Event().wait()

@@ -22,6 +22,7 @@ import boto3
 
 from conduix_local import iam
 from conduix_local.build import BuildError, build_all
+from conduix_local.dynamo_standin import StandIn
 from conduix_local.front import Front
 from conduix_local.functions import FunctionSpec, load_functions
 from conduix_local.moto_server import LockedMotoServer
@@ -118,7 +119,7 @@ class Stack:
         public_url = f"http://127.0.0.1:{port}"
         models_file = str(Path(config.models_file).resolve()) if config.models_file else None
         try:
-            self.moto = LockedMotoServer().start()
+            self.moto = LockedMotoServer(standin=StandIn()).start()  # DynamoDB's limits too
         except OSError as exc:
             raise StackError(f"moto (the DynamoDB/SES stand-in) could not start: {exc}") from exc
         try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from conduix import auth, catalog, config, dynamo, orgs
+from conduix import auth, catalog, config, dynamo, orgs, wallets
 from conduix_local.moto_server import LockedMotoServer
 from conduix_local.tables import create_tables
 from conduix_local.template import load_template
@@ -34,6 +34,7 @@ def tables(moto_server: LockedMotoServer, monkeypatch: pytest.MonkeyPatch) -> It
     config.settings.cache_clear()
     dynamo.reset_client()
     auth.clear_cache()
+    wallets.forget_views()
     names = create_tables(boto3.client("dynamodb"), load_template())
     yield names
     config.settings.cache_clear()

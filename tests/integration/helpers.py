@@ -36,7 +36,7 @@ def assert_consistent(org_id: str) -> wallets.Wallet:
     """Every identity the wallet promises, checked against the ledger and its holds."""
     w = wallets.get_wallet(org_id)
     assert w.balance == sum(int(i["amount"]["N"]) for i in ledger_items(org_id))
-    assert w.held == sum(h.amount for h in w.holds)
+    assert w.held == sum(h.amount for h in wallets.open_holds(org_id))
     assert w.available == w.balance - w.held
     assert w.committed == w.month_spent + w.held
     assert w.cap_remaining == w.cap_limit - w.committed

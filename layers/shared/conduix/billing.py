@@ -34,7 +34,7 @@ def wallet_view(wallet: wallets.Wallet) -> dict[str, Any]:
         "balance": format_credits(wallet.balance),
         "held": format_credits(wallet.held),
         "available": format_credits(wallet.available),
-        "open_holds": len(wallet.holds),
+        "open_holds": wallet.hold_count,
         "billing_mode": wallet.billing_mode,
         "month": {"period": wallet.period, "spent": format_credits(wallet.month_spent)},
         "spend_cap": cap,

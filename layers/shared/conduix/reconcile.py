@@ -69,7 +69,9 @@ def reconcile_org(org_id: str) -> list[Discrepancy]:
 
     ledger_sum = sum(as_int(i, "amount") for i in lines)
     check("balance = sum of the ledger", ledger_sum, wallet.balance)
-    check("held = sum of open holds", sum(h.amount for h in wallet.holds), wallet.held)
+    holds = [i for i in items if as_str(i, "sk").startswith("HOLD#")]
+    check("held = sum of open holds", sum(as_int(i, "amount") for i in holds), wallet.held)
+    check("hold_count = open holds", len(holds), wallet.hold_count, credits=False)
     check("available = balance - held", wallet.balance - wallet.held, wallet.available)
     check("committed = month spend + held", wallet.month_spent + wallet.held, wallet.committed)
     check("cap_remaining = cap - committed", wallet.cap_limit - wallet.committed, wallet.cap_remaining)

@@ -4,7 +4,8 @@ One wallet item per org keeps every figure a condition needs as a stored attribu
 DynamoDB conditions compare an attribute with a value and cannot do arithmetic:
 
     balance        settled credits (the replay of the ledger)
-    held           sum of open holds (kept in the `holds` map, keyed by request id)
+    held           sum of open holds (each an item of its own, `HOLD#<request id>`)
+    hold_count     how many holds are open
     available      balance - held             (gates prepaid requests)
     month_spent    settled spend in `period` (a UTC month)
     committed      month_spent + held         (what counts against the spend cap)
@@ -12,11 +13,19 @@ DynamoDB conditions compare an attribute with a value and cannot do arithmetic:
 
 Every write below keeps those identities, so one conditional write can refuse a request.
 All amounts are integer nano-credits.
+
+The wallet keeps sums only: a hold is an item of its own, written in the same transaction as
+the wallet's sums, so no item grows with the number of requests in flight. Settle, release
+and HoldSweeper close a hold by deleting its item on condition that it still exists, so exactly
+one of them wins.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import threading
+import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -89,7 +98,7 @@ class Wallet:
     cap_limit: int
     cap_remaining: int
     billing_mode: str
-    holds: tuple[Hold, ...]
+    hold_count: int = 0
     paused: bool = False  # refused for lack of credits since credits last landed
     reload: AutoReload = field(default_factory=lambda: AutoReload())
     plan: str = "free"
@@ -125,16 +134,6 @@ def _reload_from_item(item: Item) -> AutoReload:
 
 
 def _wallet_from_item(org_id: str, item: Item) -> Wallet:
-    holds = tuple(
-        Hold(
-            request_id=rid,
-            amount=int(h["M"]["a"]["N"]),
-            expires_at=int(h["M"]["x"]["N"]),
-            model=h["M"]["m"]["S"],
-            key_id=h["M"]["k"]["S"],
-        )
-        for rid, h in (item.get("holds", {}).get("M") or {}).items()
-    )
     return Wallet(
         org_id=org_id,
         balance=as_int(item, "balance"),
@@ -147,7 +146,7 @@ def _wallet_from_item(org_id: str, item: Item) -> Wallet:
         cap_limit=as_int(item, "cap_limit"),
         cap_remaining=as_int(item, "cap_remaining"),
         billing_mode=as_str(item, "billing_mode", "prepaid"),
-        holds=holds,
+        hold_count=as_int(item, "hold_count"),
         paused="paused_at" in item,
         reload=_reload_from_item(item),
         plan=as_str(item, "plan", "free"),
@@ -170,7 +169,7 @@ def new_wallet_item(org_id: str, now: datetime) -> Item:
         "cap_limit": zero,
         "cap_remaining": zero,
         "billing_mode": s("prepaid"),
-        "holds": {"M": {}},
+        "hold_count": zero,
         "created_at": s(clock.iso(now)),
         "plan": s(plans.FREE),
         "rpm_limit": n(plans.get(plans.FREE).requests_per_minute),
@@ -188,6 +187,76 @@ def get_wallet(org_id: str) -> Wallet:
     if not item:
         raise NotFound(f"No wallet for org '{org_id}'.")
     return _wallet_from_item(org_id, item)
+
+
+# ------------------------------------------------------------------ what this environment knows
+#
+# The hold is a transaction (the wallet's sums and the hold item), and a transaction returns
+# no values. What a billed request needs from the wallet besides the hold (the balance for
+# its answer's header, the billing mode, the plan, the auto-reload settings) comes from the
+# environment's own view of the wallet: read once, then moved by this environment's own writes
+# and refreshed after `key_cache_seconds`, or at once from the old image a refused write
+# returns. The view never gates money: every write's own condition does. The settings a
+# request is billed under (mode, plan, auto-reload) are compared by the hold's condition, so a
+# change refuses the stale hold, refreshes the view from the refusal, and the hold is retried.
+
+
+@dataclass
+class _View:
+    wallet: Wallet
+    until: float  # monotonic
+
+
+_views: dict[str, _View] = {}
+_views_lock = threading.Lock()  # threads of one environment share its views
+_MAX_VIEWS = 10_000
+
+
+def forget_views() -> None:
+    """Drop every remembered wallet (tests point the functions at a fresh store)."""
+    _views.clear()
+
+
+def _learn(org_id: str, item: Item) -> Wallet:
+    wallet = _wallet_from_item(org_id, item)
+    if len(_views) >= _MAX_VIEWS:
+        _views.clear()
+    _views[org_id] = _View(wallet, time.monotonic() + settings().key_cache_seconds)
+    return wallet
+
+
+def _known(org_id: str) -> Wallet:
+    view = _views.get(org_id)
+    if view is not None and view.until > time.monotonic():
+        return view.wallet
+    item = (
+        client()
+        .get_item(TableName=settings().billing_table, Key=wallet_key(org_id), ConsistentRead=True)
+        .get("Item")
+    )
+    if not item:
+        raise NotFound(f"No wallet for org '{org_id}'.")
+    return _learn(org_id, item)
+
+
+def _moved(org_id: str, *, balance: int = 0, held: int = 0, spent: int = 0, holds: int = 0) -> Wallet | None:
+    """Apply one of this environment's own committed movements to its view of the wallet."""
+    with _views_lock:
+        view = _views.get(org_id)
+        if view is None:
+            return None
+        w = view.wallet
+        view.wallet = dataclasses.replace(
+            w,
+            balance=w.balance + balance,
+            held=w.held + held,
+            available=w.available + balance - held,
+            month_spent=w.month_spent + spent,
+            committed=w.committed + spent + held,
+            cap_remaining=w.cap_remaining - spent - held,
+            hold_count=w.hold_count + holds,
+        )
+        return view.wallet
 
 
 def get_balance(org_id: str, key_id: str | None = None) -> int:
@@ -281,6 +350,7 @@ def roll_period(org_id: str, period: str) -> None:
         if error_code(exc) != "ConditionalCheckFailedException":
             raise
         # Somebody else rolled it first: nothing to do.
+    _views.pop(org_id, None)
 
 
 # ------------------------------------------------------------------ hold / settle / release
@@ -327,86 +397,147 @@ def _refusal(org_id: str, old: Item, amount: int, window: str, now: datetime) ->
     return None
 
 
+def hold_key(org_id: str, request_id: str) -> dict[str, Any]:
+    return {"pk": s(org_pk(org_id)), "sk": s(f"HOLD#{request_id}")}
+
+
+def _hold_from_item(item: Item) -> Hold:
+    return Hold(
+        request_id=as_str(item, "request_id"),
+        amount=as_int(item, "amount"),
+        expires_at=as_int(item, "expires_at"),
+        model=as_str(item, "model"),
+        key_id=as_str(item, "key_id"),
+    )
+
+
+def _same_settings(known: Wallet) -> tuple[str, dict[str, Any]]:
+    """A condition that the settings a request is billed under are still those the view knows."""
+    reload = known.reload
+    values: dict[str, Any] = {":mode": s(known.billing_mode), ":plan": s(known.plan)}
+    parts = ["billing_mode = :mode", "#plan = :plan"]
+    if reload.enabled:
+        parts.append("reload_enabled = :true")
+        values[":true"] = {"BOOL": True}
+    else:  # ":false" is the hold's own
+        parts.append("(attribute_not_exists(reload_enabled) OR reload_enabled = :false)")
+    values[":rt"] = n(reload.threshold)
+    parts.append(
+        "reload_threshold = :rt"
+        if reload.threshold
+        else "(attribute_not_exists(reload_threshold) OR reload_threshold = :rt)"
+    )
+    parts.append(f"attribute_{'' if reload.due else 'not_'}exists(reload_due_shard)")
+    return " AND ".join(parts), values
+
+
 def reserve(
     org_id: str, request_id: str, amount: int, *, model: str, key_id: str, now: datetime
 ) -> Reservation:
-    """Hold `amount` for a request in one conditional write, or refuse it.
+    """Hold `amount` for a request in one transaction (the wallet's sums, and the hold item), or
+    refuse it.
 
     Raises SpendCapExceeded or InsufficientCredits; nothing is held then.
     """
     period = clock.period_of(now)
     expires = int(now.timestamp()) + settings().hold_ttl_seconds
-    hold = {"M": {"a": n(amount), "x": n(expires), "m": s(model), "k": s(key_id)}}
+    hold = {
+        **hold_key(org_id, request_id),
+        "request_id": s(request_id),
+        "amount": n(amount),
+        "expires_at": n(expires),
+        "model": s(model),
+        "key_id": s(key_id),
+    }
     minute = int(now.timestamp()) // 60
     window, previous = f"{key_id}@{minute}", f"{key_id}@{minute - 1}"
+    table = settings().billing_table
     for _ in range(4):
-        try:
-            result = retrying(
-                lambda: client().update_item(
-                    TableName=settings().billing_table,
-                    Key=wallet_key(org_id),
+        known = _known(org_id)
+        same, same_values = _same_settings(known)
+        actions: list[Any] = [
+            {
+                "Update": {
+                    "TableName": table,
+                    "Key": wallet_key(org_id),
                     # The key's request count for this minute rides on the same write; the
                     # previous minute's count is dropped so the map stays small.
-                    UpdateExpression=(
-                        "SET holds.#rid = :hold, sweep_shard = :shard "
-                        "ADD held :h, available :nh, committed :h, cap_remaining :nh, rpm.#win :one "
-                        "REMOVE rpm.#prev"
+                    "UpdateExpression": (
+                        "SET sweep_shard = :shard "
+                        "ADD held :h, available :nh, committed :h, cap_remaining :nh, hold_count :one, "
+                        "rpm.#win :one REMOVE rpm.#prev"
                     ),
-                    ConditionExpression=(
-                        "#period = :p AND attribute_not_exists(holds.#rid) "
-                        "AND attribute_not_exists(revoked_keys.#kid) "
+                    "ConditionExpression": (
+                        "#period = :p AND attribute_not_exists(revoked_keys.#kid) "
                         "AND (attribute_not_exists(rpm.#win) OR rpm.#win < rpm_limit) "
                         "AND (billing_mode = :invoice OR available >= :h) "
-                        "AND (capped = :false OR cap_remaining >= :h)"
+                        "AND (capped = :false OR cap_remaining >= :h) AND " + same
                     ),
-                    ExpressionAttributeNames={
-                        "#rid": request_id,
+                    "ExpressionAttributeNames": {
                         "#period": "period",
                         "#win": window,
                         "#prev": previous,
                         "#kid": key_id,
+                        "#plan": "plan",
                     },
-                    ExpressionAttributeValues={
+                    "ExpressionAttributeValues": {
                         ":one": n(1),
-                        ":hold": hold,
                         ":shard": s(sweep_shard(org_id)),
                         ":h": n(amount),
                         ":nh": n(-amount),
-                        ":p": s(period),  # noqa: B023 - called at once, inside the iteration
+                        ":p": s(period),
                         ":invoice": s("invoice"),
                         ":false": {"BOOL": False},
+                        **same_values,
                     },
-                    # The whole wallet comes back at no extra cost: the caller learns the
-                    # balance and the auto-reload settings without a read.
-                    ReturnValues="ALL_NEW",
-                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                )
-            )
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                }
+            },
+            {
+                "Put": {
+                    "TableName": table,
+                    "Item": hold,
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                }
+            },
+        ]
+        try:
+            retrying(lambda: client().transact_write_items(TransactItems=actions))  # noqa: B023
         except ClientError as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":
+            reasons = cancellation_reasons(exc)
+            if error_code(exc) != "TransactionCanceledException" or len(reasons) != 2:
                 raise
-            old: Item = dict(exc.response.get("Item") or {})  # type: ignore[call-overload]
+            if reasons[1].get("Code") == "ConditionalCheckFailed":
+                existing = reasons[1].get("Item") or {}
+                if as_int(existing, "amount") == amount:  # our own hold: a retry after a lost answer
+                    return Reservation(
+                        hold_nanos=amount, wallet=_moved(org_id, held=amount, holds=1) or known
+                    )
+                raise Conflict(f"Request id '{request_id}' already holds credits.") from None
+            if reasons[0].get("Code") != "ConditionalCheckFailed":
+                raise
+            old: Item = dict(reasons[0].get("Item") or {})
             if not old:
+                _views.pop(org_id, None)
                 raise NotFound(f"No wallet for org '{org_id}'.") from None
+            _learn(org_id, old)  # whatever failed, the view is fresh again
             old_period = as_str(old, "period")
             if old_period < period:
                 roll_period(org_id, period)
+                _views.pop(org_id, None)
                 continue
             if old_period > period:  # our clock lags the writer's: use the wallet's month
                 period = old_period
                 continue
-            existing = old.get("holds", {}).get("M", {}).get(request_id)
-            if existing is not None:
-                if int(existing["M"]["a"]["N"]) == amount:  # our own hold: a retry after a lost answer
-                    return Reservation(hold_nanos=amount, wallet=_wallet_from_item(org_id, old))
-                raise Conflict(f"Request id '{request_id}' already holds credits.") from None
             if key_id in old.get("revoked_keys", {}).get("M", {}):
                 raise Unauthenticated(REVOKED_MESSAGE) from None
             refusal = _refusal(org_id, old, amount, window, now)
             if refusal:
                 raise refusal from None
-            continue  # the state it failed on has changed since: try again
-        return Reservation(hold_nanos=amount, wallet=_wallet_from_item(org_id, result["Attributes"]))
+            continue  # the state it failed on (or the settings the view knew) changed: try again
+        wallet = _moved(org_id, held=amount, holds=1)
+        return Reservation(hold_nanos=amount, wallet=wallet or known)
     raise Conflict("The wallet kept changing while placing the hold; please retry.")
 
 
@@ -534,14 +665,13 @@ def settle(
                     "TableName": table,
                     "Key": wallet_key(org_id),
                     "UpdateExpression": (
-                        "REMOVE holds.#rid ADD balance :nc, held :nh, available :hc, "
-                        "month_spent :c, committed :ch, cap_remaining :hc"
+                        "ADD balance :nc, held :nh, available :hc, "
+                        "month_spent :c, committed :ch, cap_remaining :hc, hold_count :minus"
                     ),
-                    "ConditionExpression": "holds.#rid.a = :h AND #period = :p"
-                    + (" AND balance >= :drawn" if drawn else ""),
-                    "ExpressionAttributeNames": {"#rid": request_id, "#period": "period"},
+                    "ConditionExpression": "#period = :p" + (" AND balance >= :drawn" if drawn else ""),
+                    "ExpressionAttributeNames": {"#period": "period"},
                     "ExpressionAttributeValues": {
-                        ":h": n(hold_amount),
+                        ":minus": n(-1),
                         ":nh": n(-hold_amount),
                         ":c": n(c),
                         ":nc": n(-c),
@@ -572,6 +702,15 @@ def settle(
                     ),
                 }
             },
+            {  # closing the hold is what settle, release and HoldSweeper race on
+                "Delete": {
+                    "TableName": table,
+                    "Key": hold_key(org_id, request_id),
+                    "ConditionExpression": "amount = :h",
+                    "ExpressionAttributeValues": {":h": n(hold_amount)},
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                }
+            },
             *also,
         ]
         if c > hold_amount:
@@ -593,6 +732,7 @@ def settle(
             kind = "settle-pending" if from_pending else "settle"
             token = hashlib.sha256(f"{kind}:{org_id}:{request_id}:{period}:{drawn}".encode()).hexdigest()[:36]
             retrying(lambda: client().transact_write_items(TransactItems=items, ClientRequestToken=token))  # noqa: B023
+            _moved(org_id, balance=-c, held=-hold_amount, spent=c, holds=-1)
             return SettleOutcome.SETTLED
         except ClientError as exc:
             reasons = cancellation_reasons(exc)
@@ -600,10 +740,13 @@ def settle(
                 raise
             if reasons[1].get("Code") == "ConditionalCheckFailed":
                 return SettleOutcome.ALREADY_SETTLED
+            if reasons[4].get("Code") == "ConditionalCheckFailed":
+                if not reasons[4].get("Item"):
+                    return SettleOutcome.HOLD_GONE
+                raise Conflict(f"Request id '{request_id}' holds another amount.") from None
+            if reasons[0].get("Code") != "ConditionalCheckFailed":
+                raise
             old = reasons[0].get("Item") or {}
-            holds = old.get("holds", {}).get("M", {})
-            if request_id not in holds:
-                return SettleOutcome.HOLD_GONE
             old_period = as_str(old, "period")
             if old_period < period:
                 roll_period(org_id, period)
@@ -725,23 +868,39 @@ def _query_prefix(org_id: str, prefix: str) -> list[Item]:
 
 def release(org_id: str, request_id: str, hold_amount: int) -> bool:
     """Return a hold untouched (the request failed). False if it was already closed."""
-    try:
-        retrying(
-            lambda: client().update_item(
-                TableName=settings().billing_table,
-                Key=wallet_key(org_id),
-                UpdateExpression=(
-                    "REMOVE holds.#rid ADD held :nh, available :h, committed :nh, cap_remaining :h"
+    table = settings().billing_table
+    actions: list[Any] = [
+        {
+            "Delete": {
+                "TableName": table,
+                "Key": hold_key(org_id, request_id),
+                "ConditionExpression": "amount = :h",
+                "ExpressionAttributeValues": {":h": n(hold_amount)},
+            }
+        },
+        {
+            "Update": {
+                "TableName": table,
+                "Key": wallet_key(org_id),
+                "UpdateExpression": (
+                    "ADD held :nh, available :h, committed :nh, cap_remaining :h, hold_count :minus"
                 ),
-                ConditionExpression="holds.#rid.a = :h",
-                ExpressionAttributeNames={"#rid": request_id},
-                ExpressionAttributeValues={":h": n(hold_amount), ":nh": n(-hold_amount)},
-            )
-        )
+                "ExpressionAttributeValues": {":h": n(hold_amount), ":nh": n(-hold_amount), ":minus": n(-1)},
+            }
+        },
+    ]
+    try:
+        retrying(lambda: client().transact_write_items(TransactItems=actions))
     except ClientError as exc:
-        if error_code(exc) == "ConditionalCheckFailedException":
+        reasons = cancellation_reasons(exc)
+        if (
+            error_code(exc) == "TransactionCanceledException"
+            and reasons[:1]
+            and (reasons[0].get("Code") == "ConditionalCheckFailed")
+        ):
             return False
         raise
+    _moved(org_id, held=-hold_amount, holds=-1)
     return True
 
 
@@ -815,6 +974,7 @@ def credit(
         if reasons[2].get("Code") == "ConditionalCheckFailed":
             raise NotFound(f"No wallet for org '{org_id}'.") from None
         raise
+    _moved(org_id, balance=amount)
     if amount > 0:
         end_reload_episode(org_id)
     return _entry_from_item(marker), True
@@ -839,6 +999,7 @@ def ledger_entry(org_id: str, entry_id: str) -> LedgerEntry | None:
 
 def conditional_update(org_id: str, **kwargs: Any) -> bool:
     """An UpdateItem on the wallet that reports whether its condition held."""
+    _views.pop(org_id, None)  # a setting may change: the next hold reads the wallet again
     try:
         client().update_item(TableName=settings().billing_table, Key=wallet_key(org_id), **kwargs)
     except ClientError as exc:
@@ -890,6 +1051,7 @@ def end_reload_episode(org_id: str) -> bool:
 
 def set_spend_cap(org_id: str, limit: int | None, now: datetime) -> None:
     """Set (or with None remove) the monthly cap; the month's spend and holds count at once."""
+    _views.pop(org_id, None)
     period = clock.period_of(now)
     roll_period(org_id, period)
     if limit is None:
@@ -944,17 +1106,8 @@ def wallets_with_holds(shard: str) -> list[str]:
 
 
 def open_holds(org_id: str) -> tuple[Hold, ...]:
-    item = (
-        client()
-        .get_item(
-            TableName=settings().billing_table,
-            Key=wallet_key(org_id),
-            ProjectionExpression="holds",
-            ConsistentRead=True,
-        )
-        .get("Item")
-    )
-    return _wallet_from_item(org_id, item).holds if item else ()
+    """The org's open holds, oldest request id first (a strongly consistent query of its items)."""
+    return tuple(_hold_from_item(i) for i in _query_prefix(org_id, "HOLD#"))
 
 
 def prune_rate_windows(org_id: str, now: datetime) -> int:
@@ -989,7 +1142,7 @@ def forget_if_idle(org_id: str) -> None:
             TableName=settings().billing_table,
             Key=wallet_key(org_id),
             UpdateExpression="REMOVE sweep_shard",
-            ConditionExpression="size(holds) = :zero",
+            ConditionExpression="attribute_not_exists(hold_count) OR hold_count = :zero",
             ExpressionAttributeValues={":zero": n(0)},
         )
     except ClientError as exc:
@@ -999,6 +1152,7 @@ def forget_if_idle(org_id: str) -> None:
 
 def set_plan(org_id: str, plan: plans.Plan) -> None:
     """The plan whose features the wallet's own writes enforce (requests per minute)."""
+    _views.pop(org_id, None)
     client().update_item(
         TableName=settings().billing_table,
         Key=wallet_key(org_id),
@@ -1015,6 +1169,7 @@ def set_billing_mode(org_id: str, mode: str, now: datetime | None = None) -> Non
     MonthlyInvoicing after a switch back to prepaid, until the month of the switch is invoiced
     (`forget_invoiced_org`). Invoice mode keeps auto-reload off: the card must not pay for
     what the invoice bills."""
+    _views.pop(org_id, None)
     if mode == "invoice":
         update = (
             "SET billing_mode = :m, invoice_shard = :shard, reload_enabled = :false REMOVE reload_due_shard"
