@@ -33,15 +33,32 @@ def get_billing() -> dict[str, Any]:
     return billing.billing_view(_org_id())
 
 
+def _csv(export: statements.Export) -> Response[str]:
+    return Response(
+        status_code=200,
+        content_type="text/csv; charset=utf-8",
+        body=export.text,
+        headers={
+            "Content-Disposition": f'attachment; filename="{export.filename}"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
 @app.get("/v1/billing/ledger")
-def get_ledger() -> dict[str, Any]:
+def get_ledger() -> dict[str, Any] | Response[str]:
     query = app.current_event.query_string_parameters or {}
-    return statements.ledger_page(_org_id(), query.get("limit"), query.get("cursor"))
+    if statements.wants_csv(query):
+        return _csv(statements.ledger_export(_org_id(), query))
+    return statements.ledger_page(_org_id(), query.get("limit"), query.get("cursor"), query)
 
 
 @app.get("/v1/usage")
-def get_usage() -> dict[str, Any]:
-    return statements.usage_report(_org_id(), dict(app.current_event.query_string_parameters or {}))
+def get_usage() -> dict[str, Any] | Response[str]:
+    query = app.current_event.query_string_parameters or {}
+    if statements.wants_csv(query):
+        return _csv(statements.usage_export(_org_id(), query))
+    return statements.usage_report(_org_id(), query)
 
 
 @app.get("/v1/billing/api-keys")
