@@ -121,6 +121,16 @@ def serve(principal: Principal, raw_body: bytes, request_id: str, deadline: Seco
         )
     except InsufficientCredits as refusal:
         _ran_dry(org_id, refusal, now)
+        advice = pricing.hold_advice(
+            attempts,
+            pricing.prompt_token_ceiling(request.prompt_bytes, request.message_count),
+            hold,
+            refusal.available_nanos,
+            requested=request.max_tokens,
+            field=request.max_tokens_field,
+        )
+        if advice:  # the documented first sentence stays; what to change follows it
+            refusal.message = f"{refusal.message} {advice}"
         raise
     try:
         reply = providers.complete(

@@ -319,6 +319,7 @@ def _refusal(org_id: str, old: Item, amount: int, window: str, now: datetime) ->
         return InsufficientCredits(
             f"Insufficient credits. Current balance: {format_credits(wallet.available)} credits.",
             available_nanos=wallet.available,
+            balance_nanos=wallet.balance,
             already_paused=wallet.paused,
             reload_can_start=reload.enabled and not reload.due and wallet.available < reload.threshold,
         )
