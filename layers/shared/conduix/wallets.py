@@ -791,6 +791,59 @@ def open_holds(org_id: str) -> tuple[Hold, ...]:
     return _wallet_from_item(org_id, item).holds if item else ()
 
 
+def release_stuck_hold(org_id: str, request_id: str, now: datetime) -> tuple[Hold, LedgerEntry]:
+    """The operator frees one hold by hand, on the sweeper's condition (the hold still open
+    with its amount), so a racing settle or sweep and this call close it exactly once. The same
+    transaction appends a ledger entry that moves no money (`hold_release:<request id>`): the
+    audit trail of a hand-made change. Raises NotFound if no such hold is open."""
+    hold = next((h for h in open_holds(org_id) if h.request_id == request_id), None)
+    if hold is None:
+        raise NotFound(f"No open hold '{request_id}' for org '{org_id}'.")
+    marker, line = _ledger_items(
+        org_id,
+        kind="hold_release",
+        key=request_id,
+        amount=0,
+        now=now,
+        description=(
+            f"Hold of {format_credits(hold.amount)} credits released by the operator "
+            f"({hold.model}, key {hold.key_id}); nothing billed"
+        ),
+        extra={"model": s(hold.model), "key_id": s(hold.key_id), "released_nanos": n(hold.amount)},
+    )
+    table = settings().billing_table
+    items: list[Any] = [
+        {
+            "Update": {
+                "TableName": table,
+                "Key": wallet_key(org_id),
+                # The expression and condition of `release`, which HoldSweeper uses.
+                "UpdateExpression": (
+                    "REMOVE holds.#rid ADD held :nh, available :h, committed :nh, cap_remaining :h"
+                ),
+                "ConditionExpression": "holds.#rid.a = :h",
+                "ExpressionAttributeNames": {"#rid": request_id},
+                "ExpressionAttributeValues": {":h": n(hold.amount), ":nh": n(-hold.amount)},
+            }
+        },
+        {"Put": {"TableName": table, "Item": marker, "ConditionExpression": "attribute_not_exists(pk)"}},
+        {"Put": {"TableName": table, "Item": line}},
+    ]
+    try:
+        retrying(lambda: client().transact_write_items(TransactItems=items))
+    except ClientError as exc:
+        reasons = cancellation_reasons(exc)
+        if error_code(exc) != "TransactionCanceledException" or len(reasons) != 3:
+            raise
+        if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons):
+            raise Conflict(
+                f"Hold '{request_id}' closed meanwhile (settled, swept or released); nothing was changed.",
+                code="hold_closed",
+            ) from None
+        raise
+    return hold, _entry_from_item(marker)
+
+
 def prune_rate_windows(org_id: str, now: datetime) -> int:
     """Drop per-key request counts of minutes that are over. A reserve drops its key's previous
     minute itself; a key that paused longer leaves its last window behind, and the wallet (the
