@@ -83,8 +83,8 @@ def test_every_page_fits_a_phone_with_whole_numbers_and_the_actions_in_view(
     stack: Stack, page: Browser
 ) -> None:
     org_id, key = stack.new_org(credits="123456.123456789")
-    for label in ("a very long key name that would widen the table", "ci"):
-        stack.call("POST", "/v1/billing/api-keys", {"name": label}, key=key)
+    long_name = {"name": "a very long key name that would widen the table"}
+    assert stack.call("POST", "/v1/billing/api-keys", long_name, key=key).status == 201
     client = stack.sdk(key)
     for _ in range(2):
         client.chat.completions.create(model="test/cheap", messages=HELLO)
@@ -99,7 +99,7 @@ def test_every_page_fits_a_phone_with_whole_numbers_and_the_actions_in_view(
                 if name == "usage":
                     page.wait_count("#models tbody tr", 1)
                 if name == "settings":
-                    page.wait_count("#keys td.action button", 3)
+                    page.wait_count("#keys td.action button", 2)
                 if name == "billing":
                     page.wait_count("#ledger tbody tr", 3)
                 layout = _layout(page)
