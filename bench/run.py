@@ -61,6 +61,14 @@ PRICE_LAMBDA_GB_S = 0.0000166667  # $ per GB-second
 PRICE_LAMBDA_ARM_GB_S = 0.0000133334  # arm64, which the template uses (footnote only)
 PRICE_LAMBDA_REQUEST = 0.20  # $ per million requests
 PRICE_APIGW_REST = 3.50  # $ per million requests
+# Lambda gives a function CPU in proportion to its memory: one full vCPU at 1,769 MB.
+LAMBDA_FULL_VCPU_MB = 1769
+MEMORY_SIZES = (128, 256, 512, 1024, 1769)
+MEMORY_BEFORE_MB = 1024  # Completion's memory before it was sized from these figures
+# Completion's memory is the smallest that keeps the billing path's CPU under this share of a
+# 1 s model call, with room for the process's peak memory.
+CPU_BUDGET_OF_ONE_SECOND = 0.05
+MEMORY_HEADROOM = 1.5
 PARTITION_WCU = 1000  # DynamoDB's per-partition write limit, units per second
 
 TARGET_WRITES, TARGET_READS = 2, 0
@@ -121,6 +129,8 @@ class Bench:
                 "ANTHROPIC_BASE_URL": upstream_url,
                 "OPENAI_API_KEY": "bench-upstream-key",
                 "ANTHROPIC_API_KEY": "bench-upstream-key",
+                "CONDUIX_SECRETS_FROM_ENV": "1",  # in AWS: Secrets Manager, cached (config.secret)
+                "PROVIDER_KEYS_SECRET_ID": "local",
                 "OPERATOR_KEY_SHA256": hashlib.sha256(OPERATOR_KEY.encode()).hexdigest(),
                 "POWERTOOLS_TRACE_DISABLED": "true",
                 "POWERTOOLS_LOG_LEVEL": "INFO",  # as template.yaml deploys it
@@ -643,7 +653,28 @@ def measure_imports(runs: int) -> dict[str, Any]:
         "best_ratios": {name: min(values) / min(baseline) for name, values in samples.items()},
         "spread": {name: (min(v), max(v)) for name, v in samples.items()},
         "by_package": _import_self_times(env),
+        "completion_rss_mb": _completion_peak_rss_mb(env),
     }
+
+
+def _completion_peak_rss_mb(env: dict[str, str]) -> float:
+    """Peak resident memory of a Completion process once imported and its DynamoDB client made."""
+    path = str(ROOT / "functions" / "completion")
+    code = (
+        f"import sys, resource; sys.path[:0] = [{path!r}, {LAYER!r}]; import app; "
+        "from conduix import dynamo; dynamo.client(); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=path,
+        check=True,
+        timeout=120,
+    )
+    return int(out.stdout.strip().splitlines()[-1]) / 1024  # Linux reports KiB
 
 
 def _import_self_times(env: dict[str, str]) -> list[tuple[str, float]]:
@@ -691,7 +722,7 @@ _IMPORT_GROUPS = {
     "dateutil": _BOTO,
     "jmespath": _BOTO,
     "six": _BOTO,
-    "aws_lambda_powertools": "aws_lambda_powertools (Logger)",
+    "aws_lambda_powertools": "aws_lambda_powertools (Logger, Metrics)",
     "conduix": "conduix (the layer's own modules, and the stdlib they import)",
 }
 
@@ -1057,6 +1088,7 @@ def render(
         f"three values. (template.yaml deploys arm64, billed {price(PRICE_LAMBDA_ARM_GB_S)} per GB-s, 20% "
         "less.)",
     )
+    out += _memory_section(cpu_med["billed"], imports, billed, meta)
     durations = (0.2, 1.0, 5.0)
     out += header("path", "DynamoDB", *(f"Lambda @ {d:g} s" for d in durations), "API Gateway", "total @ 1 s")
     for name in ("billed", "miss", "hit", "refused"):
@@ -1101,6 +1133,65 @@ def render(
             f"{sweep.summary.wru:g} WRU (one expired hold released, the wallet dropped from the index).",
         )
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def choose_memory(cpu_seconds: float, rss_mb: float) -> int:
+    """The smallest Lambda memory size whose CPU share runs the billing path within the budget
+    and which holds the process's peak memory with headroom."""
+    for mb in MEMORY_SIZES:
+        share = min(1.0, mb / LAMBDA_FULL_VCPU_MB)
+        if cpu_seconds / share <= CPU_BUDGET_OF_ONE_SECOND and mb >= rss_mb * MEMORY_HEADROOM:
+            return mb
+    return MEMORY_SIZES[-1]
+
+
+def _memory_section(
+    cpu_seconds: float, imports: dict[str, Any], billed: Any, meta: dict[str, Any]
+) -> list[str]:
+    out = ["### Completion's memory, from the CPU it uses", ""]
+    rss = imports["completion_rss_mb"]
+    cold = imports["spread"].get("completion", (0.0, 0.0))[0]  # fastest run: load only adds time
+    chosen, deployed = choose_memory(cpu_seconds, rss), meta["memory"]["CompletionFunction"]
+    ddb = (billed.wru + billed.index_wru) * PRICE_WRU + billed.rru * PRICE_RRU if billed else 0.0
+    out += para(
+        f"A warm billed request takes {ms(cpu_seconds)} ms of CPU here (above) and the process peaks at ",
+        f"{rss:.0f} MB. Lambda gives a function CPU in proportion to its memory (one vCPU at ",
+        f"{LAMBDA_FULL_VCPU_MB:,} MB), and bills the whole invocation, the wait for the model included. ",
+        "Assuming one vCPU of Lambda's runs this code as fast as one core here, the rows below scale the ",
+        "measured CPU and the fastest cold import by the CPU share, and price the invocation on arm64 (what ",
+        f"template.yaml deploys, {price(PRICE_LAMBDA_ARM_GB_S)} per GB-s) at 1 s of model latency, with ",
+        f"DynamoDB ({money(ddb)}) and API Gateway ({money(PRICE_APIGW_REST)}) per million billed requests.",
+    )
+    out += header(
+        "memory (MB)", "CPU share", "billing CPU (ms)", "cold import (ms)", "Lambda @ 1 s", "total @ 1 s", ""
+    )
+    for mb in MEMORY_SIZES:
+        share = min(1.0, mb / LAMBDA_FULL_VCPU_MB)
+        duration = 1.0 + cpu_seconds / share
+        lam = mb / 1024 * duration * PRICE_LAMBDA_ARM_GB_S * 1e6 + PRICE_LAMBDA_REQUEST
+        notes = [n for n, on in (("before", mb == MEMORY_BEFORE_MB), ("**deployed**", mb == deployed)) if on]
+        out.append(
+            row(
+                mb,
+                f"{share:.2f}",
+                ms(cpu_seconds / share),
+                f"{cold / share * 1000:.0f}",
+                money(lam),
+                money(lam + ddb + PRICE_APIGW_REST),
+                ", ".join(notes),
+            )
+        )
+    out.append("")
+    out += para(
+        f"The rule: the smallest size whose billing CPU stays under {CPU_BUDGET_OF_ONE_SECOND:.0%} of a 1 s ",
+        f"model call and which holds {MEMORY_HEADROOM:g}x the peak memory. It picks **{chosen} MB**; ",
+        f"template.yaml deploys {deployed} MB"
+        + (" (the same)." if chosen == deployed else f" (**differs**: set MemorySize to {chosen}).")
+        + " The price of the choice is the cold start, paid once per instance at the same CPU share: "
+        + f"about {cold / min(1.0, chosen / LAMBDA_FULL_VCPU_MB):.1f} s of imports at {chosen} MB. Where "
+        + "that matters more than the difference per million requests, double the memory to halve it.",
+    )
+    return out
 
 
 # ------------------------------------------------------------------ main

@@ -11,7 +11,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
-from conduix import completion, http
+from conduix import completion, http, telemetry
 from conduix.auth import authenticate
 from conduix.errors import MethodNotAllowed, NotFound
 from conduix.money import format_credits
@@ -34,10 +34,19 @@ def _route(request: http.Request, context: Any) -> dict[str, Any]:
         raise NotFound(f"Unknown route: {request.method} {request.path}")
     if request.method != "POST":
         raise MethodNotAllowed(f"{request.method} is not allowed on /v1/chat/completions.", ["POST"])
-    principal = authenticate(request.headers, "inference")
-    remaining = min(context.get_remaining_time_in_millis() / 1000, _GATEWAY_SECONDS)
-    deadline = time.monotonic() + remaining - _SETTLE_MARGIN_SECONDS
-    served = completion.serve(principal, request.body, request.request_id, deadline)
+    principal = None
+    try:
+        principal = authenticate(request.headers, "inference")
+        remaining = min(context.get_remaining_time_in_millis() / 1000, _GATEWAY_SECONDS)
+        deadline = time.monotonic() + remaining - _SETTLE_MARGIN_SECONDS
+        served = completion.serve(principal, request.body, request.request_id, deadline)
+    except Exception as exc:  # one log line and outcome per completion, refused ones included
+        who = {"org_id": principal.org_id, "key_id": principal.key_id} if principal else {}
+        telemetry.completion_refused(exc, request_id=request.request_id, **who)
+        raise
+    telemetry.completion_served(
+        request_id=request.request_id, org_id=principal.org_id, key_id=principal.key_id, served=served
+    )
     return http.proxy_result(
         200,
         served.body,

@@ -6,8 +6,8 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
-from conduix import clock, http, payments
-from conduix.errors import MethodNotAllowed
+from conduix import clock, http, payments, telemetry
+from conduix.errors import ConduixError, MethodNotAllowed
 
 logger = Logger()
 # The shared package logs through the standard library; give its loggers the same JSON output.
@@ -17,9 +17,16 @@ copy_config_to_registered_loggers(source_logger=logger, include={"conduix"})
 def _receive(request: http.Request) -> dict[str, Any]:
     if request.method != "POST":
         raise MethodNotAllowed(f"{request.method} is not allowed on /webhooks/stripe.", ["POST"])
-    return http.json_result(
-        200, payments.receive(request.body, request.headers.get("stripe-signature"), clock.now())
-    )
+    try:
+        received = payments.receive(request.body, request.headers.get("stripe-signature"), clock.now())
+    except ConduixError as exc:  # invalid_signature, service_busy, configuration_error
+        telemetry.webhook_outcome(exc.code)
+        raise
+    except Exception:
+        telemetry.webhook_outcome("failed")
+        raise
+    telemetry.webhook_outcome(str(received["outcome"]))
+    return http.json_result(200, received)
 
 
 @logger.inject_lambda_context(clear_state=True)

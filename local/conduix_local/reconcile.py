@@ -1,5 +1,6 @@
-"""`make reconcile`: run the reconciliation against a running local stack (or, with
-BILLING_TABLE and AWS credentials in the environment, against a deployed table).
+"""`make reconcile`: run the reconciliation against a running local stack and its local
+Stripe (or, with BILLING_TABLE and AWS credentials in the environment, against a deployed
+table, and against Stripe itself when STRIPE_API_KEY is set).
 
 Every running stack keeps its state in a folder of its own (.aws-sam/conduix-local/stacks/<id>/).
 STACK=<id or API port> names one; otherwise the most recently started stack still running is
@@ -67,6 +68,10 @@ def main() -> int:
             print(f"make reconcile: {state}", file=sys.stderr)
             return 2
         print(f"make reconcile: checking local stack {state['stack']} on {state['api']}", file=sys.stderr)
+        if not os.environ.get("STRIPE_API_KEY") and state.get("stripe", "").startswith("http://127.0.0.1"):
+            from conduix_local.stripe_local import API_KEY
+
+            os.environ.update(STRIPE_API_KEY=API_KEY, STRIPE_API_BASE=state["stripe"])
         os.environ.update(
             AWS_ENDPOINT_URL=state["moto"],
             AWS_DEFAULT_REGION="us-east-1",
@@ -75,6 +80,10 @@ def main() -> int:
             BILLING_TABLE="BillingTable",
         )
     os.environ.setdefault("CACHE_TABLE", "unused-by-reconciliation")
+    if os.environ.get("STRIPE_API_KEY"):
+        # Functions read the key from Secrets Manager; this command, run by an operator, from
+        # the environment (conduix.config.secret).
+        os.environ.update(CONDUIX_SECRETS_FROM_ENV="1", STRIPE_API_KEY_SECRET_ID="STRIPE_API_KEY")
     from conduix import reconcile
 
     return reconcile.main()

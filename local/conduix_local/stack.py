@@ -26,7 +26,7 @@ from conduix_local.front import Front
 from conduix_local.functions import FunctionSpec, load_functions
 from conduix_local.moto_server import LockedMotoServer
 from conduix_local.reconcile import STACKS_DIR
-from conduix_local.stripe_local import LocalStripe, advance
+from conduix_local.stripe_local import LocalStripe
 from conduix_local.tables import create_tables
 from conduix_local.template import ROOT, load_template, resources_of_type
 from conduix_local.upstream import FakeUpstream
@@ -127,6 +127,11 @@ class Stack:
             raise StackError(f"the fake upstream model server could not start: {exc}") from exc
         stripe_key, stripe_secret = self._start_stripe(public_url)
         env = self.function_env(models_file)
+        # In AWS these come from Secrets Manager; locally (and only locally) from the
+        # environment, for the functions whose template names the secret (config.secret).
+        env.update(
+            CONDUIX_SECRETS_FROM_ENV="1", STRIPE_API_KEY=stripe_key, STRIPE_WEBHOOK_SECRET=stripe_secret
+        )
         self._check_catalog(models_file, env)
 
         template = load_template()
@@ -145,8 +150,9 @@ class Stack:
             "ScheduledJobFailures.Arn": f"arn:aws:sqs:{REGION}:123456789012:ScheduledJobFailures",
             "PublicUrl": public_url,
             "EmailSender": EMAIL_SENDER,
-            "StripeApiKey": stripe_key,
-            "StripeWebhookSecret": stripe_secret,
+            "ProviderKeysSecret": "local:ProviderKeysSecret",
+            "StripeApiKeySecret": "local:StripeApiKeySecret",
+            "StripeWebhookSigningSecret": "local:StripeWebhookSigningSecret",
             "CursorSigningKey": secrets.token_hex(32),  # a new one per start: cursors are short-lived
         }
         # moto's SES refuses mail from unverified senders, as SES does.
@@ -179,10 +185,8 @@ class Stack:
             stage=str((template.get("Parameters") or {}).get("StageName", {}).get("Default") or "") or None,
         ).start()
         if self.stripe is not None:
-            stripe = self.stripe
-            # The local Stripe's own clock hook when it has one, else renewals (stripe_local.advance).
-            hook = getattr(stripe, "advance_to", None) or (lambda now: advance.advance_to(stripe, now))
-            self.front.clock_hooks.append(hook)
+            # Stripe's test clock: subscriptions renew and invoices advance as the stack's time moves.
+            self.front.clock_hooks.append(self.stripe.advance_to)
         self.front.stack_map = self.stack_map()
         if config.seed_demo:
             self._seed_demo()

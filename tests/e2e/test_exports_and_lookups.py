@@ -48,9 +48,8 @@ def test_csv_exports_hold_the_json_rows_with_exact_amounts(stack: Stack) -> None
     assert export.status == 200
     assert export.headers["content-type"].startswith("text/csv")
     assert export.headers["content-disposition"].startswith('attachment; filename="conduix-ledger-')
-    assert (
-        export.body.splitlines()[0] == "created_at,id,type,description,model,amount,balance_after,reference"
-    )
+    header = "created_at,id,type,description,model,amount,invoiced,balance_after,reference"
+    assert export.body.splitlines()[0] == header
     fields = ("id", "type", "amount", "balance_after", "created_at", "description")
     assert [{f: r[f] for f in fields} for r in _rows(export.body)] == [
         {f: e[f] for f in fields} for e in pages

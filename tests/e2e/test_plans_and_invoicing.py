@@ -44,7 +44,7 @@ def test_builder_rolls_its_credits_in_once_per_paid_period_and_free_stops_them(s
     paid = [
         e
         for e in stack.stripe().v1.events.list(params={"type": "invoice.paid", "limit": 100}).data
-        if e.data.object.subscription == subscription_id
+        if e.data.object.parent and e.data.object.parent.subscription_details.subscription == subscription_id
     ]
     for event in paid:  # Stripe retrying every invoice.paid: nothing more lands
         payload = json.dumps(event.to_dict(), default=str).encode()  # Stripe sends decimals as strings

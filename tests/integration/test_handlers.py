@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from conduix import catalog, clock, invoicing
+from conduix.money import format_credits
 from conduix_local.upstream import FakeUpstream
 
 pytestmark = pytest.mark.integration
@@ -99,3 +100,98 @@ def test_every_sample_event_drives_its_handler(env: None, upstream: FakeUpstream
     assert handler("auto_reload").lambda_handler(event("auto_reload"), context("reload")) == {"orgs": 0}
     invoiced = handler("monthly_invoicing").lambda_handler(event("monthly_invoicing"), context("inv"))
     assert invoiced == {"period": invoicing.previous_month(clock.now()), "orgs": {}}
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    found = []
+    for line in text.splitlines():
+        try:
+            parsed = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(parsed, dict):
+            found.append(parsed)
+    return found
+
+
+def _emf(lines: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """The EMF blobs that carry `metric`, checked to be well formed."""
+    blobs = []
+    for line in lines:
+        spec = (line.get("_aws") or {}).get("CloudWatchMetrics") or []
+        if any(m["Name"] == metric for s in spec for m in s["Metrics"]):
+            assert spec[0]["Namespace"] == "Conduix" and isinstance(line["_aws"]["Timestamp"], int)
+            for dimension in spec[0]["Dimensions"][0]:
+                assert dimension in line  # every dimension has its value in the blob
+            blobs.append(line)
+    return blobs
+
+
+def test_completions_log_one_line_and_emit_metrics_per_request(
+    env: None, upstream: FakeUpstream, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "Conduix")
+    admin = handler("admin")
+
+    def org_with(credits: str) -> tuple[str, str]:
+        ev = event("admin", OPERATOR_KEY=OPERATOR_KEY)
+        org_id = json.loads(admin.lambda_handler(ev, context("admin"))["body"])["org_id"]
+        ev.update(path=f"/admin/orgs/{org_id}/api-keys", body="{}")
+        made = json.loads(admin.lambda_handler(ev, context("admin"))["body"])
+        if credits != "0":
+            ev.update(
+                path=f"/admin/orgs/{org_id}/credits",
+                body=json.dumps({"amount": credits, "reason": "t", "idempotency_key": org_id}),
+            )
+            admin.lambda_handler(ev, context("admin"))
+        return made["api_key"], made["key_id"]
+
+    (rich, rich_key_id), (poor, _) = org_with("1"), org_with("0")
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "completion")
+    completion = handler("completion")
+    capsys.readouterr()
+    served = completion.lambda_handler(event("completion", ORG_API_KEY=rich), context("completion"))
+    refused = completion.lambda_handler(event("completion", ORG_API_KEY=poor), context("completion"))
+    assert (served["statusCode"], refused["statusCode"]) == (200, 402)
+    lines = _json_lines(capsys.readouterr().out)
+
+    # One log line per completion, with what an operator searches by.
+    logged = [line for line in lines if line.get("message") == "completion"]
+    assert [line["outcome"] for line in logged] == ["billed", "402_credits"]
+    billed = logged[0]
+    cost = billed["cost_nanos"]
+    assert cost > 0 and served["headers"]["x-conduix-cost"] == format_credits(cost)
+    assert billed["request_id"] == served["headers"]["x-request-id"] and billed["key_id"] == rich_key_id
+    assert billed["org_id"].startswith("org_") and billed["cache"] == "BYPASS"
+    assert billed["requested_model"] == billed["model"] and billed["fallback_used"] is False
+    assert billed["prompt_tokens"] > 0 and billed["completion_tokens"] > 0
+    # Metrics: requests by outcome, the credits billed (exact nano-credits), upstream latency.
+    requests = {blob["outcome"]: blob for blob in _emf(lines, "Requests")}
+    assert set(requests) == {"billed", "402_credits"}
+    assert requests["billed"]["service"] == "completion" and requests["billed"]["Requests"] == [1.0]
+    assert requests["billed"]["BilledNanoCredits"] == [cost] and requests["billed"]["UpstreamLatency"][0] >= 0
+    assert "BilledNanoCredits" not in requests["402_credits"]
+
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "stripe-webhook")
+    handler("stripe_webhook").lambda_handler(event("stripe_webhook"), context("webhook"))
+    handler("hold_sweeper").lambda_handler(event("hold_sweeper"), context("sweeper"))
+    lines = _json_lines(capsys.readouterr().out)
+    assert [b["outcome"] for b in _emf(lines, "WebhookEvents")] == ["invalid_signature"]
+    assert [b["HoldsReleased"] for b in _emf(lines, "HoldsReleased")] == [[0.0]]
+
+
+def test_a_settle_incident_is_counted_and_telemetry_never_fails_a_request(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conduix import errors, telemetry
+
+    telemetry.settle_incident("settle_failed", request_id="r1")
+    assert _emf(_json_lines(capsys.readouterr().out), "SettleIncidents")[0]["SettleIncidents"] == [1.0]
+    assert (
+        telemetry.outcome_of(
+            errors.SpendCapExceeded("cap", limit_nanos=1, committed_nanos=1, period="2026-01")
+        )
+        == "402_cap"
+    )
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "x" * 300)  # refused by Powertools' schema
+    telemetry.count_outcome("billed", billed_nanos=5)  # logged, not raised

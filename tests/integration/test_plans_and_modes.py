@@ -55,6 +55,10 @@ def test_invoice_mode_usage_is_what_the_month_invoices(org: str) -> None:
         ("m/one", 1, 10, 20, 1_234_567_891)
     ]
     assert assert_consistent(org).balance == -1_234_567_891  # usage accrues until the invoice is paid
-    wallets.set_billing_mode(org, "prepaid")
+    wallets.set_billing_mode(org, "prepaid", NOW)
+    # Back in prepaid, the org stays listed until the month it left invoice mode is invoiced.
+    assert wallets.invoice_mode_orgs() == [org]
+    assert not wallets.forget_invoiced_org(org, "2026-10")
+    assert wallets.forget_invoiced_org(org, "2026-11")
     assert wallets.invoice_mode_orgs() == []
     assert orgs.get_org(org).po_number == "PO-123"

@@ -70,6 +70,9 @@ REAL_REFS = {
     "CursorSigningKey": "k" * 32,
     "ScheduledJobFailures.Arn": "arn:aws:sqs:us-east-1:123456789012:local-ScheduledJobFailures",
     "BillingTable.Arn": "arn:aws:dynamodb:us-east-1:123456789012:table/local-BillingTable",
+    "ProviderKeysSecret": "local:ProviderKeysSecret",
+    "StripeApiKeySecret": "local:StripeApiKeySecret",
+    "StripeWebhookSigningSecret": "local:StripeWebhookSigningSecret",
 }
 
 
@@ -105,7 +108,7 @@ def test_real_template() -> None:
     assert specs["AdminFunction"].env["OPERATOR_KEY_SHA256"] == "0" * 64
     assert specs["CompletionFunction"].env["CONDUIX_MODELS_FILE"] == ""
     assert {k: (v.timeout_s, v.memory_mb) for k, v in specs.items()} == {
-        "CompletionFunction": (30, 1024),
+        "CompletionFunction": (30, 256),
         "BillingApiFunction": (10, 512),
         "AdminFunction": (10, 512),
         "StripeWebhookFunction": (10, 512),

@@ -12,12 +12,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 import stripe
-from conduix_local.stripe_local import API_KEY, LocalStripe
+from conduix_local.stripe_local import API_KEY, LocalStripe, advance_to
 
 SECRET = "whsec_test_local"
 PICKLE = "/tmp/localstripe.pickle"
@@ -728,16 +729,12 @@ def test_subscription_checkout_cycle_update_cancel(
     assert sub.id.startswith("sub_") and sub.metadata.to_dict() == {"org_id": "org_1", "plan": "builder"}
     item = sub["items"].data[0]
     assert item.price.id == price and item.quantity == 1
-    start, end = sub.current_period_start, sub.current_period_end
+    start, end = item.current_period_start, item.current_period_end  # periods live on items
     assert 28 * 86400 <= end - start <= 31 * 86400 and sub.latest_invoice == first.id
-    assert (first.status, first.billing_reason, first.subscription, first.amount_paid) == (
-        "paid",
-        "subscription_create",
-        sub.id,
-        2900,
-    )
+    assert (first.status, first.billing_reason, first.amount_paid) == ("paid", "subscription_create", 2900)
+    assert first.parent.subscription_details.subscription == sub.id
     line = first.lines.data[0]
-    assert line.price.id == price and (line.period.start, line.period.end) == (start, end)
+    assert line.pricing.price_details.price == price and (line.period.start, line.period.end) == (start, end)
     completed = receiver.wait("checkout.session.completed")
     assert completed["data"]["object"]["subscription"] == sub.id
     assert {"customer.subscription.created", "invoice.paid"} <= set(receiver.types())
@@ -748,14 +745,12 @@ def test_subscription_checkout_cycle_update_cancel(
     assert renewal["amount_paid"] == 2900 and renewal["lines"]["data"][0]["period"]["start"] == end
     receiver.wait("invoice.paid", lambda e: e["data"]["object"]["id"] == renewal["id"])
     renewed = client.v1.subscriptions.retrieve(sub.id)
-    assert renewed.current_period_start == end and renewed.latest_invoice == renewal["id"]
-    assert (
-        receiver.wait(
-            "customer.subscription.updated",
-            lambda e: e["data"]["object"]["current_period_start"] == end,
-        )["data"]["previous_attributes"]["current_period_start"]
-        == start
+    assert renewed["items"].data[0].current_period_start == end and renewed.latest_invoice == renewal["id"]
+    updated = receiver.wait(
+        "customer.subscription.updated",
+        lambda e: e["data"]["object"]["items"]["data"][0]["current_period_start"] == end,
     )
+    assert updated["data"]["previous_attributes"]["items"]["data"][0]["current_period_start"] == start
 
     yearly = client.v1.prices.create(
         params={
@@ -888,3 +883,192 @@ def test_send_invoice_net30(client: stripe.StripeClient, local: LocalStripe, rec
     assert client.v1.invoices.retrieve(draft.id).status == "paid"
     receiver.wait("invoice.paid", lambda e: e["data"]["object"]["id"] == draft.id)
     assert http(final.hosted_invoice_url, {"card": "4242424242424242"})[0] == 409  # paid once only
+
+
+# ------------------------------------------------------------------ the test clock
+
+
+def _types_for(events: list[Event], ids: set[str]) -> list[str]:
+    return [e["type"] for e in events if e["data"]["object"]["id"] in ids]
+
+
+def test_clock_renews_a_subscription_at_its_period_end(
+    client: stripe.StripeClient, local: LocalStripe, receiver: Receiver
+) -> None:
+    customer = new_customer(client)
+    sub = subscribe(client, customer, builder_price(client)).subscription
+    end = sub["items"].data[0].current_period_end
+    # Just past the period end: the renewal invoice is a draft, as Stripe's are for an hour.
+    made = local.advance_to(datetime.fromtimestamp(end + 60, UTC))
+    renewal = client.v1.subscriptions.retrieve(sub.id).latest_invoice
+    draft = client.v1.invoices.retrieve(renewal)
+    assert (draft.status, draft.billing_reason, draft.created) == ("draft", "subscription_cycle", end)
+    assert [e["type"] for e in made] == ["customer.subscription.updated", "invoice.created"]
+    assert int(local.now().timestamp()) == end + 60
+    # An hour later it is finalized and charged to the saved card.
+    made = local.advance_to(datetime.fromtimestamp(end + 2 * 3600, UTC))
+    assert _types_for(made, {renewal}) == ["invoice.finalized", "invoice.paid", "invoice.payment_succeeded"]
+    paid = client.v1.invoices.retrieve(renewal, params={"expand": ["payments"]})
+    assert (paid.status, paid.amount_paid, paid.status_transitions.paid_at) == ("paid", 2900, end + 3600)
+    assert paid.parent.subscription_details.subscription == sub.id
+    assert paid.payments.data[0].payment.payment_intent and paid.payments.data[0].status == "paid"
+    item = client.v1.subscriptions.retrieve(sub.id)["items"].data[0]
+    assert item.current_period_start == end and item.current_period_end > end + 27 * 86400
+    receiver.wait("invoice.paid", lambda e: e["data"]["object"]["id"] == renewal)
+    # Three more months at once: three more renewals, each at its own time, in order.
+    ends = [item.current_period_end]
+    made = local.advance_to(datetime.fromtimestamp(ends[0] + 62 * 86400 + 7200, UTC))
+    paid_invoices = [e["data"]["object"] for e in made if e["type"] == "invoice.paid"]
+    assert len(paid_invoices) == 3
+    assert [i["created"] for i in paid_invoices] == sorted(i["created"] for i in paid_invoices)
+    assert paid_invoices[0]["created"] == ends[0]
+
+
+def test_clock_renewal_with_a_failing_card_goes_past_due(
+    client: stripe.StripeClient, local: LocalStripe, receiver: Receiver
+) -> None:
+    customer = new_customer(client)
+    sub = subscribe(client, customer, builder_price(client)).subscription
+    client.v1.subscriptions.update(
+        sub.id, params={"default_payment_method": saved_card(client, customer, "4000000000000341")}
+    )
+    end = sub["items"].data[0].current_period_end
+    made = local.advance_to(datetime.fromtimestamp(end + 2 * 3600, UTC))
+    renewal = client.v1.subscriptions.retrieve(sub.id)
+    invoice = client.v1.invoices.retrieve(renewal.latest_invoice)
+    assert (renewal.status, invoice.status, invoice.attempt_count, invoice.amount_paid) == (
+        "past_due",
+        "open",
+        1,
+        0,
+    )
+    assert is_subsequence(
+        ["invoice.created", "invoice.finalized", "invoice.payment_failed", "customer.subscription.updated"],
+        [e["type"] for e in made],
+    )
+    receiver.wait("customer.subscription.updated", lambda e: e["data"]["object"]["status"] == "past_due")
+
+
+def test_clock_ends_subscriptions_expires_sessions_and_announces_overdue_invoices(
+    client: stripe.StripeClient, local: LocalStripe
+) -> None:
+    customer = new_customer(client)
+    sub = subscribe(client, customer, builder_price(client)).subscription
+    client.v1.subscriptions.update(sub.id, params={"cancel_at_period_end": True})
+    session = top_up_session(client, customer)
+    draft = client.v1.invoices.create(
+        params={"customer": customer, "collection_method": "send_invoice", "days_until_due": 30}
+    )
+    client.v1.invoice_items.create(
+        params={"customer": customer, "invoice": draft.id, "amount": 500, "currency": "usd"}
+    )
+    due = client.v1.invoices.finalize_invoice(draft.id).due_date
+    made = local.advance_to(datetime.fromtimestamp(due + 86400, UTC))
+    assert client.v1.subscriptions.retrieve(sub.id).status == "canceled"
+    assert client.v1.checkout.sessions.retrieve(session.id).status == "expired"
+    assert _types_for(made, {draft.id}) == ["invoice.overdue"]
+    assert [e["type"] for e in made if e["type"].startswith("invoice.")] == ["invoice.overdue"]  # no renewal
+    local.advance_to(datetime.fromtimestamp(due + 2 * 86400, UTC))
+    assert len(local.events("invoice.overdue")) == 1  # once
+
+
+def test_clock_only_moves_forward_and_speaks_http(client: stripe.StripeClient, local: LocalStripe) -> None:
+    start = local.now()
+    with pytest.raises(ValueError):
+        local.advance_to(start - timedelta(seconds=5))
+    status, _, body = http(f"{local.url}/_local/clock")
+    assert status == 200 and abs(datetime.fromisoformat(json.loads(body)["now"]) - start) < timedelta(
+        seconds=5
+    )
+    later = (start + timedelta(days=3)).replace(microsecond=0)
+    status, _, body = http(f"{local.url}/_local/clock", {"now": later.isoformat().replace("+00:00", "Z")})
+    assert status == 200 and json.loads(body)["now"] == later.isoformat().replace("+00:00", "Z")
+    assert http(f"{local.url}/_local/clock", {"now": start.isoformat()})[0] == 409
+    assert http(f"{local.url}/_local/clock", {"now": "tomorrow"})[0] == 400
+    # Objects made now carry the stand-in's time.
+    assert abs(client.v1.customers.create(params={"email": "a@example.com"}).created - later.timestamp()) < 5
+    assert advance_to(later + timedelta(hours=1)) == []  # the module-level hook, same server
+
+
+# ------------------------------------------------------------ dispute outcomes, invoice payments, faults
+
+
+def _disputed_intent(client: stripe.StripeClient, local: LocalStripe) -> Any:
+    customer = new_customer(client)
+    intent = client.v1.payment_intents.create(
+        params={
+            "amount": 2500,
+            "currency": "usd",
+            "customer": customer,
+            "confirm": True,
+            "off_session": True,
+            "payment_method": saved_card(client, customer, "4242424242424242"),
+        },
+    )
+    assert http(f"{local.url}/_local/disputes", {"payment_intent": intent.id})[0] == 200
+    return intent
+
+
+def test_disputes_are_won_by_winning_evidence_and_lost_by_closing(
+    client: stripe.StripeClient, local: LocalStripe
+) -> None:
+    won_intent = _disputed_intent(client, local)
+    won = client.v1.disputes.list(params={"payment_intent": won_intent.id}).data[0]
+    submitted = client.v1.disputes.update(
+        won.id, params={"evidence": {"uncategorized_text": "winning_evidence"}, "submit": True}
+    )
+    assert submitted.status == "under_review"
+    closed = local.wait_for_event("charge.dispute.closed", lambda e: e["data"]["object"]["id"] == won.id, 3)
+    assert closed["data"]["object"]["status"] == "won" and client.v1.disputes.retrieve(won.id).status == "won"
+    assert (
+        local.wait_for_event("charge.dispute.funds_reinstated", timeout=1)["data"]["object"]["id"] == won.id
+    )
+
+    lost_intent = _disputed_intent(client, local)
+    lost = client.v1.disputes.list(params={"payment_intent": lost_intent.id}).data[0]
+    assert client.v1.disputes.close(lost.id).status == "lost"
+    with pytest.raises(stripe.InvalidRequestError):  # a closed dispute stays closed
+        client.v1.disputes.close(lost.id)
+    events = [e["data"]["object"] for e in local.events("charge.dispute.closed")]
+    assert [(d["id"], d["status"]) for d in events] == [(won.id, "won"), (lost.id, "lost")]
+
+
+def test_invoice_payments_name_the_payment_intent_that_paid_an_invoice(client: stripe.StripeClient) -> None:
+    customer = new_customer(client)
+    draft = client.v1.invoices.create(
+        params={"customer": customer, "collection_method": "send_invoice", "days_until_due": 7}
+    )
+    client.v1.invoice_items.create(
+        params={"customer": customer, "invoice": draft.id, "amount": 4200, "currency": "usd"}
+    )
+    final = client.v1.invoices.finalize_invoice(draft.id)
+    assert http(final.hosted_invoice_url, {"card": "4242424242424242"})[0] == 303
+    payments = client.v1.invoice_payments.list(params={"invoice": draft.id}).data
+    assert len(payments) == 1 and payments[0].status == "paid" and payments[0].amount_paid == 4200
+    intent_id = payments[0].payment.payment_intent
+    by_intent = client.v1.invoice_payments.list(
+        params={"payment": {"type": "payment_intent", "payment_intent": intent_id}}
+    ).data
+    assert [p.invoice for p in by_intent] == [draft.id]
+    assert client.v1.payment_intents.retrieve(intent_id).status == "succeeded"
+
+
+def test_injected_faults_and_idempotency_keys_that_expire(
+    client: stripe.StripeClient, local: LocalStripe
+) -> None:
+    params = {"name": "Acme", "metadata": {"org_id": "org_f"}}
+    local.arm_fault("POST", "/v1/customers", "lose_answer")
+    with pytest.raises(stripe.APIError):
+        client.v1.customers.create(params=params, options={"idempotency_key": "c1"})
+    assert len(client.v1.customers.list().data) == 1  # it was made; only the answer was lost
+    replay = client.v1.customers.create(params=params, options={"idempotency_key": "c1"})
+    assert replay.id == client.v1.customers.list().data[0].id
+    local.arm_fault("POST", "/v1/customers", "down")
+    with pytest.raises(stripe.APIError):
+        client.v1.customers.create(params={"name": "Other"})
+    assert len(client.v1.customers.list().data) == 1  # down: nothing was made
+    assert local.expire_idempotency_keys() >= 1
+    again = client.v1.customers.create(params=params, options={"idempotency_key": "c1"})
+    assert again.id != replay.id and len(client.v1.customers.list().data) == 2  # a new request
+    status, _, _ = http(f"{local.url}/_local/faults", {"method": "POST", "path": "/v1/x", "mode": "nope"})
+    assert status == 400

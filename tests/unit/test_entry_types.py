@@ -17,3 +17,10 @@ def test_every_kind_written_to_the_ledger_is_a_listed_entry_type() -> None:
     written |= {"refund", "dispute"}  # passed as values of `kind` in payments._reverse
     assert written, "no ledger kinds found: the pattern is stale"
     assert written <= set(statements.ENTRY_TYPES), written - set(statements.ENTRY_TYPES)
+
+
+def test_the_billing_page_offers_every_entry_type_as_a_filter() -> None:
+    page = (PACKAGE / "dashboard" / "billing.html").read_text()
+    select = page[page.index('<select id="ledger-type"') : page.index("</select>")]
+    offered = re.findall(r'<option value="([a-z_]*)"', select)
+    assert offered == ["", *statements.ENTRY_TYPES]

@@ -101,13 +101,19 @@ def test_scheduled_functions_have_a_failure_destination() -> None:
             assert resource["Properties"]["EventInvokeConfig"]["DestinationConfig"]["OnFailure"], logical_id
 
 
-def test_tables_are_on_demand_with_point_in_time_recovery_and_the_cache_has_ttl() -> None:
+def test_tables_are_on_demand_the_ledger_is_recoverable_and_the_cache_expires() -> None:
     tables = resources_of_type(load_template(), "AWS::DynamoDB::Table")
     for logical_id, table in tables.items():
         props: dict[str, Any] = table["Properties"]
         assert props["BillingMode"] == "PAY_PER_REQUEST", logical_id
-        assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True, logical_id
-    assert tables["CacheTable"]["Properties"]["TimeToLiveSpecification"]["Enabled"] is True
+    billing, cache = tables["BillingTable"]["Properties"], tables["CacheTable"]["Properties"]
+    assert billing["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    # The cache is rebuilt by asking the model again: no point-in-time recovery to pay for.
+    assert (cache.get("PointInTimeRecoverySpecification") or {}).get("PointInTimeRecoveryEnabled") in (
+        None,
+        False,
+    )
+    assert cache["TimeToLiveSpecification"]["Enabled"] is True
 
 
 def test_the_routes_of_the_mission_are_declared() -> None:
@@ -117,6 +123,9 @@ def test_the_routes_of_the_mission_are_declared() -> None:
         "ScheduledJobFailures.Arn": "arn",
         "OperatorKeySha256": "0" * 64,
         "CursorSigningKey": "k" * 32,
+        "ProviderKeysSecret": "p",
+        "StripeApiKeySecret": "s",
+        "StripeWebhookSigningSecret": "w",
     }
     routes = {
         (spec.logical_id, route.path_template)
@@ -133,3 +142,109 @@ def test_the_routes_of_the_mission_are_declared() -> None:
         ("StripeWebhookFunction", "/webhooks/stripe"),
     ]:
         assert expected in routes
+
+
+def _functions_env() -> dict[str, dict[str, Any]]:
+    template = load_template()
+    globals_env = template["Globals"]["Function"]["Environment"]["Variables"]
+    return {
+        logical_id: {**globals_env, **resource["Properties"].get("Environment", {}).get("Variables", {})}
+        for logical_id, resource in resources_of_type(template, "AWS::Serverless::Function").items()
+    }
+
+
+def test_keys_come_from_secrets_that_only_their_functions_may_read() -> None:
+    template = load_template()
+    secrets = resources_of_type(template, "AWS::SecretsManager::Secret")
+    assert set(secrets) == {"ProviderKeysSecret", "StripeApiKeySecret", "StripeWebhookSigningSecret"}
+    # No key travels as a plain environment variable or a template parameter.
+    for logical_id, env in _functions_env().items():
+        for name in env:
+            assert not name.endswith(("_API_KEY", "WEBHOOK_SECRET")), (logical_id, name)
+    assert not [p for p in template["Parameters"] if "Stripe" in p or p.endswith("ApiKey")]
+    # Who names a secret in its environment is exactly who may read it, and only it.
+    readers: dict[str, set[str]] = {}
+    for policy in resources_of_type(template, "AWS::IAM::Policy").values():
+        statements = policy["Properties"]["PolicyDocument"]["Statement"]
+        assert [s["Action"] for s in statements] == ["secretsmanager:GetSecretValue"]
+        secret = statements[0]["Resource"]["Ref"]
+        roles = {r["Ref"].removesuffix("Role") for r in policy["Properties"]["Roles"]}
+        readers.setdefault(secret, set()).update(roles)
+    named: dict[str, set[str]] = {}
+    for logical_id, env in _functions_env().items():
+        for name, value in env.items():
+            if name.endswith("_SECRET_ID"):
+                named.setdefault(value["Ref"], set()).add(logical_id)
+    assert readers == named
+    assert named["StripeWebhookSigningSecret"] == {"StripeWebhookFunction"}
+    assert named["ProviderKeysSecret"] == {"CompletionFunction"}
+    config_source = (ROOT / "layers" / "shared" / "conduix" / "config.py").read_text()
+    for variable in {
+        name for env in _functions_env().values() for name in env if name.endswith("_SECRET_ID")
+    }:
+        assert f'"{variable}"' in config_source  # the code reads the variable the template sets
+
+
+def test_alarms_watch_what_an_operator_must_act_on() -> None:
+    template = load_template()
+    alarms = resources_of_type(template, "AWS::CloudWatch::Alarm")
+    assert set(alarms) == {
+        "ScheduledJobFailuresAlarm",
+        "SettleIncidentsAlarm",
+        "Api5xxRateAlarm",
+        "WebhookSignatureFailuresAlarm",
+    }
+    for logical_id, alarm in alarms.items():
+        props = alarm["Properties"]
+        assert props["TreatMissingData"] == "notBreaching", logical_id
+        for actions in ("AlarmActions", "OKActions"):
+            assert props[actions]["Fn::If"][0] == "HasAlarmTopic", logical_id
+            assert props[actions]["Fn::If"][1] == [{"Ref": "AlarmTopicArn"}], logical_id
+    assert template["Conditions"]["HasAlarmTopic"]
+    queue = alarms["ScheduledJobFailuresAlarm"]["Properties"]
+    assert queue["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["ScheduledJobFailures", "QueueName"]}
+    # The custom metrics are spelled as telemetry.py emits them, with its dimensions.
+    from conduix import telemetry
+
+    source = Path(telemetry.__file__).read_text()
+    settle = alarms["SettleIncidentsAlarm"]["Properties"]
+    assert (settle["Namespace"], settle["MetricName"]) == ("Conduix", "SettleIncidents")
+    assert '"SettleIncidents"' in source and "completion" in json.dumps(settle["Dimensions"])
+    webhook = alarms["WebhookSignatureFailuresAlarm"]["Properties"]
+    assert webhook["MetricName"] == "WebhookEvents" and '"WebhookEvents"' in source
+    assert {d["Name"]: d["Value"] for d in webhook["Dimensions"]} == {
+        "service": "stripe-webhook",
+        "outcome": "invalid_signature",
+    }
+    from conduix.errors import InvalidSignature
+
+    assert InvalidSignature.code == "invalid_signature"  # what StripeWebhook reports as its outcome
+    rate = alarms["Api5xxRateAlarm"]["Properties"]
+    stats = {m["Id"]: m.get("MetricStat", {}).get("Metric", {}).get("MetricName") for m in rate["Metrics"]}
+    assert stats == {"rate": None, "errors": "5XXError", "requests": "Count"}
+    api_name = template["Resources"]["ConduixApi"]["Properties"]["Name"]
+    for metric in rate["Metrics"][1:]:
+        assert {"Name": "ApiName", "Value": api_name} in metric["MetricStat"]["Metric"]["Dimensions"]
+    # The service names the alarms filter on are the functions' own.
+    services = {env["POWERTOOLS_SERVICE_NAME"] for env in _functions_env().values()}
+    assert {"completion", "stripe-webhook"} <= services
+
+
+def test_completion_memory_is_what_the_published_benchmark_chose() -> None:
+    import re
+
+    memory = load_template()["Resources"]["CompletionFunction"]["Properties"]["MemorySize"]
+    report = (ROOT / "docs" / "benchmarks.md").read_text()
+    picked = re.search(r"It picks \*\*(\d+) MB\*\*", report)
+    assert picked, "docs/benchmarks.md has no memory choice: run make bench"
+    assert int(picked.group(1)) == memory
+
+
+def test_the_runbook_subscribes_the_webhook_to_exactly_the_handled_events() -> None:
+    import re
+
+    from conduix import payments
+
+    readme = (ROOT / "README.md").read_text()
+    subscribed = re.findall(r'enabled_events\[\]=([a-z_.]+)"', readme)
+    assert sorted(subscribed) == sorted(payments.HANDLERS)

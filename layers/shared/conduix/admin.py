@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from conduix import clock, keys, orgs, wallets
+from conduix import clock, keys, notices, orgs, reloads, wallets
 from conduix.billing import wallet_view
 from conduix.config import settings
 from conduix.dynamo import s
@@ -78,11 +78,18 @@ def set_billing(org_id: str, body: dict[str, Any]) -> dict[str, Any]:
         raise InvalidRequest(
             "'net_terms_days' must be a whole number of days from 1 to 120.", param="net_terms_days"
         )
-    orgs.get_org(org_id)
+    org = orgs.get_org(org_id)
+    now = clock.now()
+    reload_turned_off = False
     if mode == "invoice":
         orgs.set_invoice_terms(org_id, po_number, days)
-    wallets.set_billing_mode(org_id, str(mode))
-    return get_org(org_id)
+        # The saved card must not pay for what the invoice bills.
+        reason = "Your account now pays by monthly invoice, so the card is no longer charged."
+        reload_turned_off = reloads.turn_off(org_id, reason, now)
+        if reload_turned_off:
+            notices.auto_reload_turned_off(org.email, org.name, reason)
+    wallets.set_billing_mode(org_id, str(mode), now)
+    return {**get_org(org_id), "auto_reload_turned_off": reload_turned_off}
 
 
 # ------------------------------------------------------------------ look-ups

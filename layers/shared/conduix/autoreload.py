@@ -3,7 +3,10 @@
 The due flag is raised by a conditional write when a settle (or a refusal) leaves the
 available balance below the threshold, once per episode; AutoReload charges each due org
 with an idempotency key made of the org and the episode, so overlapping or retried runs
-never charge twice. The credits land exactly once, from whichever of the synchronous answer
+never charge twice. An episode ends with its charge, succeeded or failed, whatever the
+balance after it; if it is still below the threshold a new episode (a new key) starts, and
+at most CONDUIX_RELOAD_DAILY_LIMIT charges a UTC day are made per org.
+The credits land exactly once, from whichever of the synchronous answer
 and the `payment_intent.succeeded` webhook is seen first (one ledger key: the PaymentIntent).
 """
 
@@ -14,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from conduix import notices, orgs, reloads, wallets
-from conduix.config import payment_settings
+from conduix.config import payment_settings, reload_daily_limit
 from conduix.errors import Conflict, InvalidRequest
 from conduix.money import format_credits, parse_credits
 
@@ -26,7 +29,13 @@ def configure(org_id: str, body: dict[str, Any]) -> None:
     enabled = body.get("enabled")
     if not isinstance(enabled, bool):
         raise InvalidRequest("'enabled' must be true or false.", param="enabled")
-    current = wallets.get_wallet(org_id).reload
+    wallet = wallets.get_wallet(org_id)
+    if enabled and wallet.billing_mode == "invoice":
+        raise Conflict(
+            "Auto-reload is not available in invoice billing mode: usage is billed on the monthly invoice.",
+            code="invoice_billing_mode",
+        )
+    current = wallet.reload
     # A field left out keeps its saved value; turning on needs both to be known.
     threshold = current.threshold
     if "threshold" in body or (enabled and not threshold):
@@ -66,7 +75,9 @@ def land(org_id: str, payment_intent_id: str, amount: int, episode: int, now: da
         description=f"Auto-reload of {format_credits(amount)} credits",
         now=now,
     )
-    reloads.record_success(org_id, episode, f"Added {format_credits(amount)} credits.", now)
+    if reloads.record_success(org_id, episode, f"Added {format_credits(amount)} credits.", now):
+        # The episode is over; still below the threshold, a new one starts (with a new key).
+        wallets.mark_reload_due(org_id)
     if created:
         org = orgs.get_org(org_id)
         notices.reload_succeeded(org.email, org.name, format_credits(amount))
@@ -85,8 +96,8 @@ def reload_org(org_id: str, now: datetime) -> str:
 
     wallet = wallets.get_wallet(org_id)
     settings = wallet.reload
-    if not settings.enabled or not settings.due:
-        return "not_due"
+    if not settings.enabled or not settings.due or wallet.billing_mode == "invoice":
+        return "not_due"  # (in invoice mode the invoice pays, never the card)
     if wallet.available >= settings.threshold:
         wallets.end_reload_episode(org_id)
         return "above_threshold"
@@ -94,6 +105,15 @@ def reload_org(org_id: str, now: datetime) -> str:
     if org.card is None or org.stripe_customer_id is None:
         fail(org_id, settings.episode, "There is no saved card.", now)
         return "failed"
+    day, limit = now.strftime("%Y-%m-%d"), reload_daily_limit()
+    claim = reloads.claim_charge(org_id, settings.episode, day, limit)
+    if claim == reloads.STALE:
+        return "not_due"
+    if claim == reloads.LIMIT_REACHED:  # the org stays due: the first run of the next day charges
+        message = f"Auto-reload reached its limit of {limit} charges today (UTC); it resumes tomorrow."
+        if reloads.note_paused(org_id, day, message, now):
+            notices.reload_paused(org.email, org.name, limit)
+        return "paused"
     charge = stripe_gateway.charge_off_session(
         customer_id=org.stripe_customer_id,
         payment_method_id=org.card.payment_method_id,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from conduix import cache, chat, clock, plans, pricing, providers, wallets
+from conduix import cache, chat, clock, plans, pricing, providers, telemetry, wallets
 from conduix.auth import Principal
 from conduix.catalog import catalog
 from conduix.clock import Seconds
@@ -32,6 +32,13 @@ class Served:
     cache_status: str
     cost: int  # nano-credits charged for this request
     balance: int  # settled balance after it
+    # For the request's log line and metrics (telemetry.completion_served).
+    requested_model: str = ""
+    model: str = ""
+    fallback_used: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    upstream_ms: float | None = None
 
 
 def _respond(
@@ -109,7 +116,17 @@ def serve(principal: Principal, raw_body: bytes, request_id: str, deadline: Seco
                 completion_tokens=int(usage.get("completion_tokens", 0)),
                 cost="0",
             )
-            return Served(text, content_type, HIT, 0, wallets.get_balance(org_id, principal.key_id))
+            return Served(
+                text,
+                content_type,
+                HIT,
+                0,
+                wallets.get_balance(org_id, principal.key_id),
+                requested_model=request.model_id,
+                model=str(hit.get("model")),
+                prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                completion_tokens=int(usage.get("completion_tokens", 0)),
+            )
 
     attempts = pricing.plan_attempts(chain, request.max_tokens, request.choices)
     hold = pricing.hold_nanos(
@@ -132,6 +149,7 @@ def serve(principal: Principal, raw_body: bytes, request_id: str, deadline: Seco
         if advice:  # the documented first sentence stays; what to change follows it
             refusal.message = f"{refusal.message} {advice}"
         raise
+    started = time.monotonic()
     try:
         reply = providers.complete(
             attempts, lambda attempt: chat.upstream_payload(request, attempt), request.stream, deadline
@@ -139,11 +157,12 @@ def serve(principal: Principal, raw_body: bytes, request_id: str, deadline: Seco
     except BaseException:
         wallets.release(org_id, request_id, hold)
         raise
+    upstream_ms = (time.monotonic() - started) * 1000
 
     model = reply.attempt.model
     cost = pricing.charge_nanos(model, reply.prompt_tokens, reply.completion_tokens)
     if cost > hold:  # only if the provider ignored the output budget we sent it
-        log.error("charge above hold", extra={"request_id": request_id, "hold": hold, "cost": cost})
+        telemetry.settle_incident("charge_above_hold", request_id=request_id, hold=hold, cost=cost)
     usage_record = wallets.Usage(
         model.id,
         principal.key_id,
@@ -151,6 +170,7 @@ def serve(principal: Principal, raw_body: bytes, request_id: str, deadline: Seco
         reply.completion_tokens,
         cost,
         billed_by=reservation.wallet.billing_mode,
+        funds_hint=reservation.wallet.balance,
     )
     try:
         outcome = wallets.settle(org_id, request_id, hold, usage_record, clock.now())
@@ -158,6 +178,7 @@ def serve(principal: Principal, raw_body: bytes, request_id: str, deadline: Seco
         # The answer exists and the client gets it; the hold stays until HoldSweeper frees it,
         # so the request goes unbilled rather than billed twice or lost with its answer.
         log.exception("settle failed; the request goes unbilled", extra={"request_id": request_id})
+        telemetry.settle_incident("settle_failed", request_id=request_id)
         outcome = wallets.SettleOutcome.HOLD_GONE
     if outcome is wallets.SettleOutcome.HOLD_GONE:
         cost = 0
@@ -176,7 +197,19 @@ def serve(principal: Principal, raw_body: bytes, request_id: str, deadline: Seco
     )
     if key and whole is not None:  # kept as long as the org's plan keeps answers
         cache.store(key, org_id, whole, now, plans.get(reservation.wallet.plan).cache_ttl_seconds)
-    return Served(text, content_type, MISS if key else BYPASS, cost, reservation.balance - cost)
+    return Served(
+        text,
+        content_type,
+        MISS if key else BYPASS,
+        cost,
+        reservation.balance - cost,
+        requested_model=request.model_id,
+        model=model.id,
+        fallback_used=model.id != chain[0].id,
+        prompt_tokens=reply.prompt_tokens,
+        completion_tokens=reply.completion_tokens,
+        upstream_ms=upstream_ms,
+    )
 
 
 def _ran_dry(org_id: str, refusal: InsufficientCredits, now: datetime) -> None:

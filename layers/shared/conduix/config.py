@@ -7,6 +7,7 @@ function's cold start stays small.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -57,6 +58,57 @@ def settings() -> Settings:
         hold_ttl_seconds=_int("CONDUIX_HOLD_TTL_SECONDS", 300),
         key_cache_seconds=_int("CONDUIX_KEY_CACHE_SECONDS", 30),
     )
+
+
+# ------------------------------------------------------------------ secrets
+#
+# Provider and Stripe keys are never plain environment variables in AWS. A function is given
+# the id of each secret it may read (template.yaml, with IAM for exactly those), and reads it
+# from Secrets Manager (or SSM Parameter Store, SecureString, when the id starts with "/")
+# through Powertools Parameters, cached for SECRET_MAX_AGE seconds: rotating a key takes
+# effect within that long, and a warm function makes no call per request.
+#
+# The local stack and the tests have no Secrets Manager: with CONDUIX_SECRETS_FROM_ENV=1 (set
+# only by them) a secret's value is the environment variable of its name, still only for a
+# function whose template names the secret.
+
+SECRET_MAX_AGE = 300
+PROVIDER_KEYS = "PROVIDER_KEYS_SECRET_ID"  # one JSON object: {"OPENAI_API_KEY": "sk-...", ...}
+_SECRET_IDS = {
+    "STRIPE_API_KEY": "STRIPE_API_KEY_SECRET_ID",
+    "STRIPE_WEBHOOK_SECRET": "STRIPE_WEBHOOK_SECRET_ID",
+}
+
+
+def secret(name: str) -> str | None:
+    """The secret called `name` (STRIPE_API_KEY, STRIPE_WEBHOOK_SECRET, or a provider key's
+    `api_key_env` from the catalog), or None when this function has none configured."""
+    id_variable = _SECRET_IDS.get(name, PROVIDER_KEYS)
+    secret_id = os.environ.get(id_variable, "").strip()
+    if not secret_id:
+        return None
+    if os.environ.get("CONDUIX_SECRETS_FROM_ENV") == "1":
+        return os.environ.get(name, "").strip() or None
+    from aws_lambda_powertools.utilities import parameters  # only functions with secrets pay for it
+
+    try:
+        if secret_id.startswith("/"):
+            raw = parameters.get_parameter(secret_id, decrypt=True, max_age=SECRET_MAX_AGE)
+        else:
+            raw = parameters.get_secret(secret_id, max_age=SECRET_MAX_AGE)
+    except parameters.exceptions.GetParameterError as exc:
+        raise ConfigurationError(f"The secret {secret_id} ({id_variable}) could not be read: {exc}") from None
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    if id_variable != PROVIDER_KEYS:
+        return text.strip() or None
+    try:
+        keys = json.loads(text or "{}")
+    except ValueError:
+        keys = None
+    if not isinstance(keys, dict):
+        raise ConfigurationError(f"The secret {secret_id} must hold a JSON object of provider keys.")
+    value = keys.get(name)
+    return (value.strip() or None) if isinstance(value, str) else None
 
 
 @cache
@@ -125,3 +177,12 @@ def payment_settings() -> PaymentSettings:
         reload_max=reload_limits[-1],
         public_url=_required("CONDUIX_PUBLIC_URL").rstrip("/"),
     )
+
+
+@cache
+def reload_daily_limit() -> int:
+    """How many auto-reload charges one org may have per UTC day before auto-reload pauses."""
+    limit = _int("CONDUIX_RELOAD_DAILY_LIMIT", 5)
+    if limit < 1:
+        raise ConfigurationError("CONDUIX_RELOAD_DAILY_LIMIT must be at least 1.")
+    return limit

@@ -1,34 +1,52 @@
-"""Monthly NET-terms invoices for orgs in invoice billing mode.
+"""Monthly NET-terms invoices for invoice-billed usage.
 
-For each such org, one Stripe invoice per calendar month: a line per model with its tokens
-and credits, collection by send_invoice, due in the org's net terms, its PO number as a
-custom field; finalized and sent. A record under the org (INVOICE#<month>) and Stripe
-idempotency keys derived from org and month make reruns and retried Lambdas harmless.
+Every org with invoice-billed usage in a calendar month gets one Stripe invoice for it,
+whatever its billing mode is now: a line per model with its tokens and credits, a line for
+the credits its positive balance covered, collection by send_invoice, due in the org's net
+terms, its PO number as a custom field; finalized and sent.
 
-Rounding, the one rule: the month's charge is the exact sum of its ledger entries in
-nano-credits (1 credit = 1 USD); the invoice total is that sum rounded half up to the cent,
-and the model lines are rounded by largest remainder so that they add up to the total.
-Paying the invoice credits back exactly what the ledger charged.
+At most one invoice per org and month, however a run fails and however late it is rerun:
+1. Before any Stripe call, the intent is recorded under the org (INVOICE#<month>): the
+   month's figures, frozen, and the invoice's idempotency key.
+2. Each step (create, add lines, finalize, send) starts from Stripe's actual state: the
+   invoice is retrieved by its recorded id, or, if the id was lost, found by the key in its
+   metadata among the customer's invoices (a strongly consistent list). A create response is
+   only ever used for its id, never for its state: a replay says "draft" for good.
+3. The record moves forward after each step, so a rerun resumes where the last one stopped.
+Stripe's idempotency keys only make concurrent retries harmless; nothing depends on them
+once they expire (after 24 hours or more).
+
+Rounding, the one rule: the month's usage and the credits applied are exact sums of ledger
+entries in nano-credits (1 credit = 1 USD); the amount due is their difference, rounded half
+up to the cent, and the lines are rounded by largest remainder so that they add up to it.
+Paying the invoice credits back exactly the nano-credits it billed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from conduix import clock, orgs, stripe_gateway, wallets
 from conduix.config import settings
-from conduix.dynamo import as_int, as_str, client, n, s
+from conduix.dynamo import Item, as_int, as_str, client, error_code, n, s
 from conduix.errors import InvalidRequest
 from conduix.money import format_credits, parse_credits
 
 log = logging.getLogger(__name__)
 PURPOSE = "usage_invoice"
+KEY_FIELD = "conduix_invoice_key"  # the invoice's metadata field that finds it again
+LINE_FIELD = "conduix_line"  # an invoice item's metadata field naming its line
 NANOS_PER_CENT = 10_000_000
 _PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+# Forward only: a record never moves back.
+_STEPS = ("intent", "created", "finalized", "sent")
 
 
 @dataclass
@@ -37,7 +55,8 @@ class ModelUsage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     requests: int = 0
-    nanos: int = 0
+    nanos: int = 0  # what the usage cost
+    invoiced: int = 0  # the part the positive balance did not cover
 
 
 def previous_month(now: datetime) -> str:
@@ -48,7 +67,7 @@ def previous_month(now: datetime) -> str:
 
 
 def month_usage(org_id: str, period: str) -> list[ModelUsage]:
-    """The month's invoiced usage per model, from the ledger (the source of truth)."""
+    """The month's invoice-billed usage per model, from the ledger (the source of truth)."""
     by_model: dict[str, ModelUsage] = {}
     kwargs: dict[str, Any] = {
         "TableName": settings().billing_table,
@@ -66,10 +85,13 @@ def month_usage(org_id: str, period: str) -> list[ModelUsage]:
         page = client().query(**kwargs)
         for item in page.get("Items", []):
             usage = by_model.setdefault(as_str(item, "model"), ModelUsage(as_str(item, "model")))
+            cost = -as_int(item, "amount")  # usage entries are debits
             usage.prompt_tokens += as_int(item, "prompt_tokens")
             usage.completion_tokens += as_int(item, "completion_tokens")
             usage.requests += 1
-            usage.nanos -= as_int(item, "amount")  # usage entries are debits
+            usage.nanos += cost
+            # Entries from before credits were drawn first carry no split: all invoiced.
+            usage.invoiced += as_int(item, "invoiced") if "invoiced" in item else cost
         if "LastEvaluatedKey" not in page:
             return sorted(by_model.values(), key=lambda u: u.model)
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
@@ -87,29 +109,24 @@ def cents_by_line(nanos: list[int]) -> list[int]:
     return floors
 
 
-def _record_key(org_id: str, period: str) -> dict[str, Any]:
-    return {"pk": s(wallets.org_pk(org_id)), "sk": s(f"INVOICE#{period}")}
+@dataclass(frozen=True)
+class MonthFigures:
+    usage_nanos: int  # the month's invoice-billed usage
+    applied_nanos: int  # the part of it the positive balance covered
+    due_nanos: int  # usage - applied: what the invoice bills and its payment credits back
+    lines: list[stripe_gateway.InvoiceLine]
+
+    @property
+    def due_cents(self) -> int:
+        return sum(line.amount_cents for line in self.lines)
 
 
-def _recorded(org_id: str, period: str) -> dict[str, Any] | None:
-    item = client().get_item(
-        TableName=settings().billing_table, Key=_record_key(org_id, period), ConsistentRead=True
-    )
-    return item.get("Item")
-
-
-def invoice_org(org_id: str, period: str, now: datetime) -> str:
-    record = _recorded(org_id, period)
-    if record and as_str(record, "status") == "sent":
-        return f"already invoiced: {as_str(record, 'stripe_invoice_id')}"
+def month_figures(org_id: str, period: str) -> MonthFigures:
     usage = month_usage(org_id, period)
-    total_nanos = sum(u.nanos for u in usage)
-    cents = cents_by_line([u.nanos for u in usage])
-    if not usage or sum(cents) == 0:
-        return "no usage"
-    from conduix import payments
-
-    org = orgs.get_org(org_id)
+    usage_nanos = sum(u.nanos for u in usage)
+    due_nanos = sum(u.invoiced for u in usage)
+    applied = usage_nanos - due_nanos
+    cents = cents_by_line([u.nanos for u in usage] + ([-applied] if applied else []))
     lines = [
         stripe_gateway.InvoiceLine(
             key=u.model.replace("/", "_"),
@@ -119,35 +136,156 @@ def invoice_org(org_id: str, period: str, now: datetime) -> str:
                 f"{u.completion_tokens} output tokens, {format_credits(u.nanos)} credits"
             ),
         )
-        for u, c in zip(usage, cents, strict=True)
-        if c > 0
+        for u, c in zip(usage, cents, strict=False)
     ]
-    invoice = stripe_gateway.send_usage_invoice(
-        customer_id=payments.customer_of(org),
-        idempotency_prefix=f"usage-invoice-{org_id}-{period}",
-        lines=lines,
-        days_until_due=org.net_terms_days,
-        po_number=org.po_number,
-        description=f"Conduix usage for {period}",
-        metadata={
-            "org_id": org_id,
-            "period": period,
-            "purpose": PURPOSE,
-            "credits": format_credits(total_nanos),
-        },
+    if applied:
+        lines.append(
+            stripe_gateway.InvoiceLine(
+                key="credits_applied",
+                amount_cents=cents[-1],
+                description=f"Credits applied from the wallet: -{format_credits(applied)} credits",
+            )
+        )
+    return MonthFigures(usage_nanos, applied, due_nanos, [line for line in lines if line.amount_cents])
+
+
+# ------------------------------------------------------------------ the record (data access)
+
+
+def _record_key(org_id: str, period: str) -> dict[str, Any]:
+    return {"pk": s(wallets.org_pk(org_id)), "sk": s(f"INVOICE#{period}")}
+
+
+def _recorded(org_id: str, period: str) -> Item | None:
+    item = client().get_item(
+        TableName=settings().billing_table, Key=_record_key(org_id, period), ConsistentRead=True
     )
-    client().put_item(
-        TableName=settings().billing_table,
-        Item={
-            **_record_key(org_id, period),
-            "status": s("sent"),
-            "stripe_invoice_id": s(str(invoice["id"])),
-            "total_cents": n(sum(cents)),
-            "credits": n(total_nanos),
-            "sent_at": s(clock.iso(now)),
-        },
-    )
-    return f"invoiced: {invoice['id']}"
+    found: Item | None = item.get("Item")
+    return found
+
+
+def _record_intent(org_id: str, period: str, figures: MonthFigures, now: datetime) -> Item:
+    """Write the intent once; a concurrent or earlier run's intent wins and is returned."""
+    item: Item = {
+        **_record_key(org_id, period),
+        "status": s("intent"),
+        "idempotency_key": s(f"usage-invoice-{org_id}-{period}"),
+        "usage_credits": n(figures.usage_nanos),
+        "applied_credits": n(figures.applied_nanos),
+        "credits": n(figures.due_nanos),
+        "total_cents": n(figures.due_cents),
+        "lines": s(json.dumps([line.__dict__ for line in figures.lines])),
+        "intent_at": s(clock.iso(now)),
+        "intent_epoch": n(int(now.timestamp())),
+    }
+    try:
+        client().put_item(
+            TableName=settings().billing_table, Item=item, ConditionExpression="attribute_not_exists(pk)"
+        )
+    except ClientError as exc:
+        if error_code(exc) != "ConditionalCheckFailedException":
+            raise
+        existing = _recorded(org_id, period)
+        assert existing is not None
+        return existing
+    return item
+
+
+def _advance_record(org_id: str, period: str, status: str, invoice_id: str, now: datetime) -> None:
+    """Move the record to `status` (never back) and keep the invoice's id."""
+    later = [s(step) for step in _STEPS[_STEPS.index(status) :]]
+    names = ", ".join(f":s{i}" for i in range(len(later)))
+    try:
+        client().update_item(
+            TableName=settings().billing_table,
+            Key=_record_key(org_id, period),
+            UpdateExpression="SET #status = :status, stripe_invoice_id = :id, #at = :now",
+            ConditionExpression=f"attribute_exists(pk) AND NOT #status IN ({names})",
+            ExpressionAttributeNames={"#status": "status", "#at": f"{status}_at"},
+            ExpressionAttributeValues={
+                ":status": s(status),
+                ":id": s(invoice_id),
+                ":now": s(clock.iso(now)),
+                **{f":s{i}": v for i, v in enumerate(later)},
+            },
+        )
+    except ClientError as exc:
+        if error_code(exc) != "ConditionalCheckFailedException":
+            raise
+
+
+# ------------------------------------------------------------------ the steps
+
+
+def _invoice_of(record: Item, customer_id: str, org: orgs.Org, period: str, now: datetime) -> dict[str, Any]:
+    """Step 1: the month's invoice as Stripe has it now, created only if Stripe has none."""
+    org_id = org.org_id
+    invoice_id = as_str(record, "stripe_invoice_id")
+    if invoice_id:
+        return stripe_gateway.retrieve_invoice(invoice_id)
+    key = as_str(record, "idempotency_key")
+    since = as_int(record, "intent_epoch") - 3600  # clocks differ; the key is what matches
+    found = stripe_gateway.find_invoice(customer_id, KEY_FIELD, key, created_gte=since)
+    if found is None:
+        created_id = stripe_gateway.create_draft_invoice(
+            customer_id=customer_id,
+            idempotency_key=key,
+            days_until_due=org.net_terms_days,
+            po_number=org.po_number,
+            description=f"Conduix usage for {period}",
+            metadata={
+                "org_id": org_id,
+                "period": period,
+                "purpose": PURPOSE,
+                KEY_FIELD: key,
+                "credits": format_credits(as_int(record, "credits")),
+                "usage_credits": format_credits(as_int(record, "usage_credits")),
+                "credits_applied": format_credits(as_int(record, "applied_credits")),
+            },
+        )
+        found = stripe_gateway.retrieve_invoice(created_id)  # its state now, not the replay's
+    _advance_record(org_id, period, "created", str(found["id"]), now)
+    return found
+
+
+def invoice_org(org_id: str, period: str, now: datetime) -> str:
+    record = _recorded(org_id, period)
+    if record is None:
+        figures = month_figures(org_id, period)
+        if figures.usage_nanos == 0:
+            return "no usage"
+        if figures.due_cents <= 0:
+            return f"nothing due: {format_credits(figures.usage_nanos)} credits of usage covered by credits"
+        record = _record_intent(org_id, period, figures, now)
+    if as_str(record, "status") == "sent":
+        return f"already invoiced: {as_str(record, 'stripe_invoice_id')}"
+    from conduix import payments
+
+    org = orgs.get_org(org_id)
+    customer_id = payments.customer_of(org)
+    invoice = _invoice_of(record, customer_id, org, period, now)
+    invoice_id = str(invoice["id"])
+    key = as_str(record, "idempotency_key")
+    if invoice.get("status") == "draft":  # step 2: the lines Stripe does not have yet
+        have = stripe_gateway.invoice_line_keys(invoice_id, LINE_FIELD)
+        for raw in json.loads(as_str(record, "lines")):
+            line = stripe_gateway.InvoiceLine(**raw)
+            if line.key not in have:
+                stripe_gateway.add_invoice_line(
+                    customer_id=customer_id,
+                    invoice_id=invoice_id,
+                    line=line,
+                    metadata={LINE_FIELD: line.key},
+                    idempotency_key=f"{key}-{line.key}",
+                )
+        invoice = stripe_gateway.finalize_invoice(invoice_id)  # step 3
+    if invoice.get("status") == "draft":
+        raise RuntimeError(f"invoice {invoice_id} is still a draft after finalizing")
+    _advance_record(org_id, period, "finalized", invoice_id, now)
+    if invoice.get("status") == "open":  # step 4 (a paid or voided invoice is not sent)
+        stripe_gateway.send_invoice(invoice_id, idempotency_key=f"{key}-send")
+    _advance_record(org_id, period, "sent", invoice_id, now)
+    return f"invoiced: {invoice_id}"
 
 
 def run(event: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -161,6 +299,7 @@ def run(event: dict[str, Any], now: datetime) -> dict[str, Any]:
     for org_id in wallets.invoice_mode_orgs():
         try:
             results[org_id] = invoice_org(org_id, period, now)
+            wallets.forget_invoiced_org(org_id, period)  # back in prepaid and invoiced up to date
         except Exception as exc:  # one org's trouble must not stop the others' invoices
             log.exception("invoicing failed for an org", extra={"org_id": org_id, "period": period})
             results[org_id] = f"failed: {type(exc).__name__}"
@@ -171,7 +310,7 @@ def run(event: dict[str, Any], now: datetime) -> dict[str, Any]:
 
 
 def invoice_paid(obj: dict[str, Any], now: datetime) -> str:
-    """A paid usage invoice credits back exactly the ledger charges it billed."""
+    """A paid usage invoice credits back exactly the nano-credits it billed."""
     invoice = stripe_gateway.retrieve_invoice(str(obj["id"]))
     metadata = invoice.get("metadata") or {}
     if invoice.get("status") != "paid":

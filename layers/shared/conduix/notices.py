@@ -96,3 +96,22 @@ def reload_failed(to: str, org_name: str, reason: str, turned_off: bool) -> bool
         f"Hello {org_name},\n\nWe could not charge your saved card for auto-reload: {reason}\n{off}\n"
         f"Update your card or top up at {_dashboard()}\n",
     )
+
+
+def auto_reload_turned_off(to: str, org_name: str, reason: str) -> bool:
+    return send(
+        to,
+        "Conduix: auto-reload is turned off",
+        f"Hello {org_name},\n\nWe turned auto-reload off. {reason}\n\n"
+        f"You can turn it on again at {_dashboard()}\n",
+    )
+
+
+def reload_paused(to: str, org_name: str, charges: int) -> bool:
+    return send(
+        to,
+        "Conduix: auto-reload paused for today",
+        f"Hello {org_name},\n\nAuto-reload has charged your saved card {charges} times today (UTC), the "
+        "most it does in one day, and your balance is still below your threshold. It resumes "
+        f"tomorrow (UTC). To add credits now, top up at {_dashboard()}\n",
+    )

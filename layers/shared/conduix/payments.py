@@ -9,16 +9,17 @@ and every movement is keyed by a Stripe id, so a replay moves nothing.
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import stripe
 
-from conduix import autoreload, notices, orgs, stripe_gateway, wallets, webhook_log
+from conduix import autoreload, notices, orgs, reloads, stripe_gateway, wallets, webhook_log
 from conduix.config import payment_settings
+from conduix.config import secret as configured_secret
 from conduix.errors import ConfigurationError, InvalidRequest, InvalidSignature, ServiceBusy
 from conduix.money import format_credits, parse_credits
 from conduix.validation import parse_json_object
@@ -178,42 +179,170 @@ def _intent_failed(obj: dict[str, Any], now: datetime) -> str:
     return "recorded failure"
 
 
-def _reverse(kind: str, key: str, intent_id: str | None, amount_cents: int, now: datetime) -> str:
-    """Take back the credits a refunded or disputed payment bought (the balance may go
-    negative; requests are then refused until it is positive again)."""
-    if not intent_id:
-        return "ignored: no payment intent"
+# ------------------------------------------------------------------ reversals: refunds and disputes
+
+
+@dataclass(frozen=True)
+class Purchase:
+    """What one payment bought: the credits its ledger entry added, for how many cents."""
+
+    org_id: str
+    entry_id: str  # the ledger entry that credited it (or, for a top-up, its PaymentIntent)
+    credits: int
+    paid_cents: int
+
+
+def _org_of_customer(customer_id: str | None) -> str | None:
+    if not customer_id:
+        return None
+    org_id = (stripe_gateway.retrieve_customer(customer_id).get("metadata") or {}).get("org_id")
+    return str(org_id) if org_id else None
+
+
+def purchase_of(intent_id: str) -> Purchase | None:
+    """The credits a PaymentIntent bought: a top-up or an auto-reload (named in its metadata),
+    or an invoice that credited the wallet: a plan period's included credits, or a usage
+    invoice's payment. None for a payment that bought no credits."""
     intent = stripe_gateway.retrieve_payment_intent(intent_id)
     metadata = intent.get("metadata") or {}
-    if metadata.get("purpose") not in ("top_up", "auto_reload") or not intent.get("amount"):
-        return "ignored: not a credit purchase"
-    bought = parse_credits(str(metadata["credits"]), field="credits")
-    # In proportion to the money returned; exact for our 1 credit = 1 USD purchases.
-    reversed_nanos = bought * amount_cents // int(intent["amount"])
+    paid = int(intent.get("amount_received") or intent.get("amount") or 0)
+    if metadata.get("purpose") in ("top_up", "auto_reload"):
+        credits = parse_credits(str(metadata["credits"]), field="credits")
+        kind = "auto_reload:" if metadata["purpose"] == "auto_reload" else "top_up payment "
+        return Purchase(str(metadata["org_id"]), kind + intent_id, credits, paid)
+    invoice = stripe_gateway.invoice_of_payment(intent_id)
+    if invoice is None:
+        return None
+    from conduix import invoicing
+
+    invoice_meta = invoice.get("metadata") or {}
+    if invoice_meta.get("purpose") == invoicing.PURPOSE:
+        kind, org_id = "invoice_payment", invoice_meta.get("org_id")
+    elif invoice.get("billing_reason") in ("subscription_create", "subscription_cycle"):
+        details = (invoice.get("parent") or {}).get("subscription_details") or {}
+        kind = "plan_credits"
+        org_id = (details.get("metadata") or {}).get("org_id") or _org_of_customer(
+            _id(invoice.get("customer"))
+        )
+    else:
+        return None
+    if not org_id:
+        return None
+    entry = wallets.ledger_entry(str(org_id), f"{kind}:{invoice['id']}")
+    if entry is None or entry.amount <= 0:
+        return None  # it credited nothing (yet): there is nothing to take back
+    return Purchase(str(org_id), entry.entry_id, entry.amount, int(invoice.get("amount_paid") or paid))
+
+
+def reversal_share(purchase: Purchase, before_cents: int, cents: int) -> int:
+    """The rounding rule of reversals: after refunds and disputes of R cents in all out of P
+    paid, floor(credits x R / P) nano-credits have been taken back. Each refund or dispute
+    takes the step its own cents add, in the order Stripe made them, so a full refund takes
+    back exactly what was bought, however it was split."""
+    paid = max(purchase.paid_cents, 1)
+    after = min(before_cents + cents, paid)
+    return purchase.credits * after // paid - purchase.credits * min(before_cents, paid) // paid
+
+
+def _refunds_in_order(charge_id: str) -> list[dict[str, Any]]:
+    """Oldest first. Stripe lists newest first in the order it made them; `created` has only
+    whole seconds, so two refunds in one second could not be ordered by it, and a refund's
+    share must never change once a later refund exists."""
+    refunds = [r for r in stripe_gateway.list_refunds(charge_id) if r.get("status") == "succeeded"]
+    return refunds[::-1]
+
+
+def refund_reversals(charge: dict[str, Any], purchase: Purchase) -> list[tuple[str, int]]:
+    """(refund id, nano-credits it takes back) for each succeeded refund of the charge."""
+    shares, before = [], 0
+    for refund in _refunds_in_order(str(charge["id"])):
+        shares.append((str(refund["id"]), reversal_share(purchase, before, int(refund["amount"]))))
+        before += int(refund["amount"])
+    return shares
+
+
+def dispute_reversal(dispute: dict[str, Any], purchase: Purchase) -> int:
+    """A dispute comes after the charge's refunds (a disputed charge cannot be refunded)."""
+    refunded = sum(int(r["amount"]) for r in _refunds_in_order(str(dispute["charge"])))
+    return reversal_share(purchase, refunded, int(dispute.get("amount") or 0))
+
+
+def _take_back(purchase: Purchase, kind: str, key: str, nanos: int, what: str, now: datetime) -> bool:
+    """One reversing entry, once per Stripe object (the balance may go negative: prepaid
+    requests are then refused until it is positive again)."""
     _, created = wallets.credit(
-        str(metadata["org_id"]),
+        purchase.org_id,
         kind=kind,
         key=key,
-        amount=-reversed_nanos,
-        description=f"{kind.capitalize()} of a purchase: -{format_credits(reversed_nanos)} credits",
+        amount=-nanos,
+        description=f"{what} {key} of {purchase.entry_id}: -{format_credits(nanos)} credits",
         now=now,
     )
-    return "reversed" if created else "already reversed"
+    return created
 
 
 def _charge_refunded(obj: dict[str, Any], now: datetime) -> str:
     """Each refund of the charge reverses its share of the credits, once (keyed by the refund).
     The refunds are listed from Stripe: the event only says how much was refunded in all."""
     intent_id = _id(obj.get("payment_intent"))
-    refunds = [r for r in stripe_gateway.list_refunds(str(obj["id"])) if r.get("status") == "succeeded"]
-    outcomes = [_reverse("refund", str(r["id"]), intent_id, int(r["amount"]), now) for r in refunds]
+    purchase = purchase_of(intent_id) if intent_id else None
+    if purchase is None:
+        return "ignored: not a credit purchase"
+    outcomes = [
+        "reversed" if _take_back(purchase, "refund", refund_id, nanos, "Refund", now) else "already reversed"
+        for refund_id, nanos in refund_reversals(obj, purchase)
+    ]
     return ", ".join(outcomes) or "no refund yet"
 
 
-def _dispute_created(obj: dict[str, Any], now: datetime) -> str:
-    return _reverse(
-        "dispute", str(obj["id"]), _id(obj.get("payment_intent")), int(obj.get("amount") or 0), now
+def _dispute_reversed(dispute: dict[str, Any], now: datetime) -> tuple[Purchase | None, str]:
+    intent_id = _id(dispute.get("payment_intent")) or _id(
+        stripe_gateway.retrieve_charge(str(dispute["charge"])).get("payment_intent")
     )
+    purchase = purchase_of(intent_id) if intent_id else None
+    if purchase is None:
+        return None, "ignored: not a credit purchase"
+    nanos = dispute_reversal(dispute, purchase)
+    created = _take_back(purchase, "dispute", str(dispute["id"]), nanos, "Dispute", now)
+    return purchase, "reversed" if created else "already reversed"
+
+
+def _dispute_created(obj: dict[str, Any], now: datetime) -> str:
+    """The disputed payment's credits go back, and auto-reload stops: the disputed card is not
+    charged again until the customer turns it back on."""
+    dispute = stripe_gateway.retrieve_dispute(str(obj["id"]))
+    purchase, outcome = _dispute_reversed(dispute, now)
+    if purchase is not None and reloads.turn_off(
+        purchase.org_id, "Turned off after a payment was disputed.", now
+    ):
+        org = orgs.get_org(purchase.org_id)
+        notices.auto_reload_turned_off(
+            org.email,
+            org.name,
+            "A payment of yours was disputed, so we stopped charging your saved card. "
+            "Turn auto-reload on again once the card can be charged.",
+        )
+    return outcome
+
+
+def _dispute_closed(obj: dict[str, Any], now: datetime) -> str:
+    """A won dispute restores the credits its reversal took back (once, keyed by the dispute);
+    a lost one keeps them reversed."""
+    dispute = stripe_gateway.retrieve_dispute(str(obj["id"]))  # the outcome now
+    purchase, outcome = _dispute_reversed(dispute, now)  # made if the created event was missed
+    if purchase is None or dispute.get("status") != "won":
+        return f"{outcome}; dispute {dispute.get('status')}"
+    reversal = wallets.ledger_entry(purchase.org_id, f"dispute:{dispute['id']}")
+    nanos = -reversal.amount if reversal else 0
+    _, created = wallets.credit(
+        purchase.org_id,
+        kind="dispute_won",
+        key=str(dispute["id"]),
+        amount=nanos,
+        description=f"Dispute {dispute['id']} won: +{format_credits(nanos)} credits restored",
+        now=now,
+    )
+    return "restored" if created else "already restored"
 
 
 def _invoice_paid(obj: dict[str, Any], now: datetime) -> str:
@@ -245,6 +374,7 @@ HANDLERS: dict[str, Callable[[dict[str, Any], datetime], str]] = {
     "payment_intent.payment_failed": _intent_failed,
     "charge.refunded": _charge_refunded,
     "charge.dispute.created": _dispute_created,
+    "charge.dispute.closed": _dispute_closed,
     "invoice.paid": _invoice_paid,
     "invoice.payment_failed": _invoice_payment_failed,
     "customer.subscription.created": _subscription_changed,
@@ -289,7 +419,7 @@ def _event_envelope(payload: bytes) -> dict[str, Any]:
 def receive(payload: bytes, signature: str | None, now: datetime) -> dict[str, Any]:
     """POST /webhooks/stripe: verify the signature over the raw body before anything else,
     then handle the event once. Raises InvalidSignature, ConfigurationError or ServiceBusy."""
-    secret = os.environ.get("STRIPE_WEBHOOK_SECRET", "").strip()
+    secret = configured_secret("STRIPE_WEBHOOK_SECRET")
     if not secret:  # never accept an unsigned event, whatever else is configured
         raise ConfigurationError("STRIPE_WEBHOOK_SECRET is not set: webhook events are refused.")
     if not signature:

@@ -9,7 +9,6 @@ cleanly and fall back.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 import urllib.error
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from conduix.clock import Seconds
+from conduix.config import secret
 from conduix.errors import UpstreamError, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from conduix.pricing import Attempt
 
@@ -47,7 +47,7 @@ def _open(attempt: Attempt, payload: dict[str, Any], timeout: Seconds) -> Any:
     upstream = attempt.model.upstream
     headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
     if upstream.api_key_env:
-        key = os.environ.get(upstream.api_key_env)
+        key = secret(upstream.api_key_env)
         if not key:
             raise UpstreamUnavailable(f"No credentials configured for {attempt.model.id}.")
         headers["Authorization"] = f"Bearer {key}"

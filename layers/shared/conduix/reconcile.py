@@ -116,13 +116,17 @@ def all_org_ids() -> list[str]:
 
 def report(org_id: str) -> dict[str, Any]:
     """GET /admin/orgs/{org_id}/reconcile."""
-    discrepancies = reconcile_org(org_id)
+    from conduix import reconcile_stripe  # the ledger against Stripe, too
+
+    discrepancies = reconcile_org(org_id) + reconcile_stripe.check_org(org_id)
     return {"org_id": org_id, "ok": not discrepancies, "discrepancies": [d.__dict__ for d in discrepancies]}
 
 
 def main() -> int:
+    from conduix import reconcile_stripe  # the ledger against Stripe, too
+
     org_ids = all_org_ids()
-    problems = [d for org_id in org_ids for d in reconcile_org(org_id)]
+    problems = [d for org_id in org_ids for d in reconcile_org(org_id) + reconcile_stripe.check_org(org_id)]
     for problem in problems:
         print(problem)
     print(f"reconciled {len(org_ids)} org(s): {len(problems)} discrepancy(ies)")

@@ -9,9 +9,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from conduix import clock
 from conduix.config import settings
-from conduix.dynamo import client, n, s
+from conduix.dynamo import Item, as_int, as_str, client, error_code, n, s
 from conduix.wallets import conditional_update, orgs_in_index, wallet_key
 
 MAX_FAILURES = 3
@@ -45,12 +47,14 @@ def due_orgs(shard: str) -> list[str]:
 
 
 def record_success(org_id: str, episode: int, message: str, now: datetime) -> bool:
-    """Note a successful charge for `episode`; False if another run noted it first."""
+    """Note a successful charge for `episode` and end the episode, whatever the balance is
+    now; False if another run noted it first. (If the balance is still below the threshold,
+    the caller starts a new episode, with a new idempotency key.)"""
     return conditional_update(
         org_id,
         UpdateExpression=(
             "SET reload_failures = :zero, reload_last_status = :ok, reload_last_message = :msg, "
-            "reload_last_at = :at, reload_noted_episode = :ep"
+            "reload_last_at = :at, reload_noted_episode = :ep REMOVE reload_due_shard"
         ),
         ConditionExpression=_FIRST_NOTE_OF_EPISODE,
         ExpressionAttributeValues={
@@ -95,3 +99,90 @@ def record_failure(org_id: str, episode: int, message: str, now: datetime) -> tu
         },
     )
     return True, disabled
+
+
+CLAIMED, ALREADY_CLAIMED, STALE, LIMIT_REACHED = "claimed", "already_claimed", "stale", "limit_reached"
+
+
+def claim_charge(org_id: str, episode: int, day: str, limit: int) -> str:
+    """Count the charge of `episode` against the org's charges of this UTC `day`, once per
+    episode, refusing it past `limit`. CLAIMED or ALREADY_CLAIMED (a rerun of this episode)
+    mean: charge; STALE: the episode is over; LIMIT_REACHED: not today."""
+    same_day = (
+        "SET reload_charge_episode = :ep ADD reload_day_charges :one",
+        "reload_day = :day AND reload_day_charges < :max",
+    )
+    new_day = (
+        "SET reload_charge_episode = :ep, reload_day = :day, reload_day_charges = :one",
+        "(attribute_not_exists(reload_day) OR reload_day <> :day)",
+    )
+    for update, condition in (same_day, new_day, same_day):
+        try:
+            client().update_item(
+                TableName=settings().billing_table,
+                Key=wallet_key(org_id),
+                UpdateExpression=update,
+                ConditionExpression=(
+                    "reload_episode = :ep AND (attribute_not_exists(reload_charge_episode) "
+                    f"OR reload_charge_episode <> :ep) AND {condition}"
+                ),
+                ExpressionAttributeValues={
+                    ":ep": n(episode),
+                    ":day": s(day),
+                    ":one": n(1),
+                    **({":max": n(limit)} if ":max" in condition else {}),
+                },
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            old: Item = dict(exc.response.get("Item") or {})  # type: ignore[call-overload]
+            if as_int(old, "reload_episode") != episode:
+                return STALE
+            if "reload_charge_episode" in old and as_int(old, "reload_charge_episode") == episode:
+                return ALREADY_CLAIMED
+            if as_str(old, "reload_day") == day and as_int(old, "reload_day_charges") >= limit:
+                return LIMIT_REACHED
+            continue  # the day turned, or another episode's claim raced: try the other form
+        return CLAIMED
+    return STALE
+
+
+def note_paused(org_id: str, day: str, message: str, now: datetime) -> bool:
+    """Auto-reload reached its daily limit: shown on the billing view; True only for the first
+    note of the day, so the notice goes out once."""
+    return conditional_update(
+        org_id,
+        UpdateExpression=(
+            "SET reload_paused_day = :day, reload_last_status = :paused, reload_last_message = :msg, "
+            "reload_last_at = :at"
+        ),
+        ConditionExpression="attribute_not_exists(reload_paused_day) OR reload_paused_day <> :day",
+        ExpressionAttributeValues={
+            ":day": s(day),
+            ":paused": s("paused"),
+            ":msg": s(message),
+            ":at": s(clock.iso(now)),
+        },
+    )
+
+
+def turn_off(org_id: str, message: str, now: datetime) -> bool:
+    """Turn auto-reload off (after a dispute, or for invoice mode: the card must not be charged
+    until the customer acts), noting why for the billing view. True if it was on."""
+    return conditional_update(
+        org_id,
+        UpdateExpression=(
+            "SET reload_enabled = :false, reload_last_status = :off, reload_last_message = :msg, "
+            "reload_last_at = :at REMOVE reload_due_shard"
+        ),
+        ConditionExpression="reload_enabled = :true",
+        ExpressionAttributeValues={
+            ":false": {"BOOL": False},
+            ":true": {"BOOL": True},
+            ":off": s("turned_off"),
+            ":msg": s(message),
+            ":at": s(clock.iso(now)),
+        },
+    )

@@ -34,6 +34,7 @@ ENTRY_TYPES = (
     "usage",
     "refund",
     "dispute",
+    "dispute_won",
     "hold_release",
 )
 # A CSV export holds the whole range asked for, up to this many rows; beyond, a 400 asks for a
@@ -226,6 +227,8 @@ def _entry(item: Item, balance_after: int) -> dict[str, Any]:
         "reference": entry_id.split(":", 1)[1] if ":" in entry_id else entry_id,
         "created_at": as_str(item, "created_at"),
         **({"model": as_str(item, "model")} if "model" in item else {}),
+        # Invoice mode: the part of a usage entry the month's invoice bills.
+        **({"invoiced": format_credits(as_int(item, "invoiced"))} if "invoiced" in item else {}),
     }
 
 
@@ -263,7 +266,17 @@ def ledger_page(
     }
 
 
-LEDGER_COLUMNS = ("created_at", "id", "type", "description", "model", "amount", "balance_after", "reference")
+LEDGER_COLUMNS = (
+    "created_at",
+    "id",
+    "type",
+    "description",
+    "model",
+    "amount",
+    "invoiced",
+    "balance_after",
+    "reference",
+)
 
 
 def ledger_export(org_id: str, query: Mapping[str, str]) -> Export:

@@ -14,15 +14,17 @@ from typing import Any
 
 import stripe
 
-from conduix.errors import ConfigurationError, UpstreamUnavailable
+from conduix.errors import ConfigurationError, NotFound, UpstreamUnavailable
 
 CURRENCY = "usd"
 
 
 @cache
 def client() -> stripe.StripeClient:
-    """A StripeClient for STRIPE_API_KEY. STRIPE_API_BASE points it at a local stand-in."""
-    api_key = os.environ.get("STRIPE_API_KEY", "").strip()
+    """A StripeClient for the STRIPE_API_KEY secret. STRIPE_API_BASE points it at a local stand-in."""
+    from conduix.config import secret
+
+    api_key = secret("STRIPE_API_KEY")
     if not api_key:
         raise ConfigurationError("STRIPE_API_KEY is not set: Stripe is not configured on this deployment.")
     base = os.environ.get("STRIPE_API_BASE", "").strip()
@@ -39,11 +41,16 @@ def _plain(obj: Any) -> dict[str, Any]:
 
 
 def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Stripe outages become our domain error; card errors and bad requests pass through."""
+    """Stripe outages and missing objects become our domain errors; card errors and other
+    bad requests pass through."""
     try:
         return fn(*args, **kwargs)
     except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
         raise UpstreamUnavailable(f"Stripe could not be reached: {exc.user_message or exc}") from exc
+    except stripe.InvalidRequestError as exc:
+        if exc.http_status == 404:
+            raise NotFound(f"Stripe has no such object: {exc.user_message or exc}") from exc
+        raise
 
 
 def cents(credits_nanos: int) -> int:
@@ -190,8 +197,61 @@ def charge_off_session(
 
 
 def list_refunds(charge_id: str) -> list[dict[str, Any]]:
+    """The charge's refunds, newest first (Stripe's order of creation)."""
     page = _call(client().v1.refunds.list, params={"charge": charge_id, "limit": 100})
-    return [_plain(refund) for refund in page.data]
+    return [_plain(refund) for refund in page.auto_paging_iter()]
+
+
+def retrieve_dispute(dispute_id: str) -> dict[str, Any]:
+    return _plain(_call(client().v1.disputes.retrieve, dispute_id))
+
+
+def retrieve_refund(refund_id: str) -> dict[str, Any]:
+    return _plain(_call(client().v1.refunds.retrieve, refund_id))
+
+
+def retrieve_charge(charge_id: str) -> dict[str, Any]:
+    return _plain(_call(client().v1.charges.retrieve, charge_id))
+
+
+def retrieve_customer(customer_id: str) -> dict[str, Any]:
+    return _plain(_call(client().v1.customers.retrieve, customer_id))
+
+
+def invoice_of_payment(payment_intent_id: str) -> dict[str, Any] | None:
+    """The invoice a PaymentIntent paid, through its invoice payment (since API 2025-03-31
+    neither object names the other)."""
+    page = _call(
+        client().v1.invoice_payments.list,
+        params={"payment": {"type": "payment_intent", "payment_intent": payment_intent_id}, "limit": 1},
+    )
+    return retrieve_invoice(str(page.data[0].invoice)) if page.data else None
+
+
+def retrieve_price(price_id: str) -> dict[str, Any]:
+    return _plain(_call(client().v1.prices.retrieve, price_id))
+
+
+def _all(service: Any, params: dict[str, Any]) -> list[dict[str, Any]]:
+    page = _call(service.list, params={**params, "limit": 100})
+    return [_plain(obj) for obj in page.auto_paging_iter()]
+
+
+def customer_payments(customer_id: str) -> dict[str, list[dict[str, Any]]]:
+    """Everything of one customer that can move credits (for reconciliation): Checkout
+    Sessions, PaymentIntents, charges and invoices."""
+    v1 = client().v1
+    by_customer = {"customer": customer_id}
+    return {
+        "sessions": _all(v1.checkout.sessions, by_customer),
+        "intents": _all(v1.payment_intents, by_customer),
+        "charges": _all(v1.charges, by_customer),
+        "invoices": _all(v1.invoices, by_customer),
+    }
+
+
+def list_disputes(payment_intent_id: str) -> list[dict[str, Any]]:
+    return _all(client().v1.disputes, {"payment_intent": payment_intent_id})
 
 
 def list_invoices(customer_id: str) -> list[dict[str, Any]]:
@@ -296,18 +356,18 @@ class InvoiceLine:
     description: str
 
 
-def send_usage_invoice(
+def create_draft_invoice(
     *,
     customer_id: str,
-    idempotency_prefix: str,
-    lines: list[InvoiceLine],
+    idempotency_key: str,
     days_until_due: int,
     po_number: str | None,
     description: str,
     metadata: dict[str, str],
-) -> dict[str, Any]:
-    """Create (or, on a rerun, find again) a send_invoice invoice, add its lines, finalize and
-    send it. Every step carries an idempotency key derived from the org and the month."""
+) -> str:
+    """A draft send_invoice invoice; only its id is returned. Within Stripe's idempotency
+    window a retry gets the first response replayed as it was (still saying "draft"), so
+    callers must retrieve the invoice for its state."""
     params: dict[str, Any] = {
         "customer": customer_id,
         "collection_method": "send_invoice",
@@ -319,27 +379,59 @@ def send_usage_invoice(
     }
     if po_number:
         params["custom_fields"] = [{"name": "PO number", "value": po_number}]
-    invoice = _call(
-        client().v1.invoices.create, params=params, options={"idempotency_key": idempotency_prefix}
+    invoice = _call(client().v1.invoices.create, params=params, options={"idempotency_key": idempotency_key})
+    return str(invoice.id)
+
+
+def find_invoice(customer_id: str, field: str, value: str, *, created_gte: int) -> dict[str, Any] | None:
+    """The customer's invoice whose metadata[field] is value, created since created_gte. A
+    list is strongly consistent, unlike Search, so an invoice created a moment ago is found."""
+    page = _call(
+        client().v1.invoices.list,
+        params={"customer": customer_id, "created": {"gte": created_gte}, "limit": 100},
     )
-    if invoice.status == "draft":
-        for line in lines:
-            _call(
-                client().v1.invoice_items.create,
-                params={
-                    "customer": customer_id,
-                    "invoice": invoice.id,
-                    "amount": line.amount_cents,
-                    "currency": CURRENCY,
-                    "description": line.description,
-                },
-                options={"idempotency_key": f"{idempotency_prefix}-{line.key}"},
-            )
-        invoice = _call(client().v1.invoices.finalize_invoice, invoice.id)
-    if invoice.status == "open":
-        invoice = _call(
-            client().v1.invoices.send_invoice,
-            invoice.id,
-            options={"idempotency_key": f"{idempotency_prefix}-send"},
-        )
-    return _plain(invoice)
+    for invoice in page.auto_paging_iter():
+        found = _plain(invoice)
+        if (found.get("metadata") or {}).get(field) == value:
+            return found
+    return None
+
+
+def invoice_line_keys(invoice_id: str, field: str) -> set[str]:
+    """metadata[field] of every line the invoice has now."""
+    page = _call(client().v1.invoices.line_items.list, invoice_id, params={"limit": 100})
+    return {str((_plain(line).get("metadata") or {}).get(field)) for line in page.auto_paging_iter()}
+
+
+def add_invoice_line(
+    *, customer_id: str, invoice_id: str, line: InvoiceLine, metadata: dict[str, str], idempotency_key: str
+) -> None:
+    _call(
+        client().v1.invoice_items.create,
+        params={
+            "customer": customer_id,
+            "invoice": invoice_id,
+            "amount": line.amount_cents,
+            "currency": CURRENCY,
+            "description": line.description,
+            "metadata": metadata,
+        },
+        options={"idempotency_key": idempotency_key},
+    )
+
+
+def finalize_invoice(invoice_id: str) -> dict[str, Any]:
+    """Finalize a draft; one finalized meanwhile (a lost answer, a racing run) is fine."""
+    try:
+        return _plain(_call(client().v1.invoices.finalize_invoice, invoice_id))
+    except stripe.InvalidRequestError:
+        invoice = retrieve_invoice(invoice_id)
+        if invoice.get("status") == "draft":
+            raise
+        return invoice
+
+
+def send_invoice(invoice_id: str, *, idempotency_key: str) -> dict[str, Any]:
+    return _plain(
+        _call(client().v1.invoices.send_invoice, invoice_id, options={"idempotency_key": idempotency_key})
+    )

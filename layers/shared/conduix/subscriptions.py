@@ -76,6 +76,12 @@ def _plan_of_subscription(sub: dict[str, Any]) -> plans.Plan | None:
     return plans.by_price_lookup_key(price.get("lookup_key")) if isinstance(price, dict) else None
 
 
+def _subscription_of(invoice: dict[str, Any]) -> str | None:
+    """An invoice names its subscription under parent.subscription_details (API 2025-03-31+)."""
+    details = (invoice.get("parent") or {}).get("subscription_details") or {}
+    return str(details["subscription"]) if details.get("subscription") else None
+
+
 def _org_of(obj: dict[str, Any]) -> str | None:
     org_id = (obj.get("metadata") or {}).get("org_id")
     return str(org_id) if org_id else None
@@ -101,7 +107,7 @@ def subscription_changed(obj: dict[str, Any], now: datetime) -> str:
             item_id=str(items[0]["id"]),
             plan=plan.id,
             status=status,
-            current_period_end=int(sub.get("current_period_end") or items[0].get("current_period_end") or 0),
+            current_period_end=int(items[0].get("current_period_end") or 0),  # periods live on items
             last_payment_failed=status == "past_due",
         ),
     )
@@ -123,11 +129,10 @@ def invoice_paid(obj: dict[str, Any], now: datetime) -> str:
         return "waiting: not paid"
     lines = (invoice.get("lines") or {}).get("data") or []
     line = lines[0] if lines else {}
-    price = line.get("price") or (line.get("pricing") or {}).get("price_details") or {}
-    plan = plans.by_price_lookup_key(price.get("lookup_key") if isinstance(price, dict) else None)
-    sub_id = invoice.get("subscription") or (invoice.get("parent") or {}).get("subscription_details", {}).get(
-        "subscription"
-    )
+    price_id = ((line.get("pricing") or {}).get("price_details") or {}).get("price")
+    price = stripe_gateway.retrieve_price(str(price_id)) if price_id else {}
+    plan = plans.by_price_lookup_key(price.get("lookup_key"))
+    sub_id = _subscription_of(invoice)
     org_id = (
         _org_of(invoice)
         or _org_of(line)
@@ -159,7 +164,7 @@ def invoice_paid(obj: dict[str, Any], now: datetime) -> str:
 
 def invoice_payment_failed(obj: dict[str, Any], now: datetime) -> str:
     invoice = stripe_gateway.retrieve_invoice(str(obj["id"]))
-    sub_id = invoice.get("subscription")
+    sub_id = _subscription_of(invoice)
     if not sub_id:
         return "ignored: not a subscription invoice"
     org_id = _org_of(stripe_gateway.retrieve_subscription(str(sub_id)))

@@ -6,7 +6,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from conduix import wallets
+from conduix import telemetry, wallets
 from conduix.money import format_credits
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ def sweep(now: datetime) -> dict[str, Any]:
             wallets.prune_rate_windows(org_id, now)
             if all(h.expires_at <= cutoff for h in holds):
                 wallets.forget_if_idle(org_id)
+    telemetry.holds_released(released)
     return {
         "wallets_checked": checked,
         "holds_released": released,

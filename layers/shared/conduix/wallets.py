@@ -419,6 +419,9 @@ class Usage:
     completion_tokens: int
     cost: int
     billed_by: str = "prepaid"  # the wallet's billing mode when the request ran
+    # Invoice mode: the balance the caller last saw. The settle draws on a positive balance
+    # first and invoices only the rest (checked by the settle's own condition, not trusted).
+    funds_hint: int = 0
 
 
 def _usage_update(
@@ -506,7 +509,11 @@ def settle(org_id: str, request_id: str, hold_amount: int, usage: Usage, now: da
         },
     )
     table = settings().billing_table
+    invoiced = usage.billed_by == "invoice"
+    drawn = min(c, max(usage.funds_hint, 0)) if invoiced else 0  # from the positive balance
     for _ in range(4):
+        if invoiced:  # the part of the cost the month's invoice bills
+            marker["invoiced"] = line["invoiced"] = n(c - drawn)
         items: list[Any] = [
             {
                 "Update": {
@@ -516,7 +523,8 @@ def settle(org_id: str, request_id: str, hold_amount: int, usage: Usage, now: da
                         "REMOVE holds.#rid ADD balance :nc, held :nh, available :hc, "
                         "month_spent :c, committed :ch, cap_remaining :hc"
                     ),
-                    "ConditionExpression": "holds.#rid.a = :h AND #period = :p",
+                    "ConditionExpression": "holds.#rid.a = :h AND #period = :p"
+                    + (" AND balance >= :drawn" if drawn else ""),
                     "ExpressionAttributeNames": {"#rid": request_id, "#period": "period"},
                     "ExpressionAttributeValues": {
                         ":h": n(hold_amount),
@@ -526,6 +534,7 @@ def settle(org_id: str, request_id: str, hold_amount: int, usage: Usage, now: da
                         ":hc": n(hold_amount - c),
                         ":ch": n(c - hold_amount),
                         ":p": s(period),
+                        **({":drawn": n(drawn)} if drawn else {}),
                     },
                     "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                 }
@@ -553,7 +562,7 @@ def settle(org_id: str, request_id: str, hold_amount: int, usage: Usage, now: da
         try:
             # The token makes DynamoDB itself drop a replay of this exact transaction.
             # (With the period: a retry after a month roll-over is another request to DynamoDB.)
-            token = hashlib.sha256(f"settle:{org_id}:{request_id}:{period}".encode()).hexdigest()[:36]
+            token = hashlib.sha256(f"settle:{org_id}:{request_id}:{period}:{drawn}".encode()).hexdigest()[:36]
             retrying(lambda: client().transact_write_items(TransactItems=items, ClientRequestToken=token))  # noqa: B023
             return SettleOutcome.SETTLED
         except ClientError as exc:
@@ -571,6 +580,8 @@ def settle(org_id: str, request_id: str, hold_amount: int, usage: Usage, now: da
                 roll_period(org_id, period)
             elif old_period > period:
                 period = old_period
+            elif drawn and as_int(old, "balance") < drawn:  # spent meanwhile: draw what is left
+                drawn = min(c, max(as_int(old, "balance"), 0))
             else:
                 raise
     raise Conflict("The wallet kept changing while settling; please retry.")
@@ -671,6 +682,20 @@ def credit(
     if amount > 0:
         end_reload_episode(org_id)
     return _entry_from_item(marker), True
+
+
+def ledger_entry(org_id: str, entry_id: str) -> LedgerEntry | None:
+    """The ledger entry under an idempotency key, e.g. "plan_credits:<invoice id>"."""
+    item = (
+        client()
+        .get_item(
+            TableName=settings().billing_table,
+            Key={"pk": s(org_pk(org_id)), "sk": s(f"ENTRY#{entry_id}")},
+            ConsistentRead=True,
+        )
+        .get("Item")
+    )
+    return _entry_from_item(item) if item else None
 
 
 # ------------------------------------------------------------------ account state: paused, auto-reload due
@@ -896,13 +921,20 @@ def set_plan(org_id: str, plan: plans.Plan) -> None:
     )
 
 
-def set_billing_mode(org_id: str, mode: str) -> None:
+def set_billing_mode(org_id: str, mode: str, now: datetime | None = None) -> None:
     """prepaid: the balance gates requests; invoice: usage accrues and is invoiced monthly
-    (caps still hold). Invoice-mode wallets are listed in a sparse index for MonthlyInvoicing."""
+    (caps still hold). Wallets that have invoice-billed usage stay listed in a sparse index for
+    MonthlyInvoicing after a switch back to prepaid, until the month of the switch is invoiced
+    (`forget_invoiced_org`). Invoice mode keeps auto-reload off: the card must not pay for
+    what the invoice bills."""
     if mode == "invoice":
-        update, values = "SET billing_mode = :m, invoice_shard = :shard", {":m": s(mode), ":shard": s("all")}
+        update = (
+            "SET billing_mode = :m, invoice_shard = :shard, reload_enabled = :false REMOVE reload_due_shard"
+        )
+        values: dict[str, Any] = {":m": s(mode), ":shard": s("all"), ":false": {"BOOL": False}}
     else:
-        update, values = "SET billing_mode = :m REMOVE invoice_shard", {":m": s(mode)}
+        period = clock.period_of(now or clock.now())
+        update, values = "SET billing_mode = :m, invoice_last_period = :p", {":m": s(mode), ":p": s(period)}
     client().update_item(
         TableName=settings().billing_table,
         Key=wallet_key(org_id),
@@ -913,4 +945,16 @@ def set_billing_mode(org_id: str, mode: str) -> None:
 
 
 def invoice_mode_orgs() -> list[str]:
+    """Orgs in invoice mode, and those that left it but still have a month to invoice."""
     return orgs_in_index("by_invoice_mode", "invoice_shard", "all")
+
+
+def forget_invoiced_org(org_id: str, period: str) -> bool:
+    """Drop a prepaid org from the invoicing index once `period`, the month it left invoice
+    mode (or a later one), has been invoiced."""
+    return conditional_update(
+        org_id,
+        UpdateExpression="REMOVE invoice_shard, invoice_last_period",
+        ConditionExpression="billing_mode = :prepaid AND invoice_last_period <= :p",
+        ExpressionAttributeValues={":prepaid": s("prepaid"), ":p": s(period)},
+    )

@@ -11,7 +11,9 @@ memory only: the pickle in /tmp is disabled) and its Customer objects. Served he
 routes, payment methods, payment intents, charges, refunds, disputes, prices, Checkout Sessions
 with a local hosted payment page (/pay/<id>), invoices with hosted pages and PDFs
 (/invoices/<id>, /invoices/<id>.pdf), invoice items, subscriptions, events, idempotency keys,
-signed webhooks, and test hooks: POST /_local/disputes, POST /_local/subscriptions/<id>/cycle.
+signed webhooks, and test hooks: POST /_local/disputes, POST /_local/subscriptions/<id>/cycle,
+GET and POST /_local/clock (a test clock: `LocalStripe.advance_to(datetime)` or the module's
+`advance_to`, which renews subscriptions and advances invoices as Stripe's test clocks do).
 
 Parameters Stripe knows but this stand-in does not act on are accepted where listed (e.g. a
 Checkout Session's locale or automatic_tax) and unknown ones are refused as Stripe refuses them.
@@ -19,6 +21,6 @@ Checkout Session's locale or automatic_tax) and unknown ones are refused as Stri
 
 from __future__ import annotations
 
-from .server import API_KEY, LocalStripe, main
+from .server import API_KEY, LocalStripe, advance_to, main
 
-__all__ = ["API_KEY", "LocalStripe", "main"]
+__all__ = ["API_KEY", "LocalStripe", "advance_to", "main"]

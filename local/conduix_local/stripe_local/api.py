@@ -43,6 +43,7 @@ from .payments import (
     attach,
     attempt,
     card_error,
+    close_dispute,
     customer,
     default_payment_method,
     detach,
@@ -52,6 +53,7 @@ from .payments import (
     open_dispute,
     payment_method,
     refund,
+    update_dispute,
 )
 
 Handler = Callable[[dict[str, Any], dict[str, str]], Any]
@@ -582,6 +584,25 @@ def list_disputes(p: dict[str, Any], _: dict[str, str]) -> Any:
     return list_object("/v1/disputes", _filter_created(items, p.get("created")), p, p["expand"])
 
 
+@route("POST", "/v1/disputes/{id}")
+def update_dispute_route(p: dict[str, Any], ids: dict[str, str]) -> Any:
+    check_params(p, "evidence submit metadata")
+    dispute = get("dispute", ids["id"], "dispute")
+    return update_dispute(
+        dispute,
+        as_dict(p.get("evidence"), "evidence"),
+        as_bool(p.get("submit", False), "submit"),
+        metadata(p.get("metadata")),
+    )
+
+
+@route("POST", "/v1/disputes/{id}/close")
+def close_dispute_route(p: dict[str, Any], ids: dict[str, str]) -> Any:
+    """Accepting a dispute closes it as lost."""
+    check_params(p, "")
+    return close_dispute(get("dispute", ids["id"], "dispute"), won=False)
+
+
 def local_dispute(p: dict[str, Any]) -> Any:
     """POST /_local/disputes: open a dispute on a charge, as a cardholder would."""
     check_params(p, "charge payment_intent reason amount")
@@ -960,6 +981,30 @@ def mark_uncollectible(p: dict[str, Any], ids: dict[str, str]) -> Any:
     return inv
 
 
+@route("GET", "/v1/invoice_payments/{id}")
+def retrieve_invoice_payment(p: dict[str, Any], ids: dict[str, str]) -> Any:
+    return get("invoice_payment", ids["id"], "invoice_payment")
+
+
+@route("GET", "/v1/invoice_payments")
+def list_invoice_payments(p: dict[str, Any], _: dict[str, str]) -> Any:
+    """Today's link between an invoice and the payments that paid it (invoices and payment
+    intents no longer name each other)."""
+    check_params(p, f"invoice payment status created {_PAGING}")
+    items = of_kind("invoice_payment")
+    if p.get("invoice"):
+        items = [x for x in items if x.invoice == p["invoice"]]
+    if p.get("status"):
+        items = [x for x in items if x.status == p["status"]]
+    payment = as_dict(p.get("payment"), "payment")
+    if payment:
+        check_params(payment, "type payment_intent payment_record")
+        if payment.get("type") != "payment_intent" or not payment.get("payment_intent"):
+            raise bad("payment[type] must be payment_intent, with payment[payment_intent].", "payment")
+        items = [x for x in items if x.payment.get("payment_intent") == payment["payment_intent"]]
+    return list_object("/v1/invoice_payments", _filter_created(items, p.get("created")), p, p["expand"])
+
+
 # ------------------------------------------------------------------ invoice items
 
 
@@ -1144,7 +1189,6 @@ def update_subscription(p: dict[str, Any], ids: dict[str, str]) -> Any:
     previous: dict[str, Any] = {}
     if "items" in p:
         previous["items"] = sub.items
-        previous["plan"] = sub.plan
         _update_items(sub, as_list(p["items"], "items"))
     if "metadata" in p:
         previous["metadata"] = dict(sub.metadata)

@@ -116,6 +116,8 @@ def add_interval(anchor: int, interval: str, count: int) -> int:
 class InvoiceItem(Obj):
     object = "invoiceitem"
     _id_prefix = "ii_"
+    # Today's invoice item names its price under `pricing` and its subscription under `parent`.
+    _absent = ("created", "price", "subscription", "unit_amount", "unit_amount_decimal")
 
     def __init__(
         self,
@@ -180,7 +182,6 @@ class InvoiceItem(Obj):
             "discountable": self.discountable,
             "discounts": [],
             "invoice": self.invoice,
-            "invoice_item": self.id,
             "livemode": False,
             "metadata": dict(self.metadata),
             "parent": {
@@ -188,14 +189,10 @@ class InvoiceItem(Obj):
                 "invoice_item_details": {"invoice_item": self.id, "proration": False, "subscription": None},
             },
             "period": dict(self.period),
-            "price": self.price,
             "pricing": self.pricing,
-            "proration": False,
             "quantity": self.quantity,
             "subscription": None,
-            "subscription_item": None,
-            "type": "invoiceitem",
-            "unit_amount_excluding_tax": self.unit_amount_decimal,
+            "subtotal": self.amount,
         }
 
 
@@ -207,6 +204,17 @@ def invoice_item(id_: Any, param: str = "id") -> InvoiceItem:
 class Invoice(Obj):
     object = "invoice"
     _id_prefix = "in_"
+    # Older API versions' fields, kept here for bookkeeping only: today an invoice names its
+    # subscription under parent.subscription_details and its payments under `payments`.
+    _absent = (
+        "charge",
+        "payment_intent",
+        "paid",
+        "subscription",
+        "days_until_due",
+        "paid_out_of_band",
+        "total_tax_amounts",
+    )
 
     def __init__(
         self,
@@ -235,7 +243,7 @@ class Invoice(Obj):
         self.auto_advance = auto_advance
         self.automatic_tax = {"enabled": False, "liability": None, "status": None}
         self.billing_reason = billing_reason
-        self.charge: str | None = None  # older API versions' field
+        self.charge: str | None = None
         self.collection_method = collection_method
         self.currency = currency
         self.custom_fields = custom_fields or None
@@ -278,7 +286,7 @@ class Invoice(Obj):
             if subscription
             else None
         )
-        self.payment_intent: str | None = None  # older API versions' field
+        self.payment_intent: str | None = None
         start, end = period or (self.created, self.created)
         self.period_start: int = start
         self.period_end: int = end
@@ -295,7 +303,7 @@ class Invoice(Obj):
             "paid_at": None,
             "voided_at": None,
         }
-        self.subscription = subscription.id if subscription else None  # older API versions' field
+        self.subscription = subscription.id if subscription else None
         self.total_discount_amounts: list[Any] = []
         self.total_tax_amounts: list[Any] = []
         self.total_taxes: list[Any] = []
@@ -309,14 +317,40 @@ class Invoice(Obj):
 
     @property
     def lines(self) -> dict[str, Any]:
-        data = [dict(line) for line in self._lines()]  # stored lines keep their private _price
-        for line in data:
-            if line.get("_price"):
-                found = ls.store.get(f"price:{line['_price']}")
-                line["price"] = found._export() if found is not None else None
-            line.pop("_price", None)
+        data = [dict(line) for line in self._lines()]
         url = f"/v1/invoices/{self.id}/lines"
-        return {"object": "list", "data": data, "has_more": False, "total_count": len(data), "url": url}
+        return {"object": "list", "data": data, "has_more": False, "url": url}
+
+    def _extras(self) -> dict[str, Any]:
+        return {"payments": self._payments}
+
+    def _payments(self) -> dict[str, Any]:
+        """The invoice's payments (Stripe returns them when asked: expand[]=payments)."""
+        data = []
+        if self.payment_intent:
+            pi = ls.store.get(f"payment_intent:{self.payment_intent}")
+            paid = pi is not None and pi.status == "succeeded"
+            data.append(
+                {
+                    "id": "inpay_" + self.id[len("in_") :],
+                    "object": "invoice_payment",
+                    "amount_paid": self.amount_paid if paid else None,
+                    "amount_requested": self.amount_due,
+                    "created": pi.created if pi is not None else self.created,
+                    "currency": self.currency,
+                    "invoice": self.id,
+                    "is_default": True,
+                    "livemode": False,
+                    "payment": {"type": "payment_intent", "payment_intent": self.payment_intent},
+                    "status": "paid" if paid else "open",
+                    "status_transitions": {
+                        "canceled_at": None,
+                        "paid_at": self.status_transitions["paid_at"],
+                    },
+                }
+            )
+        url = f"/v1/invoice_payments?invoice={self.id}"
+        return {"object": "list", "data": data, "has_more": False, "url": url}
 
     @property
     def subtotal(self) -> int:
@@ -355,6 +389,25 @@ class Invoice(Obj):
         return self.status == "paid"
 
 
+class InvoicePayment(Obj):
+    """A payment applied to an invoice (API 2025-03-31 and later: the invoice no longer has
+    `charge` or `payment_intent`, and the PaymentIntent no longer has `invoice`)."""
+
+    object = "invoice_payment"
+    _id_prefix = "inpay_"
+
+    def __init__(self, inv: Invoice, pi: PaymentIntent) -> None:
+        super().__init__()
+        self.amount_paid = pi.amount_received
+        self.amount_requested = pi.amount
+        self.currency = pi.currency
+        self.invoice = inv.id
+        self.is_default = True
+        self.payment = {"type": "payment_intent", "payment_intent": pi.id}
+        self.status = "paid"
+        self.status_transitions = {"canceled_at": None, "paid_at": now()}
+
+
 def invoice(id_: Any, param: str = "id") -> Invoice:
     obj: Invoice = get("invoice", id_, param)
     return obj
@@ -374,7 +427,6 @@ def add_price_line(inv: Invoice, p: Price, quantity: int, period: tuple[int, int
             "discountable": True,
             "discounts": [],
             "invoice": inv.id,
-            "invoice_item": None,
             "livemode": False,
             "metadata": dict(sub.metadata),
             "parent": {
@@ -392,13 +444,9 @@ def add_price_line(inv: Invoice, p: Price, quantity: int, period: tuple[int, int
                 "type": "price_details",
                 "unit_amount_decimal": p.unit_amount_decimal,
             },
-            "proration": False,
             "quantity": quantity,
             "subscription": sub.id,
-            "subscription_item": item.id if item else None,
-            "type": "subscription",
-            "unit_amount_excluding_tax": p.unit_amount_decimal,
-            "_price": p.id,
+            "subtotal": p.unit_amount * quantity,
         }
     )
 
@@ -431,6 +479,7 @@ def mark_paid(inv: Invoice, pi: PaymentIntent | None, *, out_of_band: bool = Fal
     if pi is not None:
         inv.payment_intent, inv.charge = pi.id, pi.latest_charge
         pi.invoice = inv.id
+        InvoicePayment(inv, pi)
         charge = ls.store.get(f"charge:{pi.latest_charge}")
         if charge is not None:
             charge.invoice = inv.id
@@ -499,6 +548,7 @@ def collect(inv: Invoice, *, off_session: bool = True) -> Failure | None:
 class SubscriptionItem(Obj):
     object = "subscription_item"
     _id_prefix = "si_"
+    _absent = ("livemode",)
 
     def __init__(
         self, sub: Subscription, p: Price, quantity: int, metadata: dict[str, str] | None = None
@@ -536,6 +586,8 @@ class SubscriptionItem(Obj):
 class Subscription(Obj):
     object = "subscription"
     _id_prefix = "sub_"
+    # Since 2025-03-31 the period lives on each item; `plan` and `quantity` are older shortcuts.
+    _absent = ("current_period_start", "current_period_end", "plan", "quantity")
 
     def __init__(
         self,
@@ -597,7 +649,7 @@ class Subscription(Obj):
     def items(self) -> dict[str, Any]:
         data = [si._export() for si in self._item_objects()]
         url = f"/v1/subscription_items?subscription={self.id}"
-        return {"object": "list", "data": data, "has_more": False, "total_count": len(data), "url": url}
+        return {"object": "list", "data": data, "has_more": False, "url": url}
 
     @property
     def plan(self) -> dict[str, Any] | None:  # older API versions' single-item shortcut
@@ -681,27 +733,39 @@ def start(
     return sub, failure
 
 
-def cycle(sub: Subscription) -> Invoice | None:
-    """Move the subscription into its next period and bill it (the local test hook)."""
+def cycle(sub: Subscription, *, draft: bool = False) -> Invoice | None:
+    """Move the subscription into its next period and bill it. The local test hook bills at
+    once; a test clock (draft=True) leaves the invoice a draft that advances an hour later,
+    as Stripe's renewal invoices do."""
     if sub.status in ("canceled", "incomplete", "incomplete_expired"):
         raise bad(f"A subscription in status {sub.status} does not renew.", "subscription")
     if sub.cancel_at_period_end:
         cancel(sub, reason="cancellation_requested")
         return None
-    previous = {
-        "current_period_start": sub.current_period_start,
-        "current_period_end": sub.current_period_end,
-        "latest_invoice": sub.latest_invoice,
-    }
+    previous = {"items": sub.items, "latest_invoice": sub.latest_invoice}  # periods live on items
     old_period = (sub.current_period_start, sub.current_period_end)
     sub._period += 1
     inv = _period_invoice(sub, "subscription_cycle", old_period)
     emit("customer.subscription.updated", sub, previous)
     emit("invoice.created", inv)
-    finalize(inv)
-    if inv.status == "open" and collect(inv) is not None and sub.status in ("active", "trialing"):
-        set_status(sub, "past_due")
+    if draft:
+        inv.auto_advance = True
+        return inv
+    advance(inv)
     return inv
+
+
+def advance(inv: Invoice) -> None:
+    """What auto-advance does to a draft: finalize it, then charge it or send it."""
+    finalize(inv)
+    if inv.status != "open":
+        return
+    if inv.collection_method == "send_invoice":
+        emit("invoice.sent", inv)
+        return
+    sub = ls.store.get(f"subscription:{inv.subscription}") if inv.subscription else None
+    if collect(inv) is not None and sub is not None and sub.status in ("active", "trialing"):
+        set_status(sub, "past_due")
 
 
 def cancel(sub: Subscription, *, reason: str = "cancellation_requested", comment: str | None = None) -> None:

@@ -63,7 +63,8 @@ def new_id(prefix: str, length: int = 24) -> str:
 
 
 def now() -> int:
-    return int(time.time())
+    """The stand-in's clock: the machine's time, moved forward by advance_to (test clocks)."""
+    return int(time.time() + HUB.offset)
 
 
 _ZERO_DECIMAL = frozenset(
@@ -86,9 +87,13 @@ class Obj(ls.StripeObject):  # type: ignore[misc]  # localstripe is untyped
     public attribute and property into a field. Methods and internals therefore start with _."""
 
     _id_prefix = ""
+    # Attributes the stand-in keeps for its own bookkeeping that the pinned API version does
+    # not return (Stripe removed them, or never had them on this object): never exported.
+    _absent: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         super().__init__(new_id(self._id_prefix))
+        self.created = now()  # the stand-in's clock, which advance_to may have moved
 
     def _extras(self) -> dict[str, Callable[[], Any]]:
         """Fields Stripe only returns when expanded (e.g. a session's line_items)."""
@@ -96,6 +101,8 @@ class Obj(ls.StripeObject):  # type: ignore[misc]  # localstripe is untyped
 
     def _export(self, expand: list[str] | None = None) -> dict[str, Any]:
         obj: dict[str, Any] = super()._export()
+        for name in self._absent:
+            obj.pop(name, None)
         for name, make in self._extras().items():
             if any(p == name or p.startswith(name + ".") for p in expand or ()):
                 obj[name] = make()
@@ -112,6 +119,7 @@ _PREFIXES = (
     ("ch_", "charge"),
     ("re_", "refund"),
     ("dp_", "dispute"),
+    ("inpay_", "invoice_payment"),
     ("in_", "invoice"),
     ("ii_", "invoiceitem"),
     ("sub_", "subscription"),
@@ -295,6 +303,12 @@ class Hub:
     later: Callable[[float, Callable[[], object]], None] | None = None
     endpoints: list[Endpoint] = field(default_factory=list)
     idempotency: dict[tuple[str, str], Any] = field(default_factory=dict)
+    offset: float = 0.0  # seconds the clock was advanced past the machine's time
+    # Stripe prunes idempotency keys once they are at least 24 hours old; a request after that
+    # with the same key is a new request.
+    idempotency_ttl: float = 24 * 3600
+    # Armed failures (see server._faults): method, path pattern, mode, calls left.
+    faults: list[dict[str, Any]] = field(default_factory=list)
     invoice_sequence: dict[str, int] = field(default_factory=dict)
     _events: list[dict[str, Any]] = field(default_factory=list)
     _deliveries: list[dict[str, Any]] = field(default_factory=list)
@@ -307,6 +321,8 @@ class Hub:
             self._deliveries.clear()
         self.idempotency.clear()
         self.invoice_sequence.clear()
+        self.offset = 0.0
+        self.faults.clear()
 
     @contextmanager
     def quiet(self) -> Iterator[None]:
@@ -327,6 +343,7 @@ class Hub:
         with self._cond:
             endpoints = [e for e in self.endpoints if e.wants(event.type)]
         event.api_version = API_VERSION
+        event.created = now()
         event.pending_webhooks = len(endpoints)
         event.request = REQUEST.get() or {"id": None, "idempotency_key": None}
         # A deep snapshot: later changes to the object must not leak into the event.
@@ -386,6 +403,18 @@ HUB = Hub()
 # store is per process), and every event, localstripe's own included, goes through the hub.
 STORE.dump_to_disk = lambda: None  # type: ignore[attr-defined]
 ls.schedule_webhook = HUB.publish
+_product_export = ls.Product._export
+
+
+def _product_today(self: Any, expand: list[str] | None = None) -> dict[str, Any]:
+    """localstripe's Product without the fields of API versions before 2018-02-05."""
+    obj: dict[str, Any] = _product_export(self, expand=expand)
+    for old in ("attributes", "caption", "deactivate_on", "skus"):
+        obj.pop(old, None)
+    return obj
+
+
+ls.Product._export = _product_today
 
 
 def emit(type_: str, obj: Any, previous: dict[str, Any] | None = None) -> dict[str, Any] | None:

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from . import api, billing, checkout
-from .core import StripeError, money
+from . import api, billing, checkout, clock
+from .core import StripeError, bad, money, now
 from .payments import Failure, PaymentMethod, luhn_ok
 
 _STYLE = """
@@ -334,7 +334,42 @@ async def local_cycle(request: web.Request) -> web.Response:
     return api.json_response({"subscription": sub._export(), "invoice": inv._export() if inv else None})
 
 
+def _iso(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_time(value: object) -> int:
+    """An ISO 8601 time with its zone (e.g. 2026-12-01T00:20:00Z) as epoch seconds."""
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        raise bad(
+            f"Invalid time: {value!r}; use ISO 8601 with a zone, e.g. 2026-12-01T00:20:00Z", "now"
+        ) from None
+    if parsed.tzinfo is None:
+        raise bad("The time needs a zone (Z or +00:00).", "now")
+    return int(parsed.timestamp())
+
+
+async def clock_get(request: web.Request) -> web.Response:
+    return api.json_response({"now": _iso(now())})
+
+
+async def clock_post(request: web.Request) -> web.Response:
+    """POST /_local/clock {"now": ISO 8601}: advance the stand-in's time (409 if earlier)."""
+    params = await api.request_params(request)
+    when = parse_time(params.get("now"))
+    if when < now():
+        raise StripeError(409, f"The clock can only move forward; it is {_iso(now())}.", param="now")
+    events = clock.advance_to(when)
+    return api.json_response(
+        {"now": _iso(now()), "events": [{"id": e["id"], "type": e["type"]} for e in events]}
+    )
+
+
 def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/_local/clock", clock_get)
+    router.add_post("/_local/clock", clock_post)
     router.add_get("/pay/{id}", checkout_get)
     router.add_post("/pay/{id}", checkout_post)
     router.add_get("/invoices/{id}", invoice_get)

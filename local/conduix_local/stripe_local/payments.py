@@ -126,6 +126,10 @@ class Customer(ls.Customer):  # type: ignore[misc]  # localstripe is untyped
     subscriptions = None  # localstripe lists them on every export; today's API does not
     currency = None
 
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.created = now()  # the stand-in's clock
+
     def _export(self, expand: list[str] | None = None) -> dict[str, Any]:
         obj: dict[str, Any] = super()._export()
         for old in ("sources", "subscriptions", "tax_ids", "account_balance", "business_vat_id"):
@@ -296,6 +300,7 @@ def detach(pm: PaymentMethod) -> None:
 class PaymentIntent(Obj):
     object = "payment_intent"
     _id_prefix = "pi_"
+    _absent = ("invoice",)  # since 2025-03-31 an invoice names its payments, not the reverse
 
     def __init__(
         self,
@@ -325,7 +330,7 @@ class PaymentIntent(Obj):
         self.currency = currency
         self.customer = customer
         self.description = description
-        self.invoice = invoice  # dropped from recent API versions; kept for older readers
+        self.invoice = invoice
         self.last_payment_error: dict[str, Any] | None = None
         self.latest_charge: str | None = None
         self.metadata = metadata or {}
@@ -374,6 +379,7 @@ def _outcome(failure: Failure | None, pending: bool) -> dict[str, Any]:
 class Charge(Obj):
     object = "charge"
     _id_prefix = "ch_"
+    _absent = ("invoice",)
 
     def __init__(self, pi: PaymentIntent, pm: PaymentMethod, failure: Failure | None, pending: bool = False):
         super().__init__()
@@ -533,6 +539,7 @@ def settle_delayed(pi: PaymentIntent, charge: Charge, succeed: bool) -> None:
 class Refund(Obj):
     object = "refund"
     _id_prefix = "re_"
+    _absent = ("livemode",)
 
     def __init__(self, charge: Charge, amount: int, reason: str | None, metadata: dict[str, str]) -> None:
         super().__init__()
@@ -610,6 +617,44 @@ def open_dispute(charge: Charge, reason: str = "fraudulent", amount: int | None 
     dispute = Dispute(charge, reason, charge.amount if amount is None else amount)
     charge.disputed = True
     emit("charge.dispute.created", dispute)
+    emit("charge.dispute.funds_withdrawn", dispute)
+    return dispute
+
+
+# Stripe's test-mode evidence texts that decide a dispute once submitted.
+WINNING_EVIDENCE, LOSING_EVIDENCE = "winning_evidence", "losing_evidence"
+_OPEN_DISPUTE = ("warning_needs_response", "needs_response", "warning_under_review", "under_review")
+
+
+def update_dispute(dispute: Dispute, evidence: dict[str, Any], submit: bool, meta: dict[str, str]) -> Dispute:
+    """Evidence (and, with submit, its submission). As in Stripe's test mode, submitted
+    evidence whose uncategorized_text is winning_evidence wins the dispute a moment later, and
+    losing_evidence loses it."""
+    if dispute.status not in _OPEN_DISPUTE:
+        raise bad(f"This dispute is already closed ({dispute.status}).", "dispute")
+    dispute.evidence.update({str(k): v for k, v in evidence.items()})
+    dispute.metadata.update(meta)
+    if evidence:
+        dispute.evidence_details["has_evidence"] = True
+    if submit:
+        dispute.evidence_details["submission_count"] += 1
+        dispute.status = "under_review"
+        text = dispute.evidence.get("uncategorized_text")
+        if text in (WINNING_EVIDENCE, LOSING_EVIDENCE):
+            later(HUB.async_payment_delay, lambda: close_dispute(dispute, won=text == WINNING_EVIDENCE))
+    emit("charge.dispute.updated", dispute)
+    return dispute
+
+
+def close_dispute(dispute: Dispute, *, won: bool) -> Dispute:
+    """Decide the dispute: lost (also what accepting it through POST .../close means), or won,
+    in which case the disputed funds come back to the merchant."""
+    if dispute.status not in _OPEN_DISPUTE:
+        raise bad(f"This dispute is already closed ({dispute.status}).", "dispute")
+    dispute.status = "won" if won else "lost"
+    emit("charge.dispute.closed", dispute)
+    if won:
+        emit("charge.dispute.funds_reinstated", dispute)
     return dispute
 
 

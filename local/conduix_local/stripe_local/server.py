@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import base64
 import contextvars
+import fnmatch
 import hashlib
 import hmac
 import inspect
@@ -17,6 +18,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +26,8 @@ import aiohttp
 from aiohttp import web
 from localstripe.errors import UserError
 
-from . import api, pages
-from .core import HUB, REQUEST, STORE, Endpoint, StripeError, ls_server, new_id
+from . import api, clock, pages
+from .core import HUB, REQUEST, STORE, Endpoint, StripeError, ls_server, new_id, now
 
 if TYPE_CHECKING:
     import stripe
@@ -100,6 +102,7 @@ class _Saved:
     status: int | None = None  # None while the first request is still running
     body: bytes = b""
     content_type: str = "application/json"
+    saved_at: float = 0.0
 
 
 @web.middleware
@@ -112,6 +115,9 @@ async def _idempotency(request: web.Request, handler: Handler) -> web.StreamResp
     scope = (_api_key(request) or "", key)
     fingerprint = json.dumps([request.path, await api.request_params(request)], sort_keys=True, default=str)
     saved: _Saved | None = HUB.idempotency.get(scope)
+    if saved is not None and saved.status is not None and time.time() - saved.saved_at >= HUB.idempotency_ttl:
+        HUB.idempotency.pop(scope)  # pruned: the key starts afresh
+        saved = None
     if saved is not None:
         if saved.fingerprint != fingerprint:
             message = (
@@ -144,8 +150,36 @@ async def _idempotency(request: web.Request, handler: Handler) -> web.StreamResp
     ):
         entry.status, entry.body = response.status, body
         entry.content_type = response.content_type
+        entry.saved_at = time.time()
     else:
         HUB.idempotency.pop(scope, None)
+    return response
+
+
+@web.middleware
+async def _faults(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Failures armed through POST /_local/faults, for fault tests: "down" answers 500 without
+    doing anything; "lose_answer" does the request (or replays it) and then answers 500, as
+    when the connection drops after Stripe acted. Stripe-Should-Retry: false stops the SDK's
+    own retries, so the caller sees the failure."""
+    fault = next(
+        (
+            f
+            for f in HUB.faults
+            if f["left"] > 0
+            and f["method"] == request.method
+            and fnmatch.fnmatchcase(request.path, f["path"])
+        ),
+        None,
+    )
+    if fault is None:
+        return await handler(request)
+    fault["left"] -= 1
+    if fault["mode"] == "lose_answer":
+        await handler(request)
+    error = {"type": "api_error", "message": f"Injected fault ({fault['mode']}) on {request.path}."}
+    response = api.json_response({"error": error}, 500)
+    response.headers["Stripe-Should-Retry"] = "false"
     return response
 
 
@@ -233,11 +267,13 @@ class LocalStripe:
         return self
 
     async def _serve(self) -> None:
-        app = web.Application(middlewares=[_errors, _context, _idempotency])
+        app = web.Application(middlewares=[_errors, _context, _faults, _idempotency])
         api.add_routes(app.router)
         pages.add_routes(app.router)
         app.router.add_post("/_config/webhooks/{id}", self._config_webhook)
         app.router.add_delete("/_config/data", self._flush)
+        app.router.add_post("/_local/faults", self._arm_fault)
+        app.router.add_post("/_local/idempotency_keys/expire", self._expire_keys)
         for route in ls_server.app.router.routes():
             path = route.resource.canonical if route.resource is not None else ""
             if route.method in ("GET", "POST", "DELETE") and path.startswith(_LOCALSTRIPE_KEPT):
@@ -281,7 +317,8 @@ class LocalStripe:
         HUB.deliver = HUB.later = None
 
     def reset(self) -> None:
-        """Forget every object, event, idempotency key and pending delivery; keep webhooks."""
+        """Forget every object, event, idempotency key, pending delivery and clock advance;
+        keep webhooks."""
         self._call(self._reset)
 
     async def _reset(self) -> None:
@@ -314,6 +351,29 @@ class LocalStripe:
     @property
     def url(self) -> str:
         return f"http://{self._host}:{self.port}"
+
+    # ------------------------------------------------------------------ the test clock
+    def now(self) -> datetime:
+        """The stand-in's time (the machine's, unless advance_to moved it on)."""
+        return datetime.fromtimestamp(now(), UTC)
+
+    def advance_to(self, when: datetime) -> list[dict[str, Any]]:
+        """Move the stand-in's time forward to `when` (timezone-aware) and do what Stripe's
+        test clocks do meanwhile: renewals, auto-advancing invoices with their charges,
+        overdue notices, expiries (see clock.py). Returns the events made, oldest first;
+        their webhooks follow as usual. Raises ValueError for a time in the past."""
+        if when.tzinfo is None:
+            raise ValueError("advance_to needs a timezone-aware datetime")
+        target = int(when.timestamp())
+        made: list[list[dict[str, Any]]] = []
+
+        async def run() -> None:
+            if target < now():
+                raise ValueError(f"the local Stripe's clock is already at {self.now().isoformat()}")
+            made.append(clock.advance_to(target))
+
+        self._call(run)
+        return made[0]
 
     def client(self) -> stripe.StripeClient:
         """The official SDK's client for this server, as product code builds it."""
@@ -441,10 +501,51 @@ class LocalStripe:
             raise StripeError(400, str(exc)) from None
         return web.Response()
 
+    def arm_fault(self, method: str, path: str, mode: str = "lose_answer", times: int = 1) -> None:
+        """Make the next `times` requests matching method and path (a glob) fail: "down" or
+        "lose_answer" (see _faults)."""
+        if mode not in ("down", "lose_answer") or times < 1:
+            raise ValueError("mode is down or lose_answer, and times at least 1")
+        HUB.faults.append({"method": method.upper(), "path": path, "mode": mode, "left": times})
+
+    def expire_idempotency_keys(self) -> int:
+        """Age every saved idempotency key past Stripe's 24 hours (a rerun "much later")."""
+        saved = list(HUB.idempotency.values())
+        for entry in saved:
+            entry.saved_at -= HUB.idempotency_ttl
+        return len(saved)
+
+    async def _arm_fault(self, request: web.Request) -> web.Response:
+        """POST /_local/faults {"method", "path", "mode"?, "times"?}."""
+        params = await api.request_params(request)
+        try:
+            self.arm_fault(
+                str(params.get("method", "POST")),
+                str(params.get("path", "")),
+                str(params.get("mode", "lose_answer")),
+                int(params.get("times", 1)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise StripeError(400, str(exc)) from None
+        return api.json_response({"armed": True})
+
+    async def _expire_keys(self, request: web.Request) -> web.Response:
+        """POST /_local/idempotency_keys/expire."""
+        return api.json_response({"expired": self.expire_idempotency_keys()})
+
     async def _flush(self, request: web.Request) -> web.Response:
         """localstripe's DELETE /_config/data: forget everything (webhooks stay)."""
         await self._reset()
         return web.Response()
+
+
+def advance_to(when: datetime) -> list[dict[str, Any]]:
+    """LocalStripe.advance_to on the local Stripe running in this process."""
+    with _active_lock:
+        server = _active
+    if server is None:
+        raise RuntimeError("no local Stripe runs in this process")
+    return server.advance_to(when)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,6 +21,7 @@
     invoice: "Invoice",
     invoice_payment: "Invoice payment",
     hold_release: "Hold released",
+    dispute_won: "Dispute won",
   };
 
   // ------------------------------------------------------------------ balance, plan, reload
