@@ -14,7 +14,6 @@ from aws_lambda_powertools.logging.utils import copy_config_to_registered_logger
 from conduix import completion, http, telemetry
 from conduix.auth import authenticate
 from conduix.errors import MethodNotAllowed, NotFound
-from conduix.money import format_credits
 
 logger = Logger()
 # The shared package logs through the standard library; give its loggers the same JSON output.
@@ -39,7 +38,9 @@ def _route(request: http.Request, context: Any) -> dict[str, Any]:
         principal = authenticate(request.headers, "inference")
         remaining = min(context.get_remaining_time_in_millis() / 1000, _GATEWAY_SECONDS)
         deadline = time.monotonic() + remaining - _SETTLE_MARGIN_SECONDS
-        served = completion.serve(principal, request.body, request.request_id, deadline)
+        served = completion.serve(
+            principal, request.body, request.request_id, deadline, request.headers.get("idempotency-key")
+        )
     except Exception as exc:  # one log line and outcome per completion, refused ones included
         who = {"org_id": principal.org_id, "key_id": principal.key_id} if principal else {}
         telemetry.completion_refused(exc, request_id=request.request_id, **who)
@@ -47,16 +48,10 @@ def _route(request: http.Request, context: Any) -> dict[str, Any]:
     telemetry.completion_served(
         request_id=request.request_id, org_id=principal.org_id, key_id=principal.key_id, served=served
     )
-    return http.proxy_result(
-        200,
-        served.body,
-        {
-            "x-conduix-cache": served.cache_status,
-            "x-conduix-cost": format_credits(served.cost),
-            "x-conduix-balance": format_credits(served.balance),
-        },
-        content_type=served.content_type,
-    )
+    headers = served.headers()
+    if served.replay_of is not None:
+        headers["Idempotent-Replayed"] = "true"
+    return http.proxy_result(200, served.body, headers, content_type=served.content_type)
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
+from moto.dynamodb.models.dynamo_type import Item as DynamoItem
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
@@ -64,6 +65,11 @@ class _Serialized:
                 close = getattr(result, "close", None)
                 if close is not None:
                     close()
+                # moto tracks every model instance it ever made, for its dashboard; each
+                # transaction deep-copies whole tables, so the DynamoDB items it tracks grow
+                # without bound (memory, and /moto-api/data.json, which the tests read for
+                # sent mail, slowing until it times out). Table state is kept elsewhere.
+                DynamoItem.instances_tracked.clear()  # type: ignore[attr-defined]
 
 
 class _QuietHandler(MotoRequestHandler):

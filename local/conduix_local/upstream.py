@@ -8,17 +8,32 @@ Answers depend only on (model, messages), so tests can predict content and usage
   garbage-*       200 whose body is not JSON
   nousage-*       a valid answer without `usage`
 
-Billing contract: prompt_tokens(messages) never exceeds the UTF-8 byte length of
-json.dumps(messages), so a gateway may hold credits on that byte length before the call.
+  overbill-*      bills 5,000 prompt tokens more than it should (a provider above the hold)
+
+It bills the prompt the way OpenAI does, beyond the text:
+  - 3 tokens per message and 3 per request (the chat template);
+  - each image part by OpenAI's gpt-4o rule: `detail: low` is 85 tokens; otherwise the image is
+    fit in 2048x2048, its shortest side brought down to 768, and it costs 85 + 170 per 512 px
+    tile (765 for 1024x1024, at most 1,445). The size is read from a PNG data URL's header;
+    any other image is taken as 1024x1024;
+  - a request with `tools` (or `functions`) pays a hidden tool-use prompt of TOOL_PROMPT_TOKENS
+    plus the tokens of the definitions themselves.
+
+Billing contract: the text's share of prompt_tokens never exceeds the UTF-8 byte length of
+json.dumps(messages); what comes on top is at most 3 per message + 3, IMAGE_MAX_TOKENS per
+image part and TOOL_PROMPT_TOKENS + the definitions' bytes for tools.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import hashlib
 import hmac
 import itertools
 import json
+import math
 import re
 import socket
 import threading
@@ -40,7 +55,12 @@ MODEL_IDS = (
     "broken-stream",
     "garbage-json",
     "nousage-model",
+    "overbill-model",
 )
+TOOL_PROMPT_TOKENS = 320  # what a provider adds, unseen, to a request that sends tools
+IMAGE_LOW_TOKENS = 85
+IMAGE_MAX_TOKENS = 85 + 170 * 8  # 768 x 2048 after scaling: 2 x 4 tiles
+OVERBILL_TOKENS = 5000
 
 
 class BadRequest(Exception):
@@ -65,10 +85,59 @@ def content_text(content: Any) -> str:
     return ""
 
 
-def prompt_tokens(messages: list[dict[str, Any]]) -> int:
+def image_tokens(width: int, height: int, detail: str = "high") -> int:
+    """What OpenAI bills gpt-4o for an image part (its published rule)."""
+    if detail == "low":
+        return IMAGE_LOW_TOKENS
+    scale = min(1.0, 2048 / max(width, height))  # fit in 2048 x 2048
+    w, h = width * scale, height * scale
+    if min(w, h) > 768:  # shortest side down to 768
+        w, h = w * 768 / min(w, h), h * 768 / min(w, h)
+    return IMAGE_LOW_TOKENS + 170 * math.ceil(w / 512) * math.ceil(h / 512)
+
+
+def png_size(url: str) -> tuple[int, int] | None:
+    """Width and height from a PNG data URL's IHDR chunk, or None."""
+    prefix = "data:image/png;base64,"
+    if not url.startswith(prefix):
+        return None
+    try:
+        head = base64.b64decode(url[len(prefix) : len(prefix) + 44] + "==")
+    except (ValueError, binascii.Error):
+        return None
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def png_data_url(width: int, height: int) -> str:
+    """A data URL whose PNG header says width x height (all this stand-in reads of an image)."""
+    ihdr = (
+        b"\x00\x00\x00\rIHDR" + width.to_bytes(4, "big") + height.to_bytes(4, "big") + b"\x08\x02\x00\x00\x00"
+    )
+    return "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + ihdr).decode()
+
+
+def content_images(content: Any) -> int:
+    """Image tokens of a message content's image parts."""
+    if not isinstance(content, list):
+        return 0
+    total = 0
+    for part in content:
+        if isinstance(part, dict) and part.get("type") == "image_url":
+            image = part.get("image_url") if isinstance(part.get("image_url"), dict) else {}
+            width, height = png_size(str(image.get("url", ""))) or (1024, 1024)
+            total += image_tokens(width, height, str(image.get("detail") or "auto"))
+    return total
+
+
+def prompt_tokens(messages: list[dict[str, Any]], tools: Any = None) -> int:
     # Each counted token is at least one non-space character of a string that json.dumps writes
     # out whole, and a message's JSON braces and "role" key outweigh its 3; hence the contract.
-    return sum(count_tokens(content_text(m.get("content"))) + 3 for m in messages) + 3
+    text = sum(count_tokens(content_text(m.get("content"))) + 3 for m in messages) + 3
+    images = sum(content_images(m.get("content")) for m in messages)
+    hidden = TOOL_PROMPT_TOKENS + count_tokens(json.dumps(tools)) if tools else 0
+    return text + images + hidden
 
 
 def reply_text(model: str, messages: list[dict[str, Any]]) -> str:
@@ -222,7 +291,9 @@ class _Handler(BaseHTTPRequestHandler):
         content, completion, cut = truncate_tokens(reply_text(model, messages), limit)
         usage = None
         if not model.startswith("nousage-"):
-            prompt = prompt_tokens(messages)
+            prompt = prompt_tokens(messages, body.get("tools") or body.get("functions"))
+            if model.startswith("overbill-"):
+                prompt += OVERBILL_TOKENS
             usage = {
                 "prompt_tokens": prompt,
                 "completion_tokens": completion,

@@ -3,16 +3,19 @@ created from template.yaml, reset before each test."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import boto3
 import pytest
-from conduix import auth, config, dynamo, orgs
+from conduix import auth, catalog, config, dynamo, orgs
 from conduix_local.moto_server import LockedMotoServer
 from conduix_local.tables import create_tables
 from conduix_local.template import load_template
+from conduix_local.upstream import FakeUpstream
 
-from tests.integration.helpers import NOW
+from tests.integration.helpers import NOW, catalog_entries
 
 
 @pytest.fixture
@@ -40,3 +43,17 @@ def tables(moto_server: LockedMotoServer, monkeypatch: pytest.MonkeyPatch) -> It
 @pytest.fixture
 def org(tables: dict[str, str]) -> str:
     return orgs.create_org("Acme", "billing@acme.test", NOW).org_id
+
+
+@pytest.fixture
+def served_catalog(
+    tables: dict[str, str], upstream: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[FakeUpstream]:
+    """completion.serve against the fake upstream, with the models of `catalog_entries`."""
+    path = tmp_path / "models.json"
+    path.write_text(json.dumps({"models": catalog_entries(upstream.url)}))
+    monkeypatch.setenv("CONDUIX_MODELS_FILE", str(path))
+    config.settings.cache_clear()
+    catalog.catalog.cache_clear()
+    yield upstream
+    catalog.catalog.cache_clear()

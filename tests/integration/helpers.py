@@ -45,3 +45,23 @@ def assert_consistent(org_id: str) -> wallets.Wallet:
         int(i["amount"]["N"]) for i in usage if i["created_at"]["S"].startswith(w.period)
     )
     return w
+
+
+def catalog_entries(upstream_url: str) -> list[dict[str, Any]]:
+    """Models on the fake upstream: one that takes images and tools, one text-only, one whose
+    provider bills above any hold."""
+
+    def model(model_id: str, upstream_model: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "id": model_id,
+            "upstream": {"base_url": upstream_url, "model": upstream_model},
+            "pricing": {"input_per_million": "2", "output_per_million": "8"},
+            "max_output_tokens": 64,
+            **extra,
+        }
+
+    return [
+        model("t/vision", "fake-large", prompt_bounds={"per_image": 1445, "tools": 400}),
+        model("t/text", "fake-small", prompt_bounds={"tools": 400}),
+        model("t/overbill", "overbill-model"),
+    ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from botocore.exceptions import ClientError, ConnectionClosedError
 from conduix import catalog, completion, dynamo, sweeper, wallets
 from conduix.auth import Principal
 from conduix.money import NANOS_PER_CREDIT as C
+from conduix.money import format_credits
 from conduix_local.upstream import FakeUpstream
 
 from tests.integration.helpers import NOW, assert_consistent, fund, ledger_items
@@ -176,3 +178,137 @@ def test_stripe_down_during_auto_reload_charges_nothing_and_keeps_the_org_due(
         assert (w.balance, w.reload.due, w.reload.failures) == (0, True, 0)  # retried on the next run
     finally:
         stripe_gateway.client.cache_clear()
+
+
+# ------------------------------------------------------------------ the served request under faults
+
+
+def serve(org: str, request_id: str, model: str = "t/text", key: str | None = None) -> completion.Served:
+    principal = Principal(org_id=org, key_id="key_1", scopes=("inference",))
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8})
+    return completion.serve(principal, body.encode(), request_id, time.monotonic() + 20, key)
+
+
+def usage_lines(org: str) -> list[tuple[str, int]]:
+    return [
+        (i["entry_id"]["S"], -int(i["amount"]["N"]))
+        for i in ledger_items(org)
+        if i["entry_type"]["S"] == "usage"
+    ]
+
+
+def test_a_settle_that_cannot_land_is_kept_and_settled_once_by_the_sweeper(
+    org: str, served_catalog: FakeUpstream, faults: Faults
+) -> None:
+    fund(org, "1")
+    faults.fail("TransactWriteItems", *["TransactionConflict"] * 6)  # every retry of the settle
+    served = serve(org, "r1")
+    assert served.cost > 0 and json.loads(served.body)["usage"]["cost"] == format_credits(served.cost)
+    w = assert_consistent(org)
+    assert (w.balance, len(w.holds), usage_lines(org)) == (C, 1, [])  # not billed yet, hold kept
+    assert [p.request_id for p in wallets.pending_settles(org)] == ["r1"]
+
+    result = sweeper.sweep(NOW)
+    assert (result["pending_settled"], result["holds_released"]) == (1, 0)
+    assert sweeper.sweep(NOW + timedelta(minutes=10))["pending_settled"] == 0  # exactly once
+    w = assert_consistent(org)
+    assert (w.balance, w.held, usage_lines(org)) == (C - served.cost, 0, [("usage:r1", served.cost)])
+    assert wallets.pending_settles(org) == []
+
+
+def test_a_deferred_settle_that_had_landed_after_all_is_not_billed_twice(
+    org: str, served_catalog: FakeUpstream, faults: Faults
+) -> None:
+    fund(org, "1")
+    # The first attempt commits but its answer is lost; every retry then conflicts.
+    faults.fail("TransactWriteItems", "lost-response", *["TransactionConflict"] * 5)
+    served = serve(org, "r1")
+    assert [p.request_id for p in wallets.pending_settles(org)] == ["r1"]
+    assert sweeper.sweep(NOW)["pending_settled"] == 0  # found its ledger entry: nothing to do
+    w = assert_consistent(org)
+    assert (w.balance, w.held, usage_lines(org)) == (C - served.cost, 0, [("usage:r1", served.cost)])
+    assert wallets.pending_settles(org) == []
+
+
+def test_concurrent_requests_under_conflicts_end_exact(
+    org: str, served_catalog: FakeUpstream, faults: Faults
+) -> None:
+    import threading
+
+    fund(org, "1")
+    faults.fail("TransactWriteItems", *["TransactionConflict"] * 9)  # some settles defer, some land
+    results: list[completion.Served] = []
+    threads = [threading.Thread(target=lambda i=i: results.append(serve(org, f"r{i}"))) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sweeper.sweep(NOW)
+    w = assert_consistent(org)
+    assert sorted(usage_lines(org)) == sorted((f"usage:r{i}", results[0].cost) for i in range(6))
+    assert (w.balance, w.held) == (C - 6 * results[0].cost, 0)
+
+
+def test_a_failure_after_the_settle_never_changes_the_answer(
+    org: str, served_catalog: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conduix import orgs, reloads
+
+    fund(org, "1")
+    orgs.attach_stripe_customer(org, "cus_test")
+    orgs.save_card(org, orgs.Card("pm_test", "visa", "4242", 12, 2030))
+    reloads.configure(org, enabled=True, threshold=2 * C, amount=25 * C)  # every settle crosses it
+
+    def broken(org_id: str) -> bool:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(wallets, "mark_reload_due", broken)
+    served = serve(org, "r1")
+    assert served.cost > 0 and json.loads(served.body)["usage"]["cost"] == format_credits(served.cost)
+    assert usage_lines(org) == [("usage:r1", served.cost)]
+    assert assert_consistent(org).balance == C - served.cost
+
+
+def test_an_idempotent_answer_survives_a_deferred_settle(
+    org: str, served_catalog: FakeUpstream, faults: Faults
+) -> None:
+    fund(org, "1")
+    faults.fail("TransactWriteItems", *["TransactionConflict"] * 6)
+    first = serve(org, "r1", key="k")
+    faults.plan.clear()
+    again = serve(org, "r2", key="k")
+    assert (again.body, again.replay_of) == (first.body, "r1")
+    sweeper.sweep(NOW)
+    assert usage_lines(org) == [("usage:r1", first.cost)]
+    assert assert_consistent(org).balance == C - first.cost
+
+
+def test_a_provider_billing_above_the_hold_under_conflicts_is_billed_once_and_reported(
+    org: str, served_catalog: FakeUpstream, faults: Faults
+) -> None:
+    from conduix import reconcile
+
+    fund(org, "1")
+    faults.fail("TransactWriteItems", "TransactionConflict", "ThrottlingException")
+    served = serve(org, "r1", model="t/overbill")
+    assert usage_lines(org) == [("usage:r1", served.cost)]
+    assert [i["request_id"]["S"] for i in wallets.over_hold_incidents(org)] == ["r1"]
+    assert [d.check for d in reconcile.reconcile_org(org)] == ["charge within its hold"]
+
+
+def test_a_deferred_settle_still_contended_keeps_its_expired_hold_for_the_next_run(
+    org: str, served_catalog: FakeUpstream, faults: Faults
+) -> None:
+    from conduix import clock
+
+    fund(org, "1")
+    faults.fail("TransactWriteItems", *["TransactionConflict"] * 6)
+    served = serve(org, "r1")
+    later = clock.now() + timedelta(minutes=10)  # the hold has expired
+    faults.fail("TransactWriteItems", *["TransactionConflict"] * 6)  # the sweeper's settle too
+    result = sweeper.sweep(later)
+    assert (result["pending_settled"], result["holds_released"]) == (0, 0)
+    assert len(assert_consistent(org).holds) == 1  # not released: it is owed
+    assert sweeper.sweep(later)["pending_settled"] == 1
+    w = assert_consistent(org)
+    assert (w.balance, w.held, usage_lines(org)) == (C - served.cost, 0, [("usage:r1", served.cost)])

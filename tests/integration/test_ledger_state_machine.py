@@ -11,6 +11,10 @@ the store is checked against the model and against itself:
 - holds never overdraw: available only goes below zero by negative credits, cost > hold or
   holds of an invoice-mode wallet, and a capped wallet only passes its cap by cost > hold or a
   cap set below what is committed;
+- every charge above its hold (the provider billed more than the hold bounded) left exactly one
+  incident item, and nothing else did;
+- a settle deferred (it could not land at once) keeps its hold until HoldSweeper settles it,
+  exactly once, instead of releasing it;
 - a wallet with an open hold is in the sweep index, or HoldSweeper would never find it.
 
 A reserve must be refused (rate limit, then cap, then balance) exactly when the model says so.
@@ -164,6 +168,8 @@ MUST_SEE = (
     "idempotent-replay",
     "duplicate-hold:same",
     "duplicate-hold:conflict",
+    "settle:deferred",
+    "sweep:settled-deferred",
 )
 
 
@@ -182,6 +188,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.grants: dict[str, tuple[str, int]] = {}  # key -> (kind, amount)
         self.settled: dict[str, tuple[int, wallets.Usage]] = {}  # rid -> (hold, usage)
         self.closed: dict[str, int] = {}  # released or swept: rid -> hold
+        self.pending: dict[str, wallets.Usage] = {}  # deferred settles: rid -> usage
+        self.over: set[str] = set()  # requests charged above their hold
         self.billed_requests = 0
         self.billed_credits = 0
 
@@ -286,14 +294,25 @@ class LedgerMachine(RuleBasedStateMachine):
         seen["hold:invoice" if m.invoice else "hold"] += 1
         return True
 
+    def _usage(self, data: st.DataObject, hold: int) -> wallets.Usage:
+        """What the provider billed: now and then more than the hold (about one in ten)."""
+        over = data.draw(st.integers(0, 9), label="over") == 0
+        cost = hold + data.draw(st.integers(1, C)) if over else data.draw(st.integers(0, hold), label="cost")
+        return wallets.Usage("acme/fast", "key_1", data.draw(st.integers(0, 5000)), 7, cost)
+
     def _settle(self, data: st.DataObject, rid: str) -> None:
+        hold, _ = self.model.holds[rid]
+        usage = self._usage(data, hold)
+        assert wallets.settle(self.org, rid, hold, usage, self.now) is wallets.SettleOutcome.SETTLED
+        self._settled(rid, usage)
+
+    def _settled(self, rid: str, usage: wallets.Usage) -> None:
         m = self.model
         hold, _ = m.holds[rid]
-        over = data.draw(st.integers(0, 9), label="over") == 0  # about one settle in ten
-        cost = hold + data.draw(st.integers(1, C)) if over else data.draw(st.integers(0, hold), label="cost")
-        usage = wallets.Usage("acme/fast", "key_1", data.draw(st.integers(0, 5000)), 7, cost)
-        assert wallets.settle(self.org, rid, hold, usage, self.now) is wallets.SettleOutcome.SETTLED
-        seen["settle:over" if over else "settle:within"] += 1
+        cost = usage.cost
+        seen["settle:over" if cost > hold else "settle:within"] += 1
+        if cost > hold:
+            self.over.add(rid)
         if period_of(self.now) > m.period:
             seen["settle:after-roll"] += 1
         m.roll(self.now)
@@ -305,6 +324,7 @@ class LedgerMachine(RuleBasedStateMachine):
             m.debt += cost - hold
             m.cap_debt += cost - hold
         self.settled[rid] = (hold, usage)
+        self.pending.pop(rid, None)
         self.billed_requests += 1
         self.billed_credits += cost
 
@@ -345,23 +365,39 @@ class LedgerMachine(RuleBasedStateMachine):
             else:
                 self._settle(data, rid)
 
-    @precondition(lambda self: self.model.holds)
+    def _in_flight(self) -> set[str]:
+        """Open holds whose request still runs (a deferred settle's request has answered)."""
+        return set(self.model.holds) - set(self.pending)
+
+    @precondition(lambda self: self._in_flight())
     @rule(data=st.data())
     def settle(self, data: st.DataObject) -> None:
-        self._settle(data, self._pick(data, self.model.holds, "open hold"))
+        self._settle(data, self._pick(data, self._in_flight(), "open hold"))
 
-    @precondition(lambda self: self.model.holds)
+    @precondition(lambda self: self._in_flight())
     @rule(data=st.data(), seconds=st.integers(0, 30))
     def settle_across_midnight(self, data: st.DataObject, seconds: int) -> None:
         """A request in flight when the UTC month turns: held last month, settled in the new one
         (the settle rolls the wallet's month; the hold counted last month, the cost counts now)."""
         self.now = next_month(self.now) + timedelta(seconds=seconds)
-        self._settle(data, self._pick(data, self.model.holds, "open hold"))
+        self._settle(data, self._pick(data, self._in_flight(), "open hold"))
 
-    @precondition(lambda self: self.model.holds)
+    @precondition(lambda self: self._in_flight())
     @rule(data=st.data())
     def release(self, data: st.DataObject) -> None:
-        self._release(self._pick(data, self.model.holds, "open hold"))
+        self._release(self._pick(data, self._in_flight(), "open hold"))
+
+    @precondition(lambda self: self._in_flight())
+    @rule(data=st.data())
+    def settle_deferred(self, data: st.DataObject) -> None:
+        """The provider answered but the settle could not land (contention): the usage is kept
+        in an item of its own and the hold stays, until HoldSweeper settles it."""
+        rid = self._pick(data, self._in_flight(), "open hold")
+        hold, _ = self.model.holds[rid]
+        usage = self._usage(data, hold)
+        wallets.record_pending(self.org, rid, hold, usage, self.now)
+        self.pending[rid] = usage
+        seen["settle:deferred"] += 1
 
     @precondition(lambda self: self.settled or self.closed)
     @rule(data=st.data(), cost=st.integers(0, 3 * C))
@@ -403,10 +439,16 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule()
     def sweep(self) -> None:
         cutoff = int(self.now.timestamp())
-        expired = {rid: a for rid, (a, x) in self.model.holds.items() if x <= cutoff}
+        deferred = dict(self.pending)
+        expired = {rid: a for rid, (a, x) in self.model.holds.items() if x <= cutoff and rid not in deferred}
         result = sweeper.sweep(self.now)
+        assert result["pending_settled"] == len(deferred), "a deferred settle was not settled once"
+        assert result["credits_settled"] == format_credits(sum(u.cost for u in deferred.values()))
         assert result["holds_released"] == len(expired)
         assert result["credits_released"] == format_credits(sum(expired.values()))
+        for rid, usage in deferred.items():
+            self._settled(rid, usage)
+            seen["sweep:settled-deferred"] += 1
         for rid, amount in expired.items():
             del self.model.holds[rid]
             self.closed[rid] = amount
@@ -454,6 +496,10 @@ class LedgerMachine(RuleBasedStateMachine):
         usage = [i for i in items if i["sk"]["S"].startswith("USAGE#")]
         assert sum(int(i["requests"]["N"]) for i in usage) == self.billed_requests
         assert sum(int(i["credits"]["N"]) for i in usage) == self.billed_credits
+        incidents = {i["request_id"]["S"] for i in items if i["sk"]["S"].startswith("INCIDENT#over-hold#")}
+        assert incidents == self.over, "a charge above its hold left no incident (or one too many)"
+        pending = {i["request_id"]["S"] for i in items if i["sk"]["S"].startswith("PENDING#")}
+        assert pending == set(self.pending), "a deferred settle was lost or settled twice"
         if w.holds:
             wallet_item = next(i for i in items if i["sk"]["S"] == "WALLET")
             assert wallet_item.get("sweep_shard", {}).get("S") == wallets.sweep_shard(self.org), (

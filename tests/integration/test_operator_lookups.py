@@ -124,3 +124,40 @@ def test_holds_of_an_unknown_org_are_a_404(tables: dict[str, str]) -> None:
         admin.list_holds("org_0000000000000000")
     with pytest.raises(errors.NotFound):
         admin.release_hold("org_0000000000000000", "x")
+
+
+def test_a_served_hold_with_a_deferred_settle_is_billed_never_released(org: str) -> None:
+    # Given a request that was served but whose settle could not land (its usage is recorded)
+    fund(org, "10")
+    wallets.reserve(org, "served-1", 3 * C, model="acme/fast", key_id="key_1", now=NOW)
+    usage = wallets.Usage(
+        model="acme/fast", key_id="key_1", prompt_tokens=2, completion_tokens=5, cost=C // 4
+    )
+    wallets.record_pending(org, "served-1", 3 * C, usage, NOW)
+    # When the operator "releases" it
+    answer = admin.release_hold(org, "served-1")
+    # Then it is settled at its cost, as HoldSweeper would, and nothing is released
+    assert (answer["action"], answer["outcome"], answer["cost"]) == ("settled", "settled", "0.25")
+    assert (answer["wallet"]["balance"], answer["wallet"]["held"]) == ("9.75", "0")
+    assert statements.ledger_page(org, None, None, {"type": "hold_release"})["data"] == []
+    assert wallets.pending_settles(org) == []
+    assert_consistent(org)
+
+
+def test_a_deferred_settle_recorded_during_the_release_cancels_it(
+    org: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a hold the operator read before its request's usage was recorded
+    fund(org, "10")
+    wallets.reserve(org, "late-1", 3 * C, model="acme/fast", key_id="key_1", now=NOW)
+    seen = wallets.open_holds(org)
+    usage = wallets.Usage(model="acme/fast", key_id="key_1", prompt_tokens=2, completion_tokens=5, cost=C)
+    wallets.record_pending(org, "late-1", 3 * C, usage, NOW)
+    monkeypatch.setattr(wallets, "open_holds", lambda _org: seen)
+    # Then the release is refused and changes nothing: the hold waits for its settle
+    with pytest.raises(errors.Conflict) as refused:
+        wallets.release_stuck_hold(org, "late-1", NOW)
+    assert refused.value.code == "hold_closed" and "settle is pending" in refused.value.message
+    wallet = wallets.get_wallet(org)
+    assert (wallet.balance, wallet.held) == (10 * C, 3 * C)
+    assert statements.ledger_page(org, None, None, {"type": "hold_release"})["data"] == []

@@ -181,3 +181,20 @@ def test_concurrent_transactions_never_overspend(aws: dict[str, Any], dynamodb: 
         ConsistentRead=True,
     )
     assert ledger["Count"] == BALANCE
+
+
+def test_transactions_do_not_leave_tracked_items_behind(dynamodb: Any, moto_server: LockedMotoServer) -> None:
+    """moto's dashboard tracks every item it ever made, and each transaction deep-copies the
+    table: without the server dropping them, /moto-api/data.json slows with every request."""
+    from moto.dynamodb.models.dynamo_type import Item
+
+    moto_server.reset()
+    table = _wallet_table(dynamodb)
+    for i in range(30):
+        dynamodb.transact_write_items(
+            TransactItems=[
+                {"Put": {"TableName": table, "Item": {"pk": {"S": "org#1"}, "sk": {"S": f"e{i}"}}}}
+            ]
+        )
+    assert len(Item.instances_tracked) == 0  # type: ignore[attr-defined]
+    assert len(dynamodb.scan(TableName=table)["Items"]) == 31

@@ -10,7 +10,17 @@ from typing import Any
 
 import openai
 import pytest
-from conduix_local.upstream import FakeUpstream, count_tokens, prompt_tokens, reply_text, truncate_tokens
+from conduix_local.upstream import (
+    IMAGE_MAX_TOKENS,
+    TOOL_PROMPT_TOKENS,
+    FakeUpstream,
+    count_tokens,
+    image_tokens,
+    png_data_url,
+    prompt_tokens,
+    reply_text,
+    truncate_tokens,
+)
 from openai import OpenAI
 
 HELLO = [{"role": "user", "content": "Hello there, how are you today?"}]
@@ -206,7 +216,6 @@ VARIED: list[list[dict[str, Any]]] = [
             "content": [
                 {"type": "text", "text": "part one;"},
                 {"type": "text", "text": ""},
-                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
                 {"type": "text", "text": "…part two!"},
             ],
         },
@@ -253,3 +262,47 @@ def test_prompt_tokens_never_exceed_json_bytes_random() -> None:
     for _ in range(2000):
         messages = _random_messages(rng)
         assert prompt_tokens(messages) <= _tightest_bytes(messages), messages
+
+
+def test_images_are_billed_by_detail_and_size_as_openai_publishes() -> None:
+    # OpenAI's worked examples for gpt-4o (high detail): 85 + 170 per 512 px tile.
+    assert image_tokens(1024, 1024) == 765
+    assert image_tokens(2048, 4096) == 1105  # -> 1024x2048 -> 768x1536: 6 tiles
+    assert image_tokens(4096, 8192, "low") == 85
+    assert image_tokens(768, 2048) == IMAGE_MAX_TOKENS == 1445  # the most tiles: 2 x 4
+    assert (
+        max(image_tokens(w, h) for w in range(64, 5000, 97) for h in range(64, 5000, 89)) == IMAGE_MAX_TOKENS
+    )
+
+
+def test_the_upstream_bills_images_tools_and_message_overhead(client: OpenAI) -> None:
+    text = [{"role": "user", "content": [{"type": "text", "text": "what is in it?"}]}]
+    plain = client.chat.completions.create(model="fake-small", messages=text).usage
+    assert plain is not None and plain.prompt_tokens == count_tokens("what is in it?") + 3 + 3
+
+    def with_image(url: str, detail: str = "high") -> list[dict[str, Any]]:
+        part = {"type": "image_url", "image_url": {"url": url, "detail": detail}}
+        return [{"role": "user", "content": [*text[0]["content"], part]}]
+
+    for url, detail, tokens in (
+        (png_data_url(1024, 1024), "high", 765),
+        (png_data_url(768, 2048), "auto", 1445),
+        (png_data_url(4000, 4000), "low", 85),
+        ("https://example.test/cat.jpg", "high", 765),  # size unknown: taken as 1024x1024
+    ):
+        usage = client.chat.completions.create(model="fake-small", messages=with_image(url, detail)).usage
+        assert usage is not None and usage.prompt_tokens == plain.prompt_tokens + tokens, (url, detail)
+
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    usage = client.chat.completions.create(model="fake-small", messages=text, tools=tools).usage
+    assert usage is not None
+    assert usage.prompt_tokens == plain.prompt_tokens + TOOL_PROMPT_TOKENS + count_tokens(json.dumps(tools))
+    assert usage.prompt_tokens > plain.prompt_tokens + 300  # a hidden prompt, far beyond the text
+
+    two = client.chat.completions.create(model="fake-small", messages=text * 2).usage
+    assert two is not None and two.prompt_tokens == 2 * plain.prompt_tokens - 3  # +3 per message
+
+
+def test_an_overbilling_upstream_bills_far_more_than_the_text(client: OpenAI) -> None:
+    usage = client.chat.completions.create(model="overbill-model", messages=HELLO).usage
+    assert usage is not None and usage.prompt_tokens == prompt_tokens(HELLO) + 5000

@@ -4,9 +4,16 @@ import json
 from pathlib import Path
 
 import pytest
-from conduix.catalog import DEFAULT_CATALOG, load_catalog, parse_catalog
+from conduix.catalog import DEFAULT_CATALOG, PromptBounds, load_catalog, parse_catalog
 from conduix.errors import ConfigurationError, ModelNotFound
-from conduix.pricing import charge_nanos, hold_nanos, plan_attempts, prompt_token_ceiling
+from conduix.pricing import (
+    PromptShape,
+    accepts,
+    charge_nanos,
+    hold_nanos,
+    plan_attempts,
+    prompt_token_ceiling,
+)
 
 
 def entry(model_id: str, inp: str = "0.15", out: str = "0.60", **extra: object) -> dict[str, object]:
@@ -98,20 +105,70 @@ def test_hold_is_the_worst_case_over_the_fallback_chain() -> None:
     attempts = plan_attempts(catalog.chain("acme/cheap"), requested_max_tokens=100, choices=1)
     assert [(a.model.id, a.max_tokens) for a in attempts] == [("acme/cheap", 100), ("acme/dear", 50)]
     # cheap: 1000*1 + 100*2 = 1200 credits-per-million units; dear: 1000*10 + 50*20 = 11000
-    assert hold_nanos(attempts, prompt_tokens_ceiling=1000) == 11_000 * 1000
+    # 988 bytes + 4 for the message + 8 for the request = 1000 prompt tokens at most
+    assert hold_nanos(attempts, PromptShape(text_bytes=988, messages=1)) == 11_000 * 1000
 
 
 def test_hold_covers_every_choice() -> None:
     catalog = parse_catalog([entry("acme/a", "0", "1")], "t")
     attempts = plan_attempts(catalog.chain("acme/a"), requested_max_tokens=10, choices=3)
     assert attempts[0].max_tokens == 10
-    assert hold_nanos(attempts, 0) == 30 * 1000
+    assert hold_nanos(attempts, PromptShape(text_bytes=0, messages=0)) == 30 * 1000
 
 
 def test_prompt_ceiling_bounds_tokens_by_bytes() -> None:
     messages = [{"role": "user", "content": "héllo wörld"}]
     size = len(json.dumps(messages, ensure_ascii=False).encode())
-    assert prompt_token_ceiling(size, 1) >= size
+    assert prompt_token_ceiling(PromptShape(size, 1), PromptBounds()) >= size
+
+
+def test_prompt_ceiling_adds_what_the_provider_bills_beyond_the_text() -> None:
+    bounds = PromptBounds(per_image=1445, tools=300, per_message=3, per_request=5)
+    shape = PromptShape(text_bytes=100, messages=2, images=3, tools=True)
+    assert prompt_token_ceiling(shape, bounds) == 100 + 2 * 3 + 5 + 300 + 3 * 1445
+    assert prompt_token_ceiling(PromptShape(100, 2), bounds) == 100 + 2 * 3 + 5
+
+
+def test_prompt_bounds_default_and_parse() -> None:
+    plain, declared = parse_catalog(
+        [
+            entry("acme/a"),
+            entry("acme/b", prompt_bounds={"per_image": 765, "tools": 350}),
+        ],
+        "t",
+    )
+    assert plain.prompt_bounds == PromptBounds(per_image=None, tools=1000, per_message=4, per_request=8)
+    assert declared.prompt_bounds == PromptBounds(per_image=765, tools=350, per_message=4, per_request=8)
+    images = PromptShape(10, 1, images=1)
+    assert (accepts(plain, images), accepts(declared, images)) == (False, True)
+    assert accepts(plain, PromptShape(10, 1, tools=True))
+
+
+@pytest.mark.parametrize(
+    ("bounds", "fault"),
+    [
+        ({"per_image": -1}, "prompt_bounds.per_image"),
+        ({"tools": "300"}, "prompt_bounds.tools"),
+        ({"per_audio": 10}, "prompt_bounds.per_audio"),
+        ([], "prompt_bounds"),
+    ],
+)
+def test_invalid_prompt_bounds_name_the_field(bounds: object, fault: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"'{fault}'"):
+        parse_catalog([entry("acme/a", prompt_bounds=bounds)], "t")
+
+
+def test_the_default_catalog_bounds_images_by_the_providers_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenAI (high detail): fit in 2048x2048, shortest side to 768, then a base plus a price per
+    512 px tile; the most tiles is 2 x 4 = 8 (768 x 2048). Anthropic: about width x height / 750,
+    with images kept under ~1.15 megapixels (1,600 tokens)."""
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    catalog = load_catalog(None)
+    bounds = {m.id: m.prompt_bounds for m in catalog}
+    assert bounds["openai/gpt-4o"].per_image == 85 + 170 * 8
+    assert bounds["openai/gpt-4o-mini"].per_image == 2833 + 5667 * 8
+    assert bounds["anthropic/claude-sonnet-4"].per_image == 1600
+    assert bounds["anthropic/claude-sonnet-4"].tools >= 346  # Anthropic's published tool prompt
 
 
 def test_charge_is_exact() -> None:
@@ -126,11 +183,11 @@ def test_the_largest_max_tokens_is_the_exact_edge_of_the_balance(available: int)
     # prompt 1000 tokens at 8/M = 8,000 nanos; each output token costs 1,000 nanos (two choices)
     catalog = parse_catalog([entry("acme/a", "0.008", "0.5", max_output_tokens=1000)], "t")
     attempts = plan_attempts(catalog.chain("acme/a"), requested_max_tokens=600, choices=2)
-    fits = largest_max_tokens(attempts, 1000, available)
+    fits = largest_max_tokens(attempts, PromptShape(988, 1), available)
     assert fits == min(max((available - 8_000) // 1_000, 0), 600)
 
     def hold(budget: int) -> int:
-        return hold_nanos([Attempt(attempts[0].model, budget, 2)], 1000)
+        return hold_nanos([Attempt(attempts[0].model, budget, 2)], PromptShape(988, 1))
 
     if fits:
         assert hold(fits) <= available
@@ -143,18 +200,35 @@ def test_hold_advice_names_the_hold_the_field_and_the_largest_budget() -> None:
 
     catalog = parse_catalog([entry("acme/a", "0", "1000", max_output_tokens=4096)], "t")
     attempts = plan_attempts(catalog.chain("acme/a"), requested_max_tokens=4000, choices=1)
-    hold = hold_nanos(attempts, 100)
-    advice = hold_advice(attempts, 100, hold, 2_500_000_000, requested=4000, field="max_tokens")
+    hold = hold_nanos(attempts, PromptShape(88, 1))
+    advice = hold_advice(
+        attempts, PromptShape(88, 1), hold, 2_500_000_000, requested=4000, field="max_tokens"
+    )
     assert advice == (
         "This request holds 4 credits: its prompt plus max_tokens=4000, at acme/a's price. "
         "Set 'max_tokens' to 2500 or less to fit the balance."
     )
     unset = plan_attempts(catalog.chain("acme/a"), requested_max_tokens=None, choices=1)
     text = hold_advice(
-        unset, 100, hold_nanos(unset, 100), 10**6, requested=None, field="max_completion_tokens"
+        unset,
+        PromptShape(88, 1),
+        hold_nanos(unset, PromptShape(88, 1)),
+        10**6,
+        requested=None,
+        field="max_completion_tokens",
     )
     assert text is not None and "4096 output tokens (acme/a's limit, because 'max_completion_tokens'" in text
     # when not even one output token fits, changing max_tokens cannot help: no advice
     priced = parse_catalog([entry("acme/b", "1000", "1000")], "t")
     tight = plan_attempts(priced.chain("acme/b"), requested_max_tokens=10, choices=1)
-    assert hold_advice(tight, 100, hold_nanos(tight, 100), 100_000, requested=10, field="max_tokens") is None
+    assert (
+        hold_advice(
+            tight,
+            PromptShape(88, 1),
+            hold_nanos(tight, PromptShape(88, 1)),
+            100_000,
+            requested=10,
+            field="max_tokens",
+        )
+        is None
+    )

@@ -176,11 +176,25 @@ def list_holds(org_id: str) -> dict[str, Any]:
 
 def release_hold(org_id: str, request_id: str) -> dict[str, Any]:
     """DELETE /admin/orgs/{org_id}/holds/{request_id}: free one stuck hold (see
-    wallets.release_stuck_hold), with an audit entry in the org's ledger."""
+    wallets.release_stuck_hold), with an audit entry in the org's ledger. A hold whose request
+    was served and waits for a deferred settle is billed instead, never released."""
     orgs.get_org(resource_id(org_id, "org"))
-    hold, entry = wallets.release_stuck_hold(org_id, resource_id(request_id, "hold"), clock.now())
+    resource_id(request_id, "hold")
+    now = clock.now()
+    settled = wallets.settle_pending_hold(org_id, request_id, now)
+    if settled is not None:
+        pending, outcome = settled
+        return {
+            "request_id": request_id,
+            "action": "settled",  # its usage was delivered: billed, as HoldSweeper would
+            "outcome": outcome.value,
+            "cost": format_credits(pending.usage.cost),
+            "wallet": wallet_view(wallets.get_wallet(org_id)),
+        }
+    hold, entry = wallets.release_stuck_hold(org_id, request_id, now)
     return {
         "request_id": hold.request_id,
+        "action": "released",
         "released": format_credits(hold.amount),
         "ledger_entry": {
             "id": entry.entry_id,

@@ -22,6 +22,10 @@ from conduix.money import NANOS_PER_CREDIT
 DEFAULT_CATALOG = Path(__file__).with_name("models.default.json")
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 DEFAULT_TIMEOUT_SECONDS = 20
+# Prompt tokens a provider may bill beyond the text, when an entry does not say (README).
+DEFAULT_TOOLS_TOKENS = 1000  # a hidden tool-use prompt (Anthropic publishes ~350; others don't)
+DEFAULT_PER_MESSAGE_TOKENS = 4  # role markers (OpenAI: 3, +1 with a name)
+DEFAULT_PER_REQUEST_TOKENS = 8  # reply priming (OpenAI: 3)
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 _ENV_REF = re.compile(r"\$\{([A-Z0-9_]+)(?::-([^}]*))?\}")
 
@@ -41,6 +45,16 @@ class Pricing:
 
 
 @dataclass(frozen=True)
+class PromptBounds:
+    """The most prompt tokens the provider may bill beyond the request's text."""
+
+    per_image: int | None = None  # per image part; None: the model takes no images from us
+    tools: int = DEFAULT_TOOLS_TOKENS  # once, for a request that sends `tools` or `functions`
+    per_message: int = DEFAULT_PER_MESSAGE_TOKENS
+    per_request: int = DEFAULT_PER_REQUEST_TOKENS
+
+
+@dataclass(frozen=True)
 class Model:
     id: str
     upstream: Upstream
@@ -48,6 +62,7 @@ class Model:
     fallbacks: tuple[str, ...]
     max_output_tokens: int
     owned_by: str
+    prompt_bounds: PromptBounds = PromptBounds()
 
 
 class Catalog:
@@ -109,6 +124,32 @@ def _positive_int(value: Any, where: str) -> int:
     return value
 
 
+def _count(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _Invalid(f"field '{where}' must be a non-negative integer (tokens)")
+    return value
+
+
+def _prompt_bounds(value: Any) -> PromptBounds:
+    if value is None:
+        return PromptBounds()
+    if not isinstance(value, dict):
+        raise _Invalid("field 'prompt_bounds' must be an object")
+    unknown = sorted(set(value) - {"per_image", "tools", "per_message", "per_request"})
+    if unknown:
+        raise _Invalid(
+            f"field 'prompt_bounds.{unknown[0]}' is not one of per_image, tools, per_message, per_request"
+        )
+    defaults = PromptBounds()
+    per_image = value.get("per_image")
+    return PromptBounds(
+        per_image=None if per_image is None else _count(per_image, "prompt_bounds.per_image"),
+        tools=_count(value.get("tools", defaults.tools), "prompt_bounds.tools"),
+        per_message=_count(value.get("per_message", defaults.per_message), "prompt_bounds.per_message"),
+        per_request=_count(value.get("per_request", defaults.per_request), "prompt_bounds.per_request"),
+    )
+
+
 def _expand(value: str, where: str) -> str:
     """`${VAR}` and `${VAR:-default}` in URLs, so one catalog serves several environments."""
 
@@ -168,6 +209,7 @@ def _parse_model(entry: Any) -> Model:
             entry.get("max_output_tokens", DEFAULT_MAX_OUTPUT_TOKENS), "max_output_tokens"
         ),
         owned_by=str(entry.get("owned_by") or model_id.split("/", 1)[0]),
+        prompt_bounds=_prompt_bounds(entry.get("prompt_bounds")),
     )
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from conduix.errors import InvalidRequest, PayloadTooLarge
-from conduix.pricing import Attempt
+from conduix.pricing import Attempt, PromptShape
 from conduix.validation import parse_json_object
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -17,6 +17,41 @@ MAX_CHOICES = 16
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 # Request fields that are sent to the model as prompt and therefore cost prompt tokens.
 _PROMPT_FIELDS = ("messages", "tools", "functions", "response_format", "tool_choice")
+# The only fields sent upstream: each is either priced by the hold (prompt, output budget) or
+# changes nothing the provider charges. Anything else is refused, never passed on unpriced:
+# an unknown field may be one that changes the price.
+FORWARDED_FIELDS = frozenset(
+    {
+        *_PROMPT_FIELDS,
+        "model",
+        "stream",
+        "stream_options",
+        "max_tokens",
+        "max_completion_tokens",
+        "n",
+        "temperature",
+        "top_p",
+        "stop",
+        "seed",
+        "user",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "parallel_tool_calls",
+        "function_call",
+        "reasoning_effort",  # reasoning is billed as output, within max_completion_tokens
+    }
+)
+# Fields we know change what the provider bills, named so the refusal says why.
+PRICED_FIELDS = frozenset(
+    {"service_tier", "audio", "modalities", "prediction", "web_search_options", "store", "metadata"}
+)
+_MESSAGE_FIELDS = frozenset(
+    {"role", "content", "name", "tool_calls", "tool_call_id", "function_call", "refusal"}
+)
+_TEXT_PARTS = frozenset({"text", "refusal"})
 
 
 @dataclass(frozen=True)
@@ -28,8 +63,8 @@ class ChatRequest:
     max_tokens: int | None
     max_tokens_field: str
     choices: int
-    prompt_bytes: int  # UTF-8 bytes of everything the model reads as prompt
-    message_count: int
+    prompt: PromptShape  # what the provider bills as prompt
+    image_params: tuple[str, ...] = ()  # where the image parts are, to name one in a refusal
 
 
 def _positive_int(body: dict[str, Any], name: str) -> int | None:
@@ -56,6 +91,16 @@ def parse_request(raw: bytes) -> ChatRequest:
         raise InvalidRequest("'messages' must be a list of message objects.", param="messages")
     if not messages:
         raise InvalidRequest("'messages' must contain at least one message.", param="messages")
+    for name in body:
+        if name not in FORWARDED_FIELDS:
+            why = (
+                "changes what the provider charges, and this gateway does not price it"
+                if name in PRICED_FIELDS
+                else "is not a parameter this gateway supports"
+            )
+            raise InvalidRequest(f"'{name}' {why}.", param=name, code="unsupported_parameter")
+    images: list[str] = []
+    text_messages: list[Any] = []  # the messages as the hold weighs them: image parts apart
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise InvalidRequest(f"messages[{i}] must be an object.", param=f"messages[{i}]")
@@ -63,11 +108,39 @@ def parse_request(raw: bytes) -> ChatRequest:
             raise InvalidRequest(
                 f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}.", param=f"messages[{i}].role"
             )
+        for name in message:
+            if name not in _MESSAGE_FIELDS:
+                raise InvalidRequest(
+                    f"messages[{i}].{name} is not supported: the provider may bill it and this "
+                    "gateway cannot bound it.",
+                    param=f"messages[{i}].{name}",
+                    code="unsupported_content",
+                )
         content = message.get("content")
         if content is not None and not isinstance(content, str | list):
             raise InvalidRequest(
                 f"messages[{i}].content must be a string or a list of parts.", param=f"messages[{i}].content"
             )
+        if isinstance(content, list):
+            parts = []
+            for j, part in enumerate(content):
+                kind = part.get("type") if isinstance(part, dict) else None
+                where = f"messages[{i}].content[{j}]"
+                if kind == "image_url":
+                    images.append(where)
+                    parts.append({"type": kind})  # billed by the image bound, not by its URL's bytes
+                elif kind in _TEXT_PARTS:
+                    parts.append(part)
+                else:
+                    raise InvalidRequest(
+                        f"{where} is a content part of type {kind!r}, which this gateway cannot bound "
+                        "before the provider bills it. Supported: text, image_url (on models that "
+                        "take images).",
+                        param=where,
+                        code="unsupported_content",
+                    )
+            message = {**message, "content": parts}
+        text_messages.append(message)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be true or false.", param="stream")
@@ -85,6 +158,8 @@ def parse_request(raw: bytes) -> ChatRequest:
     if choices > MAX_CHOICES:
         raise InvalidRequest(f"'n' must be at most {MAX_CHOICES}.", param="n")
     prompt = {k: body[k] for k in _PROMPT_FIELDS if k in body}
+    prompt["messages"] = text_messages
+    text_bytes = len(json.dumps(prompt, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
     return ChatRequest(
         body=body,
         model_id=model.strip(),
@@ -93,15 +168,20 @@ def parse_request(raw: bytes) -> ChatRequest:
         max_tokens=max_tokens,
         max_tokens_field=field,
         choices=choices,
-        prompt_bytes=len(json.dumps(prompt, ensure_ascii=False, separators=(",", ":")).encode("utf-8")),
-        message_count=len(messages),
+        prompt=PromptShape(
+            text_bytes=text_bytes,
+            messages=len(messages),
+            images=len(images),
+            tools=bool(body.get("tools") or body.get("functions")),
+        ),
+        image_params=tuple(images),
     )
 
 
 def upstream_payload(request: ChatRequest, attempt: Attempt) -> dict[str, Any]:
     """The client's request as the upstream should see it: its own model name, an output
-    budget that the hold covers, and usage always reported."""
-    payload = dict(request.body)
+    budget that the hold covers, usage always reported, and nothing the hold did not price."""
+    payload = {k: v for k, v in request.body.items() if k in FORWARDED_FIELDS}
     payload["model"] = attempt.model.upstream.model
     payload[request.max_tokens_field] = attempt.max_tokens
     if request.stream:

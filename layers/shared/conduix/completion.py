@@ -9,15 +9,16 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from conduix import cache, chat, clock, plans, pricing, providers, telemetry, wallets
+from conduix import cache, chat, clock, idempotency, plans, pricing, providers, telemetry, wallets
 from conduix.auth import Principal
 from conduix.catalog import catalog
 from conduix.clock import Seconds
-from conduix.errors import InsufficientCredits, InvalidRequest
+from conduix.errors import InsufficientCredits, InvalidRequest, ServiceBusy
 from conduix.money import format_credits, parse_credits
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,14 @@ class Served:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     upstream_ms: float | None = None
+    replay_of: str | None = None  # the request id whose answer this replays (Idempotency-Key)
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "x-conduix-cache": self.cache_status,
+            "x-conduix-cost": format_credits(self.cost),
+            "x-conduix-balance": format_credits(self.balance),
+        }
 
 
 def _respond(
@@ -83,8 +92,9 @@ def _respond(
     return json.dumps(body, separators=(",", ":")), "application/json", body
 
 
-def serve(principal: Principal, raw_body: bytes, request_id: str, deadline: Seconds) -> Served:
-    request = chat.parse_request(raw_body)
+def _attempts(request: chat.ChatRequest) -> list[pricing.Attempt]:
+    """The models that may serve the request, each with its output budget. A model whose
+    catalog entry cannot bound what the request sends (images) is never called."""
     chain = catalog().chain(request.model_id)
     if request.max_tokens is not None and request.max_tokens > chain[0].max_output_tokens:
         raise InvalidRequest(
@@ -93,6 +103,67 @@ def serve(principal: Principal, raw_body: bytes, request_id: str, deadline: Seco
             f"{chain[0].max_output_tokens} completion tokens.",
             param=request.max_tokens_field,
         )
+    if not pricing.accepts(chain[0], request.prompt):
+        raise InvalidRequest(
+            f"{chain[0].id} does not take image parts through this gateway "
+            "(its catalog entry sets no image bound).",
+            param=request.image_params[0],
+            code="unsupported_content",
+        )
+    usable = [m for m in chain if pricing.accepts(m, request.prompt)]
+    return pricing.plan_attempts(usable, request.max_tokens, request.choices)
+
+
+def serve(
+    principal: Principal,
+    raw_body: bytes,
+    request_id: str,
+    deadline: Seconds,
+    idempotency_key: str | None = None,
+) -> Served:
+    request = chat.parse_request(raw_body)
+    attempts = _attempts(request)
+    if idempotency_key is None:
+        return _serve(principal, request, attempts, request_id, deadline, None)
+    claim = idempotency.Claim(principal.org_id, idempotency.check_key(idempotency_key), request_id)
+    first = idempotency.claim(claim.org_id, claim.key, request.body, request_id, clock.now())
+    if first is not None:
+        return _replay(first)
+    try:
+        return _serve(principal, request, attempts, request_id, deadline, claim)
+    except BaseException:
+        try:
+            idempotency.abandon(claim)  # nothing was billed: a retry with the key runs again
+        except Exception:
+            log.warning("could not give back an idempotency key", exc_info=True)
+        raise
+
+
+def _replay(first: idempotency.Answer) -> Served:
+    return Served(
+        first.body,
+        first.content_type,
+        first.cache_status,
+        first.cost,
+        first.balance,
+        replay_of=first.request_id,
+    )
+
+
+def _answer(served: Served, request_id: str) -> idempotency.Answer:
+    return idempotency.Answer(
+        request_id, served.body, served.content_type, served.cache_status, served.cost, served.balance
+    )
+
+
+def _serve(
+    principal: Principal,
+    request: chat.ChatRequest,
+    attempts: list[pricing.Attempt],
+    request_id: str,
+    deadline: Seconds,
+    claim: idempotency.Claim | None,
+) -> Served:
     org_id, now = principal.org_id, clock.now()
     completion_id = f"chatcmpl-{request_id}"
 
@@ -116,7 +187,7 @@ def serve(principal: Principal, raw_body: bytes, request_id: str, deadline: Seco
                 completion_tokens=int(usage.get("completion_tokens", 0)),
                 cost="0",
             )
-            return Served(
+            served = Served(
                 text,
                 content_type,
                 HIT,
@@ -127,20 +198,22 @@ def serve(principal: Principal, raw_body: bytes, request_id: str, deadline: Seco
                 prompt_tokens=int(usage.get("prompt_tokens", 0)),
                 completion_tokens=int(usage.get("completion_tokens", 0)),
             )
+            if claim:  # a free answer: if it is not kept, a retry is answered free again
+                _best_effort(
+                    "keep the idempotent answer", idempotency.keep, claim, _answer(served, request_id)
+                )
+            return served
 
-    attempts = pricing.plan_attempts(chain, request.max_tokens, request.choices)
-    hold = pricing.hold_nanos(
-        attempts, pricing.prompt_token_ceiling(request.prompt_bytes, request.message_count)
-    )
+    hold = pricing.hold_nanos(attempts, request.prompt)
     try:
         reservation = wallets.reserve(
-            org_id, request_id, hold, model=chain[0].id, key_id=principal.key_id, now=now
+            org_id, request_id, hold, model=attempts[0].model.id, key_id=principal.key_id, now=now
         )
     except InsufficientCredits as refusal:
         _ran_dry(org_id, refusal, now)
         advice = pricing.hold_advice(
             attempts,
-            pricing.prompt_token_ceiling(request.prompt_bytes, request.message_count),
+            request.prompt,
             hold,
             refusal.available_nanos,
             requested=request.max_tokens,
@@ -161,8 +234,38 @@ def serve(principal: Principal, raw_body: bytes, request_id: str, deadline: Seco
 
     model = reply.attempt.model
     cost = pricing.charge_nanos(model, reply.prompt_tokens, reply.completion_tokens)
-    if cost > hold:  # only if the provider ignored the output budget we sent it
-        telemetry.settle_incident("charge_above_hold", request_id=request_id, hold=hold, cost=cost)
+    if cost > hold:  # billed all the same (the service was delivered); settle records it
+        telemetry.settle_incident(
+            "charge_above_hold", request_id=request_id, org_id=org_id, hold=hold, cost=cost, model=model.id
+        )
+
+    def render(charged: int) -> tuple[Served, dict[str, Any] | None]:
+        text, content_type, whole = _respond(
+            request,
+            reply.completion,
+            reply.chunks,
+            completion_id=completion_id,
+            model_id=model.id,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            cost=format_credits(charged),
+        )
+        served = Served(
+            text,
+            content_type,
+            MISS if key else BYPASS,
+            charged,
+            reservation.balance - charged,
+            requested_model=request.model_id,
+            model=model.id,
+            fallback_used=model.id != attempts[0].model.id,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            upstream_ms=upstream_ms,
+        )
+        return served, whole
+
+    served, whole = render(cost)
     usage_record = wallets.Usage(
         model.id,
         principal.key_id,
@@ -172,44 +275,47 @@ def serve(principal: Principal, raw_body: bytes, request_id: str, deadline: Seco
         billed_by=reservation.wallet.billing_mode,
         funds_hint=reservation.wallet.balance,
     )
+    # The answer to an Idempotency-Key is kept by the same write that bills it.
+    also = [idempotency.answer_action(claim, _answer(served, request_id))] if claim else []
     try:
-        outcome = wallets.settle(org_id, request_id, hold, usage_record, clock.now())
+        outcome = wallets.settle(org_id, request_id, hold, usage_record, clock.now(), also=also)
     except Exception:
-        # The answer exists and the client gets it; the hold stays until HoldSweeper frees it,
-        # so the request goes unbilled rather than billed twice or lost with its answer.
-        log.exception("settle failed; the request goes unbilled", extra={"request_id": request_id})
-        telemetry.settle_incident("settle_failed", request_id=request_id)
-        outcome = wallets.SettleOutcome.HOLD_GONE
-    if outcome is wallets.SettleOutcome.HOLD_GONE:
-        cost = 0
+        # The settle cannot land now (contention, throttling, a lost answer): keep what the
+        # request used, and its hold, for HoldSweeper to settle exactly once. Only if even that
+        # fails does the client get no answer (a 503); the hold is then released unbilled.
+        log.warning("settle deferred", exc_info=True, extra={"request_id": request_id})
+        try:
+            wallets.record_pending(org_id, request_id, hold, usage_record, clock.now(), also=also)
+        except Exception:
+            log.exception("could not record a deferred settle", extra={"request_id": request_id})
+            raise ServiceBusy("The billing store is busy; please retry the request.") from None
+        telemetry.settle_incident("settle_deferred", request_id=request_id, org_id=org_id, cost=cost)
+        outcome = wallets.SettleOutcome.SETTLED
+    if outcome is wallets.SettleOutcome.HOLD_GONE:  # HoldSweeper released it first
+        telemetry.settle_incident("served_unbilled", request_id=request_id, org_id=org_id, cost=cost)
+        served, whole = render(0)
+        if claim:
+            _best_effort("keep the idempotent answer", idempotency.keep, claim, _answer(served, request_id))
+
+    # Work after the settle never changes the client's answer: it is billed, and it goes out.
     reload = reservation.wallet.reload
-    if reload.enabled and not reload.due and reservation.wallet.available + hold - cost < reload.threshold:
-        wallets.mark_reload_due(org_id)  # conditional: concurrent settles start one episode
-    text, content_type, whole = _respond(
-        request,
-        reply.completion,
-        reply.chunks,
-        completion_id=completion_id,
-        model_id=model.id,
-        prompt_tokens=reply.prompt_tokens,
-        completion_tokens=reply.completion_tokens,
-        cost=format_credits(cost),
-    )
+    if (
+        reload.enabled
+        and not reload.due
+        and reservation.wallet.available + hold - served.cost < reload.threshold
+    ):
+        _best_effort("mark auto-reload due", wallets.mark_reload_due, org_id)  # once per episode
     if key and whole is not None:  # kept as long as the org's plan keeps answers
-        cache.store(key, org_id, whole, now, plans.get(reservation.wallet.plan).cache_ttl_seconds)
-    return Served(
-        text,
-        content_type,
-        MISS if key else BYPASS,
-        cost,
-        reservation.balance - cost,
-        requested_model=request.model_id,
-        model=model.id,
-        fallback_used=model.id != chain[0].id,
-        prompt_tokens=reply.prompt_tokens,
-        completion_tokens=reply.completion_tokens,
-        upstream_ms=upstream_ms,
-    )
+        ttl = plans.get(reservation.wallet.plan).cache_ttl_seconds
+        _best_effort("cache the answer", cache.store, key, org_id, whole, now, ttl)
+    return served
+
+
+def _best_effort(what: str, work: Callable[..., Any], *args: Any) -> None:
+    try:
+        work(*args)
+    except Exception:
+        log.exception("could not %s after a billed answer", what)
 
 
 def _ran_dry(org_id: str, refusal: InsufficientCredits, now: datetime) -> None:

@@ -72,6 +72,16 @@ class IdempotencyConflict(Conflict):
     code = "idempotency_key_reused"
 
 
+class RequestInProgress(Conflict):
+    """The first request with this idempotency key has not answered yet."""
+
+    code = "request_in_progress"
+
+    def __init__(self, message: str, *, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
 class InsufficientCredits(ConduixError):
     code = "insufficient_credits"
 

@@ -57,7 +57,7 @@ def error_body(exc: errors.ConduixError) -> tuple[int, dict[str, Any], dict[str,
     headers: dict[str, str] = {}
     if isinstance(exc, errors.MethodNotAllowed):
         headers["Allow"] = ", ".join(exc.allowed)
-    if isinstance(exc, errors.RateLimited):
+    if isinstance(exc, errors.RateLimited | errors.RequestInProgress):
         headers["Retry-After"] = str(exc.retry_after_seconds)
     if isinstance(exc, errors.InsufficientCredits) and exc.balance_nanos is not None:
         headers["x-conduix-balance"] = format_credits(exc.balance_nanos)

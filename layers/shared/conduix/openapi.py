@@ -36,7 +36,9 @@ class Message(_Body):
 
 
 class ChatCompletionRequest(_Body):
-    """OpenAI's chat completion request; fields we do not name are passed to the model."""
+    """OpenAI's chat completion request. The other OpenAI fields that do not change what the
+    provider charges (top_p, stop, seed, tools, response_format, ...) are passed to the model;
+    any other field, and content parts the model's hold cannot bound, get a 400."""
 
     model: str = Field(min_length=1, examples=["openai/gpt-4o-mini"])
     messages: list[Message] = Field(min_length=1)
@@ -141,6 +143,16 @@ def _completion_paths(components: dict[str, Any]) -> dict[str, Any]:
                 "x-conduix-cache (HIT, MISS, BYPASS), x-conduix-cost, x-conduix-balance, x-request-id.",
                 "operationId": "create_chat_completion",
                 "tags": ["Completions"],
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "description": "Kept 24 hours per org: a retry with the same key and body gets the "
+                        "first answer and is billed once; another body gets 409.",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    }
+                ],
                 "responses": {
                     "200": {
                         "description": "The completion (JSON, or server-sent events when stream is true)",

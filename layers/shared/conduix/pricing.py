@@ -4,22 +4,41 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from conduix.catalog import Model
+from conduix.catalog import Model, PromptBounds
 from conduix.money import cost_nanos, format_credits
 
-# Chat formats add a few tokens per message (role markers) and per reply (priming).
-_TOKENS_PER_MESSAGE = 4
-_TOKENS_PER_REPLY = 8
+
+@dataclass(frozen=True)
+class PromptShape:
+    """What a request sends that a provider bills as prompt."""
+
+    text_bytes: int  # UTF-8 bytes of everything the model reads as text
+    messages: int
+    images: int = 0  # image parts
+    tools: bool = False  # sends `tools` or `functions` (a hidden tool-use prompt)
 
 
-def prompt_token_ceiling(messages_utf8_bytes: int, message_count: int) -> int:
-    """An upper bound on prompt tokens that needs no tokenizer.
+def prompt_token_ceiling(prompt: PromptShape, bounds: PromptBounds) -> int:
+    """An upper bound on the prompt tokens a provider can bill, with no tokenizer.
 
     Byte-level BPE tokenizers never emit more tokens than the text has UTF-8 bytes, so the
-    serialized messages' byte length bounds the content; the per-message overhead covers the
-    chat template. Bounding (not estimating) is what makes the hold a worst case.
+    text's byte length bounds it; what the provider bills beyond the text (chat template per
+    message and per request, a tool-use prompt, images) comes from the catalog entry's bounds.
+    A request with images is only sent to a model whose entry bounds them (`accepts`).
+    Bounding (not estimating) is what makes the hold a worst case.
     """
-    return messages_utf8_bytes + _TOKENS_PER_MESSAGE * message_count + _TOKENS_PER_REPLY
+    return (
+        prompt.text_bytes
+        + bounds.per_message * prompt.messages
+        + bounds.per_request
+        + (bounds.tools if prompt.tools else 0)
+        + (bounds.per_image or 0) * prompt.images
+    )
+
+
+def accepts(model: Model, prompt: PromptShape) -> bool:
+    """Whether the model's entry bounds everything the request sends."""
+    return not prompt.images or model.prompt_bounds.per_image is not None
 
 
 @dataclass(frozen=True)
@@ -43,11 +62,11 @@ def plan_attempts(chain: list[Model], requested_max_tokens: int | None, choices:
     ]
 
 
-def hold_nanos(attempts: list[Attempt], prompt_tokens_ceiling: int) -> int:
+def hold_nanos(attempts: list[Attempt], prompt: PromptShape) -> int:
     """The worst case over every model that may serve: a fallback may be dearer than the first."""
     return max(
         cost_nanos(
-            prompt_tokens_ceiling,
+            prompt_token_ceiling(prompt, a.model.prompt_bounds),
             a.max_output_tokens,
             a.model.pricing.input_per_million,
             a.model.pricing.output_per_million,
@@ -62,14 +81,14 @@ def charge_nanos(model: Model, prompt_tokens: int, completion_tokens: int) -> in
     )
 
 
-def largest_max_tokens(attempts: list[Attempt], prompt_tokens_ceiling: int, available: int) -> int:
+def largest_max_tokens(attempts: list[Attempt], prompt: PromptShape, available: int) -> int:
     """The largest per-choice output budget whose hold `available` covers (0 if none does).
     The hold grows with the budget, so a binary search over it finds the edge exactly."""
     low, high = 0, max(a.max_tokens for a in attempts)
 
     def fits(budget: int) -> bool:
         trial = [Attempt(a.model, min(budget, a.model.max_output_tokens), a.choices) for a in attempts]
-        return hold_nanos(trial, prompt_tokens_ceiling) <= available
+        return hold_nanos(trial, prompt) <= available
 
     while low < high:
         middle = (low + high + 1) // 2
@@ -82,7 +101,7 @@ def largest_max_tokens(attempts: list[Attempt], prompt_tokens_ceiling: int, avai
 
 def hold_advice(
     attempts: list[Attempt],
-    prompt_tokens_ceiling: int,
+    prompt: PromptShape,
     hold: int,
     available: int,
     *,
@@ -93,7 +112,7 @@ def hold_advice(
 
     The likely cost is the prompt plus at least one output token: when even that is beyond the
     balance, no smaller output budget helps and there is nothing to advise."""
-    fits = largest_max_tokens(attempts, prompt_tokens_ceiling, available)
+    fits = largest_max_tokens(attempts, prompt, available)
     if fits < 1:
         return None
     first = attempts[0]

@@ -5,6 +5,10 @@ ledger line has its idempotency marker and agrees with it; held equals the open 
 available, committed and cap_remaining are what their definitions say; the month's spend
 equals the month's usage entries; the usage aggregates add up to the usage entries.
 
+And what the holds promise, listing the request ids at fault: no charge above its hold (each
+is an incident recorded by the settle), no prepaid wallet taken below zero by usage, and no
+month's spend above its cap (beyond what was already committed when the cap was set).
+
 `python -m conduix.reconcile` checks every org (a full table scan: an operator's audit,
 not a hot path), prints each discrepancy and exits non-zero if there is any.
 """
@@ -27,9 +31,11 @@ class Discrepancy:
     check: str
     expected: str
     found: str
+    request_ids: tuple[str, ...] = ()  # the requests at fault, when requests are
 
     def __str__(self) -> str:
-        return f"{self.org_id}: {self.check}: expected {self.expected}, found {self.found}"
+        text = f"{self.org_id}: {self.check}: expected {self.expected}, found {self.found}"
+        return text + (f" (requests: {', '.join(self.request_ids)})" if self.request_ids else "")
 
 
 def _org_items(org_id: str) -> list[Item]:
@@ -95,6 +101,61 @@ def reconcile_org(org_id: str) -> list[Discrepancy]:
                     "missing" if marker is None else format_credits(as_int(marker, "amount")),
                 )
             )
+    found += _hold_breaches(org_id, items, wallet)
+    return found
+
+
+def _hold_breaches(org_id: str, items: list[Item], wallet: wallets.Wallet) -> list[Discrepancy]:
+    """What holds exist to prevent: charges above them, overdrafts and cap overshoots."""
+    found = [
+        Discrepancy(
+            org_id,
+            "charge within its hold",
+            f"at most {format_credits(as_int(i, 'hold'))}",
+            format_credits(as_int(i, "cost")),
+            (as_str(i, "request_id"),),
+        )
+        for i in items
+        if as_str(i, "sk").startswith("INCIDENT#over-hold#")
+    ]
+    lines = sorted((i for i in items if as_str(i, "sk").startswith("LEDGER#")), key=lambda i: as_str(i, "sk"))
+    balance, lowest, overdrawn = 0, 0, []
+    month_spent, over_cap = 0, []
+    wallet_item = next(i for i in items if as_str(i, "sk") == "WALLET")
+    # A cap set below what was already spent or held lets the month finish those, and no more.
+    allowed = max(wallet.cap_limit, as_int(wallet_item, "cap_floor"))
+    for line in lines:
+        balance += as_int(line, "amount")
+        if as_str(line, "entry_type") != "usage":
+            continue  # money taken back (refunds, disputes) may leave a balance negative
+        request_id = as_str(line, "entry_id").removeprefix("usage:")
+        if balance < 0 and as_str(line, "billed_by", "prepaid") == "prepaid":
+            overdrawn.append(request_id)
+            lowest = min(lowest, balance)
+        if as_str(line, "created_at").startswith(wallet.period):
+            month_spent -= as_int(line, "amount")
+            if wallet.capped and month_spent > allowed:
+                over_cap.append(request_id)
+    if overdrawn:
+        found.append(
+            Discrepancy(
+                org_id,
+                "prepaid wallet never below zero by usage",
+                "0 or more",
+                format_credits(lowest),
+                tuple(overdrawn),
+            )
+        )
+    if over_cap:
+        found.append(
+            Discrepancy(
+                org_id,
+                f"spend of {wallet.period} within its cap",
+                f"at most {format_credits(allowed)}",
+                format_credits(wallet.month_spent),
+                tuple(over_cap),
+            )
+        )
     return found
 
 

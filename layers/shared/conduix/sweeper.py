@@ -1,4 +1,5 @@
-"""Releasing holds whose request died before it could settle or release them."""
+"""Settling what Completion served but could not bill at once, and releasing holds whose
+request died before it could settle or release them."""
 
 from __future__ import annotations
 
@@ -13,16 +14,40 @@ log = logging.getLogger(__name__)
 
 
 def sweep(now: datetime) -> dict[str, Any]:
-    """Release every expired hold. Safe to run concurrently with settles and with itself:
-    closing a hold is conditional on it still being open, so exactly one closer wins."""
+    """Settle every pending settle, then release every expired hold. Safe to run concurrently
+    with settles and with itself: closing a hold is conditional on it still being open, and a
+    ledger entry on its key not existing yet, so exactly one closer wins and bills once."""
     cutoff = int(now.timestamp())
-    checked = released = 0
-    released_nanos = 0
+    checked = released = settled = 0
+    released_nanos = settled_nanos = 0
     for shard in range(wallets.SWEEP_SHARDS):
         for org_id in wallets.wallets_with_holds(str(shard)):
             checked += 1
+            waiting = set()  # deferred settles still contended: their holds are not released
+            for pending in wallets.pending_settles(org_id):
+                try:
+                    outcome = wallets.settle(
+                        org_id, pending.request_id, pending.hold_amount, pending.usage, now, from_pending=True
+                    )
+                except Exception:  # still contended: the record and its hold wait for the next run
+                    log.exception(
+                        "could not settle a deferred settle", extra={"request_id": pending.request_id}
+                    )
+                    waiting.add(pending.request_id)
+                    continue
+                if outcome is wallets.SettleOutcome.SETTLED:
+                    settled += 1
+                    settled_nanos += pending.usage.cost
+                else:  # its first settle had landed after all (or, never, its hold was released)
+                    wallets.drop_pending(org_id, pending.request_id)
+                log.warning(
+                    "settled a deferred settle",
+                    extra={"org_id": org_id, "request_id": pending.request_id, "outcome": outcome.value},
+                )
             holds = wallets.open_holds(org_id)
             for hold in holds:
+                if hold.request_id in waiting:
+                    continue
                 if hold.expires_at <= cutoff and wallets.release(org_id, hold.request_id, hold.amount):
                     released += 1
                     released_nanos += hold.amount
@@ -40,6 +65,8 @@ def sweep(now: datetime) -> dict[str, Any]:
     telemetry.holds_released(released)
     return {
         "wallets_checked": checked,
+        "pending_settled": settled,
+        "credits_settled": format_credits(settled_nanos),
         "holds_released": released,
         "credits_released": format_credits(released_nanos),
     }

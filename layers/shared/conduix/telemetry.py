@@ -33,10 +33,11 @@ from conduix import errors
 
 log = logging.getLogger(__name__)
 
-BILLED, CACHE_HIT = "billed", "cache_hit"
+BILLED, CACHE_HIT, REPLAYED = "billed", "cache_hit", "replayed"
 OUTCOMES = (
     BILLED,
     CACHE_HIT,
+    REPLAYED,  # an Idempotency-Key retry answered with the first answer: billed once, before
     "402_credits",
     "402_cap",
     "429",
@@ -89,7 +90,10 @@ def count_outcome(outcome: str, *, billed_nanos: int = 0, upstream_ms: float | N
 
 def completion_served(*, request_id: str, org_id: str, key_id: str, served: Any) -> None:
     """The log line and metrics of an answered completion. `served` is completion.Served."""
-    outcome = CACHE_HIT if served.cache_status == "HIT" else BILLED
+    if served.replay_of is not None:
+        outcome = REPLAYED
+    else:
+        outcome = CACHE_HIT if served.cache_status == "HIT" else BILLED
     log.info(
         "completion",
         extra={

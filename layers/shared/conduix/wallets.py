@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -269,7 +270,8 @@ def roll_period(org_id: str, period: str) -> None:
             TableName=settings().billing_table,
             Key=wallet_key(org_id),
             UpdateExpression=(
-                "SET #period = :p, month_spent = :zero, committed = held, cap_remaining = cap_limit - held"
+                "SET #period = :p, month_spent = :zero, committed = held, cap_remaining = cap_limit - held, "
+                "cap_floor = held"
             ),
             ConditionExpression="#period < :p",
             ExpressionAttributeNames={"#period": "period"},
@@ -488,9 +490,22 @@ def _ledger_items(
     return marker, {**entry, "sk": s(line_sk)}
 
 
-def settle(org_id: str, request_id: str, hold_amount: int, usage: Usage, now: datetime) -> SettleOutcome:
+def settle(
+    org_id: str,
+    request_id: str,
+    hold_amount: int,
+    usage: Usage,
+    now: datetime,
+    *,
+    also: Sequence[dict[str, Any]] = (),
+    from_pending: bool = False,
+) -> SettleOutcome:
     """Debit the actual cost, close the hold, append the ledger entry and count the usage, in
-    one transaction. Exactly one of settle and release/sweep can close a hold."""
+    one transaction. Exactly one of settle and release/sweep can close a hold.
+
+    A cost above the hold is still billed exactly (the service was delivered) and leaves an
+    incident item for reconcile. `also` adds the caller's own writes to the transaction (the
+    idempotent answer); `from_pending` removes the usage recorded by `record_pending`."""
     period = clock.period_of(now)
     c = usage.cost
     marker, line = _ledger_items(
@@ -558,16 +573,31 @@ def settle(org_id: str, request_id: str, hold_amount: int, usage: Usage, now: da
                     ),
                 }
             },
+            *also,
         ]
+        if c > hold_amount:
+            items.append(
+                {
+                    "Put": {
+                        "TableName": table,
+                        "Item": _over_hold_item(org_id, request_id, hold_amount, usage, now),
+                    }
+                }
+            )
+        if from_pending:
+            items.append({"Delete": {"TableName": table, "Key": pending_key(org_id, request_id)}})
         try:
             # The token makes DynamoDB itself drop a replay of this exact transaction.
             # (With the period: a retry after a month roll-over is another request to DynamoDB.)
-            token = hashlib.sha256(f"settle:{org_id}:{request_id}:{period}:{drawn}".encode()).hexdigest()[:36]
+            # A deferred settle is another request to DynamoDB too (other items, another time):
+            # reusing the first token there would be refused as a parameter mismatch.
+            kind = "settle-pending" if from_pending else "settle"
+            token = hashlib.sha256(f"{kind}:{org_id}:{request_id}:{period}:{drawn}".encode()).hexdigest()[:36]
             retrying(lambda: client().transact_write_items(TransactItems=items, ClientRequestToken=token))  # noqa: B023
             return SettleOutcome.SETTLED
         except ClientError as exc:
             reasons = cancellation_reasons(exc)
-            if error_code(exc) != "TransactionCanceledException" or len(reasons) != 4:
+            if error_code(exc) != "TransactionCanceledException" or len(reasons) != len(items):
                 raise
             if reasons[1].get("Code") == "ConditionalCheckFailed":
                 return SettleOutcome.ALREADY_SETTLED
@@ -585,6 +615,126 @@ def settle(org_id: str, request_id: str, hold_amount: int, usage: Usage, now: da
             else:
                 raise
     raise Conflict("The wallet kept changing while settling; please retry.")
+
+
+def _over_hold_item(org_id: str, request_id: str, hold_amount: int, usage: Usage, now: datetime) -> Item:
+    """The durable record of a charge above its hold, which `reconcile` reports."""
+    return {
+        "pk": s(org_pk(org_id)),
+        "sk": s(f"INCIDENT#over-hold#{request_id}"),
+        "incident": s("over-hold"),
+        "request_id": s(request_id),
+        "hold": n(hold_amount),
+        "cost": n(usage.cost),
+        "model": s(usage.model),
+        "created_at": s(clock.iso(now)),
+    }
+
+
+def over_hold_incidents(org_id: str) -> list[Item]:
+    return _query_prefix(org_id, "INCIDENT#over-hold#")
+
+
+# ------------------------------------------------------------------ settles that could not land at once
+
+
+def pending_key(org_id: str, request_id: str) -> dict[str, Any]:
+    return {"pk": s(org_pk(org_id)), "sk": s(f"PENDING#{request_id}")}
+
+
+@dataclass(frozen=True)
+class PendingSettle:
+    request_id: str
+    hold_amount: int
+    usage: Usage
+
+
+def record_pending(
+    org_id: str,
+    request_id: str,
+    hold_amount: int,
+    usage: Usage,
+    now: datetime,
+    *,
+    also: Sequence[dict[str, Any]] = (),
+) -> None:
+    """Keep a served request's usage in an item of its own (keyed by the request id, so no
+    other write contends for it) while its hold stays open: HoldSweeper settles it later,
+    exactly once, instead of releasing the hold. `also` joins the caller's own writes."""
+    item = {
+        **pending_key(org_id, request_id),
+        "request_id": s(request_id),
+        "hold": n(hold_amount),
+        "model": s(usage.model),
+        "key_id": s(usage.key_id),
+        "prompt_tokens": n(usage.prompt_tokens),
+        "completion_tokens": n(usage.completion_tokens),
+        "cost": n(usage.cost),
+        "billed_by": s(usage.billed_by),
+        "funds_hint": n(usage.funds_hint),  # invoice mode: the later settle draws credits first too
+        "created_at": s(clock.iso(now)),
+    }
+    table = settings().billing_table
+    if also:
+        actions: list[Any] = [{"Put": {"TableName": table, "Item": item}}, *also]
+        retrying(lambda: client().transact_write_items(TransactItems=actions))
+    else:
+        retrying(lambda: client().put_item(TableName=table, Item=item))
+
+
+def pending_settles(org_id: str) -> list[PendingSettle]:
+    return [
+        PendingSettle(
+            request_id=as_str(i, "request_id"),
+            hold_amount=as_int(i, "hold"),
+            usage=Usage(
+                as_str(i, "model"),
+                as_str(i, "key_id"),
+                as_int(i, "prompt_tokens"),
+                as_int(i, "completion_tokens"),
+                as_int(i, "cost"),
+                billed_by=as_str(i, "billed_by", "prepaid"),
+                funds_hint=as_int(i, "funds_hint"),
+            ),
+        )
+        for i in _query_prefix(org_id, "PENDING#")
+    ]
+
+
+def drop_pending(org_id: str, request_id: str) -> None:
+    """Forget a pending settle that turned out settled already (or whose hold is gone)."""
+    retrying(
+        lambda: client().delete_item(TableName=settings().billing_table, Key=pending_key(org_id, request_id))
+    )
+
+
+def _query_prefix(org_id: str, prefix: str) -> list[Item]:
+    items: list[Item] = []
+    kwargs: dict[str, Any] = {
+        "TableName": settings().billing_table,
+        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
+        "ExpressionAttributeValues": {":pk": s(org_pk(org_id)), ":prefix": s(prefix)},
+        "ConsistentRead": True,
+    }
+    while True:
+        page = client().query(**kwargs)
+        items += page.get("Items", [])
+        if "LastEvaluatedKey" not in page:
+            return items
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def settle_pending_hold(
+    org_id: str, request_id: str, now: datetime
+) -> tuple[PendingSettle, SettleOutcome] | None:
+    """Settle one hold's deferred settle now, exactly as HoldSweeper does; None if it has none."""
+    pending = next((p for p in pending_settles(org_id) if p.request_id == request_id), None)
+    if pending is None:
+        return None
+    outcome = settle(org_id, request_id, pending.hold_amount, pending.usage, now, from_pending=True)
+    if outcome is not SettleOutcome.SETTLED:  # its first settle had landed after all
+        drop_pending(org_id, request_id)
+    return pending, outcome
 
 
 def release(org_id: str, request_id: str, hold_amount: int) -> bool:
@@ -760,7 +910,12 @@ def set_spend_cap(org_id: str, limit: int | None, now: datetime) -> None:
         update = "SET capped = :false, cap_limit = :zero, cap_remaining = :zero - committed"
         values: dict[str, Any] = {":false": {"BOOL": False}, ":zero": n(0)}
     else:
-        update = "SET capped = :true, cap_limit = :limit, cap_remaining = :limit - committed"
+        # cap_floor: what the month may still spend whatever the cap (the holds already placed),
+        # so reconcile can tell a cap set below the spend from a cap overshoot.
+        update = (
+            "SET capped = :true, cap_limit = :limit, cap_remaining = :limit - committed, "
+            "cap_floor = committed"
+        )
         values = {":true": {"BOOL": True}, ":limit": n(limit)}
     try:
         client().update_item(
@@ -820,7 +975,8 @@ def release_stuck_hold(org_id: str, request_id: str, now: datetime) -> tuple[Hol
     """The operator frees one hold by hand, on the sweeper's condition (the hold still open
     with its amount), so a racing settle or sweep and this call close it exactly once. The same
     transaction appends a ledger entry that moves no money (`hold_release:<request id>`): the
-    audit trail of a hand-made change. Raises NotFound if no such hold is open."""
+    audit trail of a hand-made change. Raises NotFound if no such hold is open. A hold with a
+    deferred settle is settled instead, as HoldSweeper would (see `settle_pending_hold`)."""
     hold = next((h for h in open_holds(org_id) if h.request_id == request_id), None)
     if hold is None:
         raise NotFound(f"No open hold '{request_id}' for org '{org_id}'.")
@@ -853,13 +1009,28 @@ def release_stuck_hold(org_id: str, request_id: str, now: datetime) -> tuple[Hol
         },
         {"Put": {"TableName": table, "Item": marker, "ConditionExpression": "attribute_not_exists(pk)"}},
         {"Put": {"TableName": table, "Item": line}},
+        # A hold whose usage was delivered (a deferred settle waits for it) is never released:
+        # one recorded between our read and this write cancels the release.
+        {
+            "ConditionCheck": {
+                "TableName": table,
+                "Key": pending_key(org_id, request_id),
+                "ConditionExpression": "attribute_not_exists(pk)",
+            }
+        },
     ]
     try:
         retrying(lambda: client().transact_write_items(TransactItems=items))
     except ClientError as exc:
         reasons = cancellation_reasons(exc)
-        if error_code(exc) != "TransactionCanceledException" or len(reasons) != 3:
+        if error_code(exc) != "TransactionCanceledException" or len(reasons) != 4:
             raise
+        if reasons[3].get("Code") == "ConditionalCheckFailed":
+            raise Conflict(
+                f"Request '{request_id}' was served and its settle is pending: it will be billed, "
+                "not released. Retry to settle it now.",
+                code="hold_closed",
+            ) from None
         if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons):
             raise Conflict(
                 f"Hold '{request_id}' closed meanwhile (settled, swept or released); nothing was changed.",
