@@ -73,6 +73,7 @@ test-long: lint types check-template browser-deps
 # against a bare UpdateItem, cold-start imports against `import boto3`, the hottest item.
 bench: $(STAMP)
 	$(PY) -m bench.run
+	$(PY) -m bench.hot_org
 
 # A bounded load on loopback against the local stack; fails on any overdraft or drift.
 load: $(STAMP)

@@ -89,9 +89,11 @@ class Capacity:
             per_key[key[:2]] += units
         for pkey, units in per_key.items():
             parts = self._partitions[pkey]
-            used = self._keys[pkey].room(now)
-            capacity = parts.count * self.partition_wcu
-            self._heat(pkey, parts, (used + units) / capacity, now)
+            bucket = self._keys[pkey]
+            if int(now) != bucket.second:  # a second ended: was the key hot through it?
+                ended = bucket.used / (parts.count * self.partition_wcu)
+                self._heat(parts, ended if int(now) - bucket.second == 1 else 0.0, now)
+            used = bucket.room(now)
             if used + units > parts.count * self.partition_wcu:
                 self.throttled += 1
                 return False
@@ -104,7 +106,7 @@ class Capacity:
                 recent.popleft()
         return True
 
-    def _heat(self, pkey: tuple[str, str], parts: _Partitions, load: float, now: float) -> None:
+    def _heat(self, parts: _Partitions, load: float, now: float) -> None:
         if load < self.split_load:
             parts.hot_since = None
             return

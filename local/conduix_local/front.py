@@ -567,7 +567,8 @@ class _Worker:
 
 
 class _Pool:
-    """Up to `size` warm workers for one function; callers queue when all are busy."""
+    """Up to `size` warm workers for one function, started on demand (a request finding none
+    idle starts one, as Lambda starts an execution environment); callers queue at `size`."""
 
     def __init__(self, spec: FunctionSpec, env: Callable[[], dict[str, str]], size: int) -> None:
         self.spec, self._env, self._size = spec, env, size
@@ -875,7 +876,7 @@ class Front:
         port: int = 0,
         *,
         operator_key: str,
-        max_workers_per_function: int = 4,
+        max_workers_per_function: int = 64,
         extra_env: dict[str, str] | None = None,
         schedules_enabled: bool = True,
         clock_file: Path | None = None,

@@ -49,7 +49,7 @@ class StackConfig:
     models_file: str | None = None
     operator_key: str = field(default_factory=lambda: "cdx_op_" + secrets.token_urlsafe(24))
     schedules: bool = True
-    workers_per_function: int = 4
+    workers_per_function: int = 64  # a maximum: workers start on demand, as Lambda's do
     seed_demo: bool = True
     iam: bool = True  # enforce the template's policies on every AWS call a function makes
 

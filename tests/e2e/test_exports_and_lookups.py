@@ -166,25 +166,37 @@ def test_a_stuck_hold_is_listed_with_its_age_and_released_once(stack: Stack) -> 
         aws_secret_access_key="local",
     )
     amount = 4 * NANOS
-    dynamodb.update_item(
-        TableName="BillingTable",
-        Key={"pk": {"S": f"ORG#{org_id}"}, "sk": {"S": "WALLET"}},
-        UpdateExpression=(
-            "SET holds.#rid = :hold ADD held :h, available :nh, committed :h, cap_remaining :nh"
-        ),
-        ExpressionAttributeNames={"#rid": "died-request-1"},
-        ExpressionAttributeValues={
-            ":hold": {
-                "M": {
-                    "a": {"N": str(amount)},
-                    "x": {"N": str(int(time.time()) + 3600)},  # far from the sweeper's reach
-                    "m": {"S": "test/cheap"},
-                    "k": {"S": "key_died"},
+    dynamodb.transact_write_items(
+        TransactItems=[
+            {
+                "Update": {
+                    "TableName": "BillingTable",
+                    "Key": {"pk": {"S": f"ORG#{org_id}"}, "sk": {"S": "WALLET"}},
+                    "UpdateExpression": (
+                        "ADD held :h, available :nh, committed :h, cap_remaining :nh, hold_count :one"
+                    ),
+                    "ExpressionAttributeValues": {
+                        ":h": {"N": str(amount)},
+                        ":nh": {"N": str(-amount)},
+                        ":one": {"N": "1"},
+                    },
                 }
             },
-            ":h": {"N": str(amount)},
-            ":nh": {"N": str(-amount)},
-        },
+            {
+                "Put": {
+                    "TableName": "BillingTable",
+                    "Item": {
+                        "pk": {"S": f"ORG#{org_id}"},
+                        "sk": {"S": "HOLD#died-request-1"},
+                        "request_id": {"S": "died-request-1"},
+                        "amount": {"N": str(amount)},
+                        "hold_expires": {"N": str(int(time.time()) + 3600)},  # far from the sweeper's reach
+                        "model": {"S": "test/cheap"},
+                        "key_id": {"S": "key_died"},
+                    },
+                }
+            },
+        ]
     )
     assert stack.billing(key)["available"] == "6"
     holds = stack.operator("GET", f"/admin/orgs/{org_id}/holds").body["data"]

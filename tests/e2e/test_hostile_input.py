@@ -108,7 +108,7 @@ class Money:
         figures = ("balance", "held", "available", "month_spent", "committed")
         return (
             tuple(wallet[f]["N"] for f in figures),
-            len(wallet.get("holds", {}).get("M", {})),
+            int(wallet.get("hold_count", {"N": "0"})["N"]),  # open holds
             sorted(i["sk"]["S"] for i in ledger),
         )
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from conduix import auth, catalog, config, dynamo, orgs, wallets
+from conduix import auth, catalog, config, dynamo, leases, orgs, wallets
 from conduix_local.moto_server import LockedMotoServer
 from conduix_local.tables import create_tables
 from conduix_local.template import load_template
@@ -35,6 +35,7 @@ def tables(moto_server: LockedMotoServer, monkeypatch: pytest.MonkeyPatch) -> It
     dynamo.reset_client()
     auth.clear_cache()
     wallets.forget_views()
+    leases.forget()
     names = create_tables(boto3.client("dynamodb"), load_template())
     yield names
     config.settings.cache_clear()

@@ -18,14 +18,14 @@ def fund(org_id: str, credits: str, key: str = "seed") -> None:
     )
 
 
-def ledger_items(org_id: str) -> list[dict[str, Any]]:
+def ledger_items(org_id: str, prefix: str = "LEDGER#") -> list[dict[str, Any]]:
     pages = (
         dynamo.client()
         .get_paginator("query")
         .paginate(
             TableName=config.settings().billing_table,
             KeyConditionExpression="pk = :pk AND begins_with(sk, :l)",
-            ExpressionAttributeValues={":pk": {"S": f"ORG#{org_id}"}, ":l": {"S": "LEDGER#"}},
+            ExpressionAttributeValues={":pk": {"S": f"ORG#{org_id}"}, ":l": {"S": prefix}},
             ConsistentRead=True,
         )
     )
@@ -36,7 +36,9 @@ def assert_consistent(org_id: str) -> wallets.Wallet:
     """Every identity the wallet promises, checked against the ledger and its holds."""
     w = wallets.get_wallet(org_id)
     assert w.balance == sum(int(i["amount"]["N"]) for i in ledger_items(org_id))
-    assert w.held == sum(h.amount for h in wallets.open_holds(org_id))
+    holds = ledger_items(org_id, "HOLD#")  # each open hold is an item of its own
+    assert w.held == sum(int(h["amount"]["N"]) for h in holds)
+    assert w.hold_count == len(holds)
     assert w.available == w.balance - w.held
     assert w.committed == w.month_spent + w.held
     assert w.cap_remaining == w.cap_limit - w.committed

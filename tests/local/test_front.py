@@ -513,3 +513,14 @@ def test_stop_leaves_no_processes() -> None:
     for pid in (*pids, child):
         assert not _alive(pid), pid
     assert f.worker_pids() == []
+
+
+def test_workers_start_on_demand_up_to_the_maximum() -> None:
+    with Front(_specs("SleepFunction"), operator_key=OPERATOR_KEY) as f:  # the default maximum, 64
+        for _ in range(3):  # one request at a time needs one warm worker
+            assert _request(f.url, "GET", "/sleep?s=0")[0] == 200
+        assert len(f.worker_pids("SleepFunction")) == 1
+        with ThreadPoolExecutor(6) as pool:  # six at once start five more, no more
+            results = list(pool.map(lambda _: _request(f.url, "GET", "/sleep?s=0.6"), range(6)))
+        assert len({json.loads(r[2])["pid"] for r in results}) == 6
+        assert len(f.worker_pids("SleepFunction")) == 6

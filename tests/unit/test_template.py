@@ -248,3 +248,19 @@ def test_the_runbook_subscribes_the_webhook_to_exactly_the_handled_events() -> N
     readme = (ROOT / "README.md").read_text()
     subscribed = re.findall(r'enabled_events\[\]=([a-z_.]+)"', readme)
     assert sorted(subscribed) == sorted(payments.HANDLERS)
+
+
+def test_the_stage_throttle_comes_from_parameters_sized_to_the_account() -> None:
+    template = load_template()
+    (setting,) = template["Resources"]["ConduixApi"]["Properties"]["MethodSettings"]
+    assert setting["ThrottlingRateLimit"] == {"Ref": "ApiThrottleRateLimit"}
+    assert setting["ThrottlingBurstLimit"] == {"Ref": "ApiThrottleBurstLimit"}
+    parameters = template["Parameters"]
+    # The defaults are the account's regional API Gateway limits, above one hot org's 2,000 req/s.
+    assert (
+        parameters["ApiThrottleRateLimit"]["Default"],
+        parameters["ApiThrottleBurstLimit"]["Default"],
+    ) == (
+        10000,
+        5000,
+    )

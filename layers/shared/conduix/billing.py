@@ -5,13 +5,24 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from conduix import clock, orgs, plans, wallets
+from conduix import clock, leases, orgs, plans, wallets
 from conduix.errors import InvalidRequest
 from conduix.money import format_credits, parse_credits
 
 
 def wallet_view(wallet: wallets.Wallet) -> dict[str, Any]:
     current = clock.period_of(clock.now())
+    if wallet.lease_count:
+        # A hot org's requests billed under escrow leases are debited when their lease is
+        # folded: show them as spent now, and only the rest of the leased slices as held.
+        spent, in_month = leases.unfolded(wallet.org_id, wallet.period)
+        wallet = dataclasses.replace(
+            wallet,
+            balance=wallet.balance - spent,
+            held=wallet.held - spent,
+            month_spent=wallet.month_spent + in_month,
+            committed=wallet.committed + in_month - spent,
+        )
     if wallet.period < current:
         # A wallet rolls into a new month on its first write of that month (wallets.roll_period);
         # until then it reads as rolled, the same way: nothing spent, only open holds committed.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from conduix import cache, chat, clock, idempotency, plans, pricing, providers, telemetry, wallets
+from conduix import cache, chat, clock, idempotency, leases, plans, pricing, providers, telemetry, wallets
 from conduix.auth import Principal
 from conduix.catalog import catalog
 from conduix.clock import Seconds
@@ -206,7 +206,8 @@ def _serve(
 
     hold = pricing.hold_nanos(attempts, request.prompt)
     try:
-        reservation = wallets.reserve(
+        # A hot org's requests reserve against this environment's escrow lease, others hold.
+        reservation = leases.reserve(
             org_id, request_id, hold, model=attempts[0].model.id, key_id=principal.key_id, now=now
         )
     except InsufficientCredits as refusal:
@@ -228,7 +229,7 @@ def _serve(
             attempts, lambda attempt: chat.upstream_payload(request, attempt), request.stream, deadline
         )
     except BaseException:
-        wallets.release(org_id, request_id, hold)
+        leases.release(org_id, request_id, reservation, clock.now())
         raise
     upstream_ms = (time.monotonic() - started) * 1000
 
@@ -278,14 +279,17 @@ def _serve(
     # The answer to an Idempotency-Key is kept by the same write that bills it.
     also = [idempotency.answer_action(claim, _answer(served, request_id))] if claim else []
     try:
-        outcome = wallets.settle(org_id, request_id, hold, usage_record, clock.now(), also=also)
+        outcome = leases.settle(org_id, request_id, reservation, usage_record, clock.now(), also=also)
     except Exception:
         # The settle cannot land now (contention, throttling, a lost answer): keep what the
         # request used, and its hold, for HoldSweeper to settle exactly once. Only if even that
         # fails does the client get no answer (a 503); the hold is then released unbilled.
         log.warning("settle deferred", exc_info=True, extra={"request_id": request_id})
         try:
-            wallets.record_pending(org_id, request_id, hold, usage_record, clock.now(), also=also)
+            lease_id = reservation.lease.lease_id if reservation.lease else ""
+            wallets.record_pending(
+                org_id, request_id, hold, usage_record, clock.now(), also=also, lease_id=lease_id
+            )
         except Exception:
             log.exception("could not record a deferred settle", extra={"request_id": request_id})
             raise ServiceBusy("The billing store is busy; please retry the request.") from None

@@ -67,27 +67,38 @@ def reconcile_org(org_id: str) -> list[Discrepancy]:
             fmt = format_credits if credits else str
             found.append(Discrepancy(org_id, name, fmt(expected), fmt(actual)))
 
+    # Escrow leases (leases.py): a spend's ledger entry is written when its request is billed,
+    # its debit and usage row land when its lease is folded.
+    open_ids = {as_str(i, "lease_id") for i in items if as_str(i, "sk").startswith("LEASE#")}
+    spends = [i for i in items if as_str(i, "sk").startswith("LSPEND#") and as_str(i, "lease_id") in open_ids]
+    unfolded = sum(as_int(i, "cost") for i in spends)
     ledger_sum = sum(as_int(i, "amount") for i in lines)
-    check("balance = sum of the ledger", ledger_sum, wallet.balance)
+    check("balance = sum of the ledger", ledger_sum + unfolded, wallet.balance)
     holds = [i for i in items if as_str(i, "sk").startswith("HOLD#")]
-    check("held = sum of open holds", sum(as_int(i, "amount") for i in holds), wallet.held)
+    leases = [i for i in items if as_str(i, "sk").startswith("LEASE#")]
+    check(
+        "held = open holds + open leases",
+        sum(as_int(i, "amount") for i in holds + leases),
+        wallet.held,
+    )
     check("hold_count = open holds", len(holds), wallet.hold_count, credits=False)
+    check("lease_count = open leases", len(leases), wallet.lease_count, credits=False)
     check("available = balance - held", wallet.balance - wallet.held, wallet.available)
     check("committed = month spend + held", wallet.month_spent + wallet.held, wallet.committed)
     check("cap_remaining = cap - committed", wallet.cap_limit - wallet.committed, wallet.cap_remaining)
     usage = [i for i in lines if as_str(i, "entry_type") == "usage"]
     month_usage = -sum(
         as_int(i, "amount") for i in usage if as_str(i, "created_at").startswith(wallet.period)
-    )
+    ) - sum(as_int(i, "cost") for i in spends if as_str(i, "created_at").startswith(wallet.period))
     check(f"month spend = usage entries of {wallet.period}", month_usage, wallet.month_spent)
     check(
         "usage aggregates = usage entries (credits)",
-        -sum(as_int(i, "amount") for i in usage),
+        -sum(as_int(i, "amount") for i in usage) - unfolded,
         sum(as_int(i, "credits") for i in usage_rows),
     )
     check(
         "usage aggregates = usage entries (requests)",
-        len(usage),
+        len(usage) - len(spends),
         sum(as_int(i, "requests") for i in usage_rows),
         credits=False,
     )

@@ -7,7 +7,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from conduix import telemetry, wallets
+from conduix import leases, telemetry, wallets
 from conduix.money import format_credits
 
 log = logging.getLogger(__name__)
@@ -20,15 +20,24 @@ def sweep(now: datetime) -> dict[str, Any]:
     cutoff = int(now.timestamp())
     checked = released = settled = 0
     released_nanos = settled_nanos = 0
+    leases_folded = 0
     for shard in range(wallets.SWEEP_SHARDS):
         for org_id in wallets.wallets_with_holds(str(shard)):
             checked += 1
             waiting = set()  # deferred settles still contended: their holds are not released
             for pending in wallets.pending_settles(org_id):
                 try:
-                    outcome = wallets.settle(
-                        org_id, pending.request_id, pending.hold_amount, pending.usage, now, from_pending=True
-                    )
+                    if pending.lease_id:  # billed under a lease: no hold to close, a debit of its own
+                        outcome = leases.charge_pending(org_id, pending, now)
+                    else:
+                        outcome = wallets.settle(
+                            org_id,
+                            pending.request_id,
+                            pending.hold_amount,
+                            pending.usage,
+                            now,
+                            from_pending=True,
+                        )
                 except Exception:  # still contended: the record and its hold wait for the next run
                     log.exception(
                         "could not settle a deferred settle", extra={"request_id": pending.request_id}
@@ -59,6 +68,7 @@ def sweep(now: datetime) -> dict[str, Any]:
                             "amount": format_credits(hold.amount),
                         },
                     )
+            leases_folded += leases.sweep(org_id, now)  # expired escrow leases, from their spends
             wallets.prune_rate_windows(org_id, now)
             if all(h.expires_at <= cutoff for h in holds):
                 wallets.forget_if_idle(org_id)
@@ -69,4 +79,5 @@ def sweep(now: datetime) -> dict[str, Any]:
         "credits_settled": format_credits(settled_nanos),
         "holds_released": released,
         "credits_released": format_credits(released_nanos),
+        "leases_folded": leases_folded,
     }

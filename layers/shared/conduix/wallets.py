@@ -4,8 +4,9 @@ One wallet item per org keeps every figure a condition needs as a stored attribu
 DynamoDB conditions compare an attribute with a value and cannot do arithmetic:
 
     balance        settled credits (the replay of the ledger)
-    held           sum of open holds (each an item of its own, `HOLD#<request id>`)
-    hold_count     how many holds are open
+    held           sum of open holds (each an item of its own, `HOLD#<request id>`) and of
+                   open escrow leases' slices (`LEASE#<id>`, see leases.py)
+    hold_count     how many holds are open (lease_count: leases)
     available      balance - held             (gates prepaid requests)
     month_spent    settled spend in `period` (a UTC month)
     committed      month_spent + held         (what counts against the spend cap)
@@ -99,6 +100,7 @@ class Wallet:
     cap_remaining: int
     billing_mode: str
     hold_count: int = 0
+    lease_count: int = 0  # escrow leases open (see leases.py); their slices count in `held`
     paused: bool = False  # refused for lack of credits since credits last landed
     reload: AutoReload = field(default_factory=lambda: AutoReload())
     plan: str = "free"
@@ -147,6 +149,7 @@ def _wallet_from_item(org_id: str, item: Item) -> Wallet:
         cap_remaining=as_int(item, "cap_remaining"),
         billing_mode=as_str(item, "billing_mode", "prepaid"),
         hold_count=as_int(item, "hold_count"),
+        lease_count=as_int(item, "lease_count"),
         paused="paused_at" in item,
         reload=_reload_from_item(item),
         plan=as_str(item, "plan", "free"),
@@ -217,7 +220,7 @@ def forget_views() -> None:
     _views.clear()
 
 
-def _learn(org_id: str, item: Item) -> Wallet:
+def learn(org_id: str, item: Item) -> Wallet:
     wallet = _wallet_from_item(org_id, item)
     if len(_views) >= _MAX_VIEWS:
         _views.clear()
@@ -225,7 +228,7 @@ def _learn(org_id: str, item: Item) -> Wallet:
     return wallet
 
 
-def _known(org_id: str) -> Wallet:
+def known_wallet(org_id: str) -> Wallet:
     view = _views.get(org_id)
     if view is not None and view.until > time.monotonic():
         return view.wallet
@@ -236,10 +239,10 @@ def _known(org_id: str) -> Wallet:
     )
     if not item:
         raise NotFound(f"No wallet for org '{org_id}'.")
-    return _learn(org_id, item)
+    return learn(org_id, item)
 
 
-def _moved(org_id: str, *, balance: int = 0, held: int = 0, spent: int = 0, holds: int = 0) -> Wallet | None:
+def moved(org_id: str, *, balance: int = 0, held: int = 0, spent: int = 0, holds: int = 0) -> Wallet | None:
     """Apply one of this environment's own committed movements to its view of the wallet."""
     with _views_lock:
         view = _views.get(org_id)
@@ -406,13 +409,13 @@ def _hold_from_item(item: Item) -> Hold:
     return Hold(
         request_id=as_str(item, "request_id"),
         amount=as_int(item, "amount"),
-        expires_at=as_int(item, "expires_at"),
+        expires_at=as_int(item, "hold_expires"),
         model=as_str(item, "model"),
         key_id=as_str(item, "key_id"),
     )
 
 
-def _same_settings(known: Wallet) -> tuple[str, dict[str, Any]]:
+def same_settings(known: Wallet) -> tuple[str, dict[str, Any]]:
     """A condition that the settings a request is billed under are still those the view knows."""
     reload = known.reload
     values: dict[str, Any] = {":mode": s(known.billing_mode), ":plan": s(known.plan)}
@@ -446,7 +449,7 @@ def reserve(
         **hold_key(org_id, request_id),
         "request_id": s(request_id),
         "amount": n(amount),
-        "expires_at": n(expires),
+        "hold_expires": n(expires),  # not `expires_at`: the table's TTL would delete an open hold
         "model": s(model),
         "key_id": s(key_id),
     }
@@ -454,8 +457,8 @@ def reserve(
     window, previous = f"{key_id}@{minute}", f"{key_id}@{minute - 1}"
     table = settings().billing_table
     for _ in range(4):
-        known = _known(org_id)
-        same, same_values = _same_settings(known)
+        known = known_wallet(org_id)
+        same, same_values = same_settings(known)
         actions: list[Any] = [
             {
                 "Update": {
@@ -512,9 +515,7 @@ def reserve(
             if reasons[1].get("Code") == "ConditionalCheckFailed":
                 existing = reasons[1].get("Item") or {}
                 if as_int(existing, "amount") == amount:  # our own hold: a retry after a lost answer
-                    return Reservation(
-                        hold_nanos=amount, wallet=_moved(org_id, held=amount, holds=1) or known
-                    )
+                    return Reservation(hold_nanos=amount, wallet=moved(org_id, held=amount, holds=1) or known)
                 raise Conflict(f"Request id '{request_id}' already holds credits.") from None
             if reasons[0].get("Code") != "ConditionalCheckFailed":
                 raise
@@ -522,7 +523,7 @@ def reserve(
             if not old:
                 _views.pop(org_id, None)
                 raise NotFound(f"No wallet for org '{org_id}'.") from None
-            _learn(org_id, old)  # whatever failed, the view is fresh again
+            learn(org_id, old)  # whatever failed, the view is fresh again
             old_period = as_str(old, "period")
             if old_period < period:
                 roll_period(org_id, period)
@@ -537,7 +538,7 @@ def reserve(
             if refusal:
                 raise refusal from None
             continue  # the state it failed on (or the settings the view knew) changed: try again
-        wallet = _moved(org_id, held=amount, holds=1)
+        wallet = moved(org_id, held=amount, holds=1)
         return Reservation(hold_nanos=amount, wallet=wallet or known)
     raise Conflict("The wallet kept changing while placing the hold; please retry.")
 
@@ -557,7 +558,7 @@ class Usage:
     funds_hint: int = 0
 
 
-def _usage_update(
+def usage_update(
     org_id: str, now: datetime, model: str, key_id: str, counts: dict[str, int]
 ) -> dict[str, Any]:
     """Key and expression that add `counts` to an org's usage of one model by one key on one day."""
@@ -581,7 +582,7 @@ def record_cache_hit(org_id: str, model: str, key_id: str, saved: int, now: date
     """Count a free cache hit and what it would have cost, for the usage view."""
     client().update_item(
         TableName=settings().billing_table,
-        **_usage_update(org_id, now, model, key_id, {"cache_hits": 1, "saved_credits": saved}),
+        **usage_update(org_id, now, model, key_id, {"cache_hits": 1, "saved_credits": saved}),
     )
 
 
@@ -621,6 +622,25 @@ def _ledger_items(
     return marker, {**entry, "sk": s(line_sk)}
 
 
+def usage_ledger_items(org_id: str, request_id: str, usage: Usage, now: datetime) -> tuple[Item, Item]:
+    """The ledger entry `usage:<request id>` (marker and line) of a billed request."""
+    return _ledger_items(
+        org_id,
+        kind="usage",
+        key=request_id,
+        amount=-usage.cost,
+        now=now,
+        description=f"{usage.model}: {usage.prompt_tokens} prompt + {usage.completion_tokens} output tokens",
+        extra={
+            "model": s(usage.model),
+            "key_id": s(usage.key_id),
+            "prompt_tokens": n(usage.prompt_tokens),
+            "completion_tokens": n(usage.completion_tokens),
+            "billed_by": s(usage.billed_by),
+        },
+    )
+
+
 def settle(
     org_id: str,
     request_id: str,
@@ -639,21 +659,7 @@ def settle(
     idempotent answer); `from_pending` removes the usage recorded by `record_pending`."""
     period = clock.period_of(now)
     c = usage.cost
-    marker, line = _ledger_items(
-        org_id,
-        kind="usage",
-        key=request_id,
-        amount=-c,
-        now=now,
-        description=f"{usage.model}: {usage.prompt_tokens} prompt + {usage.completion_tokens} output tokens",
-        extra={
-            "model": s(usage.model),
-            "key_id": s(usage.key_id),
-            "prompt_tokens": n(usage.prompt_tokens),
-            "completion_tokens": n(usage.completion_tokens),
-            "billed_by": s(usage.billed_by),
-        },
-    )
+    marker, line = usage_ledger_items(org_id, request_id, usage, now)
     table = settings().billing_table
     invoiced = usage.billed_by == "invoice"
     drawn = min(c, max(usage.funds_hint, 0)) if invoiced else 0  # from the positive balance
@@ -689,7 +695,7 @@ def settle(
             {
                 "Update": {
                     "TableName": table,
-                    **_usage_update(
+                    **usage_update(
                         org_id,
                         now,
                         usage.model,
@@ -719,7 +725,7 @@ def settle(
                 {
                     "Put": {
                         "TableName": table,
-                        "Item": _over_hold_item(org_id, request_id, hold_amount, usage, now),
+                        "Item": over_hold_item(org_id, request_id, hold_amount, usage, now),
                     }
                 }
             )
@@ -733,7 +739,7 @@ def settle(
             kind = "settle-pending" if from_pending else "settle"
             token = hashlib.sha256(f"{kind}:{org_id}:{request_id}:{period}:{drawn}".encode()).hexdigest()[:36]
             retrying(lambda: client().transact_write_items(TransactItems=items, ClientRequestToken=token))  # noqa: B023
-            _moved(org_id, balance=-c, held=-hold_amount, spent=c, holds=-1)
+            moved(org_id, balance=-c, held=-hold_amount, spent=c, holds=-1)
             return SettleOutcome.SETTLED
         except ClientError as exc:
             reasons = cancellation_reasons(exc)
@@ -760,7 +766,7 @@ def settle(
     raise Conflict("The wallet kept changing while settling; please retry.")
 
 
-def _over_hold_item(org_id: str, request_id: str, hold_amount: int, usage: Usage, now: datetime) -> Item:
+def over_hold_item(org_id: str, request_id: str, hold_amount: int, usage: Usage, now: datetime) -> Item:
     """The durable record of a charge above its hold, which `reconcile` reports."""
     return {
         "pk": s(org_pk(org_id)),
@@ -775,7 +781,7 @@ def _over_hold_item(org_id: str, request_id: str, hold_amount: int, usage: Usage
 
 
 def over_hold_incidents(org_id: str) -> list[Item]:
-    return _query_prefix(org_id, "INCIDENT#over-hold#")
+    return query_prefix(org_id, "INCIDENT#over-hold#")
 
 
 # ------------------------------------------------------------------ settles that could not land at once
@@ -790,6 +796,7 @@ class PendingSettle:
     request_id: str
     hold_amount: int
     usage: Usage
+    lease_id: str = ""  # billed under an escrow lease: no hold; charged by leases.charge_pending
 
 
 def record_pending(
@@ -800,6 +807,7 @@ def record_pending(
     now: datetime,
     *,
     also: Sequence[dict[str, Any]] = (),
+    lease_id: str = "",
 ) -> None:
     """Keep a served request's usage in an item of its own (keyed by the request id, so no
     other write contends for it) while its hold stays open: HoldSweeper settles it later,
@@ -816,6 +824,7 @@ def record_pending(
         "billed_by": s(usage.billed_by),
         "funds_hint": n(usage.funds_hint),  # invoice mode: the later settle draws credits first too
         "created_at": s(clock.iso(now)),
+        **({"lease_id": s(lease_id)} if lease_id else {}),
     }
     table = settings().billing_table
     if also:
@@ -839,8 +848,9 @@ def pending_settles(org_id: str) -> list[PendingSettle]:
                 billed_by=as_str(i, "billed_by", "prepaid"),
                 funds_hint=as_int(i, "funds_hint"),
             ),
+            lease_id=as_str(i, "lease_id"),
         )
-        for i in _query_prefix(org_id, "PENDING#")
+        for i in query_prefix(org_id, "PENDING#")
     ]
 
 
@@ -851,7 +861,7 @@ def drop_pending(org_id: str, request_id: str) -> None:
     )
 
 
-def _query_prefix(org_id: str, prefix: str) -> list[Item]:
+def query_prefix(org_id: str, prefix: str) -> list[Item]:
     items: list[Item] = []
     kwargs: dict[str, Any] = {
         "TableName": settings().billing_table,
@@ -914,7 +924,7 @@ def release(org_id: str, request_id: str, hold_amount: int) -> bool:
         ):
             return False
         raise
-    _moved(org_id, held=-hold_amount, holds=-1)
+    moved(org_id, held=-hold_amount, holds=-1)
     return True
 
 
@@ -988,7 +998,7 @@ def credit(
         if reasons[2].get("Code") == "ConditionalCheckFailed":
             raise NotFound(f"No wallet for org '{org_id}'.") from None
         raise
-    _moved(org_id, balance=amount)
+    moved(org_id, balance=amount)
     if amount > 0:
         end_reload_episode(org_id)
     return _entry_from_item(marker), True
@@ -1121,7 +1131,7 @@ def wallets_with_holds(shard: str) -> list[str]:
 
 def open_holds(org_id: str) -> tuple[Hold, ...]:
     """The org's open holds, oldest request id first (a strongly consistent query of its items)."""
-    return tuple(_hold_from_item(i) for i in _query_prefix(org_id, "HOLD#"))
+    return tuple(_hold_from_item(i) for i in query_prefix(org_id, "HOLD#"))
 
 
 def release_stuck_hold(org_id: str, request_id: str, now: datetime) -> tuple[Hold, LedgerEntry]:
@@ -1147,17 +1157,22 @@ def release_stuck_hold(org_id: str, request_id: str, now: datetime) -> tuple[Hol
     )
     table = settings().billing_table
     items: list[Any] = [
+        {  # the condition of `release`, which HoldSweeper uses: the hold item still there
+            "Delete": {
+                "TableName": table,
+                "Key": hold_key(org_id, request_id),
+                "ConditionExpression": "amount = :h",
+                "ExpressionAttributeValues": {":h": n(hold.amount)},
+            }
+        },
         {
             "Update": {
                 "TableName": table,
                 "Key": wallet_key(org_id),
-                # The expression and condition of `release`, which HoldSweeper uses.
                 "UpdateExpression": (
-                    "REMOVE holds.#rid ADD held :nh, available :h, committed :nh, cap_remaining :h"
+                    "ADD held :nh, available :h, committed :nh, cap_remaining :h, hold_count :minus"
                 ),
-                "ConditionExpression": "holds.#rid.a = :h",
-                "ExpressionAttributeNames": {"#rid": request_id},
-                "ExpressionAttributeValues": {":h": n(hold.amount), ":nh": n(-hold.amount)},
+                "ExpressionAttributeValues": {":h": n(hold.amount), ":nh": n(-hold.amount), ":minus": n(-1)},
             }
         },
         {"Put": {"TableName": table, "Item": marker, "ConditionExpression": "attribute_not_exists(pk)"}},
@@ -1176,9 +1191,9 @@ def release_stuck_hold(org_id: str, request_id: str, now: datetime) -> tuple[Hol
         retrying(lambda: client().transact_write_items(TransactItems=items))
     except ClientError as exc:
         reasons = cancellation_reasons(exc)
-        if error_code(exc) != "TransactionCanceledException" or len(reasons) != 4:
+        if error_code(exc) != "TransactionCanceledException" or len(reasons) != 5:
             raise
-        if reasons[3].get("Code") == "ConditionalCheckFailed":
+        if reasons[4].get("Code") == "ConditionalCheckFailed":
             raise Conflict(
                 f"Request '{request_id}' was served and its settle is pending: it will be billed, "
                 "not released. Retry to settle it now.",
@@ -1190,6 +1205,7 @@ def release_stuck_hold(org_id: str, request_id: str, now: datetime) -> tuple[Hol
                 code="hold_closed",
             ) from None
         raise
+    moved(org_id, held=-hold.amount, holds=-1)
     return hold, _entry_from_item(marker)
 
 
@@ -1225,7 +1241,10 @@ def forget_if_idle(org_id: str) -> None:
             TableName=settings().billing_table,
             Key=wallet_key(org_id),
             UpdateExpression="REMOVE sweep_shard",
-            ConditionExpression="attribute_not_exists(hold_count) OR hold_count = :zero",
+            ConditionExpression=(
+                "(attribute_not_exists(hold_count) OR hold_count = :zero) "
+                "AND (attribute_not_exists(lease_count) OR lease_count = :zero)"
+            ),
             ExpressionAttributeValues={":zero": n(0)},
         )
     except ClientError as exc:
