@@ -305,6 +305,12 @@ def _serve(
         and reservation.wallet.available + hold - served.cost < reload.threshold
     ):
         _best_effort("mark auto-reload due", wallets.mark_reload_due, org_id)  # once per episode
+    if reservation.wallet.balance_alerts or reservation.wallet.cap_alerts:
+        from conduix import alerts  # only orgs with alerts pay for the import
+
+        crossed = alerts.may_cross(reservation.wallet, hold, served.cost)
+        if crossed:  # no request at all unless this settle may have crossed a threshold
+            _best_effort("check alerts", alerts.after_settle, org_id, crossed, clock.now())
     if key and whole is not None:  # kept as long as the org's plan keeps answers
         ttl = plans.get(reservation.wallet.plan).cache_ttl_seconds
         _best_effort("cache the answer", cache.store, key, org_id, whole, now, ttl)
@@ -330,7 +336,7 @@ def _ran_dry(org_id: str, refusal: InsufficientCredits, now: datetime) -> None:
             from conduix import notices, orgs  # rare path: keep it off the cold start
 
             org = orgs.get_org(org_id)
-            notices.account_paused(org.email, org.name, format_credits(wallets.get_wallet(org_id).available))
+            notices.account_paused(org, format_credits(wallets.get_wallet(org_id).available))
     except Exception:
         log.exception("could not record the pause", extra={"org_id": org_id})
 

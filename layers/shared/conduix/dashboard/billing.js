@@ -22,6 +22,7 @@
     invoice_payment: "Invoice payment",
     hold_release: "Hold released",
     dispute_won: "Dispute won",
+    expiry: "Expired credits",
   };
 
   // ------------------------------------------------------------------ balance, plan, reload
