@@ -48,3 +48,26 @@ def test_the_billing_page_shows_expiring_credits_and_recent_notices(stack: Stack
             _width(page, width)
     finally:
         page.driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_alerts_are_set_on_the_settings_page(stack: Stack, page: Browser) -> None:
+    _, key = stack.new_org("10")
+    page.open("/dashboard/settings")
+    page.sign_in(key)
+    for width in (390, 1280):
+        _width(page, width)
+        page.open("/dashboard/settings")
+        page.visible("alerts-form")
+        assert _layout(page)["overflow"] <= 0
+    page.driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    page.type_into("alerts-balance", "20, 5")
+    page.type_into("alerts-cap", "80,95")
+    page.clickable("#alerts-save").click()
+    # 10 is already below 20 when it is set: shown as sent (it re-arms above 20), with no email
+    page.until(lambda b: "below 20 credits" in b.text("alerts-fired"), "the saved alerts did not show")
+    saved = stack.call("GET", "/v1/billing/alerts", key=key).body
+    assert (saved["balance_below"], saved["cap_used_percent"]) == (["20", "5"], [80, 95])
+    page.type_into("alerts-cap", "150")
+    page.clickable("#alerts-save").click()
+    page.until(lambda b: b.by_id("alerts-error").is_displayed(), "a bad percent was not refused")
+    assert stack.call("GET", "/v1/billing/alerts", key=key).body["cap_used_percent"] == [80, 95]
