@@ -4,13 +4,16 @@ The thresholds live on the wallet item (`alert_balance_below`, `alert_cap_percen
 hold's own answer brings them to Completion at no extra request. Whether a threshold has
 fired lives in an item of its own under the org:
 
-    ALERT#balance#<nanos>          exists while the balance alert is fired (deleted to re-arm)
-    ALERT#cap#<YYYY-MM>#<percent>  exists once the month's cap alert fired (a new month re-arms)
+    ALERT#balance#<nanos>          carries `fired_at` while the balance alert is fired
+    ALERT#cap#<YYYY-MM>#<percent>  carries `fired_at` once the month's cap alert fired (a new
+                                   month is a new item: it re-arms by itself)
 
-The send is claimed by a conditional put of that item, so however many requests see the same
-crossing at once, one wins and one email goes out. Completion spends no request on alerts
-unless the settle it just made may have crossed a threshold (`may_cross`); a credit landing
-re-arms what the balance rose back above.
+The send is claimed by a conditional update that sets `fired_at` only if it is absent, so however
+many requests see the same crossing at once, one wins and one email goes out; re-arming removes
+it, conditionally too: only UpdateItem, which every function that moves credits may call.
+
+Completion spends no request on alerts unless the settle it just made may have crossed a
+threshold (`may_cross`); a credit landing re-arms what the balance rose back above.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ def parse_settings(body: dict[str, Any]) -> tuple[tuple[int, ...], tuple[int, ..
 def save_settings(org_id: str, balances: tuple[int, ...], percents: tuple[int, ...], now: datetime) -> None:
     """Store the thresholds. A threshold already crossed when it is set counts as fired (no
     email now: nothing crossed); it re-arms, and then fires, like any other."""
+    before = wallets.get_wallet(org_id)
     saved = wallets.conditional_update(
         org_id,
         UpdateExpression="SET alert_balance_below = :b, alert_cap_percent = :c",
@@ -72,11 +76,10 @@ def save_settings(org_id: str, balances: tuple[int, ...], percents: tuple[int, .
     )
     if not saved:
         raise NotFound(f"No wallet for org '{org_id}'.")
+    for threshold in set(before.balance_alerts) - set(balances):  # forget what is no longer set
+        _rearm(org_id, _balance_sk(threshold))
     wallet = wallets.get_wallet(org_id)
     period = clock.period_of(now)
-    for item in _balance_items(org_id):  # forget the state of thresholds no longer set
-        if int(item["threshold"]["N"]) not in balances:
-            _delete(item["pk"], item["sk"])
     for threshold in balances:
         if wallet.balance < threshold:
             _claim(org_id, _balance_sk(threshold), now, silent=True)
@@ -91,6 +94,8 @@ def view(org_id: str) -> dict[str, Any]:
     period = clock.period_of(clock.now())
     fired: list[dict[str, Any]] = []
     for item in _state_items(org_id):
+        if "fired_at" not in item:
+            continue
         kind, threshold = as_str(item, "kind"), int(item["threshold"]["N"])
         entry = {"kind": kind, "fired_at": as_str(item, "fired_at")}
         if kind == "balance_below":
@@ -166,15 +171,11 @@ def after_credit(org_id: str, now: datetime | None = None) -> None:
     back at or above, and fire one a reversal took it below. Never raises: the credit stands."""
     try:
         wallet = wallets.get_wallet(org_id)
-        if not wallet.balance_alerts:
-            return
         now = now or clock.now()
-        fired = {int(item["threshold"]["N"]): item for item in _balance_items(org_id)}
-        for threshold in wallet.balance_alerts:
-            item = fired.get(threshold)
-            if item is not None and wallet.balance >= threshold:
-                _delete(item["pk"], item["sk"])
-            elif item is None and wallet.balance < threshold and _claim(org_id, _balance_sk(threshold), now):
+        for threshold in wallet.balance_alerts:  # a conditional update each: no read of the states
+            if wallet.balance >= threshold:
+                _rearm(org_id, _balance_sk(threshold))
+            elif _claim(org_id, _balance_sk(threshold), now):
                 _send_balance(org_id, threshold, wallet.balance)
     except Exception:
         log.exception("could not check balance alerts after a credit", extra={"org_id": org_id})
@@ -192,38 +193,43 @@ def _cap_sk(period: str, percent: int) -> str:
 
 
 def _claim(org_id: str, sk: str, now: datetime, *, silent: bool = False) -> bool:
-    """Mark a threshold fired; True only for the one call whose put created the mark."""
-    kind, threshold = (
-        ("balance_below", int(sk.rsplit("#", 1)[1]))
-        if "#balance#" in sk
-        else (
-            "cap_used_percent",
-            int(sk.rsplit("#", 1)[1]),
-        )
-    )
-    item: Item = {
-        "pk": s(wallets.org_pk(org_id)),
-        "sk": s(sk),
-        "kind": s(kind),
-        "threshold": n(threshold),
-        "fired_at": s(clock.iso(now)),
-        "silent": {"BOOL": silent},
+    """Mark a threshold fired; True only for the one call whose update set the mark."""
+    kind = "balance_below" if "#balance#" in sk else "cap_used_percent"
+    threshold = int(sk.rsplit("#", 1)[1])
+    values: Item = {
+        ":kind": s(kind),
+        ":t": n(threshold),
+        ":at": s(clock.iso(now)),
+        ":silent": {"BOOL": silent},
     }
+    update = "SET #kind = :kind, #threshold = :t, fired_at = :at, #silent = :silent"
     if kind == "cap_used_percent":  # a month's mark is useless once the month is over
-        item["expires_at"] = n(int((now + timedelta(days=70)).timestamp()))
+        update += ", expires_at = :x"
+        values[":x"] = n(int((now + timedelta(days=70)).timestamp()))
+    return _conditional(org_id, sk, update, "attribute_not_exists(fired_at)", values)
+
+
+def _rearm(org_id: str, sk: str) -> bool:
+    return _conditional(org_id, sk, "REMOVE fired_at, #silent", "attribute_exists(fired_at)", None)
+
+
+def _conditional(org_id: str, sk: str, update: str, condition: str, values: Item | None) -> bool:
+    kwargs: dict[str, Any] = {"ExpressionAttributeValues": values} if values else {}
+    names = {"#kind": "kind", "#threshold": "threshold", "#silent": "silent"}
+    kwargs["ExpressionAttributeNames"] = {k: v for k, v in names.items() if k in update}
     try:
-        client().put_item(
-            TableName=settings().billing_table, Item=item, ConditionExpression="attribute_not_exists(pk)"
+        client().update_item(
+            TableName=settings().billing_table,
+            Key={"pk": s(wallets.org_pk(org_id)), "sk": s(sk)},
+            UpdateExpression=update,
+            ConditionExpression=condition,
+            **kwargs,
         )
     except ClientError as exc:
         if error_code(exc) == "ConditionalCheckFailedException":
             return False
         raise
     return True
-
-
-def _delete(pk: dict[str, str], sk: dict[str, str]) -> None:
-    client().delete_item(TableName=settings().billing_table, Key={"pk": pk, "sk": sk})
 
 
 def _query(org_id: str, prefix: str) -> list[Item]:
@@ -240,10 +246,6 @@ def _query(org_id: str, prefix: str) -> list[Item]:
         if "LastEvaluatedKey" not in page:
             return items
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
-def _balance_items(org_id: str) -> list[Item]:
-    return _query(org_id, "ALERT#balance#")
 
 
 def _state_items(org_id: str) -> list[Item]:
