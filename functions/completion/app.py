@@ -1,6 +1,6 @@
-"""Completion: POST /v1/chat/completions and GET /v1/models (wiring only).
+"""Completion: POST /v1/chat/completions, POST /v1/embeddings and GET /v1/models (wiring only).
 
-No Powertools resolver here: two routes don't need one, and the import time it saves is
+No Powertools resolver here: three routes don't need one, and the import time it saves is
 cold-start time on the hottest function.
 """
 
@@ -22,6 +22,7 @@ copy_config_to_registered_loggers(source_logger=logger, include={"conduix"})
 # API Gateway gives up after 29 s; keep time to settle or release after the provider answers.
 _GATEWAY_SECONDS = 29.0
 _SETTLE_MARGIN_SECONDS = 2.0
+_BILLED = ("/v1/chat/completions", "/v1/embeddings")
 
 
 def _route(request: http.Request, context: Any) -> dict[str, Any]:
@@ -29,16 +30,22 @@ def _route(request: http.Request, context: Any) -> dict[str, Any]:
         if request.method != "GET":
             raise MethodNotAllowed(f"{request.method} is not allowed on /v1/models.", ["GET"])
         return http.json_result(200, completion.list_models())
-    if request.path != "/v1/chat/completions":
+    if request.path not in _BILLED:
         raise NotFound(f"Unknown route: {request.method} {request.path}")
     if request.method != "POST":
-        raise MethodNotAllowed(f"{request.method} is not allowed on /v1/chat/completions.", ["POST"])
+        raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}.", ["POST"])
     principal = None
     try:
         principal = authenticate(request.headers, "inference")
         remaining = min(context.get_remaining_time_in_millis() / 1000, _GATEWAY_SECONDS)
         deadline = time.monotonic() + remaining - _SETTLE_MARGIN_SECONDS
-        served = completion.serve(
+        if request.path == "/v1/embeddings":
+            from conduix import embeddings  # only the embeddings route pays for the import
+
+            serve = embeddings.serve
+        else:
+            serve = completion.serve
+        served = serve(
             principal, request.body, request.request_id, deadline, request.headers.get("idempotency-key")
         )
     except Exception as exc:  # one log line and outcome per completion, refused ones included

@@ -79,7 +79,14 @@ REAL_REFS = {
 def test_real_template() -> None:
     specs = _by_id(load_functions(load_template(), REAL_REFS))
     assert {k: (v.routes, v.schedules) for k, v in specs.items()} == {
-        "CompletionFunction": ([Route("ANY", "/v1/chat/completions"), Route("ANY", "/v1/models")], []),
+        "CompletionFunction": (
+            [
+                Route("ANY", "/v1/chat/completions"),
+                Route("ANY", "/v1/models"),
+                Route("ANY", "/v1/embeddings"),
+            ],
+            [],
+        ),
         "BillingApiFunction": (
             [
                 Route("ANY", "/v1/billing"),

@@ -13,8 +13,9 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from conduix.clock import Seconds
 from conduix.config import secret
@@ -22,6 +23,7 @@ from conduix.errors import UpstreamError, UpstreamRejected, UpstreamTimeout, Ups
 from conduix.pricing import Attempt
 
 _MIN_ATTEMPT_SECONDS = 0.5
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,9 @@ def _usage(obj: Any) -> tuple[int, int]:
     return p, c  # type: ignore[return-value]
 
 
-def _open(attempt: Attempt, payload: dict[str, Any], timeout: Seconds) -> Any:
+def _open(
+    attempt: Attempt, payload: dict[str, Any], timeout: Seconds, path: str = "/chat/completions"
+) -> Any:
     upstream = attempt.model.upstream
     headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
     if upstream.api_key_env:
@@ -52,7 +56,7 @@ def _open(attempt: Attempt, payload: dict[str, Any], timeout: Seconds) -> Any:
             raise UpstreamUnavailable(f"No credentials configured for {attempt.model.id}.")
         headers["Authorization"] = f"Bearer {key}"
     request = urllib.request.Request(  # noqa: S310 - the catalog only admits http(s) URLs
-        f"{upstream.base_url}/chat/completions",
+        f"{upstream.base_url}{path}",
         data=json.dumps(payload).encode("utf-8"),
         headers=headers,
         method="POST",
@@ -129,10 +133,14 @@ def complete(attempts: list[Attempt], build_payload: Any, stream: bool, deadline
     A provider outage, timeout or unusable answer moves on to the next fallback; a refusal
     of the request itself (4xx) does not, since another model would refuse it too.
     """
+    return _with_fallbacks(attempts, lambda a: call(a, build_payload(a), stream, deadline), deadline)
+
+
+def _with_fallbacks(attempts: list[Attempt], call_one: Callable[[Attempt], T], deadline: Seconds) -> T:
     last: UpstreamError = UpstreamUnavailable("No upstream was tried.")
     for attempt in attempts:
         try:
-            return call(attempt, build_payload(attempt), stream, deadline)
+            return call_one(attempt)
         except UpstreamRejected:
             raise
         except UpstreamError as exc:
@@ -140,3 +148,58 @@ def complete(attempts: list[Attempt], build_payload: Any, stream: bool, deadline
             if time.monotonic() + _MIN_ATTEMPT_SECONDS > deadline:
                 break
     raise last
+
+
+@dataclass(frozen=True)
+class EmbeddingReply:
+    attempt: Attempt
+    prompt_tokens: int
+    data: list[dict[str, Any]]  # one embedding object per input, in input order
+
+
+def _embedding_answer(body: Any, inputs: int) -> tuple[int, list[dict[str, Any]]]:
+    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+        raise UpstreamError("The upstream answer is not a list of embeddings.")
+    usage = body.get("usage")
+    tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+        raise UpstreamError("The upstream answer carried no usage.")
+    data = body["data"]
+    if not all(isinstance(d, dict) and isinstance(d.get("embedding"), list | str) for d in data):
+        raise UpstreamError("The upstream sent an embedding that is not a vector.")
+    indexes = [d.get("index") for d in data]
+    if not all(type(i) is int for i in indexes) or sorted(indexes) != list(range(inputs)):
+        raise UpstreamError("The upstream did not answer one embedding per input.")
+    return tokens, sorted(data, key=lambda d: int(d["index"]))
+
+
+def call_embeddings(
+    attempt: Attempt, payload: dict[str, Any], inputs: int, deadline: Seconds
+) -> EmbeddingReply:
+    remaining = deadline - time.monotonic()
+    if remaining < _MIN_ATTEMPT_SECONDS:
+        raise UpstreamTimeout("No time left to call the upstream.")
+    response = _open(attempt, payload, min(attempt.model.upstream.timeout_seconds, remaining), "/embeddings")
+    try:
+        tokens, data = _embedding_answer(json.loads(response.read()), inputs)
+        return EmbeddingReply(attempt, tokens, data)
+    except TimeoutError:
+        raise UpstreamTimeout(f"{attempt.model.id} did not finish in time.") from None
+    except (ValueError, UnicodeDecodeError):
+        raise UpstreamError(f"{attempt.model.id} sent an answer that is not JSON.") from None
+    except (ConnectionError, OSError):
+        raise UpstreamError(f"{attempt.model.id} broke the connection mid-answer.") from None
+    finally:
+        response.close()
+
+
+def embed(
+    attempts: list[Attempt],
+    build_payload: Callable[[Attempt], dict[str, Any]],
+    inputs: int,
+    deadline: Seconds,
+) -> EmbeddingReply:
+    """The embeddings of `inputs` inputs, from the first model of the chain that answers."""
+    return _with_fallbacks(
+        attempts, lambda a: call_embeddings(a, build_payload(a), inputs, deadline), deadline
+    )
