@@ -34,7 +34,12 @@ def ask(model: str, *, images: int = 0, tools: bool = False, **extra: Any) -> by
 
 def serve(org: str, body: bytes, request_id: str, key: str | None = None) -> completion.Served:
     principal = Principal(org_id=org, key_id="key_1", scopes=("inference",))
-    return completion.serve(principal, body, request_id, time.monotonic() + 20, key)
+    served = completion.serve(principal, body, request_id, time.monotonic() + 20, key)
+    if served.live is None:
+        return served
+    sent = "".join(served.live)  # a live stream bills at its end
+    assert served.live.served is not None and served.live.served.body == sent
+    return served.live.served
 
 
 def charged(org: str) -> list[tuple[str, int, int, int]]:

@@ -184,13 +184,15 @@ def test_call_counter_counts_every_request(client: OpenAI, upstream: FakeUpstrea
     list(client.chat.completions.create(model="fake-small", messages=HELLO, stream=True))
     with pytest.raises(openai.APIStatusError):
         client.chat.completions.create(model="fail-x", messages=HELLO)
-    assert upstream.calls() == {"total": 3, "by_model": {"fake-small": 2, "fail-x": 1}}
+    calls = upstream.calls()
+    assert (calls["total"], calls["by_model"]) == (3, {"fake-small": 2, "fail-x": 1})
+    assert calls["streams"] == {"completed": 1, "cut": 0}
 
     base = upstream.url.removesuffix("/v1")
     with urllib.request.urlopen(f"{base}/_control/calls", timeout=5) as response:
         assert json.load(response) == upstream.calls()
     assert _post(f"{base}/_control/reset", b"")[0] == 200
-    assert upstream.calls() == {"total": 0, "by_model": {}}
+    assert upstream.calls()["total"] == 0 and upstream.calls()["by_model"] == {}
     client.chat.completions.create(model="fake-small", messages=HELLO)
     upstream.reset_calls()
     assert upstream.calls()["total"] == 0
