@@ -18,6 +18,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -704,6 +705,9 @@ class StreamSink:
     def head(self, result: Any) -> None:
         status, headers, _ = proxy_response_to_http({**(result or {}), "body": ""})
         handler = self._handler
+        # Each piece goes out as written: no Nagle wait for the previous write's ACK.
+        with contextlib.suppress(OSError):
+            handler.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         handler.send_response(status)
         for name, value in [*headers, *self._extra]:
             handler.send_header(name, value)

@@ -355,6 +355,7 @@ class _Handler(BaseHTTPRequestHandler):
         include_usage: bool,
     ) -> None:
         upstream = self.server.upstream
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # each event as written
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")

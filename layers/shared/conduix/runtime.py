@@ -82,7 +82,8 @@ def _chunk(data: bytes) -> bytes:
 
 def respond(conn: http.client.HTTPConnection, request_id: str, result: Any) -> None:
     """POST one response in streaming mode: the prelude at once, then each piece."""
-    conn.putrequest("POST", f"/{_VERSION}/runtime/invocation/{request_id}/response", skip_accept_encoding=True)
+    path = f"/{_VERSION}/runtime/invocation/{request_id}/response"
+    conn.putrequest("POST", path, skip_accept_encoding=True)
     conn.putheader("Lambda-Runtime-Function-Response-Mode", "streaming")
     conn.putheader("Content-Type", CONTENT_TYPE)
     conn.putheader("Transfer-Encoding", "chunked")
