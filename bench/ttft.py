@@ -97,7 +97,7 @@ def run_level(
                 with lock:
                     (gw if which == "gw" else dr).append(seconds)
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
     for t in threads:
         t.start()
     for t in threads:

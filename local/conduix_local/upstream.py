@@ -211,6 +211,8 @@ def _parse(raw: bytes) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 resets connections under a burst of clients.
+    request_queue_size = 128
     upstream: FakeUpstream
 
 
