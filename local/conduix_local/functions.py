@@ -21,7 +21,8 @@ class TemplateError(ValueError):
 class Route:
     method: str  # upper case; "ANY" matches every method
     path_template: str  # as in the template, e.g. "/v1/billing/{proxy+}"
-    # ResponseTransferMode STREAM: the front sends the function's response as it is written.
+    # SAM's ResponseTransferMode RESPONSE_STREAM (the integration's STREAM): the front sends
+    # the function's response as it is written.
     stream: bool = False
 
 
@@ -97,7 +98,7 @@ def load_functions(
                     Route(
                         str(ev_props.get("Method", "ANY")).upper(),
                         str(ev_props["Path"]),
-                        stream=ev_props.get("ResponseTransferMode") == "STREAM",
+                        stream=ev_props.get("ResponseTransferMode") == "RESPONSE_STREAM",
                     )
                 )
             elif event["Type"] == "Schedule":
