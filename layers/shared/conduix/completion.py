@@ -141,7 +141,11 @@ def serve(
     if idempotency_key is None:
         return _serve(principal, request, attempts, request_id, deadline, None)
     claim = idempotency.Claim(principal.org_id, idempotency.check_key(idempotency_key), request_id)
-    first = idempotency.claim(claim.org_id, claim.key, request.body, request_id, clock.now())
+    # A long answer keeps its key as long as it may run (every model of its chain, to its timeout).
+    may_run = min(deadline - time.monotonic(), sum(a.model.upstream.timeout_seconds for a in attempts))
+    first = idempotency.claim(
+        claim.org_id, claim.key, request.body, request_id, clock.now(), lease_seconds=int(may_run) + 10
+    )
     if first is not None:
         return _replay(first)
     try:
