@@ -37,6 +37,10 @@ REFS = {
     "CacheTable": "CacheTable",
     "OperatorKeySha256": "0" * 64,
     "ScheduledJobFailures.Arn": "arn:aws:sqs:us-east-1:123456789012:ScheduledJobFailures",
+    "ProviderKeysSecret": "local:ProviderKeysSecret",
+    "StripeApiKeySecret": "local:StripeApiKeySecret",
+    "StripeWebhookSigningSecret": "local:StripeWebhookSigningSecret",
+    "CursorSigningKey": "k" * 32,
 }
 
 

@@ -109,12 +109,13 @@ def _as(function: str, aws: dict[str, Any], service: str = "dynamodb") -> Any:
 
 def test_a_denied_call_gets_access_denied_and_changes_nothing(enforced: dict[str, Any]) -> None:
     sweeper = _as("HoldSweeperFunction", enforced)
+    billing = _as("BillingApiFunction", enforced)  # it may never delete an item
     item = {"pk": {"S": "ORG#x"}, "sk": {"S": "WALLET"}}
     with pytest.raises(ClientError) as denied:
-        sweeper.put_item(TableName="BillingTable", Item=item)
+        billing.delete_item(TableName="BillingTable", Key=item)
     assert denied.value.response["Error"]["Code"] == "AccessDeniedException"
     assert denied.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
-    assert "HoldSweeperFunction is not authorized to perform: dynamodb:PutItem" in str(denied.value)
+    assert "BillingApiFunction is not authorized to perform: dynamodb:DeleteItem" in str(denied.value)
     # One denied action refuses the whole transaction, even when the others are allowed.
     webhook = _as("StripeWebhookFunction", enforced)
     with pytest.raises(ClientError, match="dynamodb:ConditionCheckItem"):
@@ -133,6 +134,8 @@ def test_a_denied_call_gets_access_denied_and_changes_nothing(enforced: dict[str
     # What is allowed goes through; the denied calls wrote nothing.
     assert "Item" not in sweeper.get_item(TableName="BillingTable", Key=item)
     webhook.put_item(TableName="BillingTable", Item=item)
+    with pytest.raises(ClientError, match="dynamodb:DeleteItem"):
+        billing.delete_item(TableName="BillingTable", Key=item)
     assert "Item" in sweeper.get_item(TableName="BillingTable", Key=item)
     with pytest.raises(ClientError, match="by_invoice_mode"):
         sweeper.query(

@@ -107,14 +107,7 @@ def _land_checkout(session_id: str, now: datetime) -> str:
         return "waiting: not paid yet"
     org_id = str(metadata["org_id"])
     amount = parse_credits(str(metadata["credits"]), field="credits")
-    _, created = wallets.credit(
-        org_id,
-        kind="top_up",
-        key=session_id,
-        amount=amount,
-        description=f"Top-up of {format_credits(amount)} credits",
-        now=now,
-    )
+    # The card first: a customer who sees the credits may turn auto-reload on at once.
     intent = session.get("payment_intent")
     method = intent.get("payment_method") if isinstance(intent, dict) else None
     if isinstance(method, dict) and method.get("card"):
@@ -129,6 +122,14 @@ def _land_checkout(session_id: str, now: datetime) -> str:
                 exp_year=int(card.get("exp_year") or 0),
             ),
         )
+    _, created = wallets.credit(
+        org_id,
+        kind="top_up",
+        key=session_id,
+        amount=amount,
+        description=f"Top-up of {format_credits(amount)} credits",
+        now=now,
+    )
     if created:
         org = orgs.get_org(org_id)
         invoice = session.get("invoice")
