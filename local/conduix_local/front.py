@@ -708,12 +708,17 @@ class StreamSink:
         # Each piece goes out as written: no Nagle wait for the previous write's ACK.
         with contextlib.suppress(OSError):
             handler.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        handler.send_response(status)
-        for name, value in [*headers, *self._extra]:
-            handler.send_header(name, value)
-        handler.send_header("Transfer-Encoding", "chunked")
-        handler.end_headers()
         self.started = True
+        try:
+            handler.send_response(status)
+            for name, value in [*headers, *self._extra]:
+                handler.send_header(name, value)
+            handler.send_header("Transfer-Encoding", "chunked")
+            handler.end_headers()
+        except OSError:  # gone before the head: the function still runs to its end
+            self.gone = True
+            handler.close_connection = True
+            return
         self._write(b"")
 
     def chunk(self, data: str) -> None:
