@@ -141,10 +141,14 @@ def serve(
     if idempotency_key is None:
         return _serve(principal, request, attempts, request_id, deadline, None)
     claim = idempotency.Claim(principal.org_id, idempotency.check_key(idempotency_key), request_id)
-    # A long answer keeps its key as long as it may run (every model of its chain, to its timeout).
-    may_run = min(deadline - time.monotonic(), sum(a.model.upstream.timeout_seconds for a in attempts))
+    # A long answer keeps its key as long as it may run.
     first = idempotency.claim(
-        claim.org_id, claim.key, request.body, request_id, clock.now(), lease_seconds=int(may_run) + 10
+        claim.org_id,
+        claim.key,
+        request.body,
+        request_id,
+        clock.now(),
+        lease_seconds=_may_run(attempts, deadline) + 10,
     )
     if first is not None:
         return _replay(first)
@@ -156,6 +160,13 @@ def serve(
         except Exception:
             log.warning("could not give back an idempotency key", exc_info=True)
         raise
+
+
+def _may_run(attempts: list[pricing.Attempt], deadline: Seconds) -> int:
+    """The longest the request may still run, in seconds: every model of its chain to its
+    timeout, within the request's deadline."""
+    chain = sum(a.model.upstream.timeout_seconds for a in attempts)
+    return max(0, int(min(deadline - time.monotonic(), chain)))
 
 
 def _replay(first: idempotency.Answer) -> Served:
@@ -228,7 +239,13 @@ def _serve(
     hold = pricing.hold_nanos(attempts, request.prompt)
     try:
         reservation = wallets.reserve(
-            org_id, request_id, hold, model=attempts[0].model.id, key_id=principal.key_id, now=now
+            org_id,
+            request_id,
+            hold,
+            model=attempts[0].model.id,
+            key_id=principal.key_id,
+            now=now,
+            runs_for=_may_run(attempts, deadline),
         )
     except InsufficientCredits as refusal:
         _ran_dry(org_id, refusal, now)
