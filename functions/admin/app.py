@@ -26,6 +26,21 @@ def create_org() -> Response[dict[str, Any]]:
     return _json(201, admin.create_org(api.json_body(app)))
 
 
+@app.get("/admin/orgs")
+def list_orgs() -> dict[str, Any]:
+    return admin.list_orgs(app.current_event.query_string_parameters or {})
+
+
+@app.get("/admin/orgs/<org_id>/holds")
+def list_holds(org_id: str) -> dict[str, Any]:
+    return admin.list_holds(org_id)
+
+
+@app.delete("/admin/orgs/<org_id>/holds/<request_id>")
+def release_hold(org_id: str, request_id: str) -> dict[str, Any]:
+    return admin.release_hold(org_id, request_id)
+
+
 @app.get("/admin/orgs/<org_id>")
 def get_org(org_id: str) -> dict[str, Any]:
     return admin.get_org(org_id)

@@ -33,15 +33,37 @@ def get_billing() -> dict[str, Any]:
     return billing.billing_view(_org_id())
 
 
+def _csv(export: statements.Export) -> Response[Any]:
+    return Response(
+        status_code=200,
+        content_type="text/csv; charset=utf-8",
+        body=export.text,
+        headers={
+            "Content-Disposition": f'attachment; filename="{export.filename}"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+def _json(body: dict[str, Any]) -> Response[Any]:
+    return Response(status_code=200, content_type=content_types.APPLICATION_JSON, body=body)
+
+
+# JSON by default, CSV with format=csv (one annotation for both, so OpenAPI can describe it).
 @app.get("/v1/billing/ledger")
-def get_ledger() -> dict[str, Any]:
+def get_ledger() -> Response[Any]:
     query = app.current_event.query_string_parameters or {}
-    return statements.ledger_page(_org_id(), query.get("limit"), query.get("cursor"))
+    if statements.wants_csv(query):
+        return _csv(statements.ledger_export(_org_id(), query))
+    return _json(statements.ledger_page(_org_id(), query.get("limit"), query.get("cursor"), query))
 
 
 @app.get("/v1/usage")
-def get_usage() -> dict[str, Any]:
-    return statements.usage_report(_org_id(), dict(app.current_event.query_string_parameters or {}))
+def get_usage() -> Response[Any]:
+    query = app.current_event.query_string_parameters or {}
+    if statements.wants_csv(query):
+        return _csv(statements.usage_export(_org_id(), query))
+    return _json(statements.usage_report(_org_id(), query))
 
 
 @app.get("/v1/billing/api-keys")

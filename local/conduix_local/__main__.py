@@ -7,7 +7,7 @@ import json
 import os
 import signal
 import sys
-import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +57,12 @@ def write_secret_file(path: Path, state: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    stop = threading.Event()
-    # Installed first, so a SIGTERM during the start also ends in a clean stop.
+    signalled: list[int] = []
+    # Installed first, so a SIGTERM during the start also ends in a clean stop. The handler only
+    # appends: it runs in the main thread between bytecodes, and an Event.set() there deadlocks
+    # when the signal lands while the main thread holds that Event's lock inside wait().
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda number, _frame: signalled.append(number))
     try:
         config = StackConfig.from_env()
         generated = not os.environ.get("CONDUIX_OPERATOR_KEY")
@@ -78,7 +80,8 @@ def main() -> int:
         for state_file in files:
             write_secret_file(state_file, stack.state())
         print(_banner(stack, generated), flush=True)
-        stop.wait()
+        while not signalled:
+            time.sleep(0.1)
     finally:
         print("Stopping the local stack...", flush=True)
         for state_file in files:

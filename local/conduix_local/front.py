@@ -1057,8 +1057,12 @@ class Front:
             self._server.shutdown()
             self._server.server_close()
         workers = [w for pool in self._pools.values() for w in pool.close()]
-        for w in workers:
-            w.reap()
+        # Reaped side by side: each may take its kill grace, and a stop must not take their sum.
+        reapers = [threading.Thread(target=w.reap, daemon=True) for w in workers]
+        for t in reapers:
+            t.start()
+        for t in reapers:
+            t.join(KILL_GRACE_S + 5.0)
         for pool in self._pools.values():
             pool.wait_no_starts(KILL_GRACE_S * 2)  # a worker spawned during close() is killed by its starter
         for t in self._threads:

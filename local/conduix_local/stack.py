@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 import socket
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -269,10 +270,14 @@ class Stack:
     def stop(self) -> None:
         for part in (self.front, self.stripe, self.upstream, self.moto):
             if part is not None:
+                started = time.monotonic()
                 try:
                     part.stop()
                 except Exception as exc:
                     print(f"[stack] stopping {type(part).__name__} failed: {exc}")
+                took = time.monotonic() - started
+                if took > 2:  # a slow stop names its culprit in the stack's log
+                    print(f"[stack] stopping {type(part).__name__} took {took:.1f} s", flush=True)
         self.front = self.upstream = self.moto = None
         self.stripe = None
         shutil.rmtree(self.state_dir, ignore_errors=True)

@@ -320,10 +320,10 @@ def test_usage_draws_credits_per_model_per_day_and_the_model_table(stack: Stack,
     for r in by_model["data"]:
         assert rows[r["model"]][1:] == [
             str(r["requests"]),
+            str(r["cache_hits"]),
             str(r["prompt_tokens"]),
             str(r["completion_tokens"]),
             r["credits"],
-            str(r["cache_hits"]),
             r["saved_credits"],
         ]
     assert page.text("total-credits") == by_model["totals"]["credits"]

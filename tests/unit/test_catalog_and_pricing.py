@@ -174,3 +174,61 @@ def test_the_default_catalog_bounds_images_by_the_providers_rules(monkeypatch: p
 def test_charge_is_exact() -> None:
     model = parse_catalog([entry("acme/a", "0.15", "0.60")], "t").get("acme/a")
     assert charge_nanos(model, 12, 34) == 12 * 150 + 34 * 600
+
+
+@pytest.mark.parametrize("available", [0, 8_000, 8_999, 9_000, 11_999, 12_000, 1_200_000, 10**12])
+def test_the_largest_max_tokens_is_the_exact_edge_of_the_balance(available: int) -> None:
+    from conduix.pricing import Attempt, largest_max_tokens
+
+    # prompt 1000 tokens at 8/M = 8,000 nanos; each output token costs 1,000 nanos (two choices)
+    catalog = parse_catalog([entry("acme/a", "0.008", "0.5", max_output_tokens=1000)], "t")
+    attempts = plan_attempts(catalog.chain("acme/a"), requested_max_tokens=600, choices=2)
+    fits = largest_max_tokens(attempts, PromptShape(988, 1), available)
+    assert fits == min(max((available - 8_000) // 1_000, 0), 600)
+
+    def hold(budget: int) -> int:
+        return hold_nanos([Attempt(attempts[0].model, budget, 2)], PromptShape(988, 1))
+
+    if fits:
+        assert hold(fits) <= available
+    if fits < 600:
+        assert hold(fits + 1) > available
+
+
+def test_hold_advice_names_the_hold_the_field_and_the_largest_budget() -> None:
+    from conduix.pricing import hold_advice
+
+    catalog = parse_catalog([entry("acme/a", "0", "1000", max_output_tokens=4096)], "t")
+    attempts = plan_attempts(catalog.chain("acme/a"), requested_max_tokens=4000, choices=1)
+    hold = hold_nanos(attempts, PromptShape(88, 1))
+    advice = hold_advice(
+        attempts, PromptShape(88, 1), hold, 2_500_000_000, requested=4000, field="max_tokens"
+    )
+    assert advice == (
+        "This request holds 4 credits: its prompt plus max_tokens=4000, at acme/a's price. "
+        "Set 'max_tokens' to 2500 or less to fit the balance."
+    )
+    unset = plan_attempts(catalog.chain("acme/a"), requested_max_tokens=None, choices=1)
+    text = hold_advice(
+        unset,
+        PromptShape(88, 1),
+        hold_nanos(unset, PromptShape(88, 1)),
+        10**6,
+        requested=None,
+        field="max_completion_tokens",
+    )
+    assert text is not None and "4096 output tokens (acme/a's limit, because 'max_completion_tokens'" in text
+    # when not even one output token fits, changing max_tokens cannot help: no advice
+    priced = parse_catalog([entry("acme/b", "1000", "1000")], "t")
+    tight = plan_attempts(priced.chain("acme/b"), requested_max_tokens=10, choices=1)
+    assert (
+        hold_advice(
+            tight,
+            PromptShape(88, 1),
+            hold_nanos(tight, PromptShape(88, 1)),
+            100_000,
+            requested=10,
+            field="max_tokens",
+        )
+        is None
+    )

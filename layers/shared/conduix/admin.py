@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from conduix import clock, keys, notices, orgs, reloads, wallets
 from conduix.billing import wallet_view
+from conduix.config import settings
+from conduix.dynamo import s
 from conduix.errors import InvalidRequest
 from conduix.money import format_credits, parse_credits
 from conduix.validation import resource_id, text_field
@@ -83,3 +90,118 @@ def set_billing(org_id: str, body: dict[str, Any]) -> dict[str, Any]:
             notices.auto_reload_turned_off(org.email, org.name, reason)
     wallets.set_billing_mode(org_id, str(mode), now)
     return {**get_org(org_id), "auto_reload_turned_off": reload_turned_off}
+
+
+# ------------------------------------------------------------------ look-ups
+
+_ORG_PK = re.compile(r"^ORG#org_[0-9a-f]{16}$")
+_BAD_CURSOR = "'cursor' is not one this API gave out."
+
+
+def _cursor_out(key: dict[str, Any]) -> str:
+    payload = {"p": key["pk"]["S"], "e": key["email_lc"]["S"]}
+    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode()
+
+
+def _cursor_in(cursor: str) -> dict[str, Any]:
+    """Opaque, not signed: it only says where an operator's listing resumes, so a forged one
+    can do no more than skip. It is still checked strictly, so it cannot reach DynamoDB malformed."""
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
+        pk, email = data["p"], data["e"]
+    except (ValueError, KeyError, TypeError, UnicodeEncodeError, binascii.Error):
+        raise InvalidRequest(_BAD_CURSOR, param="cursor") from None
+    if (
+        not isinstance(pk, str)
+        or not _ORG_PK.match(pk)
+        or not isinstance(email, str)
+        or not 0 < len(email) <= 320
+    ):
+        raise InvalidRequest(_BAD_CURSOR, param="cursor")
+    return {"pk": s(pk), "sk": s("ORG"), "directory": s("org"), "email_lc": s(email)}
+
+
+def list_orgs(query: Mapping[str, str]) -> dict[str, Any]:
+    """GET /admin/orgs?email=&name=&limit=&cursor=: orgs in email order. `email` matches the
+    start of the address, `name` any part of the name, both ignoring case."""
+    email = query.get("email") or None
+    name = query.get("name") or None
+    for field, value in (("email", email), ("name", name)):
+        if value is not None and (len(value) > 200 or not value.isprintable()):
+            raise InvalidRequest(f"'{field}' must be up to 200 printable characters.", param=field)
+    try:
+        limit = int(query.get("limit") or 50)
+    except ValueError:
+        raise InvalidRequest("'limit' must be an integer.", param="limit") from None
+    if not 1 <= limit <= 200:
+        raise InvalidRequest("'limit' must be between 1 and 200.", param="limit")
+    start = _cursor_in(query["cursor"]) if query.get("cursor") else None
+    found, next_key = orgs.search_orgs(email, name, limit, start)
+    cursor = _cursor_out(next_key) if next_key else None
+    return {
+        "object": "list",
+        "data": [
+            {"org_id": o.org_id, "name": o.name, "email": o.email, "created_at": o.created_at} for o in found
+        ],
+        "has_more": cursor is not None,
+        "next_cursor": cursor,
+    }
+
+
+def list_holds(org_id: str) -> dict[str, Any]:
+    """GET /admin/orgs/{org_id}/holds: open holds, oldest first, with their age."""
+    orgs.get_org(resource_id(org_id, "org"))
+    now = int(clock.now().timestamp())
+    ttl = settings().hold_ttl_seconds
+    holds = sorted(wallets.open_holds(org_id), key=lambda h: (h.expires_at, h.request_id))
+    return {
+        "object": "list",
+        "data": [
+            {
+                "request_id": h.request_id,
+                "amount": format_credits(h.amount),
+                "model": h.model,
+                "key_id": h.key_id,
+                # A hold stores its expiry; it was placed one hold lifetime before it.
+                "placed_at": clock.iso(datetime.fromtimestamp(h.expires_at - ttl, UTC)),
+                "expires_at": clock.iso(datetime.fromtimestamp(h.expires_at, UTC)),
+                "age_seconds": max(now - (h.expires_at - ttl), 0),
+                "expired": h.expires_at <= now,
+            }
+            for h in holds
+        ],
+        "unit": "credits",
+    }
+
+
+def release_hold(org_id: str, request_id: str) -> dict[str, Any]:
+    """DELETE /admin/orgs/{org_id}/holds/{request_id}: free one stuck hold (see
+    wallets.release_stuck_hold), with an audit entry in the org's ledger. A hold whose request
+    was served and waits for a deferred settle is billed instead, never released."""
+    orgs.get_org(resource_id(org_id, "org"))
+    resource_id(request_id, "hold")
+    now = clock.now()
+    settled = wallets.settle_pending_hold(org_id, request_id, now)
+    if settled is not None:
+        pending, outcome = settled
+        return {
+            "request_id": request_id,
+            "action": "settled",  # its usage was delivered: billed, as HoldSweeper would
+            "outcome": outcome.value,
+            "cost": format_credits(pending.usage.cost),
+            "wallet": wallet_view(wallets.get_wallet(org_id)),
+        }
+    hold, entry = wallets.release_stuck_hold(org_id, request_id, now)
+    return {
+        "request_id": hold.request_id,
+        "action": "released",
+        "released": format_credits(hold.amount),
+        "ledger_entry": {
+            "id": entry.entry_id,
+            "type": entry.entry_type,
+            "amount": format_credits(entry.amount),
+            "description": entry.description,
+            "created_at": entry.created_at,
+        },
+        "wallet": wallet_view(wallets.get_wallet(org_id)),
+    }

@@ -249,6 +249,16 @@ def _serve(
         )
     except InsufficientCredits as refusal:
         _ran_dry(org_id, refusal, now)
+        advice = pricing.hold_advice(
+            attempts,
+            request.prompt,
+            hold,
+            refusal.available_nanos,
+            requested=request.max_tokens,
+            field=request.max_tokens_field,
+        )
+        if advice:  # the documented first sentence stays; what to change follows it
+            refusal.message = f"{refusal.message} {advice}"
         raise
     started = time.monotonic()
     payload = functools.partial(chat.upstream_payload, request)

@@ -92,9 +92,11 @@ class InsufficientCredits(ConduixError):
         available_nanos: int,
         already_paused: bool = False,
         reload_can_start: bool = False,
+        balance_nanos: int | None = None,
     ) -> None:
         super().__init__(message)
         self.available_nanos = available_nanos
+        self.balance_nanos = balance_nanos  # the settled balance, as every completion reports it
         # What the refused write saw, so the follow-up writes are made only when they can succeed.
         self.already_paused = already_paused
         self.reload_can_start = reload_can_start

@@ -59,6 +59,8 @@ def error_body(exc: errors.ConduixError) -> tuple[int, dict[str, Any], dict[str,
         headers["Allow"] = ", ".join(exc.allowed)
     if isinstance(exc, errors.RateLimited | errors.RequestInProgress):
         headers["Retry-After"] = str(exc.retry_after_seconds)
+    if isinstance(exc, errors.InsufficientCredits) and exc.balance_nanos is not None:
+        headers["x-conduix-balance"] = format_credits(exc.balance_nanos)
     if isinstance(exc, errors.SpendCapExceeded):
         inner["limit"] = format_credits(exc.limit_nanos)
         inner["period"] = exc.period

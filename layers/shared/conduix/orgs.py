@@ -87,6 +87,7 @@ def create_org(name: str, email: str, now: datetime) -> Org:
                         "name": s(name),
                         "email": s(email),
                         "created_at": s(created),
+                        **directory_attributes(name, email),
                     },
                     "ConditionExpression": "attribute_not_exists(pk)",
                 }
@@ -138,6 +139,77 @@ def get_org(org_id: str) -> Org:
         po_number=as_str(item, "po_number") or None,
         net_terms_days=as_int(item, "net_terms_days", 30),
     )
+
+
+# ------------------------------------------------------------------ the operator's org directory
+#
+# Org items carry `directory` (always "org") and `email_lc`, so the sparse GSI `by_org_directory`
+# (hash: directory, range: email_lc) lists every org and nothing else, in email order. An email
+# search is a key condition (begins_with on email_lc): it reads only the matching entries. A name
+# search is a filter (contains on name_lc) over that index: it reads the directory, which holds
+# only org entries of ~150 bytes (about 27 per read unit, eventually consistent), and never the
+# ledger or usage items a table Scan would. One hash value puts every org in one index
+# partition; org creation is far below its 1,000 writes a second.
+DIRECTORY_INDEX = "by_org_directory"
+_MAX_READ_PER_PAGE = 2000  # index entries one search call may read before it hands back a cursor
+
+
+def directory_attributes(name: str, email: str) -> Item:
+    return {"directory": s("org"), "email_lc": s(email.lower()), "name_lc": s(name.lower())}
+
+
+@dataclass(frozen=True)
+class OrgSummary:
+    org_id: str
+    name: str
+    email: str
+    created_at: str
+
+
+def search_orgs(
+    email_prefix: str | None, name_part: str | None, limit: int, start: Item | None
+) -> tuple[list[OrgSummary], Item | None]:
+    """Orgs whose email starts with `email_prefix` and whose name contains `name_part` (both
+    case-insensitive, either optional), in email order. Returns the page and the key to start
+    the next one from (None at the end)."""
+    kwargs: dict[str, Any] = {
+        "TableName": settings().billing_table,
+        "IndexName": DIRECTORY_INDEX,
+        "KeyConditionExpression": "directory = :d"
+        + (" AND begins_with(email_lc, :e)" if email_prefix else ""),
+        "ExpressionAttributeValues": {
+            ":d": s("org"),
+            **({":e": s(email_prefix.lower())} if email_prefix else {}),
+            **({":n": s(name_part.lower())} if name_part else {}),
+        },
+        **({"FilterExpression": "contains(name_lc, :n)"} if name_part else {}),
+    }
+    found: list[OrgSummary] = []
+    read = 0
+    last_key: Item | None = start
+    while True:
+        if last_key:
+            kwargs["ExclusiveStartKey"] = last_key
+        kwargs["Limit"] = min(limit - len(found), 200) if not name_part else 200
+        page = client().query(**kwargs)
+        read += int(page.get("ScannedCount", 0))
+        for item in page.get("Items", []):
+            found.append(
+                OrgSummary(
+                    as_str(item, "org_id"),
+                    as_str(item, "name"),
+                    as_str(item, "email"),
+                    as_str(item, "created_at"),
+                )
+            )
+            last_key = {k: item[k] for k in ("pk", "sk", "directory", "email_lc")}
+            if len(found) == limit:  # (if it was the very last org, the next page is empty)
+                return found, last_key
+        if "LastEvaluatedKey" not in page:
+            return found, None
+        last_key = page["LastEvaluatedKey"]
+        if read >= _MAX_READ_PER_PAGE:  # a rare name: hand back what was found, and where to go on
+            return found, last_key
 
 
 def _org_key(org_id: str) -> Item:

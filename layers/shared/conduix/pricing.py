@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from conduix.catalog import Model, PromptBounds
-from conduix.money import cost_nanos
+from conduix.money import cost_nanos, format_credits
 
 
 @dataclass(frozen=True)
@@ -78,4 +78,52 @@ def hold_nanos(attempts: list[Attempt], prompt: PromptShape) -> int:
 def charge_nanos(model: Model, prompt_tokens: int, completion_tokens: int) -> int:
     return cost_nanos(
         prompt_tokens, completion_tokens, model.pricing.input_per_million, model.pricing.output_per_million
+    )
+
+
+def largest_max_tokens(attempts: list[Attempt], prompt: PromptShape, available: int) -> int:
+    """The largest per-choice output budget whose hold `available` covers (0 if none does).
+    The hold grows with the budget, so a binary search over it finds the edge exactly."""
+    low, high = 0, max(a.max_tokens for a in attempts)
+
+    def fits(budget: int) -> bool:
+        trial = [Attempt(a.model, min(budget, a.model.max_output_tokens), a.choices) for a in attempts]
+        return hold_nanos(trial, prompt) <= available
+
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low if low and fits(low) else 0
+
+
+def hold_advice(
+    attempts: list[Attempt],
+    prompt: PromptShape,
+    hold: int,
+    available: int,
+    *,
+    requested: int | None,
+    field: str,
+) -> str | None:
+    """What to change when the balance covers the request's likely cost but not its hold.
+
+    The likely cost is the prompt plus at least one output token: when even that is beyond the
+    balance, no smaller output budget helps and there is nothing to advise."""
+    fits = largest_max_tokens(attempts, prompt, available)
+    if fits < 1:
+        return None
+    first = attempts[0]
+    budget = (
+        f"{field}={requested}"
+        if requested is not None
+        else f"{first.max_tokens} output tokens ({first.model.id}'s limit, because '{field}' was not set)"
+    )
+    per_choice = f" for each of n={first.choices} choices" if first.choices > 1 else ""
+    return (
+        f"This request holds {format_credits(hold)} credits: its prompt plus {budget}{per_choice}, "
+        + (f"at {first.model.id}'s price. " if len(attempts) == 1 else "at its dearest fallback's price. ")
+        + f"Set '{field}' to {fits} or less to fit the balance."
     )

@@ -4,10 +4,14 @@ access and shaping)."""
 from __future__ import annotations
 
 import base64
+import csv
 import hashlib
 import hmac
+import io
 import json
 import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
@@ -20,6 +24,79 @@ from conduix.money import format_credits
 MAX_PAGE = 200
 MAX_USAGE_DAYS = 366
 GROUPS = ("model", "day", "key")
+# Every `kind` the product writes to the ledger (a unit test checks the code against this list).
+ENTRY_TYPES = (
+    "top_up",
+    "auto_reload",
+    "plan_credits",
+    "grant",
+    "invoice_payment",
+    "usage",
+    "refund",
+    "dispute",
+    "dispute_won",
+    "hold_release",
+)
+# A CSV export holds the whole range asked for, up to this many rows; beyond, a 400 asks for a
+# narrower range (a Lambda answer is at most 6 MB: 10,000 ledger rows are about 1.5 MB).
+MAX_EXPORT_ROWS = 10_000
+FORMATS = ("json", "csv")
+
+
+@dataclass(frozen=True)
+class Export:
+    filename: str
+    text: str
+
+
+def wants_csv(query: Mapping[str, str]) -> bool:
+    fmt = query.get("format") or "json"
+    if fmt not in FORMATS:
+        raise InvalidRequest("'format' must be json or csv.", param="format")
+    return fmt == "csv"
+
+
+def _whole_range_only(query: Mapping[str, str]) -> None:
+    for name in ("limit", "cursor"):
+        if query.get(name):
+            raise InvalidRequest(
+                f"A CSV export holds the whole range, not a page: drop '{name}' and narrow it "
+                "with 'from', 'to' or 'type' instead.",
+                param=name,
+            )
+
+
+def _too_large(what: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"The export would hold more than {MAX_EXPORT_ROWS:,} {what}; narrow it with 'from' and 'to'.",
+        param="from",
+        code="export_too_large",
+    )
+
+
+# A cell a spreadsheet would run as a formula starts with one of these (OWASP, "CSV Injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# Amounts and counts are ours, exact decimals such as "-0.5": a spreadsheet reads them as numbers,
+# never as formulas, so they go out untouched. Anything else that could start a formula (a
+# description, a model or key name) gets a leading apostrophe, which spreadsheets show as text.
+_PLAIN_NUMBER = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
+
+
+def csv_cell(value: object) -> str:
+    text = "" if value is None else str(value)
+    if text.startswith(_FORMULA_START) and not _PLAIN_NUMBER.match(text):
+        return "'" + text
+    return text
+
+
+def to_csv(columns: tuple[str, ...], rows: list[dict[str, Any]]) -> str:
+    """RFC 4180 text: a header row, CRLF line ends, quotes only where a cell needs them."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([csv_cell(row.get(c)) for c in columns])
+    return out.getvalue()
 
 
 # A cursor carries the running balance where the page ends, so the next page needs no read of
@@ -78,47 +155,109 @@ def _query_lines(org_id: str, limit: int, after_sk: str | None) -> tuple[list[It
     return page.get("Items", []), "LastEvaluatedKey" in page
 
 
-def ledger_page(org_id: str, limit_text: str | None, cursor: str | None) -> dict[str, Any]:
-    """Newest first, each entry with the balance right after it.
+@dataclass(frozen=True)
+class LedgerFilter:
+    """Which entries a ledger read returns. Every entry is still read, newest first, because each
+    row's balance is the wallet's balance minus every newer entry, shown or not."""
 
-    The running balance starts from the wallet's balance, read before and after the page;
-    if a movement landed in between, the page is read again, so the figures are exact."""
+    entry_type: str | None = None
+    first: date | None = None  # UTC days, inclusive
+    last: date | None = None
+
+    def matches(self, item: Item) -> bool:
+        day = as_str(item, "created_at")[:10]
+        return (self.entry_type is None or as_str(item, "entry_type") == self.entry_type) and (
+            self.last is None or day <= self.last.isoformat()
+        )
+
+    def ended(self, item: Item) -> bool:
+        """Newest first: once an entry is older than `from`, so is every one after it."""
+        return self.first is not None and as_str(item, "created_at")[:10] < self.first.isoformat()
+
+    @property
+    def narrows(self) -> bool:
+        return self.entry_type is not None or self.last is not None
+
+
+def ledger_filter(query: Mapping[str, str]) -> LedgerFilter:
+    entry_type = query.get("type") or None
+    if entry_type is not None and entry_type not in ENTRY_TYPES:
+        raise InvalidRequest(
+            f"'type' must be one of: {', '.join(ENTRY_TYPES)}.", param="type", code="invalid_entry_type"
+        )
+    first = _day(query.get("from"), "from", None)
+    last = _day(query.get("to"), "to", None)
+    if first and last and last < first:
+        raise InvalidRequest("'to' must not be before 'from'.", param="to")
+    return LedgerFilter(entry_type, first, last)
+
+
+def _walk(org_id: str, cursor: str | None, chunk: int) -> Iterator[tuple[Item, int]]:
+    """Every ledger line from the newest (or from the cursor) back, each with the balance right
+    after it. Without a cursor the running balance starts from the wallet's balance, read before
+    and after the first chunk; if a movement landed in between, the chunk is read again, so the
+    figures are exact. Older chunks cannot change: new entries only ever sort first."""
+    if cursor:
+        after_sk, running = _cursor_in(org_id, cursor)
+        items, more = _query_lines(org_id, chunk, after_sk)
+    else:
+        for _ in range(5):
+            before = wallets.get_wallet(org_id).balance
+            items, more = _query_lines(org_id, chunk, None)
+            if wallets.get_wallet(org_id).balance == before:
+                break
+        running = before
+    while True:
+        for item in items:
+            yield item, running
+            running -= as_int(item, "amount")
+        if not more or not items:
+            return
+        items, more = _query_lines(org_id, chunk, as_str(items[-1], "sk"))
+
+
+def _entry(item: Item, balance_after: int) -> dict[str, Any]:
+    entry_id = as_str(item, "entry_id")
+    return {
+        "id": entry_id,
+        "type": as_str(item, "entry_type"),
+        "amount": format_credits(as_int(item, "amount")),
+        "balance_after": format_credits(balance_after),
+        "description": as_str(item, "description"),
+        "reference": entry_id.split(":", 1)[1] if ":" in entry_id else entry_id,
+        "created_at": as_str(item, "created_at"),
+        **({"model": as_str(item, "model")} if "model" in item else {}),
+        # Invoice mode: the part of a usage entry the month's invoice bills.
+        **({"invoiced": format_credits(as_int(item, "invoiced"))} if "invoiced" in item else {}),
+    }
+
+
+def ledger_page(
+    org_id: str, limit_text: str | None, cursor: str | None, query: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Newest first, each entry with the balance right after it; `type`, `from` and `to` in
+    `query` narrow the rows (never the balances)."""
     try:
         limit = int(limit_text) if limit_text else 50
     except ValueError:
         raise InvalidRequest("'limit' must be an integer.", param="limit") from None
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidRequest(f"'limit' must be between 1 and {MAX_PAGE}.", param="limit")
-    if cursor:
-        after_sk, running = _cursor_in(org_id, cursor)
-        items, more = _query_lines(org_id, limit, after_sk)
-    else:
-        for _ in range(5):
-            before = wallets.get_wallet(org_id).balance
-            items, more = _query_lines(org_id, limit, None)
-            if wallets.get_wallet(org_id).balance == before:
-                break
-        running = before
-    entries = []
-    for item in items:
-        amount = as_int(item, "amount")
-        entry_id = as_str(item, "entry_id")
-        entries.append(
-            {
-                "id": entry_id,
-                "type": as_str(item, "entry_type"),
-                "amount": format_credits(amount),
-                "balance_after": format_credits(running),
-                "description": as_str(item, "description"),
-                "reference": entry_id.split(":", 1)[1] if ":" in entry_id else entry_id,
-                "created_at": as_str(item, "created_at"),
-                **({"model": as_str(item, "model")} if "model" in item else {}),
-                # Invoice mode: the part of a usage entry the month's invoice bills.
-                **({"invoiced": format_credits(as_int(item, "invoiced"))} if "invoiced" in item else {}),
-            }
-        )
-        running -= amount
-    next_cursor = _cursor_out(org_id, as_str(items[-1], "sk"), running) if more and items else None
+    wanted = ledger_filter(query or {})
+    entries: list[dict[str, Any]] = []
+    next_cursor = None
+    last: tuple[str, int] | None = None  # where the page ends: the last row's key and the balance before it
+    for item, balance_after in _walk(org_id, cursor, MAX_PAGE if wanted.narrows else limit + 1):
+        if wanted.ended(item):
+            break
+        if not wanted.matches(item):
+            continue
+        if len(entries) == limit:  # one more row exists: the page has a next one
+            assert last is not None
+            next_cursor = _cursor_out(org_id, *last)
+            break
+        entries.append(_entry(item, balance_after))
+        last = (as_str(item, "sk"), balance_after - as_int(item, "amount"))
     return {
         "object": "list",
         "data": entries,
@@ -127,10 +266,41 @@ def ledger_page(org_id: str, limit_text: str | None, cursor: str | None) -> dict
     }
 
 
+LEDGER_COLUMNS = (
+    "created_at",
+    "id",
+    "type",
+    "description",
+    "model",
+    "amount",
+    "invoiced",
+    "balance_after",
+    "reference",
+)
+
+
+def ledger_export(org_id: str, query: Mapping[str, str]) -> Export:
+    """GET /v1/billing/ledger?format=csv: every entry the filters select (not one page), the
+    same rows and figures as the JSON, newest first."""
+    _whole_range_only(query)
+    wanted = ledger_filter(query)
+    rows: list[dict[str, Any]] = []
+    for item, balance_after in _walk(org_id, None, MAX_PAGE):
+        if wanted.ended(item):
+            break
+        if wanted.matches(item):
+            if len(rows) == MAX_EXPORT_ROWS:
+                raise _too_large("ledger entries")
+            rows.append(_entry(item, balance_after))
+    span = f"{wanted.first or 'start'}_{wanted.last or clock.now().date()}"
+    kind = f"-{wanted.entry_type}" if wanted.entry_type else ""
+    return Export(f"conduix-ledger{kind}-{org_id}-{span}.csv", to_csv(LEDGER_COLUMNS, rows))
+
+
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
-def _day(value: str | None, name: str, default: date) -> date:
+def _day(value: str | None, name: str, default: date | None) -> date | None:
     if not value:
         return default
     try:
@@ -141,11 +311,11 @@ def _day(value: str | None, name: str, default: date) -> date:
         raise InvalidRequest(f"'{name}' must be a date such as 2026-11-01.", param=name) from None
 
 
-def usage_report(org_id: str, query: dict[str, str]) -> dict[str, Any]:
+def usage_report(org_id: str, query: Mapping[str, str]) -> dict[str, Any]:
     """GET /v1/usage?from=&to=&group_by=model|day|key (or a combination such as model,day)."""
     today = clock.now().date()
-    first = _day(query.get("from"), "from", today.replace(day=1))
-    last = _day(query.get("to"), "to", today)
+    first = _day(query.get("from"), "from", None) or today.replace(day=1)
+    last = _day(query.get("to"), "to", None) or today
     if last < first:
         raise InvalidRequest("'to' must not be before 'from'.", param="to")
     if (last - first).days >= MAX_USAGE_DAYS:
@@ -206,3 +376,16 @@ def usage_report(org_id: str, query: dict[str, str]) -> dict[str, Any]:
         "totals": shaped(totals),
         "unit": "credits",
     }
+
+
+USAGE_COUNTS = ("requests", "cache_hits", "prompt_tokens", "completion_tokens", "credits", "saved_credits")
+
+
+def usage_export(org_id: str, query: Mapping[str, str]) -> Export:
+    """GET /v1/usage?format=csv: the JSON's `data` rows (not its totals), one per group."""
+    report = usage_report(org_id, query)
+    dims = tuple("key_id" if g == "key" else g for g in report["group_by"])
+    if len(report["data"]) > MAX_EXPORT_ROWS:
+        raise _too_large("rows")
+    name = f"conduix-usage-{org_id}-{report['from']}_{report['to']}.csv"
+    return Export(name, to_csv(dims + USAGE_COUNTS, report["data"]))

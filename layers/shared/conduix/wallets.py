@@ -321,6 +321,7 @@ def _refusal(org_id: str, old: Item, amount: int, window: str, now: datetime) ->
         return InsufficientCredits(
             f"Insufficient credits. Current balance: {format_credits(wallet.available)} credits.",
             available_nanos=wallet.available,
+            balance_nanos=wallet.balance,
             already_paused=wallet.paused,
             reload_can_start=reload.enabled and not reload.due and wallet.available < reload.threshold,
         )
@@ -734,6 +735,19 @@ def _query_prefix(org_id: str, prefix: str) -> list[Item]:
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
+def settle_pending_hold(
+    org_id: str, request_id: str, now: datetime
+) -> tuple[PendingSettle, SettleOutcome] | None:
+    """Settle one hold's deferred settle now, exactly as HoldSweeper does; None if it has none."""
+    pending = next((p for p in pending_settles(org_id) if p.request_id == request_id), None)
+    if pending is None:
+        return None
+    outcome = settle(org_id, request_id, pending.hold_amount, pending.usage, now, from_pending=True)
+    if outcome is not SettleOutcome.SETTLED:  # its first settle had landed after all
+        drop_pending(org_id, request_id)
+    return pending, outcome
+
+
 def release(org_id: str, request_id: str, hold_amount: int) -> bool:
     """Return a hold untouched (the request failed). False if it was already closed."""
     try:
@@ -966,6 +980,75 @@ def open_holds(org_id: str) -> tuple[Hold, ...]:
         .get("Item")
     )
     return _wallet_from_item(org_id, item).holds if item else ()
+
+
+def release_stuck_hold(org_id: str, request_id: str, now: datetime) -> tuple[Hold, LedgerEntry]:
+    """The operator frees one hold by hand, on the sweeper's condition (the hold still open
+    with its amount), so a racing settle or sweep and this call close it exactly once. The same
+    transaction appends a ledger entry that moves no money (`hold_release:<request id>`): the
+    audit trail of a hand-made change. Raises NotFound if no such hold is open. A hold with a
+    deferred settle is settled instead, as HoldSweeper would (see `settle_pending_hold`)."""
+    hold = next((h for h in open_holds(org_id) if h.request_id == request_id), None)
+    if hold is None:
+        raise NotFound(f"No open hold '{request_id}' for org '{org_id}'.")
+    marker, line = _ledger_items(
+        org_id,
+        kind="hold_release",
+        key=request_id,
+        amount=0,
+        now=now,
+        description=(
+            f"Hold of {format_credits(hold.amount)} credits released by the operator "
+            f"({hold.model}, key {hold.key_id}); nothing billed"
+        ),
+        extra={"model": s(hold.model), "key_id": s(hold.key_id), "released_nanos": n(hold.amount)},
+    )
+    table = settings().billing_table
+    items: list[Any] = [
+        {
+            "Update": {
+                "TableName": table,
+                "Key": wallet_key(org_id),
+                # The expression and condition of `release`, which HoldSweeper uses.
+                "UpdateExpression": (
+                    "REMOVE holds.#rid ADD held :nh, available :h, committed :nh, cap_remaining :h"
+                ),
+                "ConditionExpression": "holds.#rid.a = :h",
+                "ExpressionAttributeNames": {"#rid": request_id},
+                "ExpressionAttributeValues": {":h": n(hold.amount), ":nh": n(-hold.amount)},
+            }
+        },
+        {"Put": {"TableName": table, "Item": marker, "ConditionExpression": "attribute_not_exists(pk)"}},
+        {"Put": {"TableName": table, "Item": line}},
+        # A hold whose usage was delivered (a deferred settle waits for it) is never released:
+        # one recorded between our read and this write cancels the release.
+        {
+            "ConditionCheck": {
+                "TableName": table,
+                "Key": pending_key(org_id, request_id),
+                "ConditionExpression": "attribute_not_exists(pk)",
+            }
+        },
+    ]
+    try:
+        retrying(lambda: client().transact_write_items(TransactItems=items))
+    except ClientError as exc:
+        reasons = cancellation_reasons(exc)
+        if error_code(exc) != "TransactionCanceledException" or len(reasons) != 4:
+            raise
+        if reasons[3].get("Code") == "ConditionalCheckFailed":
+            raise Conflict(
+                f"Request '{request_id}' was served and its settle is pending: it will be billed, "
+                "not released. Retry to settle it now.",
+                code="hold_closed",
+            ) from None
+        if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons):
+            raise Conflict(
+                f"Hold '{request_id}' closed meanwhile (settled, swept or released); nothing was changed.",
+                code="hold_closed",
+            ) from None
+        raise
+    return hold, _entry_from_item(marker)
 
 
 def prune_rate_windows(org_id: str, now: datetime) -> int:

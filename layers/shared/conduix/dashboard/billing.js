@@ -19,6 +19,9 @@
     refund: "Refund",
     dispute: "Dispute",
     invoice: "Invoice",
+    invoice_payment: "Invoice payment",
+    hold_release: "Hold released",
+    dispute_won: "Dispute won",
   };
 
   // ------------------------------------------------------------------ balance, plan, reload
@@ -194,7 +197,7 @@
       C.clear(body);
       rows.forEach(function (inv) {
         var name = inv.number || inv.id;
-        var links = el("td", { class: "links" });
+        var links = el("td", { class: "links action" });
         var hosted = C.safeUrl(inv.hosted_invoice_url);
         var pdf = C.safeUrl(inv.invoice_pdf);
         if (hosted)
@@ -237,8 +240,14 @@
     );
   }
 
+  function ledgerQuery() {
+    var type = $("ledger-type").value;
+    return type ? "type=" + encodeURIComponent(type) : "";
+  }
+
   function loadLedger(more) {
-    var path = "v1/billing/ledger?limit=" + LEDGER_PAGE;
+    var filter = ledgerQuery();
+    var path = "v1/billing/ledger?limit=" + LEDGER_PAGE + (filter ? "&" + filter : "");
     if (more && state.cursor) path += "&cursor=" + encodeURIComponent(state.cursor);
     return C.get(path).then(function (page) {
       var body = $("ledger").tBodies[0];
@@ -350,6 +359,24 @@
     state.wired = true;
     $("reload-form").addEventListener("submit", onReloadSubmit);
     $("ledger-more").addEventListener("click", onLoadMore);
+    $("ledger-type").addEventListener("change", function () {
+      C.clearError("ledger-error");
+      loadLedger(false).catch(function (err) {
+        C.showError("ledger-error", err.message, null);
+      });
+    });
+    $("ledger-download").addEventListener("click", function (event) {
+      var filter = ledgerQuery();
+      C.clearError("ledger-error");
+      C.busy(event.currentTarget, C.download("v1/billing/ledger?format=csv" + (filter ? "&" + filter : ""), "ledger.csv")).then(
+        function (name) {
+          C.setText("ledger-status", "Saved " + name + ".");
+        },
+        function (err) {
+          C.showError("ledger-error", err.message, null);
+        }
+      );
+    });
   }
 
   function onSignedIn(billing) {

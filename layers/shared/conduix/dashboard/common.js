@@ -120,6 +120,54 @@
     );
   }
 
+  /* A CSV export saved as a file. The key travels only in the Authorization header, so the
+     file is fetched here and handed to the browser as a Blob (no key in a URL). */
+  function download(path, fallbackName) {
+    var key = getKey();
+    var init = {
+      method: "GET",
+      headers: key ? { Authorization: "Bearer " + key, Accept: "text/csv" } : { Accept: "text/csv" },
+      cache: "no-store",
+      credentials: "omit",
+      referrerPolicy: "no-referrer",
+    };
+    return fetch(url(path), init).then(
+      function (response) {
+        if (!response.ok) {
+          return response.text().then(function (text) {
+            var data = null;
+            try {
+              data = JSON.parse(text);
+            } catch (e) {
+              data = null;
+            }
+            var err = (data && data.error) || {};
+            throw new ApiError(response.status, err.message || "The API answered " + response.status + ".", err.code, data);
+          });
+        }
+        var disposition = response.headers.get("Content-Disposition") || "";
+        var m = /filename="([^"]+)"/.exec(disposition);
+        var name = m ? m[1] : fallbackName;
+        return response.blob().then(function (blob) {
+          var link = document.createElement("a");
+          link.href = URL.createObjectURL(blob);
+          link.download = name;
+          link.hidden = true;
+          document.body.appendChild(link);
+          link.click();
+          window.setTimeout(function () {
+            URL.revokeObjectURL(link.href);
+            link.remove();
+          }, 1000);
+          return name;
+        });
+      },
+      function () {
+        throw new ApiError(0, "Could not reach the Conduix API. Check your connection and try again.", "network");
+      }
+    );
+  }
+
   // ------------------------------------------------------------------ exact decimals
 
   /* "12.5" -> 12500000000n. Throws on anything that is not a plain decimal string. */
@@ -467,6 +515,7 @@
     del: function (path) {
       return request("DELETE", path);
     },
+    download: download,
     signedIn: function () {
       return !!getKey();
     },

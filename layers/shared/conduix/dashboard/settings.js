@@ -56,7 +56,7 @@
       var body = $("keys").tBodies[0];
       C.clear(body);
       rows.forEach(function (k) {
-        var action = el("td", {});
+        var action = el("td", { class: "action" });
         if (!k.revoked) {
           var button = el("button", { type: "button", class: "button subtle", "aria-label": "Revoke key " + k.name + " (" + k.key_id + ")", text: "Revoke" });
           button.addEventListener("click", function () {

@@ -27,6 +27,7 @@
   function renderModels(report) {
     var totals = report.totals;
     C.setText("total-credits", C.credits(totals.credits));
+    C.setText("total-answered", C.integer(Number(totals.requests) + Number(totals.cache_hits)));
     C.setText("total-requests", C.integer(totals.requests));
     C.setText("total-hits", C.integer(totals.cache_hits));
     C.setText("total-saved", C.credits(totals.saved_credits));
@@ -45,10 +46,10 @@
           { "data-model": r.model },
           el("th", { scope: "row", text: r.model }),
           el("td", { class: "num", text: C.integer(r.requests) }),
+          el("td", { class: "num", text: C.integer(r.cache_hits) }),
           el("td", { class: "num", text: C.integer(r.prompt_tokens) }),
           el("td", { class: "num", text: C.integer(r.completion_tokens) }),
           el("td", { class: "num", text: C.credits(r.credits) }),
-          el("td", { class: "num", text: C.integer(r.cache_hits) }),
           el("td", { class: "num", text: C.credits(r.saved_credits) })
         )
       );
@@ -62,10 +63,10 @@
           {},
           el("th", { scope: "row", text: "Total" }),
           el("td", { class: "num", text: C.integer(totals.requests) }),
+          el("td", { class: "num", text: C.integer(totals.cache_hits) }),
           el("td", { class: "num", text: C.integer(totals.prompt_tokens) }),
           el("td", { class: "num", text: C.integer(totals.completion_tokens) }),
           el("td", { class: "num", text: C.credits(totals.credits) }),
-          el("td", { class: "num", text: C.integer(totals.cache_hits) }),
           el("td", { class: "num", text: C.credits(totals.saved_credits) })
         )
       );
@@ -210,6 +211,16 @@
     load(C.formatDay(from), C.formatDay(today));
   }
 
+  function onDownload(event) {
+    var from = $("range-from").value;
+    var to = $("range-to").value;
+    C.clearError("range-error");
+    var path = "v1/usage?format=csv&group_by=model,day&from=" + encodeURIComponent(from) + "&to=" + encodeURIComponent(to);
+    C.busy(event.currentTarget, C.download(path, "usage.csv")).catch(function (err) {
+      C.showError("range-error", err.message, null);
+    });
+  }
+
   function onResize() {
     window.clearTimeout(state.resizeTimer);
     state.resizeTimer = window.setTimeout(function () {
@@ -221,6 +232,7 @@
     if (!state.wired) {
       state.wired = true;
       $("range-form").addEventListener("submit", onSubmit);
+      $("usage-download").addEventListener("click", onDownload);
       document.querySelectorAll("[data-preset]").forEach(function (b) {
         b.addEventListener("click", onPreset);
       });
