@@ -66,6 +66,23 @@ def get_usage() -> Response[Any]:
     return _json(statements.usage_report(_org_id(), query))
 
 
+@app.get("/v1/billing/notices")
+def get_notices() -> dict[str, Any]:
+    query = app.current_event.query_string_parameters or {}
+    return billing.notices_view(_org_id(), query.get("limit"))
+
+
+@app.get("/v1/billing/alerts")
+def get_alerts() -> dict[str, Any]:
+    return billing.alerts_view(_org_id())
+
+
+@app.put("/v1/billing/alerts")
+def put_alerts() -> dict[str, Any]:
+    org_id = _org_id()
+    return billing.set_alerts(org_id, api.json_body(app))
+
+
 @app.get("/v1/billing/api-keys")
 def get_api_keys() -> dict[str, Any]:
     return keys.list_keys(_org_id())

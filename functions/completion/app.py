@@ -1,6 +1,6 @@
-"""Completion: POST /v1/chat/completions and GET /v1/models (wiring only).
+"""Completion: POST /v1/chat/completions, POST /v1/embeddings and GET /v1/models (wiring only).
 
-No Powertools resolver here: two routes don't need one, and the import time it saves is
+No Powertools resolver here: three routes don't need one, and the import time it saves is
 cold-start time on the hottest function.
 """
 
@@ -23,6 +23,9 @@ copy_config_to_registered_loggers(source_logger=logger, include={"conduix"})
 # The function's own timeout bounds a request (the integration streams, so API Gateway's 29 s
 # limit does not apply); keep time to settle or release after the provider answers.
 _SETTLE_MARGIN_SECONDS = 2.0
+# /v1/embeddings stays a buffered integration, which API Gateway gives up on after 29 s.
+_BUFFERED_SECONDS = 29.0
+_BILLED = ("/v1/chat/completions", "/v1/embeddings")
 
 
 def _route(request: http.Request, context: Any) -> dict[str, Any]:
@@ -30,16 +33,23 @@ def _route(request: http.Request, context: Any) -> dict[str, Any]:
         if request.method != "GET":
             raise MethodNotAllowed(f"{request.method} is not allowed on /v1/models.", ["GET"])
         return http.json_result(200, completion.list_models())
-    if request.path != "/v1/chat/completions":
+    if request.path not in _BILLED:
         raise NotFound(f"Unknown route: {request.method} {request.path}")
     if request.method != "POST":
-        raise MethodNotAllowed(f"{request.method} is not allowed on /v1/chat/completions.", ["POST"])
+        raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}.", ["POST"])
     principal = None
     try:
         principal = authenticate(request.headers, "inference")
         remaining = context.get_remaining_time_in_millis() / 1000
         deadline = time.monotonic() + remaining - _SETTLE_MARGIN_SECONDS
-        served = completion.serve(
+        if request.path == "/v1/embeddings":
+            from conduix import embeddings  # only the embeddings route pays for the import
+
+            serve = embeddings.serve
+            deadline = min(deadline, time.monotonic() + _BUFFERED_SECONDS - _SETTLE_MARGIN_SECONDS)
+        else:
+            serve = completion.serve
+        served = serve(
             principal, request.body, request.request_id, deadline, request.headers.get("idempotency-key")
         )
     except Exception as exc:  # one log line and outcome per completion, refused ones included

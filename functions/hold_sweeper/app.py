@@ -1,4 +1,4 @@
-"""HoldSweeper: every minute, release holds whose request died (wiring only)."""
+"""HoldSweeper: every minute, release holds whose request died and expire credit grants (wiring only)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
-from conduix import clock, sweeper
+from conduix import clock, grants, sweeper
 
 logger = Logger()
 # The shared package logs through the standard library; give its loggers the same JSON output.
@@ -15,6 +15,8 @@ copy_config_to_registered_loggers(source_logger=logger, include={"conduix"})
 
 @logger.inject_lambda_context(clear_state=True)
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    result = sweeper.sweep(clock.now())
+    now = clock.now()
+    result = sweeper.sweep(now)
+    result.update(grants.expire_due(now))  # credit grants whose time has come
     logger.info("sweep done", extra=result)
     return result

@@ -24,6 +24,11 @@ It bills the prompt the way OpenAI does, beyond the text:
   - a request with `tools` (or `functions`) pays a hidden tool-use prompt of TOOL_PROMPT_TOKENS
     plus the tokens of the definitions themselves.
 
+Embeddings (`POST /v1/embeddings`): each input's vector is derived from a hash of (model, input),
+unit length, `embed_dimensions(model)` wide unless `dimensions` asks for fewer; `base64` packs it as
+little-endian float32 as OpenAI does. Usage is the tokens of the text inputs (never more than
+their UTF-8 bytes) plus the length of each token-array input. The same failure prefixes apply.
+
 Billing contract: the text's share of prompt_tokens never exceeds the UTF-8 byte length of
 json.dumps(messages); what comes on top is at most 3 per message + 3, IMAGE_MAX_TOKENS per
 image part and TOOL_PROMPT_TOKENS + the definitions' bytes for tools.
@@ -41,6 +46,7 @@ import json
 import math
 import re
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -66,7 +72,18 @@ MODEL_IDS = (
     "pace-50",
     "long-35",
     "drip-1000",
+    "fake-embed",
 )
+EMBED_DIMENSIONS = 16  # the fake embedding models' native size
+
+
+def embed_dimensions(model: str) -> int:
+    """Native vector size: OpenAI's for its model names, small for the fake ones."""
+    if model.startswith("text-embedding-3-large"):
+        return 3072
+    return 1536 if model.startswith("text-embedding") else EMBED_DIMENSIONS
+
+
 TOOL_PROMPT_TOKENS = 320  # what a provider adds, unseen, to a request that sends tools
 IMAGE_LOW_TOKENS = 85
 IMAGE_MAX_TOKENS = 85 + 170 * 8  # 768 x 2048 after scaling: 2 x 4 tiles
@@ -209,6 +226,52 @@ def _parse(raw: bytes) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
     return body["model"], messages, body
 
 
+def _parse_embeddings(raw: bytes) -> tuple[str, list[str | list[int]], int, str]:
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest("The body is not valid JSON.") from exc
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        raise BadRequest("`model` is required.")
+    given = body.get("input")
+    if isinstance(given, str) or (
+        isinstance(given, list) and given and all(isinstance(t, int) for t in given)
+    ):
+        inputs: list[Any] = [given]
+    elif isinstance(given, list) and given:
+        inputs = given
+    else:
+        raise BadRequest("`input` must be a string, or a non-empty array of strings or token arrays.")
+    for item in inputs:
+        ok_text = isinstance(item, str) and item != ""
+        ok_tokens = isinstance(item, list) and item and all(type(t) is int and t >= 0 for t in item)
+        if not (ok_text or ok_tokens):
+            raise BadRequest("Each input must be a non-empty string or a non-empty array of token ids.")
+    native = embed_dimensions(body["model"])
+    dimensions = body.get("dimensions", native)
+    if type(dimensions) is not int or not 1 <= dimensions <= native:
+        raise BadRequest(f"`dimensions` must be between 1 and {native}.")
+    encoding = body.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise BadRequest("`encoding_format` must be float or base64.")
+    return body["model"], inputs, dimensions, encoding
+
+
+def embedding_tokens(inputs: list[str | list[int]]) -> int:
+    """What an embedding request bills: the text's tokens, and token arrays as they are."""
+    return sum(count_tokens(i) if isinstance(i, str) else len(i) for i in inputs)
+
+
+def embedding_vector(model: str, item: str | list[int], dimensions: int) -> list[float]:
+    """A deterministic unit vector for (model, input), shortened to `dimensions` and
+    renormalised, as OpenAI's text-embedding-3 models do."""
+    seed = hashlib.sha256(json.dumps([model, item]).encode()).digest()
+    size = embed_dimensions(model)
+    raw = [(seed[i % len(seed)] - 127.5) / 127.5 + i / (1000 * size) for i in range(size)][:dimensions]
+    norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+    return [round(v / norm, 6) for v in raw]
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     # socketserver's default backlog of 5 resets connections under a burst of clients.
@@ -270,6 +333,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"ok": True})
         elif self.path == "/v1/chat/completions":
             self._chat(raw)
+        elif self.path == "/v1/embeddings":
+            self._embeddings(raw)
         else:
             self._send_json(404, _error(f"Unknown route {self.path}.", "invalid_request_error", "not_found"))
 
@@ -345,6 +410,39 @@ class _Handler(BaseHTTPRequestHandler):
         }
         if usage is not None:
             answer["usage"] = usage
+        self._send_json(200, answer)
+
+    def _embeddings(self, raw: bytes) -> None:
+        upstream = self.server.upstream
+        try:
+            model, inputs, dimensions, encoding = _parse_embeddings(raw)
+        except BadRequest as exc:
+            upstream._count("")
+            self._send_json(400, _error(str(exc), "invalid_request_error"))
+            return
+        upstream._count(model)
+        if not self._authorized():
+            return
+        slow = _SLOW.match(model)
+        if slow and upstream._stopping.wait(float(slow.group(1))):
+            return
+        if model.startswith("fail-"):
+            self._send_json(500, _error("The upstream failed (fake).", "server_error"))
+            return
+        if model.startswith("garbage-"):
+            self._send_raw(200, b"<html><body>502 Bad Gateway</body></html>", "application/json")
+            return
+        data = []
+        for index, item in enumerate(inputs):
+            vector = embedding_vector(model, item, dimensions)
+            packed: Any = vector
+            if encoding == "base64":
+                packed = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": packed})
+        answer: dict[str, Any] = {"object": "list", "data": data, "model": model}
+        if not model.startswith("nousage-"):
+            tokens = embedding_tokens(inputs) + (OVERBILL_TOKENS if model.startswith("overbill-") else 0)
+            answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
         self._send_json(200, answer)
 
     def _stream(

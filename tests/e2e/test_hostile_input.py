@@ -223,6 +223,7 @@ def test_amounts_are_plain_ascii_decimal_strings_only(
     for method, path, body, field, operator in [
         ("POST", "/v1/billing/top-ups", {"amount": amount}, "amount", False),
         ("PUT", "/v1/billing/spend-cap", {"monthly_limit": amount}, "monthly_limit", False),
+        ("PUT", "/v1/billing/alerts", {"balance_below": [amount]}, "balance_below", False),
         ("PUT", "/v1/billing/auto-reload", {"enabled": False, "threshold": amount}, "threshold", False),
         (
             "PUT",
@@ -298,7 +299,9 @@ def routes(org_id: str) -> list[tuple[str, str, dict[str, Any], bool]]:
     """Every JSON route with a plausible body: (method, path, body, operator)."""
     return [
         ("POST", "/v1/chat/completions", {"model": "test/cheap", "messages": HELLO, "max_tokens": 5}, False),
+        ("POST", "/v1/embeddings", {"model": "test/embed", "input": ["hello", [1, 2]]}, False),
         ("PUT", "/v1/billing/spend-cap", {"monthly_limit": "100"}, False),
+        ("PUT", "/v1/billing/alerts", {"balance_below": ["5"], "cap_used_percent": [80]}, False),
         ("PUT", "/v1/billing/auto-reload", {"enabled": False, "threshold": "5", "amount": "25"}, False),
         ("POST", "/v1/billing/top-ups", {"amount": "10"}, False),
         ("POST", "/v1/billing/subscription", {"plan": "builder"}, False),

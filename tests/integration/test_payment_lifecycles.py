@@ -39,7 +39,9 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     from conduix import notices
 
     mail: list[tuple[str, str]] = []
-    monkeypatch.setattr(notices, "send", lambda to, subject, body: mail.append((to, subject)) or True)
+    monkeypatch.setattr(
+        notices, "send", lambda org, kind, subject, body: mail.append((org.email, subject)) or True
+    )
     return mail
 
 

@@ -80,7 +80,11 @@ def test_real_template() -> None:
     specs = _by_id(load_functions(load_template(), REAL_REFS))
     assert {k: (v.routes, v.schedules) for k, v in specs.items()} == {
         "CompletionFunction": (
-            [Route("ANY", "/v1/chat/completions", stream=True), Route("ANY", "/v1/models")],
+            [
+                Route("ANY", "/v1/chat/completions", stream=True),
+                Route("ANY", "/v1/models"),
+                Route("ANY", "/v1/embeddings"),
+            ],
             [],
         ),
         "BillingApiFunction": (

@@ -47,7 +47,9 @@ def test_the_templates_policies_least_privilege() -> None:
     assert sweeper.allows("dynamodb:Query", TABLE_ARN + "/index/by_sweep_shard")
     assert not sweeper.allows("dynamodb:Query", TABLE_ARN + "/index/by_invoice_mode")
     assert not reload.allows("dynamodb:Query", TABLE_ARN)
-    assert not sweeper.allows("ses:SendEmail", f"arn:aws:ses:{REGION}:{iam.ACCOUNT_ID}:identity/a@b.c")
+    assert sweeper.allows("dynamodb:Query", TABLE_ARN + "/index/by_grant_expiry")
+    invoicing = _fn("MonthlyInvoicingFunction")
+    assert not invoicing.allows("ses:SendEmail", f"arn:aws:ses:{REGION}:{iam.ACCOUNT_ID}:identity/a@b.c")
 
 
 def test_sam_policy_templates_expand_as_sam_does() -> None:
@@ -153,7 +155,7 @@ def test_ses_refuses_a_function_without_send_permission(enforced: dict[str, Any]
         "Message": {"Subject": {"Data": "s"}, "Body": {"Text": {"Data": "b"}}},
     }
     with pytest.raises(ClientError) as denied:
-        _as("HoldSweeperFunction", enforced, "ses").send_email(**args)
+        _as("MonthlyInvoicingFunction", enforced, "ses").send_email(**args)
     assert denied.value.response["Error"]["Code"] == "AccessDenied"
     assert denied.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
     with pytest.raises(ClientError) as unverified:  # allowed by IAM; refused by SES for another reason

@@ -232,3 +232,43 @@ def test_hold_advice_names_the_hold_the_field_and_the_largest_budget() -> None:
         )
         is None
     )
+
+
+def _embedding_entry(**extra: object) -> dict[str, object]:
+    return {
+        "id": "e/one",
+        "kind": "embedding",
+        "upstream": {"base_url": "http://127.0.0.1:1/v1", "model": "m"},
+        "pricing": {"input_per_million": "0.02", "output_per_million": "0"},
+        "dimensions": 1536,
+        **extra,
+    }
+
+
+def test_embedding_entries_are_marked_and_checked() -> None:
+    from conduix.catalog import parse_catalog
+    from conduix.errors import ConfigurationError
+
+    model = parse_catalog([_embedding_entry(dimensions_adjustable=True)], "t").get("e/one")
+    assert (model.kind, model.dimensions, model.adjustable_dimensions) == ("embedding", 1536, True)
+    for bad, why in [
+        (_embedding_entry(kind="image"), "field 'kind'"),
+        (_embedding_entry(dimensions=0), "field 'dimensions'"),
+        ({**_embedding_entry(), "dimensions": None}, "field 'dimensions'"),
+        ({**_embedding_entry(kind="chat")}, "only for embedding models"),
+        (_embedding_entry(dimensions_adjustable="yes"), "dimensions_adjustable"),
+    ]:
+        with pytest.raises(ConfigurationError, match=why):
+            parse_catalog([bad], "t")
+    chat = {**_embedding_entry(id="c/one", fallbacks=["e/one"]), "kind": "chat"}
+    del chat["dimensions"]
+    with pytest.raises(ConfigurationError, match="not a chat model"):
+        parse_catalog([_embedding_entry(), chat], "t")
+
+
+def test_the_default_catalog_has_real_embedding_models() -> None:
+    from conduix.catalog import DEFAULT_CATALOG, load_catalog
+
+    models = {m.id: m for m in load_catalog(str(DEFAULT_CATALOG)) if m.kind == "embedding"}
+    assert models["openai/text-embedding-3-small"].pricing.input_per_million == 20_000_000  # $0.02 / M
+    assert models["openai/text-embedding-3-large"].pricing.input_per_million == 130_000_000

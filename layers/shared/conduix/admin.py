@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from conduix import clock, keys, notices, orgs, reloads, wallets
+from conduix import alerts, clock, grants, keys, notices, orgs, reloads, wallets
 from conduix.billing import wallet_view
 from conduix.config import settings
 from conduix.dynamo import s
-from conduix.errors import InvalidRequest
+from conduix.errors import IdempotencyConflict, InvalidRequest
 from conduix.money import format_credits, parse_credits
 from conduix.validation import resource_id, text_field
 
@@ -51,10 +51,23 @@ def grant_credits(org_id: str, body: dict[str, Any]) -> tuple[dict[str, Any], bo
     reason = text_field(body, "reason", required=True)
     key = text_field(body, "idempotency_key", required=True)
     assert reason and key
+    now = clock.now()
+    expires = grants.parse_expiry(body["expires_at"], now) if body.get("expires_at") is not None else None
     orgs.get_org(org_id)  # a 404 for an unknown org, before anything moves
-    entry, created = wallets.credit(
-        org_id, kind="grant", key=key, amount=amount, description=reason, now=clock.now()
-    )
+    entry_id = f"grant:{key}"
+    grant = grants.get(org_id, entry_id)
+    if expires is not None:
+        if grant is None and wallets.ledger_entry(org_id, entry_id) is not None:
+            raise IdempotencyConflict(
+                f"The idempotency key '{key}' was already used for a grant without expiry."
+            )
+        # The expiry is written first, so credits that should expire never land without it.
+        grant = grants.record(org_id, entry_id, amount, expires, now)
+    elif grant is not None:
+        raise IdempotencyConflict(f"The idempotency key '{key}' was already used for an expiring grant.")
+    entry, created = wallets.credit(org_id, kind="grant", key=key, amount=amount, description=reason, now=now)
+    if created:
+        alerts.after_credit(org_id, now)
     return {
         "entry_id": entry.entry_id,
         "type": entry.entry_type,
@@ -62,6 +75,7 @@ def grant_credits(org_id: str, body: dict[str, Any]) -> tuple[dict[str, Any], bo
         "description": entry.description,
         "created_at": entry.created_at,
         "idempotency_key": key,
+        "expires_at": grant.expires_at if grant else None,
     }, created
 
 
@@ -87,7 +101,7 @@ def set_billing(org_id: str, body: dict[str, Any]) -> dict[str, Any]:
         reason = "Your account now pays by monthly invoice, so the card is no longer charged."
         reload_turned_off = reloads.turn_off(org_id, reason, now)
         if reload_turned_off:
-            notices.auto_reload_turned_off(org.email, org.name, reason)
+            notices.auto_reload_turned_off(org, reason)
     wallets.set_billing_mode(org_id, str(mode), now)
     return {**get_org(org_id), "auto_reload_turned_off": reload_turned_off}
 

@@ -16,7 +16,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from conduix import notices, orgs, reloads, wallets
+from conduix import alerts, notices, orgs, reloads, wallets
 from conduix.config import payment_settings, reload_daily_limit
 from conduix.errors import Conflict, InvalidRequest
 from conduix.money import format_credits, parse_credits
@@ -79,8 +79,9 @@ def land(org_id: str, payment_intent_id: str, amount: int, episode: int, now: da
         # The episode is over; still below the threshold, a new one starts (with a new key).
         wallets.mark_reload_due(org_id)
     if created:
+        alerts.after_credit(org_id, now)
         org = orgs.get_org(org_id)
-        notices.reload_succeeded(org.email, org.name, format_credits(amount))
+        notices.reload_succeeded(org, format_credits(amount))
     return created
 
 
@@ -88,7 +89,7 @@ def fail(org_id: str, episode: int, message: str, now: datetime) -> None:
     noted, turned_off = reloads.record_failure(org_id, episode, message, now)
     if noted:
         org = orgs.get_org(org_id)
-        notices.reload_failed(org.email, org.name, message, turned_off)
+        notices.reload_failed(org, message, turned_off)
 
 
 def reload_org(org_id: str, now: datetime) -> str:
@@ -112,7 +113,7 @@ def reload_org(org_id: str, now: datetime) -> str:
     if claim == reloads.LIMIT_REACHED:  # the org stays due: the first run of the next day charges
         message = f"Auto-reload reached its limit of {limit} charges today (UTC); it resumes tomorrow."
         if reloads.note_paused(org_id, day, message, now):
-            notices.reload_paused(org.email, org.name, limit)
+            notices.reload_paused(org, limit)
         return "paused"
     charge = stripe_gateway.charge_off_session(
         customer_id=org.stripe_customer_id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from conduix import clock, orgs, plans, wallets
+from conduix import alerts, clock, grants, notices, orgs, plans, wallets
 from conduix.errors import InvalidRequest
 from conduix.money import format_credits, parse_credits
 
@@ -64,6 +64,8 @@ def billing_view(org_id: str) -> dict[str, Any]:
             ),
         },
         "plan": _plan_view(wallet.plan, org.subscription),
+        # Grants that expire, soonest first: spending draws on them before other credits.
+        "expiring_credits": grants.view(org_id, clock.now()),
         "saved_card": (
             {"brand": card.brand, "last4": card.last4, "exp_month": card.exp_month, "exp_year": card.exp_year}
             if card
@@ -82,6 +84,27 @@ def set_spend_cap(org_id: str, body: dict[str, Any]) -> dict[str, Any]:
     limit = None if raw is None else parse_credits(raw, field="monthly_limit", allow_zero=True)
     wallets.set_spend_cap(org_id, limit, clock.now())
     return billing_view(org_id)
+
+
+def set_alerts(org_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    balances, percents = alerts.parse_settings(body)
+    alerts.save_settings(org_id, balances, percents, clock.now())
+    return alerts.view(org_id)
+
+
+def alerts_view(org_id: str) -> dict[str, Any]:
+    return alerts.view(org_id)
+
+
+def notices_view(org_id: str, limit_text: str | None) -> dict[str, Any]:
+    """The emails sent to the org, newest first."""
+    try:
+        limit = int(limit_text) if limit_text else 50
+    except ValueError:
+        raise InvalidRequest("'limit' must be an integer.", param="limit") from None
+    if not 1 <= limit <= 100:
+        raise InvalidRequest("'limit' must be between 1 and 100.", param="limit")
+    return {"object": "list", "data": notices.recent(org_id, limit)}
 
 
 def _plan_view(plan_id: str, sub: orgs.Subscription | None) -> dict[str, Any]:

@@ -63,6 +63,12 @@ class Model:
     max_output_tokens: int
     owned_by: str
     prompt_bounds: PromptBounds = PromptBounds()
+    kind: str = "chat"  # or "embedding": each route serves only its own kind
+    dimensions: int | None = None  # an embedding model's vector size
+    adjustable_dimensions: bool = False  # whether a request may ask for fewer `dimensions`
+
+
+KINDS = ("chat", "embedding")
 
 
 class Catalog:
@@ -210,7 +216,27 @@ def _parse_model(entry: Any) -> Model:
         ),
         owned_by=str(entry.get("owned_by") or model_id.split("/", 1)[0]),
         prompt_bounds=_prompt_bounds(entry.get("prompt_bounds")),
+        **_embedding_fields(entry),
     )
+
+
+def _embedding_fields(entry: dict[str, Any]) -> dict[str, Any]:
+    kind = entry.get("kind", "chat")
+    if kind not in KINDS:
+        raise _Invalid(f"field 'kind' must be one of {', '.join(KINDS)}")
+    if kind == "chat":
+        for name in ("dimensions", "dimensions_adjustable"):
+            if name in entry:
+                raise _Invalid(f'field \'{name}\' is only for embedding models ("kind": "embedding")')
+        return {}
+    adjustable = entry.get("dimensions_adjustable", False)
+    if not isinstance(adjustable, bool):
+        raise _Invalid("field 'dimensions_adjustable' must be true or false")
+    return {
+        "kind": kind,
+        "dimensions": _positive_int(_field(entry, "dimensions", ""), "dimensions"),
+        "adjustable_dimensions": adjustable,
+    }
 
 
 def parse_catalog(document: Any, source: str) -> Catalog:
@@ -237,6 +263,11 @@ def parse_catalog(document: Any, source: str) -> Catalog:
                 raise ConfigurationError(
                     f"Model catalog {source}: entry '{model.id}': field 'fallbacks' names "
                     f"'{fallback}', which is not another model of the catalog."
+                )
+            if models[ids.index(fallback)].kind != model.kind:
+                raise ConfigurationError(
+                    f"Model catalog {source}: entry '{model.id}': field 'fallbacks' names "
+                    f"'{fallback}', which is not a {model.kind} model."
                 )
     return Catalog(models)
 

@@ -111,6 +111,10 @@ def _attempts(request: chat.ChatRequest) -> list[pricing.Attempt]:
     """The models that may serve the request, each with its output budget. A model whose
     catalog entry cannot bound what the request sends (images) is never called."""
     chain = catalog().chain(request.model_id)
+    if chain[0].kind != "chat":
+        raise InvalidRequest(
+            f"'{chain[0].id}' is an embedding model: use POST /v1/embeddings for it.", param="model"
+        )
     if request.max_tokens is not None and request.max_tokens > chain[0].max_output_tokens:
         raise InvalidRequest(
             f"'{request.max_tokens_field}' is too large: {request.max_tokens}. "
@@ -363,34 +367,14 @@ def _bill(
     )
     # The answer to an Idempotency-Key is kept by the same write that bills it.
     also = [idempotency.answer_action(claim, _answer(served, request_id))] if claim else []
-    try:
-        outcome = wallets.settle(org_id, request_id, hold, usage_record, clock.now(), also=also)
-    except Exception:
-        # The settle cannot land now (contention, throttling, a lost answer): keep what the
-        # request used, and its hold, for HoldSweeper to settle exactly once. Only if even that
-        # fails does the client get no answer (a 503); the hold is then released unbilled.
-        log.warning("settle deferred", exc_info=True, extra={"request_id": request_id})
-        try:
-            wallets.record_pending(org_id, request_id, hold, usage_record, clock.now(), also=also)
-        except Exception:
-            log.exception("could not record a deferred settle", extra={"request_id": request_id})
-            raise ServiceBusy("The billing store is busy; please retry the request.") from None
-        telemetry.settle_incident("settle_deferred", request_id=request_id, org_id=org_id, cost=cost)
-        outcome = wallets.SettleOutcome.SETTLED
+    outcome = _settle(org_id, request_id, hold, usage_record, also)
     if outcome is wallets.SettleOutcome.HOLD_GONE:  # HoldSweeper released it first
-        telemetry.settle_incident("served_unbilled", request_id=request_id, org_id=org_id, cost=cost)
         served, whole = render(0)
         if claim:
             _best_effort("keep the idempotent answer", idempotency.keep, claim, _answer(served, request_id))
 
     # Work after the settle never changes the client's answer: it is billed, and it goes out.
-    reload = reservation.wallet.reload
-    if (
-        reload.enabled
-        and not reload.due
-        and reservation.wallet.available + hold - served.cost < reload.threshold
-    ):
-        _best_effort("mark auto-reload due", wallets.mark_reload_due, org_id)  # once per episode
+    _after_settle(org_id, reservation, hold, served.cost)
     if key and whole is not None:  # kept as long as the org's plan keeps answers
         ttl = plans.get(reservation.wallet.plan).cache_ttl_seconds
         _best_effort("cache the answer", cache.store, key, org_id, whole, now, ttl)
@@ -523,6 +507,43 @@ class LiveStream:
                 return
 
 
+def _settle(
+    org_id: str, request_id: str, hold: int, usage: wallets.Usage, also: list[dict[str, Any]]
+) -> wallets.SettleOutcome:
+    """Bill a served request. When the settle cannot land now (contention, throttling, a lost
+    answer), keep what the request used, and its hold, for HoldSweeper to settle exactly once.
+    Only if even that fails does the client get no answer (a 503); the hold is then released
+    unbilled."""
+    try:
+        outcome = wallets.settle(org_id, request_id, hold, usage, clock.now(), also=also)
+    except Exception:
+        log.warning("settle deferred", exc_info=True, extra={"request_id": request_id})
+        try:
+            wallets.record_pending(org_id, request_id, hold, usage, clock.now(), also=also)
+        except Exception:
+            log.exception("could not record a deferred settle", extra={"request_id": request_id})
+            raise ServiceBusy("The billing store is busy; please retry the request.") from None
+        telemetry.settle_incident("settle_deferred", request_id=request_id, org_id=org_id, cost=usage.cost)
+        return wallets.SettleOutcome.SETTLED
+    if outcome is wallets.SettleOutcome.HOLD_GONE:
+        telemetry.settle_incident("served_unbilled", request_id=request_id, org_id=org_id, cost=usage.cost)
+    return outcome
+
+
+def _after_settle(org_id: str, reservation: wallets.Reservation, hold: int, cost: int) -> None:
+    """Best-effort work after a settle: it never changes the client's answer."""
+    wallet = reservation.wallet
+    reload = wallet.reload
+    if reload.enabled and not reload.due and wallet.available + hold - cost < reload.threshold:
+        _best_effort("mark auto-reload due", wallets.mark_reload_due, org_id)  # once per episode
+    if wallet.balance_alerts or wallet.cap_alerts:
+        from conduix import alerts  # only orgs with alerts pay for the import
+
+        crossed = alerts.may_cross(wallet, hold, cost)
+        if crossed:  # no request at all unless this settle may have crossed a threshold
+            _best_effort("check alerts", alerts.after_settle, org_id, crossed, clock.now())
+
+
 def _best_effort(what: str, work: Callable[..., Any], *args: Any) -> None:
     try:
         work(*args)
@@ -542,7 +563,7 @@ def _ran_dry(org_id: str, refusal: InsufficientCredits, now: datetime) -> None:
             from conduix import notices, orgs  # rare path: keep it off the cold start
 
             org = orgs.get_org(org_id)
-            notices.account_paused(org.email, org.name, format_credits(wallets.get_wallet(org_id).available))
+            notices.account_paused(org, format_credits(wallets.get_wallet(org_id).available))
     except Exception:
         log.exception("could not record the pause", extra={"org_id": org_id})
 
@@ -557,7 +578,12 @@ def list_models() -> dict[str, Any]:
                 "object": "model",
                 "created": 0,
                 "owned_by": m.owned_by,
-                "max_output_tokens": m.max_output_tokens,
+                "kind": m.kind,
+                **(
+                    {"dimensions": m.dimensions}
+                    if m.dimensions
+                    else {"max_output_tokens": m.max_output_tokens}
+                ),
                 "fallbacks": list(m.fallbacks),
                 "pricing": {
                     "input_per_million": format_credits(m.pricing.input_per_million),

@@ -33,7 +33,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from conduix import clock, orgs, stripe_gateway, wallets
+from conduix import alerts, clock, orgs, stripe_gateway, wallets
 from conduix.config import settings
 from conduix.dynamo import Item, as_int, as_str, client, error_code, n, s
 from conduix.errors import InvalidRequest
@@ -324,4 +324,6 @@ def invoice_paid(obj: dict[str, Any], now: datetime) -> str:
         description=f"Payment of the usage invoice for {metadata.get('period')}",
         now=now,
     )
+    if created:
+        alerts.after_credit(str(metadata["org_id"]), now)
     return "credited" if created else "already credited"

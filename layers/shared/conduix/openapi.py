@@ -48,6 +48,25 @@ class ChatCompletionRequest(_Body):
     n: int | None = Field(default=None, ge=1, le=16)
 
 
+class EmbeddingRequest(_Body):
+    """OpenAI's embeddings request; any other field gets a 400."""
+
+    model: str = Field(min_length=1, examples=["openai/text-embedding-3-small"])
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        description="A string, an array of strings, or token arrays (at most 2048 inputs)."
+    )
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(
+        default=None, ge=1, description="Only for models whose catalog entry allows it; else 400."
+    )
+    user: str | None = None
+
+
+class AlertsRequest(_Body):
+    balance_below: list[Credits] = Field(default_factory=list, max_length=10)
+    cap_used_percent: list[Annotated[int, Field(ge=1, le=100)]] = Field(default_factory=list, max_length=10)
+
+
 class TopUpRequest(_Body):
     amount: Credits = Field(description="One of the operator's top-up tiers.")
 
@@ -84,6 +103,8 @@ class Error(BaseModel):
 
 REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("post", "/v1/chat/completions"): ChatCompletionRequest,
+    ("post", "/v1/embeddings"): EmbeddingRequest,
+    ("put", "/v1/billing/alerts"): AlertsRequest,
     ("post", "/v1/billing/top-ups"): TopUpRequest,
     ("put", "/v1/billing/spend-cap"): SpendCapRequest,
     ("put", "/v1/billing/auto-reload"): AutoReloadRequest,
@@ -99,6 +120,9 @@ QUERY_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
             "schema": {"type": "string"},
             "description": "next_cursor of a page",
         },
+    ],
+    ("get", "/v1/billing/notices"): [
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
     ],
     ("get", "/v1/usage"): [
         {"name": "from", "in": "query", "schema": {"type": "string", "format": "date"}},
@@ -160,6 +184,31 @@ def _completion_paths(components: dict[str, Any]) -> dict[str, Any]:
                             "application/json": {"schema": {"type": "object"}},
                             "text/event-stream": {"schema": {"type": "string"}},
                         },
+                    }
+                },
+            }
+        },
+        "/v1/embeddings": {
+            "post": {
+                "summary": "Create embeddings, billed per input token in credits",
+                "description": "Held before the provider is called (the inputs' UTF-8 bytes bound their "
+                "tokens) and settled from its usage; cached like a deterministic completion. Same "
+                "headers as chat completions.",
+                "operationId": "create_embeddings",
+                "tags": ["Completions"],
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "description": "As for chat completions.",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "One embedding per input, in order, and the usage with its cost",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
                     }
                 },
             }

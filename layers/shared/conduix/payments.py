@@ -17,7 +17,7 @@ from typing import Any
 
 import stripe
 
-from conduix import autoreload, notices, orgs, reloads, stripe_gateway, wallets, webhook_log
+from conduix import alerts, autoreload, notices, orgs, reloads, stripe_gateway, wallets, webhook_log
 from conduix.config import payment_settings
 from conduix.config import secret as configured_secret
 from conduix.errors import ConfigurationError, InvalidRequest, InvalidSignature, ServiceBusy
@@ -131,10 +131,11 @@ def _land_checkout(session_id: str, now: datetime) -> str:
         now=now,
     )
     if created:
+        alerts.after_credit(org_id, now)
         org = orgs.get_org(org_id)
         invoice = session.get("invoice")
         url = invoice.get("hosted_invoice_url") if isinstance(invoice, dict) else None
-        notices.top_up_receipt(org.email, org.name, format_credits(amount), url)
+        notices.top_up_receipt(org, format_credits(amount), url)
     return "credited" if created else "already credited"
 
 
@@ -279,6 +280,8 @@ def _take_back(purchase: Purchase, kind: str, key: str, nanos: int, what: str, n
         description=f"{what} {key} of {purchase.entry_id}: -{format_credits(nanos)} credits",
         now=now,
     )
+    if created:
+        alerts.after_credit(purchase.org_id, now)
     return created
 
 
@@ -318,8 +321,7 @@ def _dispute_created(obj: dict[str, Any], now: datetime) -> str:
     ):
         org = orgs.get_org(purchase.org_id)
         notices.auto_reload_turned_off(
-            org.email,
-            org.name,
+            org,
             "A payment of yours was disputed, so we stopped charging your saved card. "
             "Turn auto-reload on again once the card can be charged.",
         )
@@ -343,6 +345,8 @@ def _dispute_closed(obj: dict[str, Any], now: datetime) -> str:
         description=f"Dispute {dispute['id']} won: +{format_credits(nanos)} credits restored",
         now=now,
     )
+    if created:
+        alerts.after_credit(purchase.org_id, now)
     return "restored" if created else "already restored"
 
 

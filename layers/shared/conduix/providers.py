@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
@@ -31,6 +31,7 @@ _MIN_ATTEMPT_SECONDS = 0.5
 _READ_BYTES = 64 * 1024
 
 _pool: urllib3.PoolManager | None = None
+T = TypeVar("T")
 
 
 def _http() -> urllib3.PoolManager:
@@ -93,7 +94,9 @@ class _Watchdog:
         self._timer.cancel()
 
 
-def _open(attempt: Attempt, payload: dict[str, Any], deadline: Seconds) -> Any:
+def _open(
+    attempt: Attempt, payload: dict[str, Any], deadline: Seconds, path: str = "/chat/completions"
+) -> Any:
     """Connect, send, and read the status and headers, all within the deadline."""
     upstream = attempt.model.upstream
     headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
@@ -106,7 +109,7 @@ def _open(attempt: Attempt, payload: dict[str, Any], deadline: Seconds) -> Any:
     try:
         response = _http().request(
             "POST",
-            f"{upstream.base_url}/chat/completions",
+            f"{upstream.base_url}{path}",
             body=json.dumps(payload).encode("utf-8"),
             headers=headers,
             # total bounds connect + the wait for headers together; the body is the watchdog's.
@@ -240,9 +243,10 @@ def _start_stream(attempt: Attempt, payload: dict[str, Any], deadline: Seconds) 
     return stream
 
 
-def _read_whole(attempt: Attempt, payload: dict[str, Any], deadline: Seconds) -> UpstreamReply:
+def _read_json(attempt: Attempt, payload: dict[str, Any], deadline: Seconds, path: str) -> Any:
+    """A whole JSON answer, read within the model's deadline."""
     deadline = _limit(attempt, deadline)
-    response = _open(attempt, payload, deadline)
+    response = _open(attempt, payload, deadline, path)
     watchdog = _Watchdog(response, deadline)
     complete = False
     try:
@@ -256,19 +260,23 @@ def _read_whole(attempt: Attempt, payload: dict[str, Any], deadline: Seconds) ->
             raise UpstreamTimeout(f"{attempt.model.id} did not finish in time.")
         complete = True
         try:
-            body = json.loads(raw)
+            return json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             raise UpstreamError(f"{attempt.model.id} sent an answer that is not JSON.") from None
-        if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
-            raise UpstreamError("The upstream answer is not a chat completion.")
-        p, c = _usage(body)
-        return UpstreamReply(attempt, p, c, body, [])
     finally:
         watchdog.cancel()
         if complete:
             response.release_conn()
         else:
             _discard(response)
+
+
+def _read_whole(attempt: Attempt, payload: dict[str, Any], deadline: Seconds) -> UpstreamReply:
+    body = _read_json(attempt, payload, deadline, "/chat/completions")
+    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+        raise UpstreamError("The upstream answer is not a chat completion.")
+    p, c = _usage(body)
+    return UpstreamReply(attempt, p, c, body, [])
 
 
 def call(attempt: Attempt, payload: dict[str, Any], stream: bool, deadline: Seconds) -> UpstreamReply:
@@ -282,7 +290,7 @@ def call(attempt: Attempt, payload: dict[str, Any], stream: bool, deadline: Seco
     return UpstreamReply(attempt, *opened.usage, None, chunks)
 
 
-def _each(attempts: list[Attempt], deadline: Seconds, run: Callable[[Attempt], Any]) -> Any:
+def _with_fallbacks(attempts: list[Attempt], call_one: Callable[[Attempt], T], deadline: Seconds) -> T:
     """Try each model of the chain in turn; the first usable answer wins.
 
     A provider outage, timeout or unusable answer moves on to the next fallback; a refusal
@@ -291,7 +299,7 @@ def _each(attempts: list[Attempt], deadline: Seconds, run: Callable[[Attempt], A
     last: UpstreamError = UpstreamUnavailable("No upstream was tried.")
     for attempt in attempts:
         try:
-            return run(attempt)
+            return call_one(attempt)
         except UpstreamRejected:
             raise
         except UpstreamError as exc:
@@ -303,10 +311,7 @@ def _each(attempts: list[Attempt], deadline: Seconds, run: Callable[[Attempt], A
 
 def complete(attempts: list[Attempt], build_payload: Any, stream: bool, deadline: Seconds) -> UpstreamReply:
     """A whole answer (a stream read to its end), from the first model of the chain that gives one."""
-    reply: UpstreamReply = _each(
-        attempts, deadline, lambda attempt: call(attempt, build_payload(attempt), stream, deadline)
-    )
-    return reply
+    return _with_fallbacks(attempts, lambda a: call(a, build_payload(a), stream, deadline), deadline)
 
 
 def open_stream(attempts: list[Attempt], build_payload: Any, deadline: Seconds) -> UpstreamStream:
@@ -318,5 +323,48 @@ def open_stream(attempts: list[Attempt], build_payload: Any, deadline: Seconds) 
             raise UpstreamTimeout("No time left to call the upstream.")
         return _start_stream(attempt, build_payload(attempt), deadline)
 
-    opened: UpstreamStream = _each(attempts, deadline, start)
-    return opened
+    return _with_fallbacks(attempts, start, deadline)
+
+
+@dataclass(frozen=True)
+class EmbeddingReply:
+    attempt: Attempt
+    prompt_tokens: int
+    data: list[dict[str, Any]]  # one embedding object per input, in input order
+
+
+def _embedding_answer(body: Any, inputs: int) -> tuple[int, list[dict[str, Any]]]:
+    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+        raise UpstreamError("The upstream answer is not a list of embeddings.")
+    usage = body.get("usage")
+    tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+        raise UpstreamError("The upstream answer carried no usage.")
+    data = body["data"]
+    if not all(isinstance(d, dict) and isinstance(d.get("embedding"), list | str) for d in data):
+        raise UpstreamError("The upstream sent an embedding that is not a vector.")
+    indexes = [d.get("index") for d in data]
+    if not all(type(i) is int for i in indexes) or sorted(indexes) != list(range(inputs)):
+        raise UpstreamError("The upstream did not answer one embedding per input.")
+    return tokens, sorted(data, key=lambda d: int(d["index"]))
+
+
+def call_embeddings(
+    attempt: Attempt, payload: dict[str, Any], inputs: int, deadline: Seconds
+) -> EmbeddingReply:
+    if deadline - time.monotonic() < _MIN_ATTEMPT_SECONDS:
+        raise UpstreamTimeout("No time left to call the upstream.")
+    tokens, data = _embedding_answer(_read_json(attempt, payload, deadline, "/embeddings"), inputs)
+    return EmbeddingReply(attempt, tokens, data)
+
+
+def embed(
+    attempts: list[Attempt],
+    build_payload: Callable[[Attempt], dict[str, Any]],
+    inputs: int,
+    deadline: Seconds,
+) -> EmbeddingReply:
+    """The embeddings of `inputs` inputs, from the first model of the chain that answers."""
+    return _with_fallbacks(
+        attempts, lambda a: call_embeddings(a, build_payload(a), inputs, deadline), deadline
+    )

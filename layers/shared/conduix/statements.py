@@ -36,6 +36,7 @@ ENTRY_TYPES = (
     "dispute",
     "dispute_won",
     "hold_release",
+    "expiry",
 )
 # A CSV export holds the whole range asked for, up to this many rows; beyond, a 400 asks for a
 # narrower range (a Lambda answer is at most 6 MB: 10,000 ledger rows are about 1.5 MB).

@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from conduix import orgs, plans, stripe_gateway, wallets
+from conduix import alerts, orgs, plans, stripe_gateway, wallets
 from conduix.config import payment_settings
 from conduix.errors import InvalidRequest, NotFound
 from conduix.money import format_credits
@@ -159,6 +159,8 @@ def invoice_paid(obj: dict[str, Any], now: datetime) -> str:
         ),
         now=now,
     )
+    if created:
+        alerts.after_credit(org_id, now)
     return "credited" if created else "already credited"
 
 

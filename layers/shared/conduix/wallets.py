@@ -93,6 +93,9 @@ class Wallet:
     paused: bool = False  # refused for lack of credits since credits last landed
     reload: AutoReload = field(default_factory=lambda: AutoReload())
     plan: str = "free"
+    # Alert thresholds (conduix.alerts), on the wallet so a hold's answer brings them free.
+    balance_alerts: tuple[int, ...] = ()  # nano-credits
+    cap_alerts: tuple[int, ...] = ()  # percents of the cap
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,8 @@ def _wallet_from_item(org_id: str, item: Item) -> Wallet:
         paused="paused_at" in item,
         reload=_reload_from_item(item),
         plan=as_str(item, "plan", "free"),
+        balance_alerts=tuple(int(v["N"]) for v in item.get("alert_balance_below", {}).get("L", [])),
+        cap_alerts=tuple(int(v["N"]) for v in item.get("alert_cap_percent", {}).get("L", [])),
     )
 
 

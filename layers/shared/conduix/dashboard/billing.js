@@ -22,6 +22,7 @@
     invoice_payment: "Invoice payment",
     hold_release: "Hold released",
     dispute_won: "Dispute won",
+    expiry: "Expired credits",
   };
 
   // ------------------------------------------------------------------ balance, plan, reload
@@ -85,6 +86,7 @@
       : "No reload has run yet.";
     if (reload.consecutive_failures) lastText += " · " + reload.consecutive_failures + " failed attempt(s) in a row";
     C.setText("reload-last", lastText);
+    renderExpiring(b.expiring_credits);
   }
 
   function renderReloadForm(b) {
@@ -186,6 +188,60 @@
         C.showError("reload-error", err.message, C.inputForParam(form, err));
       }
     );
+  }
+
+  // ------------------------------------------------------------------ expiring credits, notices
+
+  var NOTICE_TYPES = {
+    balance_below: "Balance alert",
+    cap_used_percent: "Spend cap alert",
+    account_paused: "Account paused",
+    top_up_receipt: "Top-up receipt",
+    auto_reload_succeeded: "Auto-reload succeeded",
+    auto_reload_failed: "Auto-reload failed",
+    auto_reload_turned_off: "Auto-reload turned off",
+    auto_reload_paused: "Auto-reload paused",
+  };
+
+  function renderExpiring(grants) {
+    grants = grants || [];
+    var body = $("expiring").tBodies[0];
+    C.clear(body);
+    grants.forEach(function (g) {
+      body.appendChild(
+        el(
+          "tr",
+          { "data-grant": g.grant },
+          el("td", { text: C.dateTimeUTC(g.expires_at) }),
+          el("td", { text: C.dateUTC(g.granted_at) }),
+          el("td", { class: "num", text: C.credits(g.granted) }),
+          el("td", { class: "num", text: C.credits(g.remaining) })
+        )
+      );
+    });
+    $("expiring-empty").hidden = grants.length > 0;
+  }
+
+  function loadNotices() {
+    return C.get("v1/billing/notices?limit=20").then(function (list) {
+      var rows = (list && list.data) || [];
+      var body = $("notices").tBodies[0];
+      C.clear(body);
+      rows.forEach(function (n) {
+        body.appendChild(
+          el(
+            "tr",
+            {},
+            el("td", { text: C.dateTimeUTC(n.sent_at) }),
+            el("td", { text: NOTICE_TYPES[n.type] || n.type }),
+            el("td", { text: n.subject }),
+            el("td", { text: n.recipient + (n.delivered ? "" : " (not delivered)") })
+          )
+        );
+      });
+      $("notices-empty").hidden = rows.length > 0;
+      return rows;
+    });
   }
 
   // ------------------------------------------------------------------ invoices
@@ -395,6 +451,7 @@
         renderReloadForm(b);
         C.get("v1/pricing").then(function (p) { renderTiers(p.top_up_tiers || []); }, fail);
         loadInvoices().catch(fail);
+        loadNotices().catch(fail);
         return loadLedger(false).then(function () {
           if (topUpResult === "success") return waitForTopUp(sessionId);
           if (topUpResult === "cancelled") C.showNotice("info", "Top-up cancelled. Nothing was charged.");

@@ -1,4 +1,4 @@
-/* /dashboard/settings: the monthly spend cap and the org's API keys. */
+/* /dashboard/settings: the monthly spend cap, alerts and the org's API keys. */
 (function () {
   "use strict";
   var C = window.Conduix;
@@ -43,6 +43,43 @@
     if (!C.isDecimal(value))
       return C.showError("cap-error", "The cap must be a number of credits, such as 100 or 250.50.", $("cap-input"));
     saveCap(value, $("cap-save"));
+  }
+
+  // ------------------------------------------------------------------ alerts
+
+  function splitList(text) {
+    return text.split(",").map(function (s) { return s.trim(); }).filter(function (s) { return s !== ""; });
+  }
+
+  function renderAlerts(a) {
+    $("alerts-balance").value = (a.balance_below || []).join(", ");
+    $("alerts-cap").value = (a.cap_used_percent || []).join(", ");
+    var fired = (a.fired || []).map(function (f) {
+      return f.kind === "balance_below" ? "below " + C.credits(f.threshold) + " credits" : f.threshold + "% of the cap";
+    });
+    C.setText("alerts-fired", fired.length ? "Sent, waiting to re-arm: " + fired.join("; ") + "." : "");
+  }
+
+  function onAlertsSubmit(event) {
+    event.preventDefault();
+    C.clearError("alerts-error");
+    var balances = splitList($("alerts-balance").value);
+    var percents = splitList($("alerts-cap").value);
+    if (!balances.every(C.isDecimal))
+      return C.showError("alerts-error", "Balance alerts are amounts of credits, such as 20 or 5.5.", $("alerts-balance"));
+    if (!percents.every(function (p) { return /^[0-9]{1,3}$/.test(p); }))
+      return C.showError("alerts-error", "Cap alerts are whole percents, such as 80.", $("alerts-cap"));
+    var body = { balance_below: balances, cap_used_percent: percents.map(Number) };
+    C.busy($("alerts-save"), C.put("v1/billing/alerts", body)).then(
+      function (a) {
+        renderAlerts(a);
+        C.showNotice("success", "Alerts saved.");
+      },
+      function (err) {
+        var field = err.body && err.body.error && err.body.error.param === "cap_used_percent" ? "alerts-cap" : "alerts-balance";
+        C.showError("alerts-error", err.message, $(field));
+      }
+    );
   }
 
   // ------------------------------------------------------------------ API keys
@@ -172,6 +209,7 @@
     if (!state.wired) {
       state.wired = true;
       $("cap-form").addEventListener("submit", onCapSubmit);
+      $("alerts-form").addEventListener("submit", onAlertsSubmit);
       $("cap-remove").addEventListener("click", function () {
         saveCap(null, $("cap-remove"));
       });
@@ -186,6 +224,7 @@
     };
     (billing ? Promise.resolve(billing) : C.get("v1/billing")).then(renderCap).catch(fail);
     loadKeys().catch(fail);
+    C.get("v1/billing/alerts").then(renderAlerts).catch(fail);
   }
 
   C.start({ public: false, onSignedIn: onSignedIn });
