@@ -334,14 +334,25 @@ def _refusal(org_id: str, old: Item, amount: int, window: str, now: datetime) ->
 
 
 def reserve(
-    org_id: str, request_id: str, amount: int, *, model: str, key_id: str, now: datetime
+    org_id: str,
+    request_id: str,
+    amount: int,
+    *,
+    model: str,
+    key_id: str,
+    now: datetime,
+    runs_for: int = 0,
 ) -> Reservation:
     """Hold `amount` for a request in one conditional write, or refuse it.
 
+    The hold outlives the longest the request may run (`runs_for` seconds), so HoldSweeper
+    never frees the hold of a long answer still being written.
     Raises SpendCapExceeded or InsufficientCredits; nothing is held then.
     """
     period = clock.period_of(now)
-    expires = int(now.timestamp()) + settings().hold_ttl_seconds
+    expires = int(now.timestamp()) + max(
+        settings().hold_ttl_seconds, runs_for + settings().hold_ttl_seconds // 5
+    )
     hold = {"M": {"a": n(amount), "x": n(expires), "m": s(model), "k": s(key_id)}}
     minute = int(now.timestamp()) // 60
     window, previous = f"{key_id}@{minute}", f"{key_id}@{minute - 1}"
