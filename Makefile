@@ -70,9 +70,11 @@ test-long: lint types check-template browser-deps
 	CONDUIX_PROFILE=long $(VENV)/bin/pytest -q tests
 
 # Writes docs/benchmarks.md: DynamoDB requests and capacity units per path, billing CPU
-# against a bare UpdateItem, cold-start imports against `import boto3`, the hottest item.
+# against a bare UpdateItem, cold-start imports against `import boto3`, the hottest item;
+# then time to first token through the gateway against the upstream alone (bench/ttft.py).
 bench: $(STAMP)
 	$(PY) -m bench.run
+	$(PY) -m bench.ttft
 	$(PY) -m bench.hot_org
 
 # A bounded load on loopback against the local stack; fails on any overdraft or drift.

@@ -534,7 +534,7 @@ def measure_cpu(bench: Bench, rounds: int, per_round: int) -> dict[str, Any]:
 _STEPS = (
     ("wallets.py", "reserve", "the hold: `wallets.reserve` (one TransactWriteItems)"),
     ("wallets.py", "settle", "the settle: `wallets.settle` (one TransactWriteItems)"),
-    ("providers.py", "complete", "the upstream call: `providers.complete` (urllib)"),
+    ("providers.py", "complete", "the upstream call: `providers.complete` (urllib3, kept alive)"),
     ("auth.py", "authenticate", "the API key (cached)"),
 )
 

@@ -7,6 +7,7 @@ cold-start time on the hottest function.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -19,9 +20,11 @@ logger = Logger()
 # The shared package logs through the standard library; give its loggers the same JSON output.
 copy_config_to_registered_loggers(source_logger=logger, include={"conduix"})
 
-# API Gateway gives up after 29 s; keep time to settle or release after the provider answers.
-_GATEWAY_SECONDS = 29.0
+# The function's own timeout bounds a request (the integration streams, so API Gateway's 29 s
+# limit does not apply); keep time to settle or release after the provider answers.
 _SETTLE_MARGIN_SECONDS = 2.0
+# /v1/embeddings stays a buffered integration, which API Gateway gives up on after 29 s.
+_BUFFERED_SECONDS = 29.0
 _BILLED = ("/v1/chat/completions", "/v1/embeddings")
 
 
@@ -37,12 +40,13 @@ def _route(request: http.Request, context: Any) -> dict[str, Any]:
     principal = None
     try:
         principal = authenticate(request.headers, "inference")
-        remaining = min(context.get_remaining_time_in_millis() / 1000, _GATEWAY_SECONDS)
+        remaining = context.get_remaining_time_in_millis() / 1000
         deadline = time.monotonic() + remaining - _SETTLE_MARGIN_SECONDS
         if request.path == "/v1/embeddings":
             from conduix import embeddings  # only the embeddings route pays for the import
 
             serve = embeddings.serve
+            deadline = min(deadline, time.monotonic() + _BUFFERED_SECONDS - _SETTLE_MARGIN_SECONDS)
         else:
             serve = completion.serve
         served = serve(
@@ -52,6 +56,9 @@ def _route(request: http.Request, context: Any) -> dict[str, Any]:
         who = {"org_id": principal.org_id, "key_id": principal.key_id} if principal else {}
         telemetry.completion_refused(exc, request_id=request.request_id, **who)
         raise
+    if served.live is not None:
+        events = _logged(served.live, request.request_id, principal.org_id, principal.key_id)
+        return http.stream_result(200, events, served.headers(), content_type=served.content_type)
     telemetry.completion_served(
         request_id=request.request_id, org_id=principal.org_id, key_id=principal.key_id, served=served
     )
@@ -59,6 +66,18 @@ def _route(request: http.Request, context: Any) -> dict[str, Any]:
     if served.replay_of is not None:
         headers["Idempotent-Replayed"] = "true"
     return http.proxy_result(200, served.body, headers, content_type=served.content_type)
+
+
+def _logged(live: completion.LiveStream, request_id: str, org_id: str, key_id: str) -> Iterator[str]:
+    """A live stream's events; its log line and metrics once it has ended, billed or not."""
+    try:
+        yield from live
+    finally:
+        who = {"request_id": request_id, "org_id": org_id, "key_id": key_id}
+        if live.served is not None:
+            telemetry.completion_served(served=live.served, **who)
+        else:
+            telemetry.completion_refused(live.failure or RuntimeError("stream abandoned"), **who)
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -18,6 +18,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -516,9 +517,12 @@ class _Worker:
         if msg.get("type") != "ready":
             raise InvocationError("Runtime.InvalidResponse", f"unexpected init message {msg.get('type')!r}")
 
-    def invoke(self, event: Any) -> Any:
+    def invoke(self, event: Any, sink: StreamSink | None = None) -> Any:
+        """The handler's result. A streamed response goes to `sink` as it arrives (the return
+        value is then None), or without a sink is gathered into one result, as Invoke does."""
         request_id = str(uuid.uuid4())
         timeout = float(self.spec.timeout_s)
+        deadline = time.monotonic() + timeout
         line = json.dumps(
             {"requestId": request_id, "deadlineMs": int((time.time() + timeout) * 1000), "event": event}
         )
@@ -538,9 +542,39 @@ class _Worker:
             raise InvocationError("Runtime.InvalidResponse", "worker answered another request")
         if msg.get("type") == "error":
             raise InvocationError(msg["errorType"], msg["errorMessage"], msg.get("stackTrace"))
+        if msg.get("type") == "head":
+            return self._stream(request_id, msg.get("result"), deadline, sink)
         if msg["_bytes"] > MAX_RESPONSE_BYTES:
             raise InvocationError("Function.ResponseSizeTooLarge", "response exceeds Lambda's 6 MB limit")
         return msg.get("result")
+
+    def _stream(self, request_id: str, head: Any, deadline: float, sink: StreamSink | None) -> Any:
+        """Forward a streamed response piece by piece, within the function's timeout."""
+        pieces: list[str] = []
+        if sink is not None:
+            sink.head(head)
+        while True:
+            try:
+                msg = self._next_message(max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise InvocationTimeout(
+                    "Sandbox.Timedout",
+                    f"RequestId: {request_id} Error: Task timed out after {self.spec.timeout_s:.2f} seconds",
+                ) from None
+            kind = msg.get("type")
+            if msg.get("requestId") != request_id:
+                raise InvocationError("Runtime.InvalidResponse", "worker answered another request")
+            if kind == "chunk":
+                if sink is not None:
+                    sink.chunk(str(msg.get("data", "")))
+                else:
+                    pieces.append(str(msg.get("data", "")))
+            elif kind == "end":
+                return None if sink is not None else {**head, "body": "".join(pieces)}
+            elif kind == "error":
+                raise InvocationError(msg["errorType"], msg["errorMessage"], msg.get("stackTrace"))
+            else:
+                raise InvocationError("Runtime.InvalidResponse", f"unexpected stream message {kind!r}")
 
     def signal(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -656,6 +690,60 @@ class _Pool:
 
 
 # ------------------------------------------------------------------------------------------------ HTTP
+
+
+class StreamSink:
+    """Where a route in ResponseTransferMode STREAM sends a streamed response: the head, then
+    each piece as the function writes it (HTTP/1.1 chunked). A client that hangs up stops the
+    writes, not the function, which runs to its end as it does behind API Gateway."""
+
+    def __init__(self, handler: BaseHTTPRequestHandler, extra_headers: list[tuple[str, str]]) -> None:
+        self._handler = handler
+        self._extra = extra_headers
+        self.started = False
+        self.gone = False
+
+    def head(self, result: Any) -> None:
+        status, headers, _ = proxy_response_to_http({**(result or {}), "body": ""})
+        handler = self._handler
+        # Each piece goes out as written: no Nagle wait for the previous write's ACK.
+        with contextlib.suppress(OSError):
+            handler.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.started = True
+        try:
+            handler.send_response(status)
+            for name, value in [*headers, *self._extra]:
+                handler.send_header(name, value)
+            handler.send_header("Transfer-Encoding", "chunked")
+            handler.end_headers()
+        except OSError:  # gone before the head: the function still runs to its end
+            self.gone = True
+            handler.close_connection = True
+            return
+        self._write(b"")
+
+    def chunk(self, data: str) -> None:
+        if data:
+            raw = data.encode()
+            self._write(f"{len(raw):X}\r\n".encode() + raw + b"\r\n")
+
+    def end(self) -> None:
+        self._write(b"0\r\n\r\n")
+
+    def abort(self) -> None:
+        """The function failed mid-stream: the body ends without its last chunk, as in AWS."""
+        self._handler.close_connection = True
+
+    def _write(self, raw: bytes) -> None:
+        if self.gone:
+            return
+        try:
+            if raw:
+                self._handler.wfile.write(raw)
+            self._handler.wfile.flush()
+        except OSError:  # BrokenPipe, ConnectionReset: the client hung up
+            self.gone = True
+            self._handler.close_connection = True
 
 
 class _Server(ThreadingHTTPServer):
@@ -775,17 +863,27 @@ class _Handler(BaseHTTPRequestHandler):
         if staged:
             event["requestContext"].update(stage=front.stage, path=path)
         trace = [("x-amzn-RequestId", request_id)]
+        sink = StreamSink(self, trace) if match.route.stream else None
         try:
-            result = front.invoke(match.function, event)
+            result = front.invoke(match.function, event, sink)
+            if sink is not None and sink.started:
+                sink.end()
+                return
             status, headers, payload = proxy_response_to_http(result)
-        except InvocationError as exc:
+        except (InvocationError, MalformedResponse) as exc:
+            if sink is not None and sink.started:
+                _log(match.function, f"stream ended early: {exc}")
+                sink.abort()
+                return
+            if isinstance(exc, MalformedResponse):
+                _log(match.function, f"Malformed Lambda proxy response: {exc}")
+                self._send_json(
+                    502, _error_json(502, "Malformed Lambda proxy response.", "bad_gateway"), trace
+                )
+                return
             code = "gateway_timeout" if exc.status == 504 else "bad_gateway"
             message = "The function timed out." if exc.status == 504 else "The function failed to answer."
             self._send_json(exc.status, _error_json(exc.status, message, code), trace)
-            return
-        except MalformedResponse as exc:
-            _log(match.function, f"Malformed Lambda proxy response: {exc}")
-            self._send_json(502, _error_json(502, "Malformed Lambda proxy response.", "bad_gateway"), trace)
             return
         self._send(status, [*headers, *trace], payload)
 
@@ -986,13 +1084,14 @@ class Front:
 
     # -------------------------------------------------------------------------------- invocation
 
-    def invoke(self, logical_id: str, event: Any) -> Any:
-        """Invoke a function synchronously; the handler's return value, or InvocationError."""
+    def invoke(self, logical_id: str, event: Any, sink: StreamSink | None = None) -> Any:
+        """Invoke a function synchronously; the handler's return value, or InvocationError.
+        A streamed response goes to `sink` when given (see _Worker.invoke)."""
         pool = self._pools[logical_id]
         worker = pool.acquire()
         healthy = False
         try:
-            result = worker.invoke(event)
+            result = worker.invoke(event, sink)
             healthy = True
             return result
         except InvocationError as exc:

@@ -21,6 +21,9 @@ class TemplateError(ValueError):
 class Route:
     method: str  # upper case; "ANY" matches every method
     path_template: str  # as in the template, e.g. "/v1/billing/{proxy+}"
+    # SAM's ResponseTransferMode RESPONSE_STREAM (the integration's STREAM): the front sends
+    # the function's response as it is written.
+    stream: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,13 @@ def load_functions(
         for event_name, event in (props.get("Events") or {}).items():
             ev_props: dict[str, Any] = event.get("Properties") or {}
             if event["Type"] == "Api":
-                routes.append(Route(str(ev_props.get("Method", "ANY")).upper(), str(ev_props["Path"])))
+                routes.append(
+                    Route(
+                        str(ev_props.get("Method", "ANY")).upper(),
+                        str(ev_props["Path"]),
+                        stream=ev_props.get("ResponseTransferMode") == "RESPONSE_STREAM",
+                    )
+                )
             elif event["Type"] == "Schedule":
                 if ev_props.get("Enabled") is False or ev_props.get("State") == "DISABLED":
                     continue

@@ -4,6 +4,11 @@ Answers depend only on (model, messages), so tests can predict content and usage
 (see reply_text / count_tokens / prompt_tokens). Model-name prefixes pick failure modes:
   fail-*          500 with an OpenAI-style error body
   slow-<seconds>  sleeps that long, then answers normally (timeouts)
+  pace-<ms>       one token per chunk, <ms> apart (a model that writes as it thinks); not
+                  streamed, the answer comes whole after the same time
+  long-<seconds>  like pace-, its tokens spread evenly over <seconds> (a long answer)
+  drip-<ms>       streaming: headers at once, then the body one byte per <ms> (a socket that
+                  never goes quiet long enough for a per-read timeout)
   broken-stream*  streaming: two content chunks, then the connection drops; otherwise 500
   garbage-*       200 whose body is not JSON
   nousage-*       a valid answer without `usage`
@@ -52,6 +57,8 @@ from typing import Any
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _SLOW = re.compile(r"slow-(\d+(?:\.\d+)?)")
+_PACE = re.compile(r"(pace|long)-(\d+(?:\.\d+)?)")
+_DRIP = re.compile(r"drip-(\d+)")
 _FILLER = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet")
 MODEL_IDS = (
     "fake-small",
@@ -62,6 +69,9 @@ MODEL_IDS = (
     "garbage-json",
     "nousage-model",
     "overbill-model",
+    "pace-50",
+    "long-35",
+    "drip-1000",
     "fake-embed",
 )
 EMBED_DIMENSIONS = 16  # the fake embedding models' native size
@@ -264,6 +274,8 @@ def embedding_vector(model: str, item: str | list[int], dimensions: int) -> list
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 resets connections under a burst of clients.
+    request_queue_size = 128
     upstream: FakeUpstream
 
 
@@ -365,10 +377,22 @@ class _Handler(BaseHTTPRequestHandler):
                 "total_tokens": prompt + completion,
             }
         finish = "length" if cut else "stop"
+        pieces, gap = split_pieces(content), 0.0
+        paced = _PACE.match(model)
+        if paced:
+            pieces = split_pieces(content, pieces=max(1, count_tokens(content)))  # a token a chunk
+            seconds = float(paced.group(2))
+            gap = seconds / 1000 if paced.group(1) == "pace" else seconds / max(1, len(pieces) - 1)
         if stream:
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
-            self._stream(model, content, finish, usage if include_usage else None, include_usage)
+            try:
+                self._stream(model, pieces, gap, finish, usage if include_usage else None, include_usage)
+            except (BrokenPipeError, ConnectionResetError):
+                upstream._count_stream("cut")  # the client hung up before the end
+                raise
+            return
+        if gap and upstream._stopping.wait(gap * (len(pieces) - 1)):
             return
         answer: dict[str, Any] = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -422,13 +446,52 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(200, answer)
 
     def _stream(
-        self, model: str, content: str, finish: str, usage: dict[str, int] | None, include_usage: bool
+        self,
+        model: str,
+        pieces: list[str],
+        gap: float,
+        finish: str,
+        usage: dict[str, int] | None,
+        include_usage: bool,
     ) -> None:
+        upstream = self.server.upstream
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # each event as written
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+        self.wfile.flush()
+        drip = _DRIP.match(model)
+        if drip:  # the whole answer, one byte per chunk: each read sees data soon enough
+            events = self._events(model, pieces, finish, usage, include_usage)
+            for byte in b"".join(events):
+                if upstream._stopping.wait(int(drip.group(1)) / 1000):
+                    return
+                self._chunk(bytes([byte]))
+            self._chunk(b"")
+            upstream._count_stream("completed")
+            return
+        if model.startswith("broken-stream"):
+            for event in self._events(model, pieces, finish, usage, include_usage)[:3]:
+                self._chunk(event)
+            # Drop the connection mid-body: no final chunk, no usage, no [DONE], no chunked trailer.
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        for i, event in enumerate(self._events(model, pieces, finish, usage, include_usage)):
+            # Events 2.. are the content pieces after the first: the model "writes" between them.
+            if gap and 2 <= i <= len(pieces) and upstream._stopping.wait(gap):
+                return
+            self._chunk(event)
+        self._chunk(b"")  # end of the chunked body
+        upstream._count_stream("completed")
+
+    @staticmethod
+    def _events(
+        model: str, pieces: list[str], finish: str, usage: dict[str, int] | None, include_usage: bool
+    ) -> list[bytes]:
+        """The stream's server-sent events: role, one per piece, finish, usage, [DONE]."""
         base = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion.chunk",
@@ -438,32 +501,25 @@ class _Handler(BaseHTTPRequestHandler):
         # OpenAI sends "usage": null on every chunk but the last when include_usage is on.
         extra: dict[str, Any] = {"usage": None} if include_usage else {}
 
-        def choice(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        def choice(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
             chunk = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-            return {**base, "choices": [chunk], **extra}
+            return b"data: " + json.dumps({**base, "choices": [chunk], **extra}).encode() + b"\n\n"
 
-        pieces = split_pieces(content)
-        self._event(choice({"role": "assistant", "content": ""}))
-        if model.startswith("broken-stream"):
-            for piece in [*pieces, "", ""][:2]:
-                self._event(choice({"content": piece}))
-            # Drop the connection mid-body: no final chunk, no usage, no [DONE], no chunked trailer.
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
-            return
-        for piece in pieces:
-            self._event(choice({"content": piece}))
-        self._event(choice({}, finish))
+        events = [choice({"role": "assistant", "content": ""})]
+        events += [choice({"content": piece}) for piece in pieces]
+        events.append(choice({}, finish))
         if usage is not None:
-            self._event({**base, "choices": [], "usage": usage})
-        self._chunk(b"data: [DONE]\n\n")
-        self._chunk(b"")  # end of the chunked body
-
-    def _event(self, payload: dict[str, Any]) -> None:
-        self._chunk(b"data: " + json.dumps(payload).encode() + b"\n\n")
+            events.append(b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n")
+        events.append(b"data: [DONE]\n\n")
+        return events
 
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):X}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.upstream._count_stream("connections")  # a new TCP connection (keep-alive reuses one)
 
     def handle_one_request(self) -> None:
         # A client that timed out or hung up mid-answer is normal here, not an error to print.
@@ -485,6 +541,7 @@ class FakeUpstream:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._calls: Counter[str] = Counter()
+        self._streams: Counter[str] = Counter()
 
     def start(self) -> FakeUpstream:
         if self._server is not None:
@@ -525,11 +582,22 @@ class FakeUpstream:
     def calls(self) -> dict[str, Any]:
         """Chat completion requests received, failing ones included."""
         with self._lock:
-            return {"total": sum(self._calls.values()), "by_model": dict(self._calls)}
+            return {
+                "total": sum(self._calls.values()),
+                "by_model": dict(self._calls),
+                # Streams sent to their end, and streams whose reader hung up before it.
+                "streams": {"completed": self._streams["completed"], "cut": self._streams["cut"]},
+                "connections": self._streams["connections"],
+            }
 
     def reset_calls(self) -> None:
         with self._lock:
             self._calls.clear()
+            self._streams.clear()
+
+    def _count_stream(self, outcome: str) -> None:
+        with self._lock:
+            self._streams[outcome] += 1
 
     def _count(self, model: str) -> None:
         with self._lock:

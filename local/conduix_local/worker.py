@@ -10,6 +10,11 @@ Logger, Metrics, print) writes to stdout and must not corrupt the protocol.
   parent -> worker:        {"requestId": str, "deadlineMs": epoch ms, "event": any}
   worker -> parent:        {"type": "result", "requestId", "result": any}
                          | {"type": "error", "requestId", "errorType", "errorMessage", "stackTrace"}
+  or, for a streamed response (a proxy result whose body is an iterator of str, as
+  conduix.runtime streams it on AWS), as the handler writes it:
+                           {"type": "head", "requestId", "result": the result without its body}
+                           {"type": "chunk", "requestId", "data": str} ...
+                           {"type": "end", "requestId"} | an "error" message (mid-stream)
 The worker exits on stdin EOF, after an init error, and when its parent dies.
 """
 
@@ -120,19 +125,36 @@ def main(argv: list[str]) -> int:
         deadline_ms = int(request.get("deadlineMs") or time.time() * 1000 + int(timeout_s) * 1000)
         context = LambdaContext(function_name, int(memory_mb), region, deadline_ms)
         os.environ["_X_AMZN_REQUEST_ID"] = context.aws_request_id
+        request_id = request.get("requestId")
         try:
             result = handler(request["event"], context)
+            body = result.get("body") if isinstance(result, dict) else None
+            if body is not None and not isinstance(body, str | bytes | dict | list):
+                _stream(send, request_id, result, body)
+                continue
         except Exception as exc:
             # Like the runtime: log the failure, report it, stay warm for the next call.
             print(f"[ERROR] {type(exc).__name__}: {exc}", file=sys.stderr)
             traceback.print_exc()
-            send({"type": "error", "requestId": request.get("requestId"), **_error(exc)})
+            send({"type": "error", "requestId": request_id, **_error(exc)})
             continue
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
-        send({"type": "result", "requestId": request.get("requestId"), "result": result})
+        send({"type": "result", "requestId": request_id, "result": result})
     return 0
+
+
+def _stream(
+    send: Callable[[dict[str, Any]], None], request_id: Any, result: dict[str, Any], body: Any
+) -> None:
+    """A streamed response: the head, then each piece as the handler's iterator yields it. The
+    iterator is read to its end whoever listens, as the function runs on after a client leaves."""
+    head = {k: v for k, v in result.items() if k != "body"}
+    send({"type": "head", "requestId": request_id, "result": head})
+    for piece in body:
+        send({"type": "chunk", "requestId": request_id, "data": piece})
+    send({"type": "end", "requestId": request_id})
 
 
 if __name__ == "__main__":

@@ -119,9 +119,8 @@ def test_a_failing_upstream_costs_nothing(stack: Stack) -> None:
         with pytest.raises(openai.APIStatusError) as failed:
             stack.sdk(key).chat.completions.create(model=model, messages=HELLO)
         assert failed.value.status_code == status, model
-    with pytest.raises(openai.APIStatusError) as failed:
-        stack.sdk(key).chat.completions.create(model="test/broken-stream", messages=HELLO, stream=True)
-    assert failed.value.status_code == 502
+    with pytest.raises(openai.APIError):  # a 200 whose stream ends in an error event
+        list(stack.sdk(key).chat.completions.create(model="test/broken-stream", messages=HELLO, stream=True))
     billing = stack.billing(key)
     assert (billing["balance"], billing["held"], billing["open_holds"]) == ("5", "0", 0)
 
@@ -147,16 +146,18 @@ def test_streaming_is_billed_from_the_final_usage(stack: Stack) -> None:
     usage = chunks[-1].usage
     assert usage is not None and chunks[-1].choices == []
     cost = expected_cost(usage.prompt_tokens, usage.completion_tokens, "1.5", "3")
-    assert Decimal(usage.model_extra["cost"]) == cost == Decimal(raw.headers["x-conduix-cost"])
+    assert Decimal(usage.model_extra["cost"]) == cost
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert Decimal(stack.billing(key)["balance"]) == 10 - cost
+    assert Decimal(stack.billing(key)["balance"]) == 10 - cost == Decimal(usage.model_extra["balance"])
+    # The head goes out before the cost is known: it carries the request id and cache status.
+    assert raw.headers["x-request-id"] and raw.headers["x-conduix-cache"] == "BYPASS"
 
     # Without include_usage the client gets no usage chunk, and is billed all the same.
     quiet = stack.sdk(key).chat.completions.with_raw_response.create(
         model="test/cheap", messages=HELLO, stream=True
     )
     assert all(c.usage is None for c in quiet.parse())
-    assert Decimal(stack.billing(key)["balance"]) == 10 - cost - Decimal(quiet.headers["x-conduix-cost"])
+    assert Decimal(stack.billing(key)["balance"]) == 10 - 2 * cost  # the same answer, the same price
 
 
 def test_a_burst_never_spends_more_than_the_balance(stack: Stack) -> None:

@@ -34,7 +34,12 @@ def ask(model: str, *, images: int = 0, tools: bool = False, **extra: Any) -> by
 
 def serve(org: str, body: bytes, request_id: str, key: str | None = None) -> completion.Served:
     principal = Principal(org_id=org, key_id="key_1", scopes=("inference",))
-    return completion.serve(principal, body, request_id, time.monotonic() + 20, key)
+    served = completion.serve(principal, body, request_id, time.monotonic() + 20, key)
+    if served.live is None:
+        return served
+    sent = "".join(served.live)  # a live stream bills at its end
+    assert served.live.served is not None and served.live.served.body == sent
+    return served.live.served
 
 
 def charged(org: str) -> list[tuple[str, int, int, int]]:
@@ -198,3 +203,20 @@ def test_a_bad_key_header_is_a_400(org: str, served_catalog: FakeUpstream) -> No
     with pytest.raises(InvalidRequest) as refused:
         serve(org, ask("t/text"), "r1", key="x" * 300)
     assert refused.value.param == "Idempotency-Key"
+
+
+def test_a_live_stream_is_held_first_and_billed_once_even_if_its_reader_leaves(
+    org: str, served_catalog: FakeUpstream
+) -> None:
+    fund(org, "1")
+    principal = Principal(org_id=org, key_id="key_1", scopes=("inference",))
+    body = ask("t/text", stream=True)
+    served = completion.serve(principal, body, "r1", time.monotonic() + 20)
+    assert served.live is not None and assert_consistent(org).held > 0  # held before the first byte
+    events = iter(served.live)
+    assert next(events).startswith("data: ")
+    events.close()  # type: ignore[attr-defined]  # the client is gone: the rest is read, then billed
+    assert served.live.served is not None and served.live.failure is None
+    assert [(rid, c) for rid, _, c, _ in charged(org)] == [("r1", served.live.served.completion_tokens)]
+    assert charged(org)[0][3] == served.live.served.cost > 0 and assert_consistent(org).held == 0
+    assert served_catalog.calls()["streams"] == {"completed": 1, "cut": 0}

@@ -163,6 +163,17 @@ def test_sweeper_releases_only_expired_holds(org: str) -> None:
     assert wallets.wallets_with_holds(wallets.sweep_shard(org)) == []
 
 
+def test_the_hold_of_a_long_answer_outlives_it(org: str) -> None:
+    # A 15-minute stream (a model with a long timeout) must not lose its hold to the sweeper.
+    fund(org, "10")
+    wallets.reserve(org, "long", 2 * C, model="m", key_id="k", now=NOW, runs_for=900)
+    wallets.reserve(org, "short", 2 * C, model="m", key_id="k", now=NOW, runs_for=20)
+    assert sweeper.sweep(NOW + timedelta(minutes=10))["holds_released"] == 1  # the short one
+    assert_consistent(org)
+    assert [h.request_id for h in wallets.open_holds(org)] == ["long"]
+    assert sweeper.sweep(NOW + timedelta(minutes=17))["holds_released"] == 1
+
+
 def test_settle_and_sweep_race_and_exactly_one_wins(org: str) -> None:
     fund(org, "100")
     rounds = 12

@@ -524,3 +524,69 @@ def test_workers_start_on_demand_up_to_the_maximum() -> None:
             results = list(pool.map(lambda _: _request(f.url, "GET", "/sleep?s=0.6"), range(6)))
         assert len({json.loads(r[2])["pid"] for r in results}) == 6
         assert len(f.worker_pids("SleepFunction")) == 6
+
+
+# ------------------------------------------------------------------------------------------------ streaming
+
+
+def _stream(f: Front, path: str) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, float]:
+    host, port = f.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    started = time.monotonic()
+    conn.request("GET", path)
+    return conn, conn.getresponse(), started
+
+
+@pytest.fixture(scope="module")
+def streamer() -> Iterator[Front]:
+    with Front(_specs("StreamFunction"), operator_key=OPERATOR_KEY, max_workers_per_function=1) as f:
+        yield f
+
+
+def test_a_streamed_response_is_forwarded_as_it_is_written(streamer: Front) -> None:
+    conn, response, started = _stream(streamer, "/stream?n=4&gap=0.3")
+    assert response.status == 200 and response.getheader("Transfer-Encoding") == "chunked"
+    assert response.getheader("Content-Type") == "text/event-stream" and response.getheader(
+        "x-amzn-RequestId"
+    )
+    lines = []
+    while line := response.readline():
+        lines.append((line, time.monotonic() - started))
+    conn.close()
+    assert [line for line, _ in lines] == [b"0\n", b"1\n", b"2\n", b"3\n"]
+    assert lines[0][1] < 0.25 and lines[-1][1] > 0.85  # each line when written, not all at the end
+
+
+def test_a_buffered_route_answers_a_streamed_response_whole(streamer: Front) -> None:
+    status, response, body = _request(streamer.url, "GET", "/stream-buffered?n=3&gap=0.05")
+    assert (status, body) == (200, b"0\n1\n2\n") and response.getheader("Content-Length") == "6"
+
+
+def test_a_client_that_hangs_up_leaves_the_function_running_to_its_end(
+    streamer: Front, tmp_path: Path
+) -> None:
+    mark = tmp_path / "finished"
+    conn, response, _ = _stream(streamer, f"/stream?n=5&gap=0.2&mark={mark}")
+    assert response.readline() == b"0\n"
+    conn.sock.shutdown(2)  # type: ignore[union-attr]
+    conn.close()
+    deadline = time.monotonic() + 5
+    while not mark.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert mark.exists(), "the function stopped when its client left"
+    pid = int(mark.read_text())
+    # And the worker stays warm: the next request is served by the same process.
+    status, _, _ = _request(streamer.url, "GET", f"/stream-buffered?n=1&mark={mark}2")
+    assert status == 200 and int((tmp_path / "finished2").read_text()) == pid
+
+
+def test_a_failure_or_timeout_mid_stream_cuts_the_body_short(streamer: Front) -> None:
+    for path in ("/stream?n=3&fail_at=2", "/stream?n=10&gap=0.5"):  # the function's Timeout is 2 s
+        conn, response, _ = _stream(streamer, path)
+        assert response.status == 200
+        assert response.readline() == b"0\n" and response.readline() == b"1\n"
+        with pytest.raises(http.client.IncompleteRead):
+            response.read()
+        conn.close()
+    status, _, body = _request(streamer.url, "GET", "/stream-buffered?n=2")  # a fresh worker serves
+    assert (status, body) == (200, b"0\n1\n")

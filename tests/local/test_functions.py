@@ -20,7 +20,7 @@ def test_fixture_template_functions() -> None:
     specs = _by_id(load_functions(load_template(FIXTURES / "template.yaml"), FIXTURE_REFS, base_dir=FIXTURES))
     assert list(specs) == [
         "EchoFunction", "SleepFunction", "BoomFunction", "ChattyFunction", "TickFunction",
-        "PowertoolsFunction", "BrokenFunction",
+        "PowertoolsFunction", "BrokenFunction", "StreamFunction",
     ]  # fmt: skip
     echo = specs["EchoFunction"]
     assert echo.code_dir == (FIXTURES / "functions").resolve()
@@ -81,7 +81,7 @@ def test_real_template() -> None:
     assert {k: (v.routes, v.schedules) for k, v in specs.items()} == {
         "CompletionFunction": (
             [
-                Route("ANY", "/v1/chat/completions"),
+                Route("ANY", "/v1/chat/completions", stream=True),
                 Route("ANY", "/v1/models"),
                 Route("ANY", "/v1/embeddings"),
             ],
@@ -115,7 +115,7 @@ def test_real_template() -> None:
     assert specs["AdminFunction"].env["OPERATOR_KEY_SHA256"] == "0" * 64
     assert specs["CompletionFunction"].env["CONDUIX_MODELS_FILE"] == ""
     assert {k: (v.timeout_s, v.memory_mb) for k, v in specs.items()} == {
-        "CompletionFunction": (30, 256),
+        "CompletionFunction": (900, 256),
         "BillingApiFunction": (10, 512),
         "AdminFunction": (10, 512),
         "StripeWebhookFunction": (10, 512),

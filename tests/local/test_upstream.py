@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
+import itertools
 import json
 import random
+import socket
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -184,13 +188,15 @@ def test_call_counter_counts_every_request(client: OpenAI, upstream: FakeUpstrea
     list(client.chat.completions.create(model="fake-small", messages=HELLO, stream=True))
     with pytest.raises(openai.APIStatusError):
         client.chat.completions.create(model="fail-x", messages=HELLO)
-    assert upstream.calls() == {"total": 3, "by_model": {"fake-small": 2, "fail-x": 1}}
+    calls = upstream.calls()
+    assert (calls["total"], calls["by_model"]) == (3, {"fake-small": 2, "fail-x": 1})
+    assert calls["streams"] == {"completed": 1, "cut": 0}
 
     base = upstream.url.removesuffix("/v1")
     with urllib.request.urlopen(f"{base}/_control/calls", timeout=5) as response:
         assert json.load(response) == upstream.calls()
     assert _post(f"{base}/_control/reset", b"")[0] == 200
-    assert upstream.calls() == {"total": 0, "by_model": {}}
+    assert upstream.calls()["total"] == 0 and upstream.calls()["by_model"] == {}
     client.chat.completions.create(model="fake-small", messages=HELLO)
     upstream.reset_calls()
     assert upstream.calls()["total"] == 0
@@ -306,3 +312,65 @@ def test_the_upstream_bills_images_tools_and_message_overhead(client: OpenAI) ->
 def test_an_overbilling_upstream_bills_far_more_than_the_text(client: OpenAI) -> None:
     usage = client.chat.completions.create(model="overbill-model", messages=HELLO).usage
     assert usage is not None and usage.prompt_tokens == prompt_tokens(HELLO) + 5000
+
+
+def _timed_stream(client: OpenAI, model: str) -> list[tuple[float, str]]:
+    """(seconds since the request, content) of each content chunk, as the SDK receives them."""
+    started = time.monotonic()
+    return [
+        (time.monotonic() - started, chunk.choices[0].delta.content)
+        for chunk in client.chat.completions.create(model=model, messages=HELLO, stream=True)
+        if chunk.choices and chunk.choices[0].delta.content
+    ]
+
+
+def test_a_paced_model_writes_a_token_every_n_ms(client: OpenAI) -> None:
+    pieces = _timed_stream(client, "pace-100")
+    assert "".join(p for _, p in pieces) == reply_text("pace-100", HELLO)
+    assert len(pieces) == count_tokens(reply_text("pace-100", HELLO))  # one token a chunk
+    assert pieces[0][0] < 0.08  # the first at once, then one every 100 ms
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(pieces)]
+    assert all(0.08 < gap < 0.2 for gap in gaps), gaps
+    started = time.monotonic()  # not streamed, the answer comes whole after the same time
+    whole = client.chat.completions.create(model="pace-100", messages=HELLO)
+    assert whole.choices[0].message.content == reply_text("pace-100", HELLO)
+    assert time.monotonic() - started > 0.08 * len(gaps)
+
+
+def test_a_long_model_spreads_its_answer_over_its_seconds(client: OpenAI) -> None:
+    pieces = _timed_stream(client, "long-1.5")
+    assert pieces[0][0] < 0.1 and 1.4 < pieces[-1][0] < 1.8
+
+
+def test_a_dripping_model_sends_a_byte_at_a_time(upstream: FakeUpstream) -> None:
+    body = json.dumps({"model": "drip-20", "messages": HELLO, "stream": True}).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", upstream.port, timeout=5)
+    conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    started = time.monotonic()
+    assert response.status == 200
+    first = response.read1(100)  # whatever has arrived: one byte
+    ten = first + b"".join(response.read1(100) for _ in range(9))
+    elapsed = time.monotonic() - started
+    conn.close()
+    assert len(first) == 1 and ten == b'data: {"id'
+    assert 0.15 < elapsed < 0.5  # ten bytes, 20 ms apart
+
+
+def test_streams_read_to_their_end_cut_short_and_connections_are_counted(upstream: FakeUpstream) -> None:
+    upstream.reset_calls()
+    body = json.dumps({"model": "pace-50", "messages": HELLO, "stream": True}).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", upstream.port, timeout=5)
+    for _ in range(2):  # two whole streams over one kept-alive connection
+        conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+        conn.getresponse().read()
+    conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    response.read1(10)
+    conn.sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]  # the reader hangs up
+    conn.close()
+    deadline = time.monotonic() + 5
+    while upstream.calls()["streams"]["cut"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    calls = upstream.calls()
+    assert (calls["streams"], calls["connections"]) == ({"completed": 2, "cut": 1}, 1)

@@ -164,9 +164,14 @@ class Stack:
         return [m for m in sent if to is None or to in (m.get("destinations") or {}).get("ToAddresses", [])]
 
     def upstream_calls(self) -> int:
+        return int(self.upstream_stats()["total"])
+
+    def upstream_stats(self) -> dict[str, Any]:
+        """The stand-in's counts: calls by model, streams read to their end or cut, connections."""
         base = self.upstream.removesuffix("/v1")
         with urllib.request.urlopen(base + "/_control/calls", timeout=10) as response:
-            return int(json.loads(response.read())["total"])
+            stats: dict[str, Any] = json.loads(response.read())
+            return stats
 
 
 @dataclass

@@ -43,6 +43,29 @@ def test_sam_translator_transforms_the_template_offline(monkeypatch: pytest.Monk
     assert "AWS::ApiGateway::RestApi" in types
     json.dumps(output)  # plain JSON, ready for CloudFormation
     _assert_no_circular_dependency(output["Resources"])
+    _assert_completions_stream(output["Resources"])
+
+
+def _assert_completions_stream(resources: dict[str, Any]) -> None:
+    """Chat completions go through a streaming integration (InvokeWithResponseStream) that may
+    run as long as Lambda; every other route stays buffered."""
+    (api,) = [r for r in resources.values() if r["Type"] == "AWS::ApiGateway::RestApi"]
+    paths = api["Properties"]["Body"]["paths"]
+    for path, methods in paths.items():
+        for integration in (m["x-amazon-apigateway-integration"] for m in methods.values()):
+            uri = json.dumps(integration["uri"])
+            if path == "/v1/chat/completions":
+                assert integration["responseTransferMode"] == "STREAM"
+                assert "/2021-11-15/functions/" in uri and uri.endswith('response-streaming-invocations"}')
+                assert integration["timeoutInMillis"] == 900_000
+            else:
+                assert "responseTransferMode" not in integration and uri.endswith('/invocations"}'), path
+    completion = resources["CompletionFunction"]["Properties"]
+    assert completion["Timeout"] == 900  # Lambda's limit: the models' catalog timeouts bound a request
+    wrapper = completion["Environment"]["Variables"]["AWS_LAMBDA_EXEC_WRAPPER"]
+    script = ROOT / "functions/completion" / Path(wrapper).name
+    assert wrapper == "/var/task/stream-runtime" and os.access(script, os.X_OK)
+    assert "-m conduix.runtime" in script.read_text()
 
 
 def _assert_no_circular_dependency(resources: dict[str, Any]) -> None:

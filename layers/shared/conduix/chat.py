@@ -255,6 +255,52 @@ def completion_chunks(completion: dict[str, Any]) -> list[dict[str, Any]]:
     return chunks
 
 
+@dataclass(frozen=True)
+class StreamIds:
+    """What every chunk of one answer carries: our completion id, the model's name, the time."""
+
+    completion_id: str
+    model_id: str
+    created: int
+
+
+def event(chunk: dict[str, Any], ids: StreamIds) -> str:
+    """One upstream chunk as the client's server-sent event, under our id and model name."""
+    out = {
+        **chunk,
+        "id": ids.completion_id,
+        "object": "chat.completion.chunk",
+        "created": ids.created,
+        "model": ids.model_id,
+    }
+    out.pop("usage", None)
+    return f"data: {json.dumps(out, separators=(',', ':'))}\n\n"
+
+
+def usage_event(usage: tuple[int, int, str], ids: StreamIds, balance: str | None = None) -> str:
+    """The final chunk a client asks for with stream_options.include_usage: our cost in usage,
+    and the balance after it beside it."""
+    final: dict[str, Any] = {
+        "id": ids.completion_id,
+        "object": "chat.completion.chunk",
+        "created": ids.created,
+        "model": ids.model_id,
+        "choices": [],
+        "usage": _usage_out(*usage),
+    }
+    if balance is not None:
+        final["usage"]["balance"] = balance
+    return f"data: {json.dumps(final, separators=(',', ':'))}\n\n"
+
+
+DONE = "data: [DONE]\n\n"
+
+
+def error_event(error: dict[str, Any]) -> str:
+    """An OpenAI-style error event: the way a stream that already answered 200 reports a failure."""
+    return f"data: {json.dumps(error, separators=(',', ':'))}\n\n"
+
+
 def event_stream(
     chunks: list[dict[str, Any]],
     *,
@@ -262,28 +308,12 @@ def event_stream(
     model_id: str,
     created: int,
     usage: tuple[int, int, str] | None,
+    balance: str | None = None,
 ) -> str:
     """Server-sent events as the OpenAI API sends them; the usage chunk only when asked for."""
-    lines = []
-    for chunk in chunks:
-        out = {
-            **chunk,
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model_id,
-        }
-        out.pop("usage", None)
-        lines.append(f"data: {json.dumps(out, separators=(',', ':'))}\n\n")
+    ids = StreamIds(completion_id, model_id, created)
+    lines = [event(chunk, ids) for chunk in chunks]
     if usage is not None:
-        final = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model_id,
-            "choices": [],
-            "usage": _usage_out(*usage),
-        }
-        lines.append(f"data: {json.dumps(final, separators=(',', ':'))}\n\n")
-    lines.append("data: [DONE]\n\n")
+        lines.append(usage_event(usage, ids, balance))
+    lines.append(DONE)
     return "".join(lines)

@@ -6,24 +6,28 @@ costs nothing; a deterministic repeat is answered from the cache, free.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from conduix import cache, chat, clock, idempotency, leases, plans, pricing, providers, telemetry, wallets
 from conduix.auth import Principal
-from conduix.catalog import catalog
+from conduix.catalog import Model, catalog
 from conduix.clock import Seconds
-from conduix.errors import InsufficientCredits, InvalidRequest, ServiceBusy
+from conduix.errors import ConduixError, InsufficientCredits, InvalidRequest, ServiceBusy, UpstreamError
 from conduix.money import format_credits, parse_credits
 
 log = logging.getLogger(__name__)
 
 HIT, MISS, BYPASS = "HIT", "MISS", "BYPASS"
+# A whole (non-streamed) answer sends no byte until it is complete, and API Gateway closes a
+# streamed integration that stays quiet for 5 minutes (regional endpoints): stop before that.
+WHOLE_ANSWER_SECONDS = 290.0
 
 
 @dataclass(frozen=True)
@@ -41,8 +45,13 @@ class Served:
     completion_tokens: int = 0
     upstream_ms: float | None = None
     replay_of: str | None = None  # the request id whose answer this replays (Idempotency-Key)
+    # A stream served as the upstream writes it: iterate it for the body's events. Its cost
+    # is known only at its end (in the final chunk, and then in `live.served`).
+    live: LiveStream | None = None
 
     def headers(self) -> dict[str, str]:
+        if self.live is not None:
+            return {"x-conduix-cache": self.cache_status}
         return {
             "x-conduix-cache": self.cache_status,
             "x-conduix-cost": format_credits(self.cost),
@@ -60,6 +69,7 @@ def _respond(
     prompt_tokens: int,
     completion_tokens: int,
     cost: str,
+    balance: str | None = None,
 ) -> tuple[str, str, dict[str, Any] | None]:
     """The client's answer (JSON or event stream) and the completion object worth caching."""
     if request.stream:
@@ -67,7 +77,12 @@ def _respond(
         usage = (prompt_tokens, completion_tokens, cost) if request.include_usage else None
         created = int(time.time())
         text = chat.event_stream(
-            chunks, completion_id=completion_id, model_id=model_id, created=created, usage=usage
+            chunks,
+            completion_id=completion_id,
+            model_id=model_id,
+            created=created,
+            usage=usage,
+            balance=balance,
         )
         assembled = completion if completion is not None else chat.assemble(chunks)
         whole = None
@@ -130,7 +145,15 @@ def serve(
     if idempotency_key is None:
         return _serve(principal, request, attempts, request_id, deadline, None)
     claim = idempotency.Claim(principal.org_id, idempotency.check_key(idempotency_key), request_id)
-    first = idempotency.claim(claim.org_id, claim.key, request.body, request_id, clock.now())
+    # A long answer keeps its key as long as it may run.
+    first = idempotency.claim(
+        claim.org_id,
+        claim.key,
+        request.body,
+        request_id,
+        clock.now(),
+        lease_seconds=_may_run(attempts, deadline) + 10,
+    )
     if first is not None:
         return _replay(first)
     try:
@@ -141,6 +164,13 @@ def serve(
         except Exception:
             log.warning("could not give back an idempotency key", exc_info=True)
         raise
+
+
+def _may_run(attempts: list[pricing.Attempt], deadline: Seconds) -> int:
+    """The longest the request may still run, in seconds: every model of its chain to its
+    timeout, within the request's deadline."""
+    chain = sum(a.model.upstream.timeout_seconds for a in attempts)
+    return max(0, int(min(deadline - time.monotonic(), chain)))
 
 
 def _replay(first: idempotency.Answer) -> Served:
@@ -181,6 +211,7 @@ def _serve(
                 wallets.record_cache_hit(org_id, str(hit.get("model")), principal.key_id, saved, now)
             except Exception:  # statistics only: never fail a free answer over them
                 log.warning("could not count a cache hit", exc_info=True)
+            balance = wallets.get_balance(org_id, principal.key_id)
             text, content_type, _ = _respond(
                 request,
                 hit,
@@ -190,13 +221,14 @@ def _serve(
                 prompt_tokens=int(usage.get("prompt_tokens", 0)),
                 completion_tokens=int(usage.get("completion_tokens", 0)),
                 cost="0",
+                balance=format_credits(balance),
             )
             served = Served(
                 text,
                 content_type,
                 HIT,
                 0,
-                wallets.get_balance(org_id, principal.key_id),
+                balance,
                 requested_model=request.model_id,
                 model=str(hit.get("model")),
                 prompt_tokens=int(usage.get("prompt_tokens", 0)),
@@ -212,7 +244,13 @@ def _serve(
     try:
         # A hot org's requests reserve against this environment's escrow lease, others hold.
         reservation = leases.reserve(
-            org_id, request_id, hold, model=attempts[0].model.id, key_id=principal.key_id, now=now
+            org_id,
+            request_id,
+            hold,
+            model=attempts[0].model.id,
+            key_id=principal.key_id,
+            now=now,
+            runs_for=_may_run(attempts, deadline),
         )
     except InsufficientCredits as refusal:
         _ran_dry(org_id, refusal, now)
@@ -228,21 +266,34 @@ def _serve(
             refusal.message = f"{refusal.message} {advice}"
         raise
     started = time.monotonic()
-    try:
-        reply = providers.complete(
-            attempts, lambda attempt: chat.upstream_payload(request, attempt), request.stream, deadline
+    payload = functools.partial(chat.upstream_payload, request)
+    if request.stream:
+        try:  # up to the first chunk: a failing model still falls back, the client still gets a status
+            opened = providers.open_stream(attempts, payload, deadline)
+        except BaseException:
+            leases.release(org_id, request_id, reservation, clock.now())
+            raise
+        live = LiveStream(
+            principal, request, attempts, request_id, claim, key, hold, reservation, opened, started
         )
+        return Served(
+            "",
+            "text/event-stream",
+            live.cache_status,
+            0,
+            reservation.balance,
+            requested_model=request.model_id,
+            model=opened.attempt.model.id,
+            live=live,
+        )
+    try:  # a whole answer sends nothing until it is complete: API Gateway's idle timeout bounds it
+        reply = providers.complete(attempts, payload, False, min(deadline, started + WHOLE_ANSWER_SECONDS))
     except BaseException:
         leases.release(org_id, request_id, reservation, clock.now())
         raise
     upstream_ms = (time.monotonic() - started) * 1000
 
     model = reply.attempt.model
-    cost = pricing.charge_nanos(model, reply.prompt_tokens, reply.completion_tokens)
-    if cost > hold:  # billed all the same (the service was delivered); settle records it
-        telemetry.settle_incident(
-            "charge_above_hold", request_id=request_id, org_id=org_id, hold=hold, cost=cost, model=model.id
-        )
 
     def render(charged: int) -> tuple[Served, dict[str, Any] | None]:
         text, content_type, whole = _respond(
@@ -254,6 +305,7 @@ def _serve(
             prompt_tokens=reply.prompt_tokens,
             completion_tokens=reply.completion_tokens,
             cost=format_credits(charged),
+            balance=format_credits(reservation.balance - charged),
         )
         served = Served(
             text,
@@ -270,12 +322,46 @@ def _serve(
         )
         return served, whole
 
+    return _bill(
+        principal,
+        request_id,
+        claim,
+        key,
+        hold,
+        reservation,
+        model,
+        (reply.prompt_tokens, reply.completion_tokens),
+        render,
+        now,
+    )
+
+
+def _bill(
+    principal: Principal,
+    request_id: str,
+    claim: idempotency.Claim | None,
+    key: str | None,
+    hold: int,
+    reservation: leases.Reservation,
+    model: Model,
+    tokens: tuple[int, int],
+    render: Callable[[int], tuple[Served, dict[str, Any] | None]],
+    now: datetime,
+) -> Served:
+    """Settle a served answer from its usage (the answer kept for its Idempotency-Key in the
+    same write), then the work that never changes the answer: auto-reload, the cache."""
+    org_id = principal.org_id
+    cost = pricing.charge_nanos(model, *tokens)
+    if cost > hold:  # billed all the same (the service was delivered); settle records it
+        telemetry.settle_incident(
+            "charge_above_hold", request_id=request_id, org_id=org_id, hold=hold, cost=cost, model=model.id
+        )
     served, whole = render(cost)
     usage_record = wallets.Usage(
         model.id,
         principal.key_id,
-        reply.prompt_tokens,
-        reply.completion_tokens,
+        tokens[0],
+        tokens[1],
         cost,
         billed_by=reservation.wallet.billing_mode,
         funds_hint=reservation.wallet.balance,
@@ -294,6 +380,132 @@ def _serve(
         ttl = plans.get(reservation.wallet.plan).cache_ttl_seconds
         _best_effort("cache the answer", cache.store, key, org_id, whole, now, ttl)
     return served
+
+
+class LiveStream:
+    """A stream served as the upstream writes it. Iterating it yields the client's events;
+    the hold was taken before the first of them, and the end bills the upstream's final usage.
+
+    - The upstream fails or passes its deadline mid-stream: an OpenAI-style error event ends
+      the stream, the hold is released at once, nothing is billed.
+    - The client hangs up (the generator is closed, or its events go nowhere): the upstream is
+      still read to its end, which the hold bounds, and billed exactly once from its usage.
+    """
+
+    def __init__(
+        self,
+        principal: Principal,
+        request: chat.ChatRequest,
+        attempts: list[pricing.Attempt],
+        request_id: str,
+        claim: idempotency.Claim | None,
+        key: str | None,
+        hold: int,
+        reservation: leases.Reservation,
+        upstream: providers.UpstreamStream,
+        started: float,
+    ) -> None:
+        self._principal, self._request, self._attempts = principal, request, attempts
+        self._request_id, self._claim, self._key = request_id, claim, key
+        self._hold, self._reservation, self._upstream = hold, reservation, upstream
+        self._started = started
+        self.cache_status = MISS if key else BYPASS
+        self.served: Served | None = None  # what was billed, once the stream has ended
+        self.failure: ConduixError | None = None  # why it ended without a bill
+
+    def __iter__(self) -> Iterator[str]:
+        model = self._upstream.attempt.model
+        ids = chat.StreamIds(f"chatcmpl-{self._request_id}", model.id, int(time.time()))
+        org_id, request_id = self._principal.org_id, self._request_id
+        chunks: list[dict[str, Any]] = []
+        listening = True
+        try:
+            for chunk in self._upstream.chunks():
+                chunks.append(chunk)
+                if listening:
+                    try:
+                        yield chat.event(chunk, ids)
+                    except GeneratorExit:  # the client is gone: read on, bill, say nothing more
+                        listening = False
+        except UpstreamError as exc:
+            self.failure = exc
+            leases.release(org_id, request_id, self._reservation, clock.now())
+            if self._claim:
+                _best_effort("give back an idempotency key", idempotency.abandon, self._claim)
+            if listening:
+                from conduix import http  # the error map; imported late to keep imports one-way
+
+                _, body, _ = http.error_body(exc)
+                yield chat.error_event(body)
+            return
+        except BaseException:
+            # A bug of ours mid-stream: the hold stays for HoldSweeper, which never bills it.
+            log.exception("stream failed", extra={"request_id": request_id})
+            raise
+        assert self._upstream.usage is not None  # chunks() ends only at [DONE], with usage
+        prompt_tokens, completion_tokens = self._upstream.usage
+        upstream_ms = (time.monotonic() - self._started) * 1000
+        head = "".join(chat.event(chunk, ids) for chunk in chunks)
+
+        def render(charged: int) -> tuple[Served, dict[str, Any] | None]:
+            balance = self._reservation.balance - charged
+            tail = ""
+            if self._request.include_usage:
+                usage = (prompt_tokens, completion_tokens, format_credits(charged))
+                tail = chat.usage_event(usage, ids, format_credits(balance))
+            assembled = chat.assemble(chunks)
+            whole = None
+            if assembled is not None:
+                whole = chat.completion_body(
+                    assembled,
+                    completion_id=ids.completion_id,
+                    model_id=model.id,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    cost=format_credits(charged),
+                )
+            served = Served(
+                head + tail + chat.DONE,  # what a retry with the same Idempotency-Key replays
+                "text/event-stream",
+                self.cache_status,
+                charged,
+                balance,
+                requested_model=self._request.model_id,
+                model=model.id,
+                fallback_used=model.id != self._attempts[0].model.id,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                upstream_ms=upstream_ms,
+            )
+            return served, whole
+
+        try:
+            served = _bill(
+                self._principal,
+                request_id,
+                self._claim,
+                self._key,
+                self._hold,
+                self._reservation,
+                model,
+                (prompt_tokens, completion_tokens),
+                render,
+                clock.now(),
+            )
+        except ServiceBusy as exc:
+            self.failure = exc
+            if listening:
+                from conduix import http
+
+                yield chat.error_event(http.error_body(exc)[1])
+            return
+        self.served = served
+        if listening:
+            tail = served.body[len(head) :]  # the usage chunk (when asked for) and [DONE]
+            try:
+                yield tail
+            except GeneratorExit:
+                return
 
 
 def _settle(

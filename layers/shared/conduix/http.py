@@ -12,7 +12,7 @@ import base64
 import json
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +112,18 @@ def proxy_result(
     """A Lambda proxy integration result."""
     out_headers = {"Content-Type": content_type, **(headers or {})}
     return {"statusCode": status, "headers": out_headers, "body": body, "isBase64Encoded": False}
+
+
+def stream_result(
+    status: int,
+    events: Iterable[str],
+    headers: Mapping[str, str] | None = None,
+    content_type: str = "text/event-stream",
+) -> dict[str, Any]:
+    """A streamed proxy result: its body is an iterator, which the runtime (conduix.runtime on
+    AWS, the local worker) sends piece by piece after the status and headers."""
+    out_headers = {"Content-Type": content_type, "Cache-Control": "no-cache", **(headers or {})}
+    return {"statusCode": status, "headers": out_headers, "body": events, "isBase64Encoded": False}
 
 
 def json_result(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> dict[str, Any]:

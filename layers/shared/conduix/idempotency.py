@@ -3,8 +3,9 @@
 One item per org and key, outside the org's partition (its answers must not weigh on the
 wallet's partition). A request claims the key with one conditional write; its answer is
 written in the same transaction that bills it (or records it as pending), so a key is never
-left billed without its answer. A claim whose request died before billing lapses after
-LEASE_SECONDS, longer than Completion can run, and the key can be used again.
+left billed without its answer. A claim whose request died before billing lapses after its
+lease (at least LEASE_SECONDS, and longer than its request may run), and the key can be used
+again.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from conduix.dynamo import Item, as_int, as_str, client, error_code, n, retrying
 from conduix.errors import Conflict, IdempotencyConflict, InvalidRequest, RequestInProgress
 
 KEEP_SECONDS = 24 * 3600
-LEASE_SECONDS = 60  # Completion times out after 30 s
+LEASE_SECONDS = 60  # the least; a request that may run longer asks for more
 MAX_KEY_LENGTH = 255
 # An item holds at most 400 KB; a larger answer is billed once but cannot be replayed.
 _MAX_STORED_BYTES = 350_000
@@ -70,11 +71,19 @@ def _key(org_id: str, key: str) -> dict[str, Any]:
     return {"pk": s(f"IDEMPOTENCY#{org_id}#{digest}"), "sk": s("IDEMPOTENCY")}
 
 
-def claim(org_id: str, key: str, body: dict[str, Any], request_id: str, now: datetime) -> Answer | None:
+def claim(
+    org_id: str,
+    key: str,
+    body: dict[str, Any],
+    request_id: str,
+    now: datetime,
+    lease_seconds: int = LEASE_SECONDS,
+) -> Answer | None:
     """Take the key for this request (None), or return the first answer to it.
 
     Raises IdempotencyConflict when the key came with another body, and RequestInProgress
-    while the first request is still running."""
+    while the first request is still running. The lease (how long a request that died keeps
+    its key) is at least as long as the request may run."""
     at = int(now.timestamp())
     mark = fingerprint(body)
     try:
@@ -86,7 +95,7 @@ def claim(org_id: str, key: str, body: dict[str, Any], request_id: str, now: dat
                     "state": s("claimed"),
                     "fingerprint": s(mark),
                     "request_id": s(request_id),
-                    "lease_until": n(at + LEASE_SECONDS),
+                    "lease_until": n(at + max(LEASE_SECONDS, lease_seconds)),
                     "expires_at": n(at + KEEP_SECONDS),  # the table's TTL attribute
                 },
                 ConditionExpression=(

@@ -537,13 +537,21 @@ class Reservation:
 
 
 def reserve(
-    org_id: str, request_id: str, amount: int, *, model: str, key_id: str, now: datetime
+    org_id: str, request_id: str, amount: int, *, model: str, key_id: str, now: datetime, runs_for: int = 0
 ) -> Reservation:
     """Reserve against this environment's lease for the org and key, taking a new one when
     the org's credit is large against the request; otherwise a per-request hold."""
     known = wallets.known_wallet(org_id)
     hot = known.lease_count > 0 or known.hold_count >= HOT_IN_FLIGHT
-    if hot and known.billing_mode == "prepaid" and known.available >= MIN_HOLDS * amount and amount > 0:
+    # A lease expires SETTLE_MARGIN_SECONDS after its last reservation: a request that may run
+    # longer (a long streamed answer) takes a hold that outlives it instead.
+    if (
+        hot
+        and runs_for < SETTLE_MARGIN_SECONDS - FOLD_SKEW_SECONDS
+        and known.billing_mode == "prepaid"
+        and known.available >= MIN_HOLDS * amount
+        and amount > 0
+    ):
         at = now.timestamp()
         retire: Lease | None = None
         with _lock:
@@ -575,7 +583,7 @@ def reserve(
             close(retire, now)
         if fresh is not None:
             return Reservation(amount, known, fresh)
-    held = wallets.reserve(org_id, request_id, amount, model=model, key_id=key_id, now=now)
+    held = wallets.reserve(org_id, request_id, amount, model=model, key_id=key_id, now=now, runs_for=runs_for)
     return Reservation(held.hold_nanos, held.wallet)
 
 

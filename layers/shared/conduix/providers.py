@@ -1,21 +1,26 @@
 """Calls to upstream model providers (OpenAI-compatible), with fallbacks.
 
-Plain urllib: it costs no import time, and the Completion function makes one call at a time.
-A streamed upstream answer is read to the end before we answer (Lambda's Python runtime
-cannot stream a response), which also means a stream that breaks can still be refused
-cleanly and fall back.
+Connections come from one urllib3 pool per execution environment, kept alive across warm
+invocations: no TCP or TLS handshake per request. urllib3 ships with botocore in the Lambda
+runtime, so it costs no package and little import time.
+
+Every exchange has one overall deadline covering connect, headers and the whole body or
+stream, not each socket read: a watchdog shuts the socket when it passes, so an upstream
+that drips a byte a second is cut at the model's timeout like one that says nothing.
 """
 
 from __future__ import annotations
 
 import json
-import socket
+import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+import urllib3
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from conduix.clock import Seconds
 from conduix.config import secret
@@ -23,7 +28,28 @@ from conduix.errors import UpstreamError, UpstreamRejected, UpstreamTimeout, Ups
 from conduix.pricing import Attempt
 
 _MIN_ATTEMPT_SECONDS = 0.5
+_READ_BYTES = 64 * 1024
+
+_pool: urllib3.PoolManager | None = None
 T = TypeVar("T")
+
+
+def _http() -> urllib3.PoolManager:
+    """The execution environment's connection pool, made on first use (not at import)."""
+    global _pool
+    if _pool is None:
+        # One request at a time per environment; a few spare connections per host for a
+        # fallback chain on the same provider. Retries are ours (the fallback chain).
+        _pool = urllib3.PoolManager(num_pools=8, maxsize=4, retries=False)
+    return _pool
+
+
+def reset_pool() -> None:
+    """Drop every kept-alive connection (tests)."""
+    global _pool
+    if _pool is not None:
+        _pool.clear()
+    _pool = None
 
 
 @dataclass(frozen=True)
@@ -45,9 +71,33 @@ def _usage(obj: Any) -> tuple[int, int]:
     return p, c  # type: ignore[return-value]
 
 
+class _Watchdog:
+    """Shuts a response's socket at the deadline, so a blocked or dripping read ends there."""
+
+    def __init__(self, response: Any, deadline: Seconds) -> None:
+        self.fired = False
+        self._response = response
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        sock = getattr(getattr(self._response, "_connection", None), "sock", None)
+        try:
+            if sock is not None:
+                sock.shutdown(2)  # SHUT_RDWR: the blocked recv returns at once
+        except OSError:
+            pass
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
 def _open(
-    attempt: Attempt, payload: dict[str, Any], timeout: Seconds, path: str = "/chat/completions"
+    attempt: Attempt, payload: dict[str, Any], deadline: Seconds, path: str = "/chat/completions"
 ) -> Any:
+    """Connect, send, and read the status and headers, all within the deadline."""
     upstream = attempt.model.upstream
     headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
     if upstream.api_key_env:
@@ -55,88 +105,197 @@ def _open(
         if not key:
             raise UpstreamUnavailable(f"No credentials configured for {attempt.model.id}.")
         headers["Authorization"] = f"Bearer {key}"
-    request = urllib.request.Request(  # noqa: S310 - the catalog only admits http(s) URLs
-        f"{upstream.base_url}{path}",
-        data=json.dumps(payload).encode("utf-8"),
-        headers=headers,
-        method="POST",
-    )
+    remaining = max(0.01, deadline - time.monotonic())
     try:
-        return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310
-    except urllib.error.HTTPError as exc:
-        status = exc.code
-        exc.close()
-        if status in (408, 429) or status >= 500 or status in (401, 403):
-            raise UpstreamUnavailable(f"{attempt.model.id} answered HTTP {status}.") from None
-        raise UpstreamRejected(f"{attempt.model.id} refused the request (HTTP {status}).") from None
-    except TimeoutError:
+        response = _http().request(
+            "POST",
+            f"{upstream.base_url}{path}",
+            body=json.dumps(payload).encode("utf-8"),
+            headers=headers,
+            # total bounds connect + the wait for headers together; the body is the watchdog's.
+            timeout=urllib3.Timeout(total=remaining),
+            preload_content=False,
+            redirect=False,
+        )
+    except Urllib3Timeout:
         raise UpstreamTimeout(f"{attempt.model.id} did not answer in time.") from None
-    except (urllib.error.URLError, ConnectionError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        if isinstance(reason, TimeoutError | socket.timeout):
-            raise UpstreamTimeout(f"{attempt.model.id} did not answer in time.") from None
+    except (Urllib3Error, OSError):
         raise UpstreamUnavailable(f"{attempt.model.id} could not be reached.") from None
+    status = response.status
+    if status >= 400:
+        _discard(response)
+        if status in (408, 429) or status >= 500 or status in (401, 403):
+            raise UpstreamUnavailable(f"{attempt.model.id} answered HTTP {status}.")
+        raise UpstreamRejected(f"{attempt.model.id} refused the request (HTTP {status}).")
+    return response
 
 
-def _read_stream(response: Any, deadline: Seconds) -> tuple[list[dict[str, Any]], tuple[int, int]]:
-    chunks: list[dict[str, Any]] = []
+def _discard(response: Any) -> None:
+    """Close a response whose connection may hold unread bytes: it must not be reused."""
+    try:
+        response.close()
+        response.release_conn()
+    except Exception:  # noqa: S110 - a connection we give up on anyway
+        pass
+
+
+@dataclass
+class UpstreamStream:
+    """An upstream's event stream, open and read as the client is served.
+
+    `chunks()` yields each chunk with choices as it arrives; after it ends, `usage` holds the
+    upstream's final (prompt, completion) tokens. Any failure raises an UpstreamError.
+    """
+
+    attempt: Attempt
+    _response: Any
+    _watchdog: _Watchdog
+    _pending: list[dict[str, Any]] = field(default_factory=list)
+    _buffer: bytes = b""
+    _done: bool = False
     usage: tuple[int, int] | None = None
-    for raw in response:
-        if time.monotonic() > deadline:
-            raise UpstreamTimeout("The upstream stream did not finish in time.")
-        line = raw.decode("utf-8").strip()
-        if not line.startswith("data:"):
-            continue
-        data = line[5:].strip()
-        if data == "[DONE]":
-            if usage is None:
-                raise UpstreamError("The upstream stream ended without usage.")
-            return chunks, usage
-        chunk = json.loads(data)
-        if not isinstance(chunk, dict):
-            raise UpstreamError("The upstream sent a chunk that is not an object.")
-        if chunk.get("usage"):
-            usage = _usage(chunk)
-        if chunk.get("choices"):
-            chunks.append(chunk)
-    raise UpstreamError("The upstream stream ended early.")
+
+    def _events(self) -> Iterator[dict[str, Any]]:
+        name = self.attempt.model.id
+        while True:
+            newline = self._buffer.find(b"\n")
+            if newline < 0:
+                try:
+                    data = self._response.read1(_READ_BYTES) if hasattr(self._response, "read1") else None
+                    if data is None:
+                        data = next(self._response.stream(_READ_BYTES), b"")
+                except Exception:
+                    if self._watchdog.fired:
+                        raise UpstreamTimeout(f"{name} did not finish in time.") from None
+                    raise UpstreamError(f"{name} broke the connection mid-answer.") from None
+                if self._watchdog.fired:
+                    raise UpstreamTimeout(f"{name} did not finish in time.")
+                if not data:
+                    raise UpstreamError(f"{name} ended its stream early.")
+                self._buffer += data
+                continue
+            raw, self._buffer = self._buffer[:newline], self._buffer[newline + 1 :]
+            line = raw.strip()
+            if not line.startswith(b"data:"):
+                continue
+            text = line[5:].strip()
+            if text == b"[DONE]":
+                if self.usage is None:
+                    raise UpstreamError(f"{name} ended its stream without usage.")
+                self._done = True
+                return
+            try:
+                chunk = json.loads(text)
+            except ValueError:
+                raise UpstreamError(f"{name} sent an event that is not JSON.") from None
+            if not isinstance(chunk, dict):
+                raise UpstreamError(f"{name} sent a chunk that is not an object.")
+            if chunk.get("error"):
+                raise UpstreamError(f"{name} failed mid-stream.")
+            if chunk.get("usage"):
+                self.usage = _usage(chunk)
+            if chunk.get("choices"):
+                yield chunk
+
+    def first(self) -> None:
+        """Read up to the first chunk with choices (held back for `chunks()`)."""
+        for chunk in self._events():
+            self._pending.append(chunk)
+            return
+
+    def chunks(self) -> Iterator[dict[str, Any]]:
+        try:
+            while self._pending:
+                yield self._pending.pop(0)
+            if not self._done:
+                yield from self._events()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._done:
+            try:  # the body's end (the chunked terminator): then the connection can be reused
+                self._response.read()
+                self._done = not self._watchdog.fired
+            except Exception:
+                self._done = False
+        self._watchdog.cancel()
+        if self._done:
+            self._response.release_conn()  # read to its end: the connection is kept alive
+        else:
+            _discard(self._response)
+
+
+def _limit(attempt: Attempt, deadline: Seconds) -> Seconds:
+    """The exchange's own deadline: the model's timeout, within the request's."""
+    return min(deadline, time.monotonic() + attempt.model.upstream.timeout_seconds)
+
+
+def _start_stream(attempt: Attempt, payload: dict[str, Any], deadline: Seconds) -> UpstreamStream:
+    deadline = _limit(attempt, deadline)
+    response = _open(attempt, payload, deadline)
+    stream = UpstreamStream(attempt, response, _Watchdog(response, deadline))
+    try:
+        stream.first()
+    except BaseException:
+        stream.close()
+        raise
+    return stream
+
+
+def _read_json(attempt: Attempt, payload: dict[str, Any], deadline: Seconds, path: str) -> Any:
+    """A whole JSON answer, read within the model's deadline."""
+    deadline = _limit(attempt, deadline)
+    response = _open(attempt, payload, deadline, path)
+    watchdog = _Watchdog(response, deadline)
+    complete = False
+    try:
+        try:
+            raw = response.read()
+        except Exception:
+            if watchdog.fired:
+                raise UpstreamTimeout(f"{attempt.model.id} did not finish in time.") from None
+            raise UpstreamError(f"{attempt.model.id} broke the connection mid-answer.") from None
+        if watchdog.fired:
+            raise UpstreamTimeout(f"{attempt.model.id} did not finish in time.")
+        complete = True
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise UpstreamError(f"{attempt.model.id} sent an answer that is not JSON.") from None
+    finally:
+        watchdog.cancel()
+        if complete:
+            response.release_conn()
+        else:
+            _discard(response)
+
+
+def _read_whole(attempt: Attempt, payload: dict[str, Any], deadline: Seconds) -> UpstreamReply:
+    body = _read_json(attempt, payload, deadline, "/chat/completions")
+    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+        raise UpstreamError("The upstream answer is not a chat completion.")
+    p, c = _usage(body)
+    return UpstreamReply(attempt, p, c, body, [])
 
 
 def call(attempt: Attempt, payload: dict[str, Any], stream: bool, deadline: Seconds) -> UpstreamReply:
-    remaining = deadline - time.monotonic()
-    if remaining < _MIN_ATTEMPT_SECONDS:
+    if deadline - time.monotonic() < _MIN_ATTEMPT_SECONDS:
         raise UpstreamTimeout("No time left to call the upstream.")
-    timeout = min(attempt.model.upstream.timeout_seconds, remaining)
-    response = _open(attempt, payload, timeout)
-    try:
-        if stream:
-            chunks, (p, c) = _read_stream(response, deadline)
-            return UpstreamReply(attempt, p, c, None, chunks)
-        body = json.loads(response.read())
-        if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
-            raise UpstreamError("The upstream answer is not a chat completion.")
-        p, c = _usage(body)
-        return UpstreamReply(attempt, p, c, body, [])
-    except TimeoutError:
-        raise UpstreamTimeout(f"{attempt.model.id} did not finish in time.") from None
-    except (ValueError, UnicodeDecodeError):
-        raise UpstreamError(f"{attempt.model.id} sent an answer that is not JSON.") from None
-    except (ConnectionError, OSError):
-        raise UpstreamError(f"{attempt.model.id} broke the connection mid-answer.") from None
-    finally:
-        response.close()
+    if not stream:
+        return _read_whole(attempt, payload, deadline)
+    opened = _start_stream(attempt, payload, deadline)
+    chunks = list(opened.chunks())
+    assert opened.usage is not None  # chunks() ends only at [DONE] with usage
+    return UpstreamReply(attempt, *opened.usage, None, chunks)
 
 
-def complete(attempts: list[Attempt], build_payload: Any, stream: bool, deadline: Seconds) -> UpstreamReply:
+def _with_fallbacks(attempts: list[Attempt], call_one: Callable[[Attempt], T], deadline: Seconds) -> T:
     """Try each model of the chain in turn; the first usable answer wins.
 
     A provider outage, timeout or unusable answer moves on to the next fallback; a refusal
     of the request itself (4xx) does not, since another model would refuse it too.
     """
-    return _with_fallbacks(attempts, lambda a: call(a, build_payload(a), stream, deadline), deadline)
-
-
-def _with_fallbacks(attempts: list[Attempt], call_one: Callable[[Attempt], T], deadline: Seconds) -> T:
     last: UpstreamError = UpstreamUnavailable("No upstream was tried.")
     for attempt in attempts:
         try:
@@ -148,6 +307,23 @@ def _with_fallbacks(attempts: list[Attempt], call_one: Callable[[Attempt], T], d
             if time.monotonic() + _MIN_ATTEMPT_SECONDS > deadline:
                 break
     raise last
+
+
+def complete(attempts: list[Attempt], build_payload: Any, stream: bool, deadline: Seconds) -> UpstreamReply:
+    """A whole answer (a stream read to its end), from the first model of the chain that gives one."""
+    return _with_fallbacks(attempts, lambda a: call(a, build_payload(a), stream, deadline), deadline)
+
+
+def open_stream(attempts: list[Attempt], build_payload: Any, deadline: Seconds) -> UpstreamStream:
+    """A stream whose first chunk has arrived. Until then a failing model falls back to the
+    next one; after it, the client has seen bytes and a failure ends the stream."""
+
+    def start(attempt: Attempt) -> UpstreamStream:
+        if deadline - time.monotonic() < _MIN_ATTEMPT_SECONDS:
+            raise UpstreamTimeout("No time left to call the upstream.")
+        return _start_stream(attempt, build_payload(attempt), deadline)
+
+    return _with_fallbacks(attempts, start, deadline)
 
 
 @dataclass(frozen=True)
@@ -176,21 +352,10 @@ def _embedding_answer(body: Any, inputs: int) -> tuple[int, list[dict[str, Any]]
 def call_embeddings(
     attempt: Attempt, payload: dict[str, Any], inputs: int, deadline: Seconds
 ) -> EmbeddingReply:
-    remaining = deadline - time.monotonic()
-    if remaining < _MIN_ATTEMPT_SECONDS:
+    if deadline - time.monotonic() < _MIN_ATTEMPT_SECONDS:
         raise UpstreamTimeout("No time left to call the upstream.")
-    response = _open(attempt, payload, min(attempt.model.upstream.timeout_seconds, remaining), "/embeddings")
-    try:
-        tokens, data = _embedding_answer(json.loads(response.read()), inputs)
-        return EmbeddingReply(attempt, tokens, data)
-    except TimeoutError:
-        raise UpstreamTimeout(f"{attempt.model.id} did not finish in time.") from None
-    except (ValueError, UnicodeDecodeError):
-        raise UpstreamError(f"{attempt.model.id} sent an answer that is not JSON.") from None
-    except (ConnectionError, OSError):
-        raise UpstreamError(f"{attempt.model.id} broke the connection mid-answer.") from None
-    finally:
-        response.close()
+    tokens, data = _embedding_answer(_read_json(attempt, payload, deadline, "/embeddings"), inputs)
+    return EmbeddingReply(attempt, tokens, data)
 
 
 def embed(

@@ -441,15 +441,26 @@ def same_settings(known: Wallet) -> tuple[str, dict[str, Any]]:
 
 
 def reserve(
-    org_id: str, request_id: str, amount: int, *, model: str, key_id: str, now: datetime
+    org_id: str,
+    request_id: str,
+    amount: int,
+    *,
+    model: str,
+    key_id: str,
+    now: datetime,
+    runs_for: int = 0,
 ) -> Reservation:
     """Hold `amount` for a request in one transaction (the wallet's sums, and the hold item), or
     refuse it.
 
+    The hold outlives the longest the request may run (`runs_for` seconds), so HoldSweeper
+    never frees the hold of a long answer still being written.
     Raises SpendCapExceeded or InsufficientCredits; nothing is held then.
     """
     period = clock.period_of(now)
-    expires = int(now.timestamp()) + settings().hold_ttl_seconds
+    expires = int(now.timestamp()) + max(
+        settings().hold_ttl_seconds, runs_for + settings().hold_ttl_seconds // 5
+    )
     hold = {
         **hold_key(org_id, request_id),
         "request_id": s(request_id),
