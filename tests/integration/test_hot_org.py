@@ -96,10 +96,13 @@ def test_500_requests_in_flight_keep_every_item_small_and_never_overdraw(org: st
     assert len(outcomes) == len(placed)
     # (already settled: a retry after an answer lost in the queue found its own entry)
     assert set(outcomes) <= {wallets.SettleOutcome.SETTLED, wallets.SettleOutcome.ALREADY_SETTLED, "deferred"}
+    # (a hold whose first attempt sat in the store's queue past the client's timeout lands
+    # after its request gave up: open, unused, released by HoldSweeper when it expires)
+    strays = [h for h in wallets.open_holds(org) if h.request_id not in set(placed)]
     swept = sweeper.sweep(NOW + timedelta(minutes=10))
     # (a deferred settle whose first attempt had landed after all is dropped, not billed twice)
     assert swept["pending_settled"] <= outcomes.count("deferred") and wallets.pending_settles(org) == []
-    assert swept["holds_released"] == len(holds) - len(placed)
+    assert swept["holds_released"] == len(strays)
     w = assert_consistent(org)
     spent = sum(costs[int(rid.split("-")[1])] for rid in placed)
     assert (w.balance, w.held, w.available) == (450 * C - spent, 0, 450 * C - spent)

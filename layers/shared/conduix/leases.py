@@ -543,6 +543,9 @@ def reserve(
     the org's credit is large against the request; otherwise a per-request hold."""
     known = wallets.known_wallet(org_id)
     hot = known.lease_count > 0 or known.hold_count >= HOT_IN_FLIGHT
+    # Balance and cap alerts are judged from the wallet each settle moves; under a lease the
+    # debit lands at the fold, so an org with alerts keeps per-request holds (for now).
+    hot = hot and not (known.balance_alerts or known.cap_alerts)
     # A lease expires SETTLE_MARGIN_SECONDS after its last reservation: a request that may run
     # longer (a long streamed answer) takes a hold that outlives it instead.
     if (

@@ -557,6 +557,14 @@ def reserve(
                 raise refusal from None
             continue  # the state it failed on (or the settings the view knew) changed: try again
         wallet = moved(org_id, held=amount, holds=1)
+        if known.balance_alerts or known.cap_alerts:
+            # Alerts judge a crossing from the wallet as this hold left it, others' holds
+            # included: an org with alerts pays one read for it (the transaction returns none).
+            known_wallet_fresh = (
+                client().get_item(TableName=table, Key=wallet_key(org_id), ConsistentRead=True).get("Item")
+            )
+            if known_wallet_fresh:
+                wallet = learn(org_id, known_wallet_fresh)
         return Reservation(hold_nanos=amount, wallet=wallet or known)
     raise Conflict("The wallet kept changing while placing the hold; please retry.")
 
