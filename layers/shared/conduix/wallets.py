@@ -1250,13 +1250,18 @@ def prune_rate_windows(org_id: str, now: datetime) -> int:
     for start in range(0, len(stale), 50):  # a modest expression per write
         batch = stale[start : start + 50]
         names = {f"#w{i}": window for i, window in enumerate(batch)}
-        client().update_item(
-            TableName=settings().billing_table,
-            Key=wallet_key(org_id),
-            UpdateExpression="REMOVE " + ", ".join(f"rpm.{name}" for name in names),
-            ConditionExpression="attribute_exists(pk)",
-            ExpressionAttributeNames=names,
-        )
+        try:
+            client().update_item(
+                TableName=settings().billing_table,
+                Key=wallet_key(org_id),
+                UpdateExpression="REMOVE " + ", ".join(f"rpm.{name}" for name in names),
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeNames=names,
+            )
+        except ClientError as exc:
+            if not _busy(exc):
+                raise
+            return start
     return len(stale)
 
 
@@ -1274,8 +1279,17 @@ def forget_if_idle(org_id: str) -> None:
             ExpressionAttributeValues={":zero": n(0)},
         )
     except ClientError as exc:
-        if error_code(exc) != "ConditionalCheckFailedException":
+        if error_code(exc) != "ConditionalCheckFailedException" and not _busy(exc):
             raise
+
+
+# A wallet in a transaction, or throttled: a tidy-up (not a movement of money) waits for the
+# next sweep rather than stopping this sweep of every other org.
+_BUSY = ("TransactionConflictException", "ProvisionedThroughputExceededException", "ThrottlingException")
+
+
+def _busy(exc: ClientError) -> bool:
+    return error_code(exc) in _BUSY
 
 
 def set_plan(org_id: str, plan: plans.Plan) -> None:
