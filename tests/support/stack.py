@@ -222,6 +222,9 @@ def launch(state_dir: Path, name: str, **extra_env: str) -> Iterator[Launched]:
         "CONDUIX_LOCAL_WORKERS": "6",
         # Long, as in production: revocation must count at once however long keys are cached.
         "CONDUIX_KEY_CACHE_SECONDS": "300",
+        # Scheduled functions run when a test says so (run_job, or /_local/clock, which fires
+        # what falls due): a wall-clock tick racing a test's own run made results timing-bound.
+        "CONDUIX_LOCAL_SCHEDULES": "off",
         **extra_env,
     }
     with open(log, "wb") as out:
