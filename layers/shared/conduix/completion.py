@@ -156,14 +156,9 @@ def serve(
     )
     if first is not None:
         return _replay(first)
-    try:
-        return _serve(principal, request, attempts, request_id, deadline, claim)
-    except BaseException:
-        try:
-            idempotency.abandon(claim)  # nothing was billed: a retry with the key runs again
-        except Exception:
-            log.warning("could not give back an idempotency key", exc_info=True)
-        raise
+    return idempotency.serve_claimed(
+        claim, lambda: _serve(principal, request, attempts, request_id, deadline, claim)
+    )
 
 
 def _may_run(attempts: list[pricing.Attempt], deadline: Seconds) -> int:

@@ -14,10 +14,12 @@ import base64
 import dataclasses
 import hashlib
 import json
+import logging
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
@@ -181,3 +183,20 @@ def abandon(owner: Claim) -> None:
     except ClientError as exc:
         if error_code(exc) != "ConditionalCheckFailedException":
             raise
+
+
+_T = TypeVar("_T")
+_log = logging.getLogger(__name__)
+
+
+def serve_claimed(claim: Claim, serve: Callable[[], _T]) -> _T:
+    """Serve a request that holds `claim`; if it fails, nothing was billed, so the key is given
+    back and a retry with it runs again."""
+    try:
+        return serve()
+    except BaseException:
+        try:
+            abandon(claim)
+        except Exception:
+            _log.warning("could not give back an idempotency key", exc_info=True)
+        raise
