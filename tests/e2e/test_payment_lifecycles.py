@@ -285,7 +285,7 @@ def test_an_auto_reload_below_the_threshold_ends_each_episode_and_stops_at_the_d
     stack.sdk(key).chat.completions.create(model="test/cheap", messages=[{"role": "user", "content": "hi"}])
     start = balance(stack, key)
     for charge in range(1, 6):
-        stack.run_job("AutoReloadFunction")
+        assert stack.run_job("AutoReloadFunction").status == 200
         assert wait_until(lambda: balance(stack, key) == start + 5 * charge)  # noqa: B023
     stack.run_job("AutoReloadFunction")  # the sixth of the UTC day: paused, with a notice
     reload = stack.billing(key)["auto_reload"]

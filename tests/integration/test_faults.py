@@ -122,6 +122,20 @@ def test_a_settle_whose_answer_was_lost_is_not_billed_twice(org: str, faults: Fa
     assert len([i for i in ledger_items(org) if i["entry_type"]["S"] == "usage"]) == 1
 
 
+def test_a_credit_whose_answer_was_lost_is_still_this_call_s_credit(org: str, faults: Faults) -> None:
+    fund(org, "5")
+    faults.calls.clear()
+    faults.fail("TransactWriteItems", "lost-response")
+    # The retry finds the marker its own first attempt wrote: created, credited once.
+    entry, created = wallets.credit(org, kind="grant", key="g1", amount=3 * C, description="g", now=NOW)
+    assert created and entry.amount == 3 * C
+    assert faults.calls["TransactWriteItems"] == 2
+    assert assert_consistent(org).balance == 8 * C
+    # Another call with the same key is the duplicate it is.
+    assert wallets.credit(org, kind="grant", key="g1", amount=3 * C, description="g", now=NOW)[1] is False
+    assert assert_consistent(org).balance == 8 * C
+
+
 def test_contention_that_never_clears_is_a_clean_busy_error(org: str, faults: Faults) -> None:
     from conduix.errors import ServiceBusy
 

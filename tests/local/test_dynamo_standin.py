@@ -140,3 +140,27 @@ def test_concurrent_transactions_on_one_item_conflict(ddb: tuple[Any, StandIn]) 
     assert "TransactionConflict" in results
     applied = int(client.get_item(TableName="T", Key=key("wallet"))["Item"]["n"]["N"])
     assert applied == results.count("ok")  # a cancelled transaction wrote nothing
+
+
+def test_the_billing_client_waits_out_a_transaction_in_flight_for_a_single_write(
+    ddb: tuple[Any, StandIn],
+) -> None:
+    from conduix.dynamo import wait_out_transactions
+
+    client, standin = ddb
+    wait_out_transactions(client)  # as conduix.dynamo.client() does
+    held = ("T", '{"S": "ORG#hot"}', '{"S": "wallet"}')
+    before = standin.conflicts.cancelled
+    # Given a transaction holding the wallet for a moment (a top-up landing)
+    with standin.conflicts.running([held]):
+        writer = threading.Thread(target=lambda: client.update_item(**bump("wallet")["Update"]))
+        writer.start()
+        time.sleep(0.05)
+    # When it ends, the single write refused meanwhile is sent again and lands exactly once
+    writer.join(timeout=10)
+    assert standin.conflicts.cancelled > before
+    assert client.get_item(TableName="T", Key=key("wallet"))["Item"]["n"]["N"] == "1"
+    # And a transaction's own cancellation is left to the caller (`retrying`), not resent here
+    with standin.conflicts.running([held]), pytest.raises(ClientError) as cancelled:
+        client.transact_write_items(TransactItems=[bump("wallet")])
+    assert cancelled.value.response["Error"]["Code"] == "TransactionCanceledException"

@@ -55,11 +55,31 @@ def client() -> DynamoDBClient:
             config=Config(
                 connect_timeout=2,
                 read_timeout=5,
-                # botocore retries throttling itself; transaction conflicts are retried by `retrying`.
+                # botocore retries throttling itself; cancelled transactions are retried by `retrying`.
                 retries={"mode": "standard", "max_attempts": 3},
             ),
         )
+        wait_out_transactions(_client)
     return _client
+
+
+_CONFLICT_ATTEMPTS = 6
+
+
+def _transaction_in_flight(attempts: int, response: Any = None, **_: Any) -> float | None:
+    if response is None or attempts >= _CONFLICT_ATTEMPTS:
+        return None  # no answer, or enough: botocore's own policy decides
+    if response[1].get("Error", {}).get("Code") != "TransactionConflictException":
+        return None
+    return random.uniform(0, min(1.0, 0.02 * 2**attempts))
+
+
+def wait_out_transactions(dynamodb: Any) -> None:
+    """DynamoDB refuses a single-item write to an item that a transaction in flight holds
+    (TransactionConflictException), and botocore does not retry it. Nothing was written, so
+    sending it again after a short, jittered wait is always safe: every plain write (a wallet
+    setting beside a top-up's transaction, say) waits the transaction out instead of failing."""
+    dynamodb.meta.events.register_first("needs-retry.dynamodb", _transaction_in_flight)
 
 
 def reset_client() -> None:

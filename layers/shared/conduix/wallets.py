@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -985,12 +986,14 @@ def credit(
     original entry; the same key with another amount raises IdempotencyConflict.
     """
     marker, line = _ledger_items(org_id, kind=kind, key=key, amount=amount, now=now, description=description)
+    # Which call wrote the marker: a retry after a lost answer finds its own write, not a duplicate.
+    writer = uuid.uuid4().hex
     table = settings().billing_table
     items: list[Any] = [
         {
             "Put": {
                 "TableName": table,
-                "Item": marker,
+                "Item": {**marker, "writer": s(writer)},
                 "ConditionExpression": "attribute_not_exists(pk)",
                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }
@@ -1020,10 +1023,13 @@ def credit(
                 raise IdempotencyConflict(
                     f"The idempotency key '{key}' was already used with a different amount."
                 ) from None
-            return _entry_from_item(existing), False
-        if reasons[2].get("Code") == "ConditionalCheckFailed":
+            if as_str(existing, "writer") != writer:
+                return _entry_from_item(existing), False
+            # This call's own first attempt landed and its answer was lost: it is the credit.
+        elif reasons[2].get("Code") == "ConditionalCheckFailed":
             raise NotFound(f"No wallet for org '{org_id}'.") from None
-        raise
+        else:
+            raise
     moved(org_id, balance=amount)
     if amount > 0:
         end_reload_episode(org_id)
