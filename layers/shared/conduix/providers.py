@@ -11,6 +11,7 @@ that drips a byte a second is cut at the model's timeout like one that says noth
 
 from __future__ import annotations
 
+import heapq
 import json
 import threading
 import time
@@ -71,17 +72,54 @@ def _usage(obj: Any) -> tuple[int, int]:
     return p, c  # type: ignore[return-value]
 
 
+_WATCHDOG_COMPACT_AT = 1024
+
+
 class _Watchdog:
-    """Shuts a response's socket at the deadline, so a blocked or dripping read ends there."""
+    """Shuts a response's socket at the deadline, so a blocked or dripping read ends there.
+
+    One daemon thread serves every watchdog of the process (a heap of deadlines): a thread
+    started per request cost more CPU than the rest of the upstream call."""
+
+    _heap: list[tuple[float, int, _Watchdog]] = []
+    _wake = threading.Condition()
+    _thread: threading.Thread | None = None
+    _seq = 0
 
     def __init__(self, response: Any, deadline: Seconds) -> None:
         self.fired = False
+        self.cancelled = False
         self._response = response
-        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
-        self._timer.daemon = True
-        self._timer.start()
+        cls = _Watchdog
+        with cls._wake:
+            if len(cls._heap) > _WATCHDOG_COMPACT_AT:  # cancelled ones wait for their deadline
+                cls._heap[:] = [entry for entry in cls._heap if not entry[2].cancelled]
+                heapq.heapify(cls._heap)
+            cls._seq += 1
+            heapq.heappush(cls._heap, (deadline, cls._seq, self))
+            if cls._thread is None or not cls._thread.is_alive():  # first use (or after a fork)
+                cls._thread = threading.Thread(target=cls._run, name="upstream-watchdog", daemon=True)
+                cls._thread.start()
+            elif cls._heap[0][2] is self:  # sooner than the thread sleeps for
+                cls._wake.notify()
+
+    @classmethod
+    def _run(cls) -> None:
+        while True:
+            with cls._wake:
+                while True:
+                    while cls._heap and cls._heap[0][2].cancelled:
+                        heapq.heappop(cls._heap)
+                    wait = cls._heap[0][0] - time.monotonic() if cls._heap else None
+                    if wait is not None and wait <= 0:
+                        due = heapq.heappop(cls._heap)[2]
+                        break
+                    cls._wake.wait(wait)
+            due._fire()
 
     def _fire(self) -> None:
+        if self.cancelled:
+            return
         self.fired = True
         sock = getattr(getattr(self._response, "_connection", None), "sock", None)
         try:
@@ -91,7 +129,8 @@ class _Watchdog:
             pass
 
     def cancel(self) -> None:
-        self._timer.cancel()
+        self.cancelled = True  # the thread drops it when it reaches the top of the heap
+        self._response = None
 
 
 def _open(
