@@ -521,7 +521,16 @@ def _settle(
         log.warning("settle deferred", exc_info=True, extra={"request_id": request_id})
         try:
             lease_id = reservation.lease.lease_id if reservation.lease else ""  # charged, not settled
-            wallets.record_pending(org_id, request_id, hold, usage, clock.now(), also=also, lease_id=lease_id)
+            wallets.record_pending(
+                org_id,
+                request_id,
+                hold,
+                usage,
+                clock.now(),
+                also=also,
+                lease_id=lease_id,
+                budget_key=reservation.budget_key,
+            )
         except Exception:
             log.exception("could not record a deferred settle", extra={"request_id": request_id})
             raise ServiceBusy("The billing store is busy; please retry the request.") from None

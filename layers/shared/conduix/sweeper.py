@@ -37,6 +37,7 @@ def sweep(now: datetime) -> dict[str, Any]:
                             pending.usage,
                             now,
                             from_pending=True,
+                            budget_key=pending.budget_key,
                         )
                 except Exception:  # still contended: the record and its hold wait for the next run
                     log.exception(
@@ -57,7 +58,9 @@ def sweep(now: datetime) -> dict[str, Any]:
             for hold in holds:
                 if hold.request_id in waiting:
                     continue
-                if hold.expires_at <= cutoff and wallets.release(org_id, hold.request_id, hold.amount):
+                if hold.expires_at <= cutoff and wallets.release(
+                    org_id, hold.request_id, hold.amount, budget_key=hold.key_id if hold.key_budget else ""
+                ):
                     released += 1
                     released_nanos += hold.amount
                     log.warning(
