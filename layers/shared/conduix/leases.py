@@ -619,6 +619,7 @@ def settle(
     now: datetime,
     *,
     also: Sequence[dict[str, Any]] = (),
+    alert_guard: wallets.AlertGuard | None = None,
 ) -> wallets.SettleOutcome:
     if reservation.lease is None:
         return wallets.settle(
@@ -629,6 +630,7 @@ def settle(
             now,
             also=also,
             budget_key=reservation.budget_key,
+            alert_guard=alert_guard,
         )
     lease = reservation.lease
     try:

@@ -7,7 +7,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from conduix import leases, telemetry, wallets
+from conduix import alerts, leases, telemetry, wallets
 from conduix.money import format_credits
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,7 @@ def sweep(now: datetime) -> dict[str, Any]:
         for org_id in wallets.wallets_with_holds(str(shard)):
             checked += 1
             waiting = set()  # deferred settles still contended: their holds are not released
+            landed = 0
             for pending in wallets.pending_settles(org_id):
                 try:
                     if pending.lease_id:  # billed under a lease: no hold to close, a debit of its own
@@ -47,6 +48,7 @@ def sweep(now: datetime) -> dict[str, Any]:
                     continue
                 if outcome is wallets.SettleOutcome.SETTLED:
                     settled += 1
+                    landed += 1
                     settled_nanos += pending.usage.cost
                 else:  # its first settle had landed after all (or, never, its hold was released)
                     wallets.drop_pending(org_id, pending.request_id)
@@ -54,6 +56,8 @@ def sweep(now: datetime) -> dict[str, Any]:
                     "settled a deferred settle",
                     extra={"org_id": org_id, "request_id": pending.request_id, "outcome": outcome.value},
                 )
+            if landed:
+                _alerts_after_deferred(org_id, now)
             holds = wallets.open_holds(org_id)
             for hold in holds:
                 if hold.request_id in waiting:
@@ -84,3 +88,11 @@ def sweep(now: datetime) -> dict[str, Any]:
         "credits_released": format_credits(released_nanos),
         "leases_folded": leases_folded,
     }
+
+
+def _alerts_after_deferred(org_id: str, now: datetime) -> None:
+    """Deferred settles carry no alert guard: check the org's thresholds once they landed."""
+    try:
+        alerts.check(org_id, now)
+    except Exception:  # the next settle's guard finds a crossing still unsent
+        log.exception("could not check alerts after deferred settles", extra={"org_id": org_id})

@@ -112,6 +112,7 @@ class Wallet:
     cap_alerts: tuple[int, ...] = ()  # percents of the cap
     # Keys with a spend limit: their holds also write the key's budget item (see reserve).
     limited_keys: frozenset[str] = frozenset()
+    alerts_fired: frozenset[str] = frozenset()  # keys of the alert thresholds fired (alerts.py)
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,11 @@ def _wallet_from_item(org_id: str, item: Item) -> Wallet:
         balance_alerts=tuple(int(v["N"]) for v in item.get("alert_balance_below", {}).get("L", [])),
         cap_alerts=tuple(int(v["N"]) for v in item.get("alert_cap_percent", {}).get("L", [])),
         limited_keys=frozenset(item.get("limited_keys", {}).get("M", {})),
+        alerts_fired=frozenset(item.get("alert_fired", {}).get("M", {})),
     )
+
+
+wallet_from_item = _wallet_from_item
 
 
 def new_wallet_item(org_id: str, now: datetime) -> Item:
@@ -190,10 +195,11 @@ def new_wallet_item(org_id: str, now: datetime) -> Item:
         "rpm": {"M": {}},  # per key and minute: "<key_id>@<minute>" -> requests held
         "revoked_keys": {"M": {}},  # key id -> when it was revoked (see note_revoked_key)
         "limited_keys": {"M": {}},  # key id -> its limit's version (see set_key_limit)
+        "alert_fired": {"M": {}},  # alert key -> when it fired (see alerts.py)
     }
 
 
-def get_wallet(org_id: str) -> Wallet:
+def wallet_item(org_id: str) -> Item:
     item = (
         client()
         .get_item(TableName=settings().billing_table, Key=wallet_key(org_id), ConsistentRead=True)
@@ -201,7 +207,11 @@ def get_wallet(org_id: str) -> Wallet:
     )
     if not item:
         raise NotFound(f"No wallet for org '{org_id}'.")
-    return _wallet_from_item(org_id, item)
+    return item
+
+
+def get_wallet(org_id: str) -> Wallet:
+    return _wallet_from_item(org_id, wallet_item(org_id))
 
 
 # ------------------------------------------------------------------ what this environment knows
@@ -613,14 +623,6 @@ def reserve(
                 raise key_limit_refusal(budget, amount) from None
             raise
         wallet = moved(org_id, held=amount, holds=1)
-        if known.balance_alerts or known.cap_alerts:
-            # Alerts judge a crossing from the wallet as this hold left it, others' holds
-            # included: an org with alerts pays one read for it (the transaction returns none).
-            known_wallet_fresh = (
-                client().get_item(TableName=table, Key=wallet_key(org_id), ConsistentRead=True).get("Item")
-            )
-            if known_wallet_fresh:
-                wallet = learn(org_id, known_wallet_fresh)
         return Reservation(hold_nanos=amount, wallet=wallet or known, budget_key=key_id if limited else "")
     raise Conflict("The wallet kept changing while placing the hold; please retry.")
 
@@ -951,6 +953,43 @@ def record_cache_hit(org_id: str, model: str, key_id: str, saved: int, now: date
     )
 
 
+@dataclass
+class AlertGuard:
+    """Conditions a settle keeps when alert thresholds are armed (see alerts.guard): the balance
+    stays at or above `balance_floor`, the month's spend below `spent_ceiling` (in `period`).
+    The settle whose guard fails is the one that crosses a threshold: it drops the guard, lands,
+    and sets `tripped`, so its caller claims and sends the alert."""
+
+    balance_floor: int | None
+    spent_ceiling: int | None
+    period: str
+    tripped: bool = False
+
+    def condition(self, period: str) -> tuple[str, dict[str, Any]]:
+        if self.tripped:
+            return "", {}
+        parts, values = [], {}
+        if self.balance_floor is not None:
+            parts.append("balance >= :alert_floor")
+            values[":alert_floor"] = n(self.balance_floor)
+        if self.spent_ceiling is not None and period == self.period:
+            parts.append("month_spent < :alert_ceiling")
+            values[":alert_ceiling"] = n(self.spent_ceiling)
+        return "".join(f" AND {p}" for p in parts), values
+
+    def failed_on(self, old: Item, period: str) -> bool:
+        """Whether the old wallet fails the guard (then the settle crosses a threshold)."""
+        if self.tripped:
+            return False
+        if self.balance_floor is not None and as_int(old, "balance") < self.balance_floor:
+            return True
+        return (
+            self.spent_ceiling is not None
+            and period == self.period
+            and as_int(old, "month_spent") >= self.spent_ceiling
+        )
+
+
 class SettleOutcome(Enum):
     SETTLED = "settled"
     ALREADY_SETTLED = "already_settled"  # a retry of a settle that had committed
@@ -1016,6 +1055,7 @@ def settle(
     also: Sequence[dict[str, Any]] = (),
     from_pending: bool = False,
     budget_key: str = "",
+    alert_guard: AlertGuard | None = None,
 ) -> SettleOutcome:
     """Debit the actual cost, close the hold, append the ledger entry and count the usage, in
     one transaction. Exactly one of settle and release/sweep can close a hold.
@@ -1023,7 +1063,8 @@ def settle(
     A cost above the hold is still billed exactly (the service was delivered) and leaves an
     incident item for reconcile. `also` adds the caller's own writes to the transaction (the
     idempotent answer); `from_pending` removes the usage recorded by `record_pending`;
-    `budget_key`: the key whose spend limit the hold counts against (the settle moves it too)."""
+    `budget_key`: the key whose spend limit the hold counts against (the settle moves it too);
+    `alert_guard`: see AlertGuard."""
     period = clock.period_of(now)
     c = usage.cost
     marker, line = usage_ledger_items(org_id, request_id, usage, now)
@@ -1033,6 +1074,7 @@ def settle(
     for _ in range(4):
         if invoiced:  # the part of the cost the month's invoice bills
             marker["invoiced"] = line["invoiced"] = n(c - drawn)
+        guarded, guard_values = alert_guard.condition(period) if alert_guard else ("", {})
         items: list[Any] = [
             {
                 "Update": {
@@ -1042,7 +1084,9 @@ def settle(
                         "ADD balance :nc, held :nh, available :hc, "
                         "month_spent :c, committed :ch, cap_remaining :hc, hold_count :minus"
                     ),
-                    "ConditionExpression": "#period = :p" + (" AND balance >= :drawn" if drawn else ""),
+                    "ConditionExpression": "#period = :p"
+                    + (" AND balance >= :drawn" if drawn else "")
+                    + guarded,
                     "ExpressionAttributeNames": {"#period": "period"},
                     "ExpressionAttributeValues": {
                         ":minus": n(-1),
@@ -1053,6 +1097,7 @@ def settle(
                         ":ch": n(c - hold_amount),
                         ":p": s(period),
                         **({":drawn": n(drawn)} if drawn else {}),
+                        **guard_values,
                     },
                     "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                 }
@@ -1098,7 +1143,11 @@ def settle(
             # A deferred settle is another request to DynamoDB too (other items, another time):
             # reusing the first token there would be refused as a parameter mismatch.
             kind = "settle-pending" if from_pending else "settle"
-            token = hashlib.sha256(f"{kind}:{org_id}:{request_id}:{period}:{drawn}".encode()).hexdigest()[:36]
+            # (And without the alert guard once it tripped: the guarded attempt surely failed.)
+            tripped = int(bool(alert_guard and alert_guard.tripped))
+            token = hashlib.sha256(
+                f"{kind}:{org_id}:{request_id}:{period}:{drawn}:{tripped}".encode()
+            ).hexdigest()[:36]
             retrying(lambda: client().transact_write_items(TransactItems=items, ClientRequestToken=token))  # noqa: B023
             moved(org_id, balance=-c, held=-hold_amount, spent=c, holds=-1)
             return SettleOutcome.SETTLED
@@ -1116,6 +1165,9 @@ def settle(
                 raise
             old = reasons[0].get("Item") or {}
             old_period = as_str(old, "period")
+            if alert_guard is not None and alert_guard.failed_on(old, old_period):
+                alert_guard.tripped = True  # this settle crosses a threshold: land it, then alert
+                continue
             if old_period < period:
                 roll_period(org_id, period)
             elif old_period > period:
@@ -1395,13 +1447,24 @@ def ledger_entry(org_id: str, entry_id: str) -> LedgerEntry | None:
 # ------------------------------------------------------------------ account state: paused, auto-reload due
 
 
-def conditional_update(org_id: str, **kwargs: Any) -> bool:
-    """An UpdateItem on the wallet that reports whether its condition held."""
+class ConditionFailed(Exception):
+    """A conditional update's condition did not hold; `old` is the item as it was (if asked)."""
+
+    def __init__(self, old: Item) -> None:
+        super().__init__("condition failed")
+        self.old = old
+
+
+def conditional_update(org_id: str, *, raise_on_failure: bool = False, **kwargs: Any) -> bool:
+    """An UpdateItem on the wallet that reports whether its condition held (or, with
+    `raise_on_failure`, raises ConditionFailed with the old item when it did not)."""
     _views.pop(org_id, None)  # a setting may change: the next hold reads the wallet again
     try:
         client().update_item(TableName=settings().billing_table, Key=wallet_key(org_id), **kwargs)
     except ClientError as exc:
         if error_code(exc) == "ConditionalCheckFailedException":
+            if raise_on_failure:
+                raise ConditionFailed(dict(exc.response.get("Item") or {})) from None  # type: ignore[call-overload]
             return False
         raise
     return True
