@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from conduix import alerts, leases, telemetry, wallets
+from conduix.errors import ServiceBusy
 from conduix.money import format_credits
 
 log = logging.getLogger(__name__)
@@ -60,11 +61,9 @@ def sweep(now: datetime) -> dict[str, Any]:
                 _alerts_after_deferred(org_id, now)
             holds = wallets.open_holds(org_id)
             for hold in holds:
-                if hold.request_id in waiting:
+                if hold.request_id in waiting or hold.expires_at > cutoff:
                     continue
-                if hold.expires_at <= cutoff and wallets.release(
-                    org_id, hold.request_id, hold.amount, budget_key=hold.key_id if hold.key_budget else ""
-                ):
+                if _release(org_id, hold):
                     released += 1
                     released_nanos += hold.amount
                     log.warning(
@@ -88,6 +87,18 @@ def sweep(now: datetime) -> dict[str, Any]:
         "credits_released": format_credits(released_nanos),
         "leases_folded": leases_folded,
     }
+
+
+def _release(org_id: str, hold: wallets.Hold) -> bool:
+    """Release an expired hold; one whose wallet stays busy past the retries waits for the
+    next run instead of ending this one for every other org."""
+    try:
+        return wallets.release(
+            org_id, hold.request_id, hold.amount, budget_key=hold.key_id if hold.key_budget else ""
+        )
+    except ServiceBusy:
+        log.warning("an expired hold waits for the next sweep", extra={"request_id": hold.request_id})
+        return False
 
 
 def _alerts_after_deferred(org_id: str, now: datetime) -> None:
