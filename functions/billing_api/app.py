@@ -95,6 +95,11 @@ def post_api_key() -> Response[dict[str, Any]]:
     return Response(status_code=201, content_type=content_types.APPLICATION_JSON, body=created)
 
 
+@app.patch("/v1/billing/api-keys/<key_id>")
+def patch_api_key(key_id: str) -> dict[str, Any]:
+    return keys.update_api_key(_org_id(), key_id, api.json_body(app))
+
+
 @app.delete("/v1/billing/api-keys/<key_id>")
 def delete_api_key(key_id: str) -> dict[str, Any]:
     return keys.revoke_api_key(_org_id(), key_id)

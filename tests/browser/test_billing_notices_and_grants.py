@@ -71,3 +71,41 @@ def test_alerts_are_set_on_the_settings_page(stack: Stack, page: Browser) -> Non
     page.clickable("#alerts-save").click()
     page.until(lambda b: b.by_id("alerts-error").is_displayed(), "a bad percent was not refused")
     assert stack.call("GET", "/v1/billing/alerts", key=key).body["cap_used_percent"] == [80, 95]
+
+
+def test_a_key_s_spend_limit_is_set_and_removed_on_the_settings_page(stack: Stack, page: Browser) -> None:
+    _, key = stack.new_org("10")
+    page.open("/dashboard/settings")
+    page.sign_in(key)
+    key_id = page.wait_count("#keys tbody tr", 1)[0].get_attribute("data-key")
+    row = f'#keys tr[data-key="{key_id}"]'
+    page.until(lambda b: "None" in b.css(f"{row} td.limit").text, "no limit shown")
+    for width in (390, 1280):
+        _width(page, width)
+        page.clickable(f'{row} button[aria-label^="Spend limit"]').click()
+        page.visible("limit-dialog")
+        page.type_into("limit-amount", "two")
+        page.clickable("#limit-save").click()
+        page.until(lambda b: b.by_id("limit-error").is_displayed(), "a bad amount was not refused")
+        assert _layout(page)["overflow"] <= 0
+        page.screenshot(f"settings-key-limit-{width}", width=width)
+        _width(page, width)
+        page.by_id("limit-cancel").click()
+        page.until(lambda b: not b.by_id("limit-dialog").is_displayed(), "the dialog stayed open")
+    page.driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    assert stack.call("GET", "/v1/billing/api-keys", key=key).body["data"][0]["spend_limit"] is None
+
+    page.clickable(f'{row} button[aria-label^="Spend limit"]').click()
+    page.type_into("limit-amount", "2.5")
+    page.driver.execute_script("document.getElementById('limit-period').value = 'week'")
+    page.clickable("#limit-save").click()
+    page.until(lambda b: "2.5 a week · spent 0" in b.css(f"{row} td.limit").text, "the limit did not show")
+    shown = stack.call("GET", "/v1/billing/api-keys", key=key).body["data"][0]["spend_limit"]
+    assert (shown["amount"], shown["period"], shown["spent"]) == ("2.5", "week", "0")
+
+    page.clickable(f'{row} button[aria-label^="Spend limit"]').click()
+    page.visible("limit-dialog")
+    assert page.by_id("limit-amount").get_attribute("value") == "2.5"
+    page.clickable("#limit-remove").click()
+    page.until(lambda b: "None" in b.css(f"{row} td.limit").text, "the limit was not removed")
+    assert stack.call("GET", "/v1/billing/api-keys", key=key).body["data"][0]["spend_limit"] is None

@@ -261,7 +261,7 @@ def test_settings_sets_and_removes_the_cap_and_creates_and_revokes_a_key(stack: 
 
     # revoke asks first: Cancel keeps the key, Revoke revokes it
     key_id = row.get_attribute("data-key")
-    revoke = f'#keys tr[data-key="{key_id}"] button'
+    revoke = f'#keys tr[data-key="{key_id}"] button[aria-label^="Revoke"]'
     page.clickable(revoke).click()
     page.visible("revoke-dialog")
     assert "ci robot" in page.text("revoke-text")

@@ -137,3 +137,69 @@ def test_embeddings_are_billed_exactly_per_input_token(stack: Stack) -> None:
     assert "/v1/embeddings" in str(refused.value)
     with pytest.raises(openai.BadRequestError):
         client.embeddings.create(model="test/cheap", input="hi")
+
+
+def test_a_key_stops_at_its_daily_limit_under_a_burst_while_another_key_is_served(stack: Stack) -> None:
+    # Given an org with 20 credits, and a second key limited to 3 credits a day
+    org_id, admin = stack.new_org("20")
+    made = stack.call(
+        "POST", "/v1/billing/api-keys", {"name": "batch job", "scopes": ["inference"]}, key=admin
+    )
+    assert made.status == 201, made.body
+    limited, limited_id = made.body["api_key"], made.body["key_id"]
+    path = f"/v1/billing/api-keys/{limited_id}"
+    bad = stack.call("PATCH", path, {"spend_limit": {"amount": "3", "period": "fortnight"}}, key=admin)
+    assert bad.status == 400 and bad.body["error"]["param"] == "spend_limit.period"
+    set_ = stack.call("PATCH", path, {"spend_limit": {"amount": "3", "period": "day"}}, key=admin)
+    assert set_.status == 200, set_.body
+    assert set_.body["spend_limit"]["amount"] == "3" and set_.body["spend_limit"]["period"] == "day"
+    calls = stack.upstream_calls()
+    # When 8 requests of exactly 1 credit race on the limited key
+    outcomes: list[int | str] = []
+
+    def one(i: int) -> None:
+        try:
+            stack.sdk(limited).chat.completions.create(  # type: ignore[call-overload]
+                messages=[{"role": "user", "content": f"burst {i}"}], **ONE_TOKEN
+            )
+            outcomes.append(200)
+        except openai.APIStatusError as exc:
+            body = exc.body if isinstance(exc.body, dict) else {}
+            outcomes.append(f"{exc.status_code} {body.get('code')}")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(8)))
+    # Then exactly 3 are served and billed, 5 refused before the provider is called
+    assert sorted(outcomes, key=str) == [200] * 3 + ["402 key_spend_limit_exceeded"] * 5
+    assert stack.upstream_calls() == calls + 3
+    refused = stack.call(
+        "POST",
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x"}], **ONE_TOKEN},
+        key=limited,
+    )
+    assert refused.status == 402 and refused.body["error"]["code"] == "key_spend_limit_exceeded"
+    assert refused.body["error"]["limit"] == "3" and refused.body["error"]["period"] == "day"
+    tomorrow = (_clock(stack) + timedelta(days=1)).strftime("%Y-%m-%dT00:00:00Z")
+    assert refused.body["error"]["resets_at"] == tomorrow and tomorrow in refused.body["error"]["message"]
+    # And the org's other key goes on
+    _spend(stack, admin, 2)
+    assert Decimal(stack.billing(admin)["balance"]) == Decimal(20 - 3 - 2)
+    listed = {
+        k["key_id"]: k["spend_limit"]
+        for k in stack.call("GET", "/v1/billing/api-keys", key=admin).body["data"]
+    }
+    assert listed[limited_id] == {
+        "amount": "3",
+        "period": "day",
+        "spent": "3",
+        "in_flight": "0",
+        "remaining": "0",
+        "resets_at": tomorrow,
+    }
+    assert [v for k, v in listed.items() if k != limited_id] == [None]
+    # Removing the limit lets the key spend again
+    assert stack.call("PATCH", path, {"spend_limit": None}, key=admin).body["spend_limit"] is None
+    _spend(stack, limited, 1)
+    assert Decimal(stack.billing(admin)["balance"]) == Decimal(14)
+    assert org_id

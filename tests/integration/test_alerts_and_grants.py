@@ -82,19 +82,19 @@ def test_a_balance_alert_fires_once_per_crossing_and_re_arms_when_credits_land(
     fund(org, "0.001")
     billing.set_alerts(org, {"balance_below": ["0.0008"]})
     calls: list[object] = []
-    original = alerts.after_settle
+    original = alerts.check
 
-    def counted(*args: object) -> int:
+    def counted(*args: object, **kwargs: object) -> int:
         calls.append(args)
-        return original(*args)  # type: ignore[arg-type]
+        return original(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(alerts, "after_settle", counted)
+    monkeypatch.setattr(alerts, "check", counted)
     ask(org, "r1")  # far from the threshold: no request is spent on alerts
     assert calls == [] and sent(org, "balance_below") == []
     spend_below(org, 8 * C // 10000, "a")
     assert len(sent(org, "balance_below")) == 1
     before = len(calls)
-    ask(org, "r2")  # below already: no request on alerts, and no second email
+    ask(org, "r2")  # below already (and fired): no request on alerts, and no second email
     assert len(calls) == before and len(sent(org, "balance_below")) == 1
     fund(org, "0.001", key="top")
     alerts.after_credit(org)  # what every credit path calls
@@ -115,6 +115,28 @@ def test_a_concurrent_burst_across_a_threshold_sends_one_email(
         list(pool.map(lambda i: ask(org, f"b{i}"), range(16)))
     assert wallets.get_wallet(org).balance < 15 * C // 10000
     assert len(sent(org, "balance_below")) == 1
+    assert_consistent(org)
+
+
+def test_the_settle_that_crosses_sends_the_alert_whatever_order_requests_held_in(org: str) -> None:
+    # Four requests in flight of one credit each, from 8 credits, with an alert below 5: the
+    # request that settles last held first, when the wallet still looked far from 5 (the
+    # interleaving a burst on the local stack produced, and the old estimate missed).
+    fund(org, "8")
+    billing.set_alerts(org, {"balance_below": ["5"]})
+    views = [wallets.reserve(org, f"h{i}", C, model="m", key_id="k", now=NOW).wallet for i in range(4)]
+    tripped = []
+    for i in (1, 2, 3, 0):
+        guard = alerts.guard(views[i], C)
+        assert guard is not None  # armed: each settle carries the guard
+        usage = wallets.Usage("m", "k", 1, 1, C)
+        assert wallets.settle(org, f"h{i}", C, usage, NOW, alert_guard=guard) is wallets.SettleOutcome.SETTLED
+        tripped.append(guard.tripped)
+        if guard.tripped:
+            assert alerts.check(org, NOW) == 1
+    assert tripped == [False, False, False, True]  # only the settle from 5 to 4 crosses
+    assert len(sent(org, "balance_below")) == 1
+    assert alerts.guard(wallets.get_wallet(org), C) is None  # fired: nothing armed, no guard
     assert_consistent(org)
 
 

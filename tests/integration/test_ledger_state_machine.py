@@ -15,9 +15,12 @@ the store is checked against the model and against itself:
   incident item, and nothing else did;
 - a settle deferred (it could not land at once) keeps its hold until HoldSweeper settles it,
   exactly once, instead of releasing it;
-- a wallet with an open hold is in the sweep index, or HoldSweeper would never find it.
+- a wallet with an open hold is in the sweep index, or HoldSweeper would never find it;
+- each key budget (per-key daily spend limit) holds exactly the key's counted open holds, its
+  window's spend, and room = limit - spent - held.
 
-A reserve must be refused (rate limit, then cap, then balance) exactly when the model says so.
+A reserve must be refused (rate limit, then cap, then balance, then the key's limit) exactly
+when the model says so.
 
 Profiles (deterministic, no example database):
   default                  short, part of the normal test run
@@ -36,11 +39,12 @@ from typing import Any
 
 import pytest
 from conduix import config, dynamo, orgs, plans, sweeper, wallets
-from conduix.clock import period_of
+from conduix.clock import limit_window, period_of
 from conduix.errors import (
     Conflict,
     IdempotencyConflict,
     InsufficientCredits,
+    KeySpendLimitExceeded,
     RateLimited,
     SpendCapExceeded,
 )
@@ -89,6 +93,7 @@ amounts = st.one_of(
 )
 grant_amounts = st.one_of(st.integers(1, 10 * C), st.sampled_from([C, 5 * C, 10 * C]))
 cap_limits = st.one_of(st.none(), st.integers(0, 15 * C), st.sampled_from([0, C, 5 * C]))
+key_limits = st.one_of(st.none(), st.integers(1, 6 * C), st.sampled_from([C, 3 * C]))
 
 
 def next_month(moment: datetime) -> datetime:
@@ -119,6 +124,14 @@ class Model:
     # for. Prepaid holds never do.
     debt: int = 0
     cap_debt: int = 0
+    # Per-key daily spend limits: the limit of each limited key, each budget item's [window,
+    # spent] (kept after a limit is removed), and the key whose budget each open hold counts in.
+    key_limit: dict[str, int] = field(default_factory=dict)
+    budget: dict[str, list[Any]] = field(default_factory=dict)
+    hold_budget: dict[str, str] = field(default_factory=dict)
+
+    def key_held(self, key: str) -> int:
+        return sum(self.holds[rid][0] for rid, k in self.hold_budget.items() if k == key)
 
     @property
     def held(self) -> int:
@@ -170,6 +183,9 @@ MUST_SEE = (
     "duplicate-hold:conflict",
     "settle:deferred",
     "sweep:settled-deferred",
+    "refused:key-limit",
+    "hold:key-limit",
+    "key-window-roll",
 )
 
 
@@ -189,6 +205,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.settled: dict[str, tuple[int, wallets.Usage]] = {}  # rid -> (hold, usage)
         self.closed: dict[str, int] = {}  # released or swept: rid -> hold
         self.pending: dict[str, wallets.Usage] = {}  # deferred settles: rid -> usage
+        self.closed_budget: dict[str, str] = {}  # closed requests: rid -> the key budget it counted in
         self.over: set[str] = set()  # requests charged above their hold
         self.billed_requests = 0
         self.billed_credits = 0
@@ -259,8 +276,23 @@ class LedgerMachine(RuleBasedStateMachine):
         refuse_rate = m.rpm[window] >= m.rpm_limit
         refuse_cap = m.capped and m.cap_remaining < amount
         refuse_balance = not m.invoice and m.available < amount
+        limited = key in m.key_limit
+        today = limit_window("day", self.now)
+        refuse_key = False
+        if limited and not (refuse_rate or refuse_cap or refuse_balance):
+            if m.budget[key][0] < today:  # the hold rolls the window first
+                m.budget[key] = [today, 0]
+                seen["key-window-roll"] += 1
+            refuse_key = m.key_limit[key] - m.budget[key][1] - m.key_held(key) < amount
         try:
             r = wallets.reserve(self.org, rid, amount, model="acme/fast", key_id=key, now=self.now)
+        except KeySpendLimitExceeded as exc:
+            assert refuse_key, (
+                f"refused by the key's limit with {m.budget.get(key)} and {m.key_held(key)} held"
+            )
+            assert (exc.limit_nanos, exc.period) == (m.key_limit[key], "day")
+            seen["refused:key-limit"] += 1
+            return False
         except RateLimited:
             assert refuse_rate, f"rate-limited after {m.rpm[window]} of {m.rpm_limit} requests this minute"
             seen["refused:rate"] += 1
@@ -284,6 +316,11 @@ class LedgerMachine(RuleBasedStateMachine):
         assert not refuse_rate, f"a hold past the rate limit ({m.rpm_limit} per minute per key)"
         assert not refuse_cap, "a hold went past the spend cap"
         assert not refuse_balance, "a hold overdrew the wallet"
+        assert not refuse_key, "a hold went past its key's spend limit"
+        assert r.budget_key == (key if limited else "")
+        if limited:
+            m.hold_budget[rid] = key
+            seen["hold:key-limit"] += 1
         m.holds[rid] = (amount, int(self.now.timestamp()) + HOLD_TTL)
         m.rpm[window] += 1
         assert (r.hold_nanos, r.balance) == (amount, m.balance)
@@ -303,7 +340,9 @@ class LedgerMachine(RuleBasedStateMachine):
     def _settle(self, data: st.DataObject, rid: str) -> None:
         hold, _ = self.model.holds[rid]
         usage = self._usage(data, hold)
-        assert wallets.settle(self.org, rid, hold, usage, self.now) is wallets.SettleOutcome.SETTLED
+        budget_key = self.model.hold_budget.get(rid, "")
+        outcome = wallets.settle(self.org, rid, hold, usage, self.now, budget_key=budget_key)
+        assert outcome is wallets.SettleOutcome.SETTLED
         self._settled(rid, usage)
 
     def _settled(self, rid: str, usage: wallets.Usage) -> None:
@@ -317,6 +356,10 @@ class LedgerMachine(RuleBasedStateMachine):
             seen["settle:after-roll"] += 1
         m.roll(self.now)
         del m.holds[rid]
+        budget_key = m.hold_budget.pop(rid, "")
+        if budget_key:
+            m.budget[budget_key][1] += cost  # in the window the budget item is at
+        self.closed_budget[rid] = budget_key
         m.balance -= cost
         m.month_spent += cost
         m.ledger[f"usage:{rid}"] = -cost
@@ -330,7 +373,8 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def _release(self, rid: str) -> None:
         hold, _ = self.model.holds.pop(rid)
-        assert wallets.release(self.org, rid, hold) is True
+        budget_key = self.closed_budget[rid] = self.model.hold_budget.pop(rid, "")
+        assert wallets.release(self.org, rid, hold, budget_key=budget_key) is True
         self.closed[rid] = hold
         seen["release"] += 1
 
@@ -395,7 +439,9 @@ class LedgerMachine(RuleBasedStateMachine):
         rid = self._pick(data, self._in_flight(), "open hold")
         hold, _ = self.model.holds[rid]
         usage = self._usage(data, hold)
-        wallets.record_pending(self.org, rid, hold, usage, self.now)
+        wallets.record_pending(
+            self.org, rid, hold, usage, self.now, budget_key=self.model.hold_budget.get(rid, "")
+        )
         self.pending[rid] = usage
         seen["settle:deferred"] += 1
 
@@ -409,16 +455,17 @@ class LedgerMachine(RuleBasedStateMachine):
             hold, usage = self.settled[rid]
         else:
             hold, usage = self.closed[rid], wallets.Usage("acme/fast", "key_1", 1, 1, cost)
+        budget_key = self.closed_budget.get(rid, "")
         if data.draw(st.booleans(), label="release instead"):
-            assert wallets.release(self.org, rid, hold) is False
+            assert wallets.release(self.org, rid, hold, budget_key=budget_key) is False
             seen["release-again"] += 1
         elif rid in self.settled:
-            assert (
-                wallets.settle(self.org, rid, hold, usage, self.now) is wallets.SettleOutcome.ALREADY_SETTLED
-            )
+            outcome = wallets.settle(self.org, rid, hold, usage, self.now, budget_key=budget_key)
+            assert outcome is wallets.SettleOutcome.ALREADY_SETTLED
             seen["already-settled"] += 1
         else:
-            assert wallets.settle(self.org, rid, hold, usage, self.now) is wallets.SettleOutcome.HOLD_GONE
+            outcome = wallets.settle(self.org, rid, hold, usage, self.now, budget_key=budget_key)
+            assert outcome is wallets.SettleOutcome.HOLD_GONE
             seen["hold-gone"] += 1
 
     # ------------------------------------------------------------------ time, expiry, settings
@@ -452,6 +499,7 @@ class LedgerMachine(RuleBasedStateMachine):
         for rid, amount in expired.items():
             del self.model.holds[rid]
             self.closed[rid] = amount
+            self.closed_budget[rid] = self.model.hold_budget.pop(rid, "")
         seen["sweep:released"] += len(expired)
 
     @rule(limit=cap_limits)
@@ -461,6 +509,20 @@ class LedgerMachine(RuleBasedStateMachine):
         m.roll(self.now)
         m.capped, m.cap_limit = limit is not None, limit or 0
         m.cap_debt = max(0, -m.cap_remaining) if m.capped else 0
+
+    @rule(key=st.sampled_from(KEYS), limit=key_limits)
+    def set_key_limit(self, key: str, limit: int | None) -> None:
+        """A daily spend limit on one key (or none). Set anew in the same window, it keeps the
+        spend counted so far; otherwise it starts from the figure given (here, none)."""
+        m = self.model
+        wallets.set_key_limit(self.org, key, limit, "day", 0, self.now)
+        if limit is None:
+            m.key_limit.pop(key, None)
+            return
+        today = limit_window("day", self.now)
+        if key not in m.budget or m.budget[key][0] != today:
+            m.budget[key] = [today, 0]
+        m.key_limit[key] = limit
 
     @rule(invoice=st.booleans())
     def set_billing_mode(self, invoice: bool) -> None:
@@ -514,6 +576,20 @@ class LedgerMachine(RuleBasedStateMachine):
         assert got == (m.balance, m.held, m.available, m.period, m.month_spent, m.committed)
         assert (w.capped, w.cap_limit, w.cap_remaining) == (m.capped, m.cap_limit, m.cap_remaining)
         assert w.billing_mode == ("invoice" if m.invoice else "prepaid")
+
+        # Key budgets: the store's against the model's, and each against itself.
+        budgets = wallets.key_budgets(self.org)
+        assert set(budgets) == set(m.budget)
+        assert w.limited_keys == frozenset(m.key_limit)
+        for key, b in budgets.items():
+            assert (b.limit, b.window, b.spent) == (
+                m.key_limit.get(key, 0),
+                m.budget[key][0],
+                m.budget[key][1],
+            )
+            assert b.held == m.key_held(key), "a key budget's held != its counted open holds"
+            assert b.room == b.limit - b.spent - b.held
+        assert {h.request_id for h in holds if h.key_budget} == set(m.hold_budget)
 
         # Holds never overdraw, and never pass the cap.
         if w.available < 0:

@@ -7,6 +7,7 @@ import itertools
 import json
 import random
 import socket
+import statistics
 import time
 import urllib.error
 import urllib.request
@@ -328,9 +329,10 @@ def test_a_paced_model_writes_a_token_every_n_ms(client: OpenAI) -> None:
     pieces = _timed_stream(client, "pace-100")
     assert "".join(p for _, p in pieces) == reply_text("pace-100", HELLO)
     assert len(pieces) == count_tokens(reply_text("pace-100", HELLO))  # one token a chunk
-    assert pieces[0][0] < 0.08  # the first at once, then one every 100 ms
+    assert pieces[0][0] < 0.3  # the first at once, then one every 100 ms
     gaps = [b[0] - a[0] for a, b in itertools.pairwise(pieces)]
-    assert all(0.08 < gap < 0.2 for gap in gaps), gaps
+    # Never sooner than paced; later only as much as a busy machine delays a thread.
+    assert all(0.08 < gap < 0.5 for gap in gaps) and 0.08 < statistics.median(gaps) < 0.2, gaps
     started = time.monotonic()  # not streamed, the answer comes whole after the same time
     whole = client.chat.completions.create(model="pace-100", messages=HELLO)
     assert whole.choices[0].message.content == reply_text("pace-100", HELLO)
@@ -339,7 +341,7 @@ def test_a_paced_model_writes_a_token_every_n_ms(client: OpenAI) -> None:
 
 def test_a_long_model_spreads_its_answer_over_its_seconds(client: OpenAI) -> None:
     pieces = _timed_stream(client, "long-1.5")
-    assert pieces[0][0] < 0.1 and 1.4 < pieces[-1][0] < 1.8
+    assert pieces[0][0] < 0.3 and 1.4 < pieces[-1][0] < 2.5
 
 
 def test_a_dripping_model_sends_a_byte_at_a_time(upstream: FakeUpstream) -> None:
@@ -354,7 +356,7 @@ def test_a_dripping_model_sends_a_byte_at_a_time(upstream: FakeUpstream) -> None
     elapsed = time.monotonic() - started
     conn.close()
     assert len(first) == 1 and ten == b'data: {"id'
-    assert 0.15 < elapsed < 0.5  # ten bytes, 20 ms apart
+    assert 0.15 < elapsed < 1.5  # ten bytes, 20 ms apart (the upper bound allows a busy machine)
 
 
 def test_streams_read_to_their_end_cut_short_and_connections_are_counted(upstream: FakeUpstream) -> None:

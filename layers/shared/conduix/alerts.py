@@ -1,33 +1,29 @@
 """Balance and spend-cap alerts: one email per crossing (data access + the rules).
 
-The thresholds live on the wallet item (`alert_balance_below`, `alert_cap_percent`), so the
-hold's own answer brings them to Completion at no extra request. Whether a threshold has
-fired lives in an item of its own under the org:
+The thresholds live on the wallet item (`alert_balance_below`, `alert_cap_percent`), and so
+does whether each has fired: the map `alert_fired`, keyed `b<nanos>` for a balance alert and
+`c<YYYY-MM>-<percent>` for a month's cap alert (a new month is a new key: it re-arms by itself).
+The environment's view of the wallet therefore knows, with no request, which thresholds are
+armed.
 
-    ALERT#balance#<nanos>          carries `fired_at` while the balance alert is fired
-    ALERT#cap#<YYYY-MM>#<percent>  carries `fired_at` once the month's cap alert fired (a new
-                                   month is a new item: it re-arms by itself)
-
-The send is claimed by a conditional update that sets `fired_at` only if it is absent, so however
-many requests see the same crossing at once, one wins and one email goes out; re-arming removes
-it, conditionally too: only UpdateItem, which every function that moves credits may call.
-
-Completion spends no request on alerts unless the settle it just made may have crossed a
-threshold (`may_cross`); a credit landing re-arms what the balance rose back above.
+Which settle crosses a threshold is decided by the settle's own write, not by arithmetic on a
+view that concurrent requests make stale: a settle of an org with armed thresholds carries a
+guard in its condition (the balance stays at or above the highest armed threshold, the month's
+spend below the lowest armed cap percent), and the one settle whose guard fails is the
+crossing (see wallets.AlertGuard). It then claims the threshold with a conditional update that
+sets its key only if absent, and only if the wallet is past it, so however many requests see
+the same crossing at once, one wins and one email goes out. A credit re-arms what the balance
+rose back above. A request far from every threshold spends nothing on alerts.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from conduix import clock, wallets
-from conduix.config import settings
-from conduix.dynamo import Item, as_str, client, error_code, n, s
+from conduix.dynamo import Item, as_str, n, s
 from conduix.errors import InvalidRequest, NotFound
 from conduix.money import format_credits, parse_credits
 
@@ -65,43 +61,45 @@ def save_settings(org_id: str, balances: tuple[int, ...], percents: tuple[int, .
     """Store the thresholds. A threshold already crossed when it is set counts as fired (no
     email now: nothing crossed); it re-arms, and then fires, like any other."""
     before = wallets.get_wallet(org_id)
+    removed = [balance_key(t) for t in set(before.balance_alerts) - set(balances)]
+    removed += [
+        k for k in before.alerts_fired if k.startswith("c") and int(k.rsplit("-", 1)[1]) not in percents
+    ]
+    names = {f"#r{i}": k for i, k in enumerate(removed)}
+    extra: dict[str, Any] = {"ExpressionAttributeNames": names} if names else {}
     saved = wallets.conditional_update(
         org_id,
-        UpdateExpression="SET alert_balance_below = :b, alert_cap_percent = :c",
+        UpdateExpression="SET alert_balance_below = :b, alert_cap_percent = :c, "
+        "alert_fired = if_not_exists(alert_fired, :empty)"
+        + (" REMOVE " + ", ".join(f"alert_fired.{name}" for name in names) if names else ""),
         ConditionExpression="attribute_exists(pk)",
         ExpressionAttributeValues={
             ":b": {"L": [n(v) for v in balances]},
             ":c": {"L": [n(v) for v in percents]},
+            ":empty": {"M": {}},
         },
+        **extra,
     )
     if not saved:
         raise NotFound(f"No wallet for org '{org_id}'.")
-    for threshold in set(before.balance_alerts) - set(balances):  # forget what is no longer set
-        _rearm(org_id, _balance_sk(threshold))
-    wallet = wallets.get_wallet(org_id)
-    period = clock.period_of(now)
-    for threshold in balances:
-        if wallet.balance < threshold:
-            _claim(org_id, _balance_sk(threshold), now, silent=True)
-    if wallet.capped and wallet.period == period:
-        for percent in percents:
-            if _cap_reached(wallet.month_spent, wallet.cap_limit, percent):
-                _claim(org_id, _cap_sk(period, percent), now, silent=True)
+    check(org_id, now, silent=True)
 
 
 def view(org_id: str) -> dict[str, Any]:
-    wallet = wallets.get_wallet(org_id)
+    wallet_item = wallets.wallet_item(org_id)
+    wallet = wallets.wallet_from_item(org_id, wallet_item)
     period = clock.period_of(clock.now())
     fired: list[dict[str, Any]] = []
-    for item in _state_items(org_id):
-        if "fired_at" not in item:
-            continue
-        kind, threshold = as_str(item, "kind"), int(item["threshold"]["N"])
-        entry = {"kind": kind, "fired_at": as_str(item, "fired_at")}
-        if kind == "balance_below":
-            fired.append({**entry, "threshold": format_credits(threshold)})
-        elif as_str(item, "sk").startswith(f"ALERT#cap#{period}#"):  # this month's only
-            fired.append({**entry, "threshold": threshold})
+    for key, value in sorted(wallet_item.get("alert_fired", {}).get("M", {}).items()):
+        fired_at = as_str(value.get("M", {}), "at")
+        if key.startswith("b"):
+            fired.append(
+                {"kind": "balance_below", "fired_at": fired_at, "threshold": format_credits(int(key[1:]))}
+            )
+        elif key.startswith(f"c{period}-"):  # this month's only
+            fired.append(
+                {"kind": "cap_used_percent", "fired_at": fired_at, "threshold": int(key.rsplit("-", 1)[1])}
+            )
     return {
         "balance_below": [format_credits(v) for v in wallet.balance_alerts],
         "cap_used_percent": list(wallet.cap_alerts),
@@ -109,57 +107,68 @@ def view(org_id: str) -> dict[str, Any]:
     }
 
 
-# ------------------------------------------------------------------ after a settle (Completion)
+# ------------------------------------------------------------------ keys and guards
 
 
-@dataclass(frozen=True)
-class Candidates:
-    balances: tuple[int, ...]
-    percents: tuple[int, ...]
-    period: str
+def balance_key(threshold: int) -> str:
+    return f"b{threshold}"
 
-    def __bool__(self) -> bool:
-        return bool(self.balances or self.percents)
+
+def cap_key(period: str, percent: int) -> str:
+    return f"c{period}-{percent}"
+
+
+def _cap_amount(limit: int, percent: int) -> int:
+    """The month's spend at which `percent` of the cap is reached (rounded up to a nano-credit)."""
+    return -(-limit * percent // 100)
 
 
 def _cap_reached(spent: int, limit: int, percent: int) -> bool:
-    return limit > 0 and spent * 100 >= limit * percent
+    return limit > 0 and spent >= _cap_amount(limit, percent)
 
 
-def may_cross(wallet: wallets.Wallet, hold: int, cost: int) -> Candidates:
-    """The thresholds a settle of `cost` against `hold` may have crossed, from the wallet as
-    the hold left it, with no request. Concurrent requests move the figures between the hold
-    and the settle, so each side is bounded: before the settle the balance was at most what
-    the hold saw, and after it at least that minus every open hold (ours replaced by its
-    cost). The request whose settle really crossed always lands in that range; others that
-    do are turned away by the claim, after a read."""
-    high = wallet.balance
-    low = wallet.available + hold - cost
-    balances = tuple(t for t in wallet.balance_alerts if low < t <= high)
-    percents: tuple[int, ...] = ()
+def guard(wallet: wallets.Wallet, cost: int) -> wallets.AlertGuard | None:
+    """What a settle of `cost` must keep true to cross no armed threshold, from the view of the
+    wallet (None: nothing armed, so no condition and no cost)."""
+    armed = [t for t in wallet.balance_alerts if balance_key(t) not in wallet.alerts_fired]
+    floor = max(armed) + cost if armed else None
+    ceiling = None
     if wallet.capped and wallet.cap_alerts:
-        before, after = wallet.month_spent, wallet.committed - hold + cost
-        percents = tuple(
-            p
+        amounts = [
+            _cap_amount(wallet.cap_limit, p)
             for p in wallet.cap_alerts
-            if not _cap_reached(before, wallet.cap_limit, p) and _cap_reached(after, wallet.cap_limit, p)
-        )
-    return Candidates(balances, percents, wallet.period)
+            if cap_key(wallet.period, p) not in wallet.alerts_fired
+        ]
+        ceiling = min(amounts) - cost if amounts else None
+    if floor is None and ceiling is None:
+        return None
+    return wallets.AlertGuard(balance_floor=floor, spent_ceiling=ceiling, period=wallet.period)
 
 
-def after_settle(org_id: str, candidates: Candidates, now: datetime) -> int:
-    """Check the candidates against the wallet as it is, and send what this call claims."""
+def check(org_id: str, now: datetime, *, silent: bool = False) -> int:
+    """Claim (and, unless `silent`, send) every armed threshold the wallet is past now: after a
+    settle whose guard failed, after a deferred settle, and when thresholds are set."""
     wallet = wallets.get_wallet(org_id)
     sent = 0
-    for threshold in candidates.balances:
-        if wallet.balance < threshold and _claim(org_id, _balance_sk(threshold), now):
+    for threshold in wallet.balance_alerts:
+        key = balance_key(threshold)
+        armed_and_past = wallet.balance < threshold and key not in wallet.alerts_fired
+        if armed_and_past and _claim(org_id, key, now, silent, "balance < :t", threshold) and not silent:
             sent += _send_balance(org_id, threshold, wallet.balance)
-    if wallet.period == candidates.period:
-        for percent in candidates.percents:
-            if _cap_reached(wallet.month_spent, wallet.cap_limit, percent) and _claim(
-                org_id, _cap_sk(wallet.period, percent), now
-            ):
-                sent += _send_cap(org_id, percent, wallet)
+    if wallet.capped and wallet.period == clock.period_of(now):
+        for percent in wallet.cap_alerts:
+            key, amount = cap_key(wallet.period, percent), _cap_amount(wallet.cap_limit, percent)
+            if wallet.month_spent >= amount and key not in wallet.alerts_fired:
+                old = [
+                    k
+                    for k in wallet.alerts_fired
+                    if k.startswith("c") and not k.startswith(f"c{wallet.period}-")
+                ]
+                claimed = _claim(
+                    org_id, key, now, silent, "#period = :p AND month_spent >= :t", amount, wallet.period, old
+                )
+                if claimed and not silent:
+                    sent += _send_cap(org_id, percent, wallet)
     return sent
 
 
@@ -171,12 +180,12 @@ def after_credit(org_id: str, now: datetime | None = None) -> None:
     back at or above, and fire one a reversal took it below. Never raises: the credit stands."""
     try:
         wallet = wallets.get_wallet(org_id)
-        now = now or clock.now()
-        for threshold in wallet.balance_alerts:  # a conditional update each: no read of the states
-            if wallet.balance >= threshold:
-                _rearm(org_id, _balance_sk(threshold))
-            elif _claim(org_id, _balance_sk(threshold), now):
-                _send_balance(org_id, threshold, wallet.balance)
+        if not wallet.balance_alerts:
+            return
+        for threshold in wallet.balance_alerts:
+            if wallet.balance >= threshold and balance_key(threshold) in wallet.alerts_fired:
+                _rearm(org_id, balance_key(threshold), threshold)
+        check(org_id, now or clock.now())
     except Exception:
         log.exception("could not check balance alerts after a credit", extra={"org_id": org_id})
 
@@ -184,72 +193,65 @@ def after_credit(org_id: str, now: datetime | None = None) -> None:
 # ------------------------------------------------------------------ data access
 
 
-def _balance_sk(threshold: int) -> str:
-    return f"ALERT#balance#{threshold:020d}"
-
-
-def _cap_sk(period: str, percent: int) -> str:
-    return f"ALERT#cap#{period}#{percent:03d}"
-
-
-def _claim(org_id: str, sk: str, now: datetime, *, silent: bool = False) -> bool:
-    """Mark a threshold fired; True only for the one call whose update set the mark."""
-    kind = "balance_below" if "#balance#" in sk else "cap_used_percent"
-    threshold = int(sk.rsplit("#", 1)[1])
+def _claim(
+    org_id: str,
+    key: str,
+    now: datetime,
+    silent: bool,
+    past: str,
+    threshold: int,
+    period: str = "",
+    forget: list[str] | None = None,
+) -> bool:
+    """Mark a threshold fired on the wallet; True only for the one call whose update set the
+    mark, and only while the wallet is `past` the threshold. A cap claim drops the marks of
+    months that are over."""
+    names = {"#k": key, **({"#period": "period"} if period else {})}
+    names.update({f"#o{i}": k for i, k in enumerate(forget or [])})
     values: Item = {
-        ":kind": s(kind),
+        ":v": {"M": {"at": s(clock.iso(now)), "silent": {"BOOL": silent}}},
         ":t": n(threshold),
-        ":at": s(clock.iso(now)),
-        ":silent": {"BOOL": silent},
+        **({":p": s(period)} if period else {}),
     }
-    update = "SET #kind = :kind, #threshold = :t, fired_at = :at, #silent = :silent"
-    if kind == "cap_used_percent":  # a month's mark is useless once the month is over
-        update += ", expires_at = :x"
-        values[":x"] = n(int((now + timedelta(days=70)).timestamp()))
-    return _conditional(org_id, sk, update, "attribute_not_exists(fired_at)", values)
+    update = "SET alert_fired.#k = :v"
+    if forget:
+        update += " REMOVE " + ", ".join(f"alert_fired.#o{i}" for i in range(len(forget)))
+    for _ in range(2):
+        try:
+            wallets.conditional_update(
+                org_id,
+                UpdateExpression=update,
+                ConditionExpression=f"attribute_not_exists(alert_fired.#k) AND {past}",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                raise_on_failure=True,
+            )
+            return True
+        except wallets.ConditionFailed as failed:
+            if "alert_fired" in failed.old or not failed.old:
+                return False
+            _start_fired_map(org_id)  # a wallet from before the map: start it, then claim
+    return False
 
 
-def _rearm(org_id: str, sk: str) -> bool:
-    return _conditional(org_id, sk, "REMOVE fired_at, #silent", "attribute_exists(fired_at)", None)
+def _start_fired_map(org_id: str) -> None:
+    wallets.conditional_update(
+        org_id,
+        UpdateExpression="SET alert_fired = :empty",
+        ConditionExpression="attribute_exists(pk) AND attribute_not_exists(alert_fired)",
+        ExpressionAttributeValues={":empty": {"M": {}}},
+    )
 
 
-def _conditional(org_id: str, sk: str, update: str, condition: str, values: Item | None) -> bool:
-    kwargs: dict[str, Any] = {"ExpressionAttributeValues": values} if values else {}
-    names = {"#kind": "kind", "#threshold": "threshold", "#silent": "silent"}
-    kwargs["ExpressionAttributeNames"] = {k: v for k, v in names.items() if k in update}
-    try:
-        client().update_item(
-            TableName=settings().billing_table,
-            Key={"pk": s(wallets.org_pk(org_id)), "sk": s(sk)},
-            UpdateExpression=update,
-            ConditionExpression=condition,
-            **kwargs,
-        )
-    except ClientError as exc:
-        if error_code(exc) == "ConditionalCheckFailedException":
-            return False
-        raise
-    return True
-
-
-def _query(org_id: str, prefix: str) -> list[Item]:
-    items: list[Item] = []
-    kwargs: dict[str, Any] = {
-        "TableName": settings().billing_table,
-        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :p)",
-        "ExpressionAttributeValues": {":pk": s(wallets.org_pk(org_id)), ":p": s(prefix)},
-        "ConsistentRead": True,
-    }
-    while True:
-        page = client().query(**kwargs)
-        items.extend(page.get("Items", []))
-        if "LastEvaluatedKey" not in page:
-            return items
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
-def _state_items(org_id: str) -> list[Item]:
-    return _query(org_id, "ALERT#")
+def _rearm(org_id: str, key: str, threshold: int) -> bool:
+    return wallets.conditional_update(
+        org_id,
+        UpdateExpression="REMOVE alert_fired.#k",
+        ConditionExpression="attribute_exists(alert_fired.#k) AND balance >= :t",
+        ExpressionAttributeNames={"#k": key},
+        ExpressionAttributeValues={":t": n(threshold)},
+    )
 
 
 def _send_balance(org_id: str, threshold: int, balance: int) -> int:

@@ -37,5 +37,38 @@ def period_of(moment: datetime) -> str:
     return moment.strftime("%Y-%m")
 
 
+# Per-key spend limits count spend over one of these UTC periods; "total" never resets.
+LIMIT_PERIODS = ("day", "week", "month", "total")
+
+
+def limit_window(period: str, moment: datetime) -> str:
+    """The window of a key's spend limit that `moment` falls in. Windows of one period compare
+    as strings in time order: the day, the Monday that starts the (ISO) week, the month."""
+    moment = moment.astimezone(UTC)
+    if period == "day":
+        return moment.strftime("%Y-%m-%d")
+    if period == "week":
+        return (moment - timedelta(days=moment.weekday())).strftime("%Y-%m-%d")
+    if period == "month":
+        return moment.strftime("%Y-%m")
+    return "total"
+
+
+def limit_resets_at(period: str, window: str) -> datetime | None:
+    """When the window ends (the next one starts), or None for "total"."""
+    if period == "day":
+        return datetime.strptime(window, "%Y-%m-%d").replace(tzinfo=UTC) + timedelta(days=1)
+    if period == "week":
+        return datetime.strptime(window, "%Y-%m-%d").replace(tzinfo=UTC) + timedelta(days=7)
+    if period == "month":
+        start = datetime.strptime(window, "%Y-%m").replace(tzinfo=UTC)
+        return (start + timedelta(days=32)).replace(day=1)
+    return None
+
+
 def iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def iso_seconds(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -534,15 +534,27 @@ def _settle(
     """Bill a served request. When the settle cannot land now (contention, throttling, a lost
     answer), keep what the request used, and its hold, for HoldSweeper to settle exactly once.
     Only if even that fails does the client get no answer (a 503); the hold is then released
-    unbilled."""
+    unbilled. A settle that crosses an armed alert threshold claims and sends it, best effort."""
     hold = reservation.hold_nanos
+    guard = _alert_guard(reservation.wallet, usage.cost)
     try:
-        outcome = leases.settle(org_id, request_id, reservation, usage, clock.now(), also=also)
+        outcome = leases.settle(
+            org_id, request_id, reservation, usage, clock.now(), also=also, alert_guard=guard
+        )
     except Exception:
         log.warning("settle deferred", exc_info=True, extra={"request_id": request_id})
         try:
             lease_id = reservation.lease.lease_id if reservation.lease else ""  # charged, not settled
-            wallets.record_pending(org_id, request_id, hold, usage, clock.now(), also=also, lease_id=lease_id)
+            wallets.record_pending(
+                org_id,
+                request_id,
+                hold,
+                usage,
+                clock.now(),
+                also=also,
+                lease_id=lease_id,
+                budget_key=reservation.budget_key,
+            )
         except Exception:
             log.exception("could not record a deferred settle", extra={"request_id": request_id})
             raise ServiceBusy("The billing store is busy; please retry the request.") from None
@@ -550,7 +562,19 @@ def _settle(
         return wallets.SettleOutcome.SETTLED
     if outcome is wallets.SettleOutcome.HOLD_GONE:
         telemetry.settle_incident("served_unbilled", request_id=request_id, org_id=org_id, cost=usage.cost)
+    if guard is not None and guard.tripped:
+        from conduix import alerts
+
+        _best_effort("send alerts", alerts.check, org_id, clock.now())
     return outcome
+
+
+def _alert_guard(wallet: wallets.Wallet, cost: int) -> wallets.AlertGuard | None:
+    if not (wallet.balance_alerts or wallet.cap_alerts):
+        return None
+    from conduix import alerts  # only orgs with alerts pay for the import
+
+    return alerts.guard(wallet, cost)
 
 
 def _after_settle(org_id: str, reservation: leases.Reservation, hold: int, cost: int) -> None:
@@ -559,12 +583,6 @@ def _after_settle(org_id: str, reservation: leases.Reservation, hold: int, cost:
     reload = wallet.reload
     if reload.enabled and not reload.due and wallet.available + hold - cost < reload.threshold:
         _best_effort("mark auto-reload due", wallets.mark_reload_due, org_id)  # once per episode
-    if wallet.balance_alerts or wallet.cap_alerts:
-        from conduix import alerts  # only orgs with alerts pay for the import
-
-        crossed = alerts.may_cross(wallet, hold, cost)
-        if crossed:  # no request at all unless this settle may have crossed a threshold
-            _best_effort("check alerts", alerts.after_settle, org_id, crossed, clock.now())
 
 
 def _best_effort(what: str, work: Callable[..., Any], *args: Any) -> None:

@@ -112,6 +112,18 @@ class SpendCapExceeded(ConduixError):
         self.period = period
 
 
+class KeySpendLimitExceeded(ConduixError):
+    """The API key reached its own spend limit; the org's other keys go on."""
+
+    code = "key_spend_limit_exceeded"
+
+    def __init__(self, message: str, *, limit_nanos: int, period: str, resets_at: str | None) -> None:
+        super().__init__(message)
+        self.limit_nanos = limit_nanos
+        self.period = period
+        self.resets_at = resets_at
+
+
 class RateLimited(ConduixError):
     code = "rate_limit_exceeded"
 

@@ -34,6 +34,7 @@ _STATUS: list[tuple[type[errors.ConduixError], int, str]] = [
     (errors.InvalidSignature, 400, "invalid_request_error"),
     (errors.InsufficientCredits, 402, "insufficient_quota"),
     (errors.SpendCapExceeded, 402, "insufficient_quota"),
+    (errors.KeySpendLimitExceeded, 402, "insufficient_quota"),
     (errors.RateLimited, 429, "requests"),
     (errors.UpstreamRejected, 400, "invalid_request_error"),
     (errors.UpstreamTimeout, 504, "api_error"),
@@ -64,6 +65,10 @@ def error_body(exc: errors.ConduixError) -> tuple[int, dict[str, Any], dict[str,
     if isinstance(exc, errors.SpendCapExceeded):
         inner["limit"] = format_credits(exc.limit_nanos)
         inner["period"] = exc.period
+    if isinstance(exc, errors.KeySpendLimitExceeded):
+        inner["limit"] = format_credits(exc.limit_nanos)
+        inner["period"] = exc.period
+        inner["resets_at"] = exc.resets_at
     return status, {"error": inner}, headers
 
 

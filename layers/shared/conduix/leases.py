@@ -145,6 +145,7 @@ def acquire(org_id: str, key_id: str, amount: int, requests: int, now: datetime)
                 ),
                 "ConditionExpression": (
                     "#period = :p AND attribute_not_exists(revoked_keys.#kid) "
+                    "AND attribute_not_exists(limited_keys.#kid) "
                     "AND (attribute_not_exists(rpm.#win) OR rpm.#win <= :room) "
                     "AND available >= :a AND (capped = :false OR cap_remaining >= :a) AND " + same
                 ),
@@ -530,6 +531,7 @@ class Reservation:
     hold_nanos: int
     wallet: wallets.Wallet
     lease: Lease | None = None
+    budget_key: str = ""  # a per-request hold that counts against this key's spend limit
 
     @property
     def balance(self) -> int:
@@ -546,6 +548,8 @@ def reserve(
     # Balance and cap alerts are judged from the wallet each settle moves; under a lease the
     # debit lands at the fold, so an org with alerts keeps per-request holds (for now).
     hot = hot and not (known.balance_alerts or known.cap_alerts)
+    # A key with a spend limit is checked by each request's own hold (see wallets.reserve).
+    hot = hot and key_id not in known.limited_keys
     # A lease expires SETTLE_MARGIN_SECONDS after its last reservation: a request that may run
     # longer (a long streamed answer) takes a hold that outlives it instead.
     if (
@@ -587,7 +591,7 @@ def reserve(
         if fresh is not None:
             return Reservation(amount, known, fresh)
     held = wallets.reserve(org_id, request_id, amount, model=model, key_id=key_id, now=now, runs_for=runs_for)
-    return Reservation(held.hold_nanos, held.wallet)
+    return Reservation(held.hold_nanos, held.wallet, budget_key=held.budget_key)
 
 
 def _done(lease: Lease, amount: int, now: datetime) -> None:
@@ -602,7 +606,7 @@ def _done(lease: Lease, amount: int, now: datetime) -> None:
 def release(org_id: str, request_id: str, reservation: Reservation, now: datetime) -> None:
     """The request failed: nothing billed. A lease's reservation is given back in memory."""
     if reservation.lease is None:
-        wallets.release(org_id, request_id, reservation.hold_nanos)
+        wallets.release(org_id, request_id, reservation.hold_nanos, budget_key=reservation.budget_key)
         return
     _done(reservation.lease, reservation.hold_nanos, now)
 
@@ -615,9 +619,19 @@ def settle(
     now: datetime,
     *,
     also: Sequence[dict[str, Any]] = (),
+    alert_guard: wallets.AlertGuard | None = None,
 ) -> wallets.SettleOutcome:
     if reservation.lease is None:
-        return wallets.settle(org_id, request_id, reservation.hold_nanos, usage, now, also=also)
+        return wallets.settle(
+            org_id,
+            request_id,
+            reservation.hold_nanos,
+            usage,
+            now,
+            also=also,
+            budget_key=reservation.budget_key,
+            alert_guard=alert_guard,
+        )
     lease = reservation.lease
     try:
         return record(lease, request_id, reservation.hold_nanos, usage, now, also=also)

@@ -90,6 +90,15 @@ class ApiKeyRequest(_Body):
     scopes: list[Literal["inference", "billing"]] | None = Field(default=None, min_length=1)
 
 
+class SpendLimit(_Body):
+    amount: Credits
+    period: Literal["day", "week", "month", "total"] = Field(description="UTC; weeks start on Monday.")
+
+
+class ApiKeyUpdate(_Body):
+    spend_limit: SpendLimit | None = Field(description="The key's own spend limit; null removes it.")
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str
@@ -110,6 +119,7 @@ REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("put", "/v1/billing/auto-reload"): AutoReloadRequest,
     ("post", "/v1/billing/subscription"): SubscriptionRequest,
     ("post", "/v1/billing/api-keys"): ApiKeyRequest,
+    ("patch", "/v1/billing/api-keys/{key_id}"): ApiKeyUpdate,
 }
 QUERY_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("get", "/v1/billing/ledger"): [
@@ -139,7 +149,7 @@ PUBLIC = {("get", "/v1/models"), ("get", "/v1/pricing")}
 _ERRORS = {
     "400": "Bad input (nothing is held or charged)",
     "401": "Missing, unknown or revoked API key",
-    "402": "insufficient_credits or spend_cap_exceeded",
+    "402": "insufficient_credits, spend_cap_exceeded or key_spend_limit_exceeded",
     "403": "The key lacks the scope",
     "404": "Unknown model, object or route",
     "409": "Conflict (idempotency key reused, a plan limit, a missing saved card)",

@@ -21,7 +21,7 @@ from typing import Any
 
 from conduix import wallets
 from conduix.config import settings
-from conduix.dynamo import Item, as_int, as_str, client, s
+from conduix.dynamo import Item, as_bool, as_int, as_str, client, s
 from conduix.money import format_credits
 
 
@@ -115,6 +115,42 @@ def reconcile_org(org_id: str) -> list[Discrepancy]:
                 )
             )
     found += _hold_breaches(org_id, items, wallet)
+    found += _key_budget_breaches(org_id, items, holds)
+    return found
+
+
+def _key_budget_breaches(org_id: str, items: list[Item], holds: list[Item]) -> list[Discrepancy]:
+    """Each key budget's figures: held = its key's open holds that count against it, and
+    room = limit - spent - held (what the hold's condition compares)."""
+    found = []
+    for item in items:
+        sk = as_str(item, "sk")
+        if not sk.startswith("KEYBUDGET#"):
+            continue
+        key_id = sk.removeprefix("KEYBUDGET#")
+        counted = sum(
+            as_int(h, "amount") for h in holds if as_str(h, "key_id") == key_id and as_bool(h, "key_budget")
+        )
+        held, room = as_int(item, "held"), as_int(item, "room")
+        if held != counted:
+            found.append(
+                Discrepancy(
+                    org_id,
+                    f"key {key_id} held = its open holds",
+                    format_credits(counted),
+                    format_credits(held),
+                )
+            )
+        expected = as_int(item, "lim") - as_int(item, "spent") - held
+        if room != expected:
+            found.append(
+                Discrepancy(
+                    org_id,
+                    f"key {key_id} room = limit - spent - held",
+                    format_credits(expected),
+                    format_credits(room),
+                )
+            )
     return found
 
 

@@ -7,7 +7,8 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from conduix import leases, telemetry, wallets
+from conduix import alerts, leases, telemetry, wallets
+from conduix.errors import ServiceBusy
 from conduix.money import format_credits
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ def sweep(now: datetime) -> dict[str, Any]:
         for org_id in wallets.wallets_with_holds(str(shard)):
             checked += 1
             waiting = set()  # deferred settles still contended: their holds are not released
+            landed = 0
             for pending in wallets.pending_settles(org_id):
                 try:
                     if pending.lease_id:  # billed under a lease: no hold to close, a debit of its own
@@ -37,6 +39,7 @@ def sweep(now: datetime) -> dict[str, Any]:
                             pending.usage,
                             now,
                             from_pending=True,
+                            budget_key=pending.budget_key,
                         )
                 except Exception:  # still contended: the record and its hold wait for the next run
                     log.exception(
@@ -46,6 +49,7 @@ def sweep(now: datetime) -> dict[str, Any]:
                     continue
                 if outcome is wallets.SettleOutcome.SETTLED:
                     settled += 1
+                    landed += 1
                     settled_nanos += pending.usage.cost
                 else:  # its first settle had landed after all (or, never, its hold was released)
                     wallets.drop_pending(org_id, pending.request_id)
@@ -53,11 +57,13 @@ def sweep(now: datetime) -> dict[str, Any]:
                     "settled a deferred settle",
                     extra={"org_id": org_id, "request_id": pending.request_id, "outcome": outcome.value},
                 )
+            if landed:
+                _alerts_after_deferred(org_id, now)
             holds = wallets.open_holds(org_id)
             for hold in holds:
-                if hold.request_id in waiting:
+                if hold.request_id in waiting or hold.expires_at > cutoff:
                     continue
-                if hold.expires_at <= cutoff and wallets.release(org_id, hold.request_id, hold.amount):
+                if _release(org_id, hold):
                     released += 1
                     released_nanos += hold.amount
                     log.warning(
@@ -81,3 +87,23 @@ def sweep(now: datetime) -> dict[str, Any]:
         "credits_released": format_credits(released_nanos),
         "leases_folded": leases_folded,
     }
+
+
+def _release(org_id: str, hold: wallets.Hold) -> bool:
+    """Release an expired hold; one whose wallet stays busy past the retries waits for the
+    next run instead of ending this one for every other org."""
+    try:
+        return wallets.release(
+            org_id, hold.request_id, hold.amount, budget_key=hold.key_id if hold.key_budget else ""
+        )
+    except ServiceBusy:
+        log.warning("an expired hold waits for the next sweep", extra={"request_id": hold.request_id})
+        return False
+
+
+def _alerts_after_deferred(org_id: str, now: datetime) -> None:
+    """Deferred settles carry no alert guard: check the org's thresholds once they landed."""
+    try:
+        alerts.check(org_id, now)
+    except Exception:  # the next settle's guard finds a crossing still unsent
+        log.exception("could not check alerts after deferred settles", extra={"org_id": org_id})

@@ -107,6 +107,8 @@ def outcome_of(exc: BaseException) -> str:
         return "402_credits"
     if isinstance(exc, errors.SpendCapExceeded):
         return "402_cap"
+    if isinstance(exc, errors.KeySpendLimitExceeded):
+        return "402_key_limit"
     if isinstance(exc, errors.RateLimited):
         return "429"
     if isinstance(exc, errors.UpstreamError) and not isinstance(exc, errors.UpstreamRejected):

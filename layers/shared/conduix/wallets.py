@@ -55,6 +55,7 @@ from conduix.errors import (
     Conflict,
     IdempotencyConflict,
     InsufficientCredits,
+    KeySpendLimitExceeded,
     NotFound,
     RateLimited,
     SpendCapExceeded,
@@ -85,6 +86,7 @@ class Hold:
     expires_at: int  # epoch seconds
     model: str
     key_id: str
+    key_budget: bool = False  # counted against its key's spend limit (KEYBUDGET#<key id>)
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,9 @@ class Wallet:
     # Alert thresholds (conduix.alerts), on the wallet so a hold's answer brings them free.
     balance_alerts: tuple[int, ...] = ()  # nano-credits
     cap_alerts: tuple[int, ...] = ()  # percents of the cap
+    # Keys with a spend limit: their holds also write the key's budget item (see reserve).
+    limited_keys: frozenset[str] = frozenset()
+    alerts_fired: frozenset[str] = frozenset()  # keys of the alert thresholds fired (alerts.py)
 
 
 @dataclass(frozen=True)
@@ -159,7 +164,12 @@ def _wallet_from_item(org_id: str, item: Item) -> Wallet:
         plan=as_str(item, "plan", "free"),
         balance_alerts=tuple(int(v["N"]) for v in item.get("alert_balance_below", {}).get("L", [])),
         cap_alerts=tuple(int(v["N"]) for v in item.get("alert_cap_percent", {}).get("L", [])),
+        limited_keys=frozenset(item.get("limited_keys", {}).get("M", {})),
+        alerts_fired=frozenset(item.get("alert_fired", {}).get("M", {})),
     )
+
+
+wallet_from_item = _wallet_from_item
 
 
 def new_wallet_item(org_id: str, now: datetime) -> Item:
@@ -184,10 +194,12 @@ def new_wallet_item(org_id: str, now: datetime) -> Item:
         "rpm_limit": n(plans.get(plans.FREE).requests_per_minute),
         "rpm": {"M": {}},  # per key and minute: "<key_id>@<minute>" -> requests held
         "revoked_keys": {"M": {}},  # key id -> when it was revoked (see note_revoked_key)
+        "limited_keys": {"M": {}},  # key id -> its limit's version (see set_key_limit)
+        "alert_fired": {"M": {}},  # alert key -> when it fired (see alerts.py)
     }
 
 
-def get_wallet(org_id: str) -> Wallet:
+def wallet_item(org_id: str) -> Item:
     item = (
         client()
         .get_item(TableName=settings().billing_table, Key=wallet_key(org_id), ConsistentRead=True)
@@ -195,7 +207,11 @@ def get_wallet(org_id: str) -> Wallet:
     )
     if not item:
         raise NotFound(f"No wallet for org '{org_id}'.")
-    return _wallet_from_item(org_id, item)
+    return item
+
+
+def get_wallet(org_id: str) -> Wallet:
+    return _wallet_from_item(org_id, wallet_item(org_id))
 
 
 # ------------------------------------------------------------------ what this environment knows
@@ -369,6 +385,7 @@ def roll_period(org_id: str, period: str) -> None:
 class Reservation:
     hold_nanos: int
     wallet: Wallet  # as the hold left it
+    budget_key: str = ""  # the hold also counts against this key's spend limit
 
     @property
     def balance(self) -> int:
@@ -418,6 +435,7 @@ def _hold_from_item(item: Item) -> Hold:
         expires_at=as_int(item, "hold_expires"),
         model=as_str(item, "model"),
         key_id=as_str(item, "key_id"),
+        key_budget=as_bool(item, "key_budget"),
     )
 
 
@@ -473,9 +491,15 @@ def reserve(
     minute = int(now.timestamp()) // 60
     window, previous = f"{key_id}@{minute}", f"{key_id}@{minute - 1}"
     table = settings().billing_table
-    for _ in range(4):
+    lagging = ""  # the budget's window, when our clock lags its writer's
+    for _ in range(5):
         known = known_wallet(org_id)
         same, same_values = same_settings(known)
+        # A key with a spend limit (as the view knows it; the condition checks the view) also
+        # holds against its budget item, in the same transaction: racing requests cannot pass it.
+        limited = key_id in known.limited_keys
+        key_window = clock.limit_window(known_key_period(org_id, key_id), now) if limited else ""
+        key_window = max(key_window, lagging)
         actions: list[Any] = [
             {
                 "Update": {
@@ -490,6 +514,7 @@ def reserve(
                     ),
                     "ConditionExpression": (
                         "#period = :p AND attribute_not_exists(revoked_keys.#kid) "
+                        f"AND attribute_{'' if limited else 'not_'}exists(limited_keys.#kid) "
                         "AND (attribute_not_exists(rpm.#win) OR rpm.#win < rpm_limit) "
                         "AND (billing_mode = :invoice OR available >= :h) "
                         "AND (capped = :false OR cap_remaining >= :h) AND " + same
@@ -517,57 +542,372 @@ def reserve(
             {
                 "Put": {
                     "TableName": table,
-                    "Item": hold,
+                    "Item": {**hold, "key_budget": {"BOOL": True}} if limited else hold,
                     "ConditionExpression": "attribute_not_exists(pk)",
                     "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                 }
             },
         ]
+        if limited:
+            actions.append(
+                {
+                    "Update": {
+                        "TableName": table,
+                        "Key": key_budget_key(org_id, key_id),
+                        "UpdateExpression": "ADD held :h, room :nh",
+                        "ConditionExpression": "#w = :w AND lim > :zero AND room >= :h",
+                        "ExpressionAttributeNames": {"#w": "window"},
+                        "ExpressionAttributeValues": {
+                            ":h": n(amount),
+                            ":nh": n(-amount),
+                            ":w": s(key_window),
+                            ":zero": n(0),
+                        },
+                        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                    }
+                }
+            )
         try:
             # Every hold of an org writes its wallet: under a burst, DynamoDB cancels those that
             # overlap (TransactionConflict). Nothing is called yet, so a hold may wait longer.
             retrying(lambda: client().transact_write_items(TransactItems=actions), attempts=10)  # noqa: B023
         except ClientError as exc:
             reasons = cancellation_reasons(exc)
-            if error_code(exc) != "TransactionCanceledException" or len(reasons) != 2:
+            if error_code(exc) != "TransactionCanceledException" or len(reasons) != len(actions):
                 raise
             if reasons[1].get("Code") == "ConditionalCheckFailed":
                 existing = reasons[1].get("Item") or {}
                 if as_int(existing, "amount") == amount:  # our own hold: a retry after a lost answer
-                    return Reservation(hold_nanos=amount, wallet=moved(org_id, held=amount, holds=1) or known)
+                    return Reservation(
+                        hold_nanos=amount,
+                        wallet=moved(org_id, held=amount, holds=1) or known,
+                        budget_key=key_id if as_bool(existing, "key_budget") else "",
+                    )
                 raise Conflict(f"Request id '{request_id}' already holds credits.") from None
-            if reasons[0].get("Code") != "ConditionalCheckFailed":
-                raise
-            old: Item = dict(reasons[0].get("Item") or {})
-            if not old:
-                _views.pop(org_id, None)
-                raise NotFound(f"No wallet for org '{org_id}'.") from None
-            learn(org_id, old)  # whatever failed, the view is fresh again
-            old_period = as_str(old, "period")
-            if old_period < period:
-                roll_period(org_id, period)
-                _views.pop(org_id, None)
-                continue
-            if old_period > period:  # our clock lags the writer's: use the wallet's month
-                period = old_period
-                continue
-            if key_id in old.get("revoked_keys", {}).get("M", {}):
-                raise Unauthenticated(REVOKED_MESSAGE) from None
-            refusal = _refusal(org_id, old, amount, window, now)
-            if refusal:
-                raise refusal from None
-            continue  # the state it failed on (or the settings the view knew) changed: try again
+            if reasons[0].get("Code") == "ConditionalCheckFailed":
+                old: Item = dict(reasons[0].get("Item") or {})
+                if not old:
+                    _views.pop(org_id, None)
+                    raise NotFound(f"No wallet for org '{org_id}'.") from None
+                learn(org_id, old)  # whatever failed, the view is fresh again
+                old_period = as_str(old, "period")
+                if old_period < period:
+                    roll_period(org_id, period)
+                    _views.pop(org_id, None)
+                    continue
+                if old_period > period:  # our clock lags the writer's: use the wallet's month
+                    period = old_period
+                    continue
+                if key_id in old.get("revoked_keys", {}).get("M", {}):
+                    raise Unauthenticated(REVOKED_MESSAGE) from None
+                refusal = _refusal(org_id, old, amount, window, now)
+                if refusal:
+                    raise refusal from None
+                continue  # the state it failed on (or the settings the view knew) changed: try again
+            if limited and reasons[2].get("Code") == "ConditionalCheckFailed":
+                budget = _budget_from_item(key_id, dict(reasons[2].get("Item") or {}))
+                if budget is None or not budget.limit:  # the limit was removed meanwhile
+                    _key_periods.pop((org_id, key_id), None)
+                    _views.pop(org_id, None)
+                    continue
+                if budget.period != known_key_period(org_id, key_id):  # the limit's period changed
+                    _key_periods[(org_id, key_id)] = budget.period
+                    lagging = ""
+                    continue
+                if budget.window < key_window:
+                    roll_key_window(org_id, key_id, key_window)
+                    continue
+                if budget.window > key_window:  # our clock lags the writer's: use the budget's window
+                    lagging = budget.window
+                    continue
+                raise key_limit_refusal(budget, amount) from None
+            raise
         wallet = moved(org_id, held=amount, holds=1)
-        if known.balance_alerts or known.cap_alerts:
-            # Alerts judge a crossing from the wallet as this hold left it, others' holds
-            # included: an org with alerts pays one read for it (the transaction returns none).
-            known_wallet_fresh = (
-                client().get_item(TableName=table, Key=wallet_key(org_id), ConsistentRead=True).get("Item")
-            )
-            if known_wallet_fresh:
-                wallet = learn(org_id, known_wallet_fresh)
-        return Reservation(hold_nanos=amount, wallet=wallet or known)
+        return Reservation(hold_nanos=amount, wallet=wallet or known, budget_key=key_id if limited else "")
     raise Conflict("The wallet kept changing while placing the hold; please retry.")
+
+
+# ------------------------------------------------------------------ per-key spend limits
+#
+# A key's limit lives in an item of its own, `KEYBUDGET#<key id>`, holding the stored figures its
+# condition compares (as the wallet does for the cap):
+#
+#     lim      the limit (0 once removed: open holds still close against the item)
+#     period   day | week | month | total;  window: the current one (clock.limit_window)
+#     spent    settled spend in the window;  held: the key's open holds that count against it
+#     room     lim - spent - held
+#
+# The wallet's `limited_keys` map says which keys have one; the hold's wallet condition checks
+# the view's idea of it, so a limit set a moment ago refuses a stale hold, which is retried with
+# the budget. A request counts in the window its hold was placed in while that window lasts;
+# one still open when the window turns counts in the next (its hold carries over), like the cap.
+
+
+@dataclass(frozen=True)
+class KeyBudget:
+    key_id: str
+    limit: int
+    period: str
+    window: str
+    spent: int
+    held: int
+    room: int
+
+
+def key_budget_key(org_id: str, key_id: str) -> dict[str, Any]:
+    return {"pk": s(org_pk(org_id)), "sk": s(f"KEYBUDGET#{key_id}")}
+
+
+def _budget_from_item(key_id: str, item: Item) -> KeyBudget | None:
+    if not item:
+        return None
+    return KeyBudget(
+        key_id=key_id,
+        limit=as_int(item, "lim"),
+        period=as_str(item, "period", "day"),
+        window=as_str(item, "window"),
+        spent=as_int(item, "spent"),
+        held=as_int(item, "held"),
+        room=as_int(item, "room"),
+    )
+
+
+# The period of each limited key this environment has seen (it changes rarely; a hold with a
+# stale one is refused by the budget's window condition and learns the new one).
+_key_periods: dict[tuple[str, str], str] = {}
+
+
+def known_key_period(org_id: str, key_id: str) -> str:
+    period = _key_periods.get((org_id, key_id))
+    if period is None:
+        budget = key_budget(org_id, key_id)
+        period = budget.period if budget is not None else "day"
+        if len(_key_periods) >= _MAX_VIEWS:
+            _key_periods.clear()
+        _key_periods[(org_id, key_id)] = period
+    return period
+
+
+def key_budget(org_id: str, key_id: str) -> KeyBudget | None:
+    item = (
+        client()
+        .get_item(TableName=settings().billing_table, Key=key_budget_key(org_id, key_id), ConsistentRead=True)
+        .get("Item")
+    )
+    return _budget_from_item(key_id, item or {})
+
+
+def key_budgets(org_id: str) -> dict[str, KeyBudget]:
+    """Every budget item of the org's keys (limited now, or once), by key id."""
+    out = {}
+    for item in query_prefix(org_id, "KEYBUDGET#"):
+        key_id = as_str(item, "sk").removeprefix("KEYBUDGET#")
+        budget = _budget_from_item(key_id, item)
+        if budget is not None:
+            out[key_id] = budget
+    return out
+
+
+def key_limit_refusal(budget: KeyBudget, amount: int) -> KeySpendLimitExceeded:
+    resets = clock.limit_resets_at(budget.period, budget.window)
+    when = f"It resets at {clock.iso_seconds(resets)}." if resets else "It does not reset (a total limit)."
+    per = "in total" if budget.period == "total" else f"per {budget.period}"
+    return KeySpendLimitExceeded(
+        f"This API key's spend limit of {format_credits(budget.limit)} credits {per} is reached "
+        f"(spent {format_credits(budget.spent)}, in flight {format_credits(budget.held)}, this request "
+        f"holds {format_credits(amount)}). {when} The org's other keys are not affected.",
+        limit_nanos=budget.limit,
+        period=budget.period,
+        resets_at=clock.iso_seconds(resets) if resets else None,
+    )
+
+
+def roll_key_window(org_id: str, key_id: str, window: str) -> None:
+    """Start a new window: spend resets; the key's holds still open keep counting."""
+    try:
+        client().update_item(
+            TableName=settings().billing_table,
+            Key=key_budget_key(org_id, key_id),
+            UpdateExpression="SET #w = :w, spent = :zero, room = lim - held",
+            ConditionExpression="#w < :w",
+            ExpressionAttributeNames={"#w": "window"},
+            ExpressionAttributeValues={":w": s(window), ":zero": n(0)},
+        )
+    except ClientError as exc:
+        if error_code(exc) != "ConditionalCheckFailedException":
+            raise  # (already rolled by another request)
+
+
+def set_key_limit(
+    org_id: str, key_id: str, limit: int | None, period: str, spent_in_window: int, now: datetime
+) -> KeyBudget | None:
+    """Set (or with None remove) a key's spend limit, with what the key already spent in the
+    current window (from the usage counters). Returns the budget as written."""
+    table = settings().billing_table
+    window = clock.limit_window(period, now)
+    for _ in range(5):
+        current = key_budget(org_id, key_id)
+        held = current.held if current else 0
+        if limit is None:
+            if current is None or not current.limit:
+                _drop_limited_mark(org_id, key_id)
+                return None
+            budget_write: dict[str, Any] = {
+                "Update": {
+                    "TableName": table,
+                    "Key": key_budget_key(org_id, key_id),
+                    "UpdateExpression": "SET lim = :zero, room = :nspent - held",
+                    "ConditionExpression": "spent = :spent",
+                    "ExpressionAttributeValues": {
+                        ":zero": n(0),
+                        ":spent": n(current.spent),
+                        ":nspent": n(-current.spent),
+                    },
+                }
+            }
+            result = None
+        else:
+            # Same period and window: keep the spend counted so far (settles add to it);
+            # otherwise start from the usage counters' figure. The condition makes a settle
+            # landing between our read and this write retry the read.
+            keep = current is not None and current.period == period and current.window == window
+            spent = current.spent if keep and current is not None else spent_in_window
+            values: dict[str, Any] = {
+                ":lim": n(limit),
+                ":period": s(period),
+                ":w": s(window),
+                ":spent": n(spent),
+                ":room": n(limit - spent),
+                ":zero": n(0),
+            }
+            condition = "attribute_not_exists(pk)"
+            if current is not None:
+                condition = "spent = :old_spent"
+                values[":old_spent"] = n(current.spent)
+            budget_write = {
+                "Update": {
+                    "TableName": table,
+                    "Key": key_budget_key(org_id, key_id),
+                    "UpdateExpression": (
+                        "SET lim = :lim, period = :period, #w = :w, spent = :spent, "
+                        "held = if_not_exists(held, :zero), room = :room - if_not_exists(held, :zero), "
+                        "key_id = :kid"
+                    ),
+                    "ConditionExpression": condition,
+                    "ExpressionAttributeNames": {"#w": "window"},
+                    "ExpressionAttributeValues": {**values, ":kid": s(key_id)},
+                }
+            }
+            result = KeyBudget(key_id, limit, period, window, spent, held, limit - spent - held)
+        mark: dict[str, Any] = {
+            "Update": {
+                "TableName": table,
+                "Key": wallet_key(org_id),
+                "UpdateExpression": (
+                    "SET limited_keys.#kid = :v" if limit is not None else "REMOVE limited_keys.#kid"
+                ),
+                "ConditionExpression": "attribute_exists(limited_keys)",
+                "ExpressionAttributeNames": {"#kid": key_id},
+                **(
+                    {"ExpressionAttributeValues": {":v": n(int(now.timestamp()))}}
+                    if limit is not None
+                    else {}
+                ),
+            }
+        }
+        try:
+            both: list[Any] = [budget_write, mark]
+            retrying(lambda: client().transact_write_items(TransactItems=both))  # noqa: B023
+        except ClientError as exc:
+            reasons = cancellation_reasons(exc)
+            if error_code(exc) != "TransactionCanceledException" or len(reasons) != 2:
+                raise
+            if reasons[1].get("Code") == "ConditionalCheckFailed":
+                _start_limited_map(org_id)  # a wallet from before key limits
+            continue  # (or a settle moved the budget meanwhile: read it again)
+        _views.pop(org_id, None)
+        _key_periods.pop((org_id, key_id), None)
+        return result
+    raise Conflict("The key's budget kept changing while setting its limit; please retry.")
+
+
+def key_usage_spend(org_id: str, key_id: str, since_day: str | None) -> int:
+    """What a key spent by the usage counters from `since_day` (a UTC date; None: ever)."""
+    condition = "pk = :pk AND begins_with(sk, :usage)"
+    values: dict[str, Any] = {":pk": s(org_pk(org_id)), ":kid": s(key_id), ":usage": s("USAGE#")}
+    if since_day is not None:
+        condition = "pk = :pk AND sk BETWEEN :lo AND :hi"
+        values = {
+            ":pk": values[":pk"],
+            ":kid": values[":kid"],
+            ":lo": s(f"USAGE#{since_day}"),
+            ":hi": s("USAGE#~"),
+        }
+    kwargs: dict[str, Any] = {
+        "TableName": settings().billing_table,
+        "KeyConditionExpression": condition,
+        "FilterExpression": "key_id = :kid",
+        "ProjectionExpression": "credits",
+        "ExpressionAttributeValues": values,
+        "ConsistentRead": True,
+    }
+    total = 0
+    while True:
+        page = client().query(**kwargs)
+        total += sum(as_int(item, "credits") for item in page.get("Items", []))
+        if "LastEvaluatedKey" not in page:
+            return total
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _start_limited_map(org_id: str) -> None:
+    conditional_update(
+        org_id,
+        UpdateExpression="SET limited_keys = :empty",
+        ConditionExpression="attribute_exists(pk) AND attribute_not_exists(limited_keys)",
+        ExpressionAttributeValues={":empty": {"M": {}}},
+    )
+
+
+def _drop_limited_mark(org_id: str, key_id: str) -> None:
+    conditional_update(
+        org_id,
+        UpdateExpression="REMOVE limited_keys.#kid",
+        ConditionExpression="attribute_exists(limited_keys)",
+        ExpressionAttributeNames={"#kid": key_id},
+    )
+
+
+def _budget_close(org_id: str, key_id: str, hold_amount: int, cost: int) -> dict[str, Any]:
+    """The budget's share of closing a hold that counted against it: settled (`cost`) or not (0)."""
+    return {
+        "Update": {
+            "TableName": settings().billing_table,
+            "Key": key_budget_key(org_id, key_id),
+            "UpdateExpression": "ADD held :nh, spent :c, room :hc",
+            "ConditionExpression": "attribute_exists(pk)",
+            "ExpressionAttributeValues": {
+                ":nh": n(-hold_amount),
+                ":c": n(cost),
+                ":hc": n(hold_amount - cost),
+            },
+        }
+    }
+
+
+def _hold_delete(org_id: str, request_id: str, hold_amount: int, key_budget: bool) -> dict[str, Any]:
+    """Closing the hold, on condition it is still open as the closer knows it (its amount, and
+    whether it counts against its key's budget): what settle, release and HoldSweeper race on."""
+    flag = f"attribute_{'' if key_budget else 'not_'}exists(key_budget)"
+    return {
+        "Delete": {
+            "TableName": settings().billing_table,
+            "Key": hold_key(org_id, request_id),
+            "ConditionExpression": f"amount = :h AND {flag}",
+            "ExpressionAttributeValues": {":h": n(hold_amount)},
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+    }
 
 
 @dataclass(frozen=True)
@@ -611,6 +951,43 @@ def record_cache_hit(org_id: str, model: str, key_id: str, saved: int, now: date
         TableName=settings().billing_table,
         **usage_update(org_id, now, model, key_id, {"cache_hits": 1, "saved_credits": saved}),
     )
+
+
+@dataclass
+class AlertGuard:
+    """Conditions a settle keeps when alert thresholds are armed (see alerts.guard): the balance
+    stays at or above `balance_floor`, the month's spend below `spent_ceiling` (in `period`).
+    The settle whose guard fails is the one that crosses a threshold: it drops the guard, lands,
+    and sets `tripped`, so its caller claims and sends the alert."""
+
+    balance_floor: int | None
+    spent_ceiling: int | None
+    period: str
+    tripped: bool = False
+
+    def condition(self, period: str) -> tuple[str, dict[str, Any]]:
+        if self.tripped:
+            return "", {}
+        parts, values = [], {}
+        if self.balance_floor is not None:
+            parts.append("balance >= :alert_floor")
+            values[":alert_floor"] = n(self.balance_floor)
+        if self.spent_ceiling is not None and period == self.period:
+            parts.append("month_spent < :alert_ceiling")
+            values[":alert_ceiling"] = n(self.spent_ceiling)
+        return "".join(f" AND {p}" for p in parts), values
+
+    def failed_on(self, old: Item, period: str) -> bool:
+        """Whether the old wallet fails the guard (then the settle crosses a threshold)."""
+        if self.tripped:
+            return False
+        if self.balance_floor is not None and as_int(old, "balance") < self.balance_floor:
+            return True
+        return (
+            self.spent_ceiling is not None
+            and period == self.period
+            and as_int(old, "month_spent") >= self.spent_ceiling
+        )
 
 
 class SettleOutcome(Enum):
@@ -677,13 +1054,17 @@ def settle(
     *,
     also: Sequence[dict[str, Any]] = (),
     from_pending: bool = False,
+    budget_key: str = "",
+    alert_guard: AlertGuard | None = None,
 ) -> SettleOutcome:
     """Debit the actual cost, close the hold, append the ledger entry and count the usage, in
     one transaction. Exactly one of settle and release/sweep can close a hold.
 
     A cost above the hold is still billed exactly (the service was delivered) and leaves an
     incident item for reconcile. `also` adds the caller's own writes to the transaction (the
-    idempotent answer); `from_pending` removes the usage recorded by `record_pending`."""
+    idempotent answer); `from_pending` removes the usage recorded by `record_pending`;
+    `budget_key`: the key whose spend limit the hold counts against (the settle moves it too);
+    `alert_guard`: see AlertGuard."""
     period = clock.period_of(now)
     c = usage.cost
     marker, line = usage_ledger_items(org_id, request_id, usage, now)
@@ -693,6 +1074,7 @@ def settle(
     for _ in range(4):
         if invoiced:  # the part of the cost the month's invoice bills
             marker["invoiced"] = line["invoiced"] = n(c - drawn)
+        guarded, guard_values = alert_guard.condition(period) if alert_guard else ("", {})
         items: list[Any] = [
             {
                 "Update": {
@@ -702,7 +1084,9 @@ def settle(
                         "ADD balance :nc, held :nh, available :hc, "
                         "month_spent :c, committed :ch, cap_remaining :hc, hold_count :minus"
                     ),
-                    "ConditionExpression": "#period = :p" + (" AND balance >= :drawn" if drawn else ""),
+                    "ConditionExpression": "#period = :p"
+                    + (" AND balance >= :drawn" if drawn else "")
+                    + guarded,
                     "ExpressionAttributeNames": {"#period": "period"},
                     "ExpressionAttributeValues": {
                         ":minus": n(-1),
@@ -713,6 +1097,7 @@ def settle(
                         ":ch": n(c - hold_amount),
                         ":p": s(period),
                         **({":drawn": n(drawn)} if drawn else {}),
+                        **guard_values,
                     },
                     "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                 }
@@ -736,17 +1121,11 @@ def settle(
                     ),
                 }
             },
-            {  # closing the hold is what settle, release and HoldSweeper race on
-                "Delete": {
-                    "TableName": table,
-                    "Key": hold_key(org_id, request_id),
-                    "ConditionExpression": "amount = :h",
-                    "ExpressionAttributeValues": {":h": n(hold_amount)},
-                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-                }
-            },
+            _hold_delete(org_id, request_id, hold_amount, bool(budget_key)),
             *also,
         ]
+        if budget_key:
+            items.append(_budget_close(org_id, budget_key, hold_amount, c))
         if c > hold_amount:
             items.append(
                 {
@@ -764,7 +1143,11 @@ def settle(
             # A deferred settle is another request to DynamoDB too (other items, another time):
             # reusing the first token there would be refused as a parameter mismatch.
             kind = "settle-pending" if from_pending else "settle"
-            token = hashlib.sha256(f"{kind}:{org_id}:{request_id}:{period}:{drawn}".encode()).hexdigest()[:36]
+            # (And without the alert guard once it tripped: the guarded attempt surely failed.)
+            tripped = int(bool(alert_guard and alert_guard.tripped))
+            token = hashlib.sha256(
+                f"{kind}:{org_id}:{request_id}:{period}:{drawn}:{tripped}".encode()
+            ).hexdigest()[:36]
             retrying(lambda: client().transact_write_items(TransactItems=items, ClientRequestToken=token))  # noqa: B023
             moved(org_id, balance=-c, held=-hold_amount, spent=c, holds=-1)
             return SettleOutcome.SETTLED
@@ -782,6 +1165,9 @@ def settle(
                 raise
             old = reasons[0].get("Item") or {}
             old_period = as_str(old, "period")
+            if alert_guard is not None and alert_guard.failed_on(old, old_period):
+                alert_guard.tripped = True  # this settle crosses a threshold: land it, then alert
+                continue
             if old_period < period:
                 roll_period(org_id, period)
             elif old_period > period:
@@ -824,6 +1210,7 @@ class PendingSettle:
     hold_amount: int
     usage: Usage
     lease_id: str = ""  # billed under an escrow lease: no hold; charged by leases.charge_pending
+    budget_key: str = ""  # its hold counts against this key's spend limit
 
 
 def record_pending(
@@ -835,6 +1222,7 @@ def record_pending(
     *,
     also: Sequence[dict[str, Any]] = (),
     lease_id: str = "",
+    budget_key: str = "",
 ) -> None:
     """Keep a served request's usage in an item of its own (keyed by the request id, so no
     other write contends for it) while its hold stays open: HoldSweeper settles it later,
@@ -852,6 +1240,7 @@ def record_pending(
         "funds_hint": n(usage.funds_hint),  # invoice mode: the later settle draws credits first too
         "created_at": s(clock.iso(now)),
         **({"lease_id": s(lease_id)} if lease_id else {}),
+        **({"budget_key": s(budget_key)} if budget_key else {}),
     }
     table = settings().billing_table
     if also:
@@ -876,6 +1265,7 @@ def pending_settles(org_id: str) -> list[PendingSettle]:
                 funds_hint=as_int(i, "funds_hint"),
             ),
             lease_id=as_str(i, "lease_id"),
+            budget_key=as_str(i, "budget_key"),
         )
         for i in query_prefix(org_id, "PENDING#")
     ]
@@ -911,24 +1301,26 @@ def settle_pending_hold(
     pending = next((p for p in pending_settles(org_id) if p.request_id == request_id), None)
     if pending is None:
         return None
-    outcome = settle(org_id, request_id, pending.hold_amount, pending.usage, now, from_pending=True)
+    outcome = settle(
+        org_id,
+        request_id,
+        pending.hold_amount,
+        pending.usage,
+        now,
+        from_pending=True,
+        budget_key=pending.budget_key,
+    )
     if outcome is not SettleOutcome.SETTLED:  # its first settle had landed after all
         drop_pending(org_id, request_id)
     return pending, outcome
 
 
-def release(org_id: str, request_id: str, hold_amount: int) -> bool:
-    """Return a hold untouched (the request failed). False if it was already closed."""
+def release(org_id: str, request_id: str, hold_amount: int, *, budget_key: str = "") -> bool:
+    """Return a hold untouched (the request failed). False if it was already closed.
+    `budget_key`: the key whose spend limit the hold counts against."""
     table = settings().billing_table
     actions: list[Any] = [
-        {
-            "Delete": {
-                "TableName": table,
-                "Key": hold_key(org_id, request_id),
-                "ConditionExpression": "amount = :h",
-                "ExpressionAttributeValues": {":h": n(hold_amount)},
-            }
-        },
+        _hold_delete(org_id, request_id, hold_amount, bool(budget_key)),
         {
             "Update": {
                 "TableName": table,
@@ -940,6 +1332,8 @@ def release(org_id: str, request_id: str, hold_amount: int) -> bool:
             }
         },
     ]
+    if budget_key:
+        actions.append(_budget_close(org_id, budget_key, hold_amount, 0))
     try:
         retrying(lambda: client().transact_write_items(TransactItems=actions))
     except ClientError as exc:
@@ -1053,13 +1447,24 @@ def ledger_entry(org_id: str, entry_id: str) -> LedgerEntry | None:
 # ------------------------------------------------------------------ account state: paused, auto-reload due
 
 
-def conditional_update(org_id: str, **kwargs: Any) -> bool:
-    """An UpdateItem on the wallet that reports whether its condition held."""
+class ConditionFailed(Exception):
+    """A conditional update's condition did not hold; `old` is the item as it was (if asked)."""
+
+    def __init__(self, old: Item) -> None:
+        super().__init__("condition failed")
+        self.old = old
+
+
+def conditional_update(org_id: str, *, raise_on_failure: bool = False, **kwargs: Any) -> bool:
+    """An UpdateItem on the wallet that reports whether its condition held (or, with
+    `raise_on_failure`, raises ConditionFailed with the old item when it did not)."""
     _views.pop(org_id, None)  # a setting may change: the next hold reads the wallet again
     try:
         client().update_item(TableName=settings().billing_table, Key=wallet_key(org_id), **kwargs)
     except ClientError as exc:
         if error_code(exc) == "ConditionalCheckFailedException":
+            if raise_on_failure:
+                raise ConditionFailed(dict(exc.response.get("Item") or {})) from None  # type: ignore[call-overload]
             return False
         raise
     return True
@@ -1189,14 +1594,8 @@ def release_stuck_hold(org_id: str, request_id: str, now: datetime) -> tuple[Hol
     )
     table = settings().billing_table
     items: list[Any] = [
-        {  # the condition of `release`, which HoldSweeper uses: the hold item still there
-            "Delete": {
-                "TableName": table,
-                "Key": hold_key(org_id, request_id),
-                "ConditionExpression": "amount = :h",
-                "ExpressionAttributeValues": {":h": n(hold.amount)},
-            }
-        },
+        # the condition of `release`, which HoldSweeper uses: the hold item still there
+        _hold_delete(org_id, request_id, hold.amount, hold.key_budget),
         {
             "Update": {
                 "TableName": table,
@@ -1219,11 +1618,13 @@ def release_stuck_hold(org_id: str, request_id: str, now: datetime) -> tuple[Hol
             }
         },
     ]
+    if hold.key_budget:
+        items.append(_budget_close(org_id, hold.key_id, hold.amount, 0))
     try:
         retrying(lambda: client().transact_write_items(TransactItems=items))
     except ClientError as exc:
         reasons = cancellation_reasons(exc)
-        if error_code(exc) != "TransactionCanceledException" or len(reasons) != 5:
+        if error_code(exc) != "TransactionCanceledException" or len(reasons) != len(items):
             raise
         if reasons[4].get("Code") == "ConditionalCheckFailed":
             raise Conflict(

@@ -512,6 +512,9 @@
     put: function (path, body) {
       return request("PUT", path, body);
     },
+    patch: function (path, body) {
+      return request("PATCH", path, body);
+    },
     del: function (path) {
       return request("DELETE", path);
     },

@@ -5,7 +5,7 @@
   var $ = C.$;
   var el = C.el;
 
-  var state = { wired: false, revoking: null };
+  var state = { wired: false, revoking: null, limiting: null };
 
   // ------------------------------------------------------------------ spend cap
 
@@ -95,6 +95,11 @@
       rows.forEach(function (k) {
         var action = el("td", { class: "action" });
         if (!k.revoked) {
+          var limitButton = el("button", { type: "button", class: "button subtle", "aria-label": "Spend limit of key " + k.name + " (" + k.key_id + ")", text: "Limit" });
+          limitButton.addEventListener("click", function () {
+            askLimit(k, limitButton);
+          });
+          action.appendChild(limitButton);
           var button = el("button", { type: "button", class: "button subtle", "aria-label": "Revoke key " + k.name + " (" + k.key_id + ")", text: "Revoke" });
           button.addEventListener("click", function () {
             askRevoke(k, button);
@@ -110,12 +115,68 @@
             el("td", { text: (k.scopes || []).join(", ") }),
             el("td", {}, el("time", { datetime: k.created_at, text: C.dateTimeUTC(k.created_at) })),
             el("td", {}, el("span", { class: "badge " + (k.revoked ? "bad" : "ok"), text: k.revoked ? "Revoked" : "Active" })),
+            el("td", { class: "limit", text: limitText(k.spend_limit) }),
             action
           )
         );
       });
       $("keys-empty").hidden = rows.length > 0;
     });
+  }
+
+  var PER = { day: "a day", week: "a week", month: "a month", total: "in total" };
+
+  function limitText(l) {
+    if (!l) return "None";
+    var text = C.credits(l.amount) + " " + PER[l.period] + " · spent " + C.credits(l.spent);
+    if (l.in_flight !== "0") text += " + " + C.credits(l.in_flight) + " in flight";
+    if (l.resets_at) text += " · resets " + C.dateTimeUTC(l.resets_at);
+    return text;
+  }
+
+  function askLimit(key, button) {
+    state.limiting = { key: key, button: button };
+    C.clearError("limit-error");
+    var l = key.spend_limit;
+    $("limit-amount").value = l ? l.amount : "";
+    $("limit-period").value = l ? l.period : "day";
+    $("limit-remove").hidden = !l;
+    C.setText("limit-text", "For “" + key.name + "” (" + key.key_id + ") only. What it has already spent in the current period counts.");
+    $("limit-dialog").showModal();
+    $("limit-amount").focus();
+  }
+
+  function closeLimit() {
+    var pending = state.limiting;
+    state.limiting = null;
+    $("limit-dialog").close();
+    if (pending) pending.button.focus();
+  }
+
+  function saveLimit(limit, button) {
+    var pending = state.limiting;
+    if (!pending) return;
+    C.clearError("limit-error");
+    var path = "v1/billing/api-keys/" + encodeURIComponent(pending.key.key_id);
+    C.busy(button, C.patch(path, { spend_limit: limit })).then(
+      function (k) {
+        closeLimit();
+        C.showNotice("success", k.spend_limit ? "Key “" + k.name + "” is limited to " + limitText(k.spend_limit).split(" · ")[0] + "." : "Key “" + k.name + "” has no spend limit now.");
+        loadKeys();
+      },
+      function (err) {
+        C.showError("limit-error", err.message, $("limit-amount"));
+      }
+    );
+  }
+
+  function onLimitSubmit(event) {
+    event.preventDefault();
+    C.clearError("limit-error");
+    var value = $("limit-amount").value.trim();
+    if (!value || !C.isDecimal(value))
+      return C.showError("limit-error", "Enter a limit in credits, such as 25 or 2.50.", $("limit-amount"));
+    saveLimit({ amount: value, period: $("limit-period").value }, $("limit-save"));
   }
 
   function onKeySubmit(event) {
@@ -217,6 +278,14 @@
       $("new-key-copy").addEventListener("click", copySecret);
       $("new-key-done").addEventListener("click", forgetSecret);
       $("revoke-dialog").addEventListener("close", onDialogClose);
+      $("limit-form").addEventListener("submit", onLimitSubmit);
+      $("limit-cancel").addEventListener("click", closeLimit);
+      $("limit-remove").addEventListener("click", function () {
+        saveLimit(null, $("limit-remove"));
+      });
+      $("limit-dialog").addEventListener("cancel", function () {
+        state.limiting = null;
+      });
       $("keys").setAttribute("tabindex", "-1");
     }
     var fail = function (err) {
