@@ -12,6 +12,7 @@ that drips a byte a second is cut at the model's timeout like one that says noth
 
 from __future__ import annotations
 
+import functools
 import heapq
 import http.client
 import json
@@ -214,6 +215,14 @@ class _Watchdog:
         self._response = None
 
 
+@functools.lru_cache(maxsize=64)
+def _origin(url: str) -> tuple[tuple[str, str, int], str]:
+    """(scheme, host, port) of a URL, and its path and query."""
+    split = urlsplit(url)
+    port = split.port or (443 if split.scheme == "https" else 80)
+    return (split.scheme, split.hostname or "", port), split.path + (f"?{split.query}" if split.query else "")
+
+
 def _open(
     attempt: Attempt, payload: dict[str, Any], deadline: Seconds, path: str = "/chat/completions"
 ) -> Any:
@@ -225,9 +234,7 @@ def _open(
         if not key:
             raise UpstreamUnavailable(f"No credentials configured for {attempt.model.id}.")
         headers["Authorization"] = f"Bearer {key}"
-    url = urlsplit(f"{upstream.base_url}{path}")
-    origin = (url.scheme, url.hostname or "", url.port or (443 if url.scheme == "https" else 80))
-    target = url.path + (f"?{url.query}" if url.query else "")
+    origin, target = _origin(f"{upstream.base_url}{path}")
     body = json.dumps(payload).encode("utf-8")
     conn = None
     try:
