@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from conduix_local import iam, moto_undo
+from conduix_local import iam, moto_index, moto_undo
 from conduix_local.dynamo_standin import StandIn
 
 StartResponse = Callable[..., Any]
@@ -42,6 +43,8 @@ class _Serialized:
         self._lock = threading.Lock()
         self.standin = standin
         self.principals: dict[str, iam.Principal] = {}  # access key id -> the function's policies
+        # Per DynamoDB operation: calls and seconds spent under the lock (bench.load reads it).
+        self.op_stats: dict[str, list[float]] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         # Read the request body before taking the lock, so a slow client cannot stall everyone.
@@ -71,12 +74,17 @@ class _Serialized:
                     [("Content-Type", "application/x-amz-json-1.0"), ("Content-Length", str(len(payload)))],
                 )
                 return [payload]
+        operation = environ.get("HTTP_X_AMZ_TARGET", "").rpartition(".")[2] or "other"
         with self._lock, self.standin.conflicts.running(held) if self.standin else _nothing():
+            started = time.perf_counter()
             result = self._app(environ, start_response)
             try:
                 # Flask responses may be lazy generators that still touch the backend.
                 return list(result)
             finally:
+                stat = self.op_stats.setdefault(operation, [0, 0.0])
+                stat[0] += 1
+                stat[1] += time.perf_counter() - started
                 close = getattr(result, "close", None)
                 if close is not None:
                     close()
@@ -131,6 +139,7 @@ class LockedMotoServer:
         if self._server is not None:
             raise RuntimeError("LockedMotoServer already started")
         moto_undo.install()  # a transaction costs the items it touches, not a copy of the table
+        moto_index.install()  # a Query costs the items it reaches, not a sort of the table
         app = self._app = _Serialized(DomainDispatcherApplication(create_backend_app), self.standin)
         # make_server binds here, so the port is known (and taken) when start() returns.
         self._server = make_server(self._host, self._port, app, threaded=True, request_handler=_QuietHandler)
