@@ -1,6 +1,6 @@
 """A bounded load on the local stack, then a money check.
 
-    python -m bench.load [--seconds 20] [--clients 32] [--workers 8]
+    python -m bench.load [--seconds 20] [--clients 32] [--workers 8] [--history 50000]
 
 Starts the local stack in this process (moto behind its lock, the fake upstream, the front with
 every function in worker processes; schedules off; the e2e test catalog), creates two orgs
@@ -10,7 +10,12 @@ through the operator API and runs, on loopback:
    `--seconds`, most of them on a well-funded org and a few on an org whose credits run out
    mid-run (its refusals must be clean 402s, and it must never go below zero);
 2. the same number of clients calling the fake upstream directly for the same time, so the
-   gateway's overhead can be read off the difference.
+   gateway's overhead can be read off the difference;
+3. `--history` ledger entries (50,000 by default) written straight into the funded org, as a
+   year of a busy org's books would look (usage entries' markers and lines, top-ups that pay
+   for them, per-day usage rows), then phase 1's clients again: the median billed request
+   after them against the median of phase 1 (target: at most 1.3x), with the stand-in's time
+   per operation before and after.
 
 Then, straight from the DynamoDB stand-in (not through the product), for each org: no
 overdraft, balance = sum of its ledger, held = sum of open holds, one usage entry per 200, and
@@ -36,7 +41,9 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -49,6 +56,8 @@ MODEL = "test/cheap"
 FUNDED_CREDITS = Decimal("1000")
 SCARCE_CREDITS = Decimal("0.0005")  # some ten requests: its clients run it dry at once
 NANO = Decimal(10) ** 9
+HISTORY_PREFIX = "seed-"  # request ids (and top-up keys) of the seeded history
+GROWTH_TARGET = 1.3  # the median billed request after the history, at most this times the first
 
 
 def log(message: str) -> None:
@@ -220,7 +229,14 @@ def org_items(moto_url: str, org_id: str) -> list[dict[str, Any]]:
 
 
 def check_org(moto_url: str, org_id: str, granted: Decimal, tally: Tally) -> tuple[dict[str, Any], list[str]]:
-    """The org's money, read from the stand-in itself, against what the clients were told."""
+    """The org's money, read from the stand-in itself, against what the clients were told.
+
+    The ledger's own identities (balance = the ledger and the spends a lease has not folded
+    yet, held = open holds + open leases...) are `conduix.reconcile`'s; here: no overdraft,
+    and every answered request billed once at the cost its headers said, either as a usage
+    entry or as a settle deferred to HoldSweeper (which the load does not run)."""
+    from conduix import reconcile
+
     items = org_items(moto_url, org_id)
     wallet = next(i for i in items if i["sk"]["S"] == "WALLET")
     lines = [i for i in items if i["sk"]["S"].startswith("LEDGER#")]
@@ -230,33 +246,173 @@ def check_org(moto_url: str, org_id: str, granted: Decimal, tally: Tally) -> tup
 
     balance, held, available = num(wallet, "balance"), num(wallet, "held"), num(wallet, "available")
     holds = [i for i in items if i["sk"]["S"].startswith("HOLD#")]
-    usage = [i for i in lines if i["entry_type"]["S"] == "usage"]
-    spent = -sum(num(i, "amount") for i in usage)
+    pending = [i for i in items if i["sk"]["S"].startswith("PENDING#")]
+    history = [i for i in lines if i["entry_id"]["S"].partition(":")[2].startswith(HISTORY_PREFIX)]
+    seeded = {i["sk"]["S"] for i in history}
+    usage = [i for i in lines if i["entry_type"]["S"] == "usage" and i["sk"]["S"] not in seeded]
+    spent = -sum(num(i, "amount") for i in usage) + sum(num(i, "cost") for i in pending)
     facts = {
         "balance": (Decimal(balance) / NANO).normalize(),
         "held": (Decimal(held) / NANO).normalize(),
         "open holds": len(holds),
+        "open leases": sum(1 for i in items if i["sk"]["S"].startswith("LEASE#")),
         "ledger entries": len(lines),
+        "of them seeded history": len(history),
         "usage entries": len(usage),
+        "settles deferred": len(pending),
         "spent": (Decimal(spent) / NANO).normalize(),
         "charged (headers)": tally.charged.normalize(),
     }
-    failures = []
+    failures = [_shorten(str(d)) for d in reconcile.reconcile_org(org_id)]
     if balance < 0 or available < 0:
         failures.append(f"overdraft: balance {balance} nano, available {available} nano")
-    if balance != sum(num(i, "amount") for i in lines):
-        failures.append(f"balance {balance} != sum of the ledger {sum(num(i, 'amount') for i in lines)}")
-    if held != sum(num(h, "amount") for h in holds):
-        failures.append("held != sum of open holds")
-    if available != balance - held:
-        failures.append("available != balance - held")
+    if sum(num(i, "amount") for i in history):
+        failures.append("the seeded history does not net to zero")
     if Decimal(spent) / NANO != tally.charged:
         failures.append(f"usage entries total {Decimal(spent) / NANO} credits, headers said {tally.charged}")
-    if Decimal(balance) / NANO != granted - tally.charged:
-        failures.append(f"balance {Decimal(balance) / NANO} != granted {granted} - charged {tally.charged}")
-    if len(usage) != tally.ok:
-        failures.append(f"{len(usage)} usage entries for {tally.ok} answered requests")
+    ledger = sum(num(i, "amount") for i in lines) - sum(num(i, "cost") for i in pending)
+    if Decimal(ledger) / NANO != granted - tally.charged:
+        failures.append(
+            f"the ledger holds {Decimal(ledger) / NANO} != granted {granted} - charged {tally.charged}"
+        )
+    if len(usage) + len(pending) != tally.ok:
+        failures.append(
+            f"{len(usage)} usage entries and {len(pending)} deferred for {tally.ok} answered requests"
+        )
     return facts, failures
+
+
+def _shorten(text: str, limit: int = 400) -> str:
+    return text if len(text) <= limit else text[: limit - 5] + " ...)"
+
+
+# ------------------------------------------------------------------ history
+
+
+def history_items(org_id: str, key_id: str, entries: int, now: datetime) -> Iterator[dict[str, Any]]:
+    """A busy org's books before today, as the product writes them: `entries` usage entries
+    (marker and statement line each) over the year before this month, a top-up paying for
+    every 1,000 of them (so the history nets to zero and the wallet stays equal to its ledger), and the
+    per-day usage rows. Request ids start with HISTORY_PREFIX, so the checks can tell them."""
+    from conduix import wallets
+
+    # The year before this month: this month's spend and usage rows stay the load's own.
+    end = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    days = 365
+    rows: dict[str, dict[str, int]] = {}
+
+    def when(i: int) -> datetime:
+        return end - timedelta(days=days) + timedelta(seconds=i * days * 86400 // max(entries, 1))
+
+    def tokens(i: int) -> tuple[int, int]:
+        return 20 + i % 50, 16
+
+    for i in range(entries):
+        prompt, completion = tokens(i)
+        if i % 1000 == 0:  # a top-up just before each 1,000 requests, paying for exactly them
+            block = range(i, min(i + 1000, entries))
+            cost = sum(1_000 * sum(tokens(j)) for j in block)
+            yield from _top_up_items(org_id, f"{HISTORY_PREFIX}{i:08d}", cost, when(i) - timedelta(seconds=1))
+        at = when(i)
+        usage = wallets.Usage(MODEL, key_id, prompt, completion, cost=1_000 * (prompt + completion))
+        yield from wallets.usage_ledger_items(org_id, f"{HISTORY_PREFIX}{i:08d}", usage, at)
+        row = rows.setdefault(
+            at.strftime("%Y-%m-%d"), {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "credits": 0}
+        )
+        row["requests"] += 1
+        row["prompt_tokens"] += prompt
+        row["completion_tokens"] += completion
+        row["credits"] += usage.cost
+    for day, counts in rows.items():
+        yield {
+            "pk": {"S": f"ORG#{org_id}"},
+            "sk": {"S": f"USAGE#{day}#{MODEL}#{key_id}"},
+            "day": {"S": day},
+            "model": {"S": MODEL},
+            "key_id": {"S": key_id},
+            **{name: {"N": str(count)} for name, count in counts.items()},
+        }
+
+
+def _top_up_items(org_id: str, key: str, amount: int, at: datetime) -> list[dict[str, Any]]:
+    """A top-up's marker and line, in the shape of the product's ledger entries."""
+    created = at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    entry_id = f"top_up:{key}"
+    entry = {
+        "pk": {"S": f"ORG#{org_id}"},
+        "entry_id": {"S": entry_id},
+        "entry_type": {"S": "top_up"},
+        "amount": {"N": str(amount)},
+        "description": {"S": "Top-up"},
+        "created_at": {"S": created},
+    }
+    line_sk = f"LEDGER#{created}#{entry_id}"
+    marker = {
+        **entry,
+        "sk": {"S": f"ENTRY#{entry_id}"},
+        "fingerprint": {"S": "0" * 32},
+        "line_sk": {"S": line_sk},
+    }
+    return [marker, {**entry, "sk": {"S": line_sk}}]
+
+
+# ------------------------------------------------------------------ growth
+
+
+def _sweep(stack: Any) -> None:
+    """What a minute of schedules would do (they are off): the leases expire, and HoldSweeper
+    folds them and charges the settles that were deferred, so the books are whole."""
+    stack.front.move_clock(stack.front.now() + timedelta(minutes=2))
+    swept = stack.operator("POST", "/_local/run/HoldSweeperFunction", None)
+    log(f"  HoldSweeper: {json.dumps(swept)[:160]}")
+
+
+def _table_items(moto_url: str) -> int:
+    return int(_dynamodb(moto_url).describe_table(TableName="BillingTable")["Table"]["ItemCount"])
+
+
+@dataclass
+class Growth:
+    """Phase 1 against phase 3: the same clients, before and after the history."""
+
+    before: Tally
+    after: Tally
+    times_before: dict[str, tuple[int, float]]
+    times_after: dict[str, tuple[int, float]]
+    items_before: int
+    items_after: int
+
+    @property
+    def ratio(self) -> float:
+        return percentile(self.after.latencies, 50) / percentile(self.before.latencies, 50)
+
+    def print(self, history: int) -> None:
+        def ms(seconds: float) -> str:
+            return f"{seconds * 1000:.1f}"
+
+        print(f"Growth: the funded org before and after {history:,} ledger entries of history")
+        rows = [("", "phase 1", "phase 3", "after / before")]
+        rows.append(("BillingTable items", f"{self.items_before:,}", f"{self.items_after:,}", ""))
+        rows.append(("answered 200", str(self.before.ok), str(self.after.ok), ""))
+        for label, p in (("p50 latency (ms)", 50), ("p90 latency (ms)", 90)):
+            b, a = percentile(self.before.latencies, p), percentile(self.after.latencies, p)
+            rows.append((label, ms(b), ms(a), f"{a / b:.2f}x"))
+        ops = sorted(set(self.times_before) | set(self.times_after))
+        for op in ops:
+            (nb, sb), (na, sa) = self.times_before.get(op, (0, 0.0)), self.times_after.get(op, (0, 0.0))
+            if nb + na < 20:
+                continue  # a handful of calls says nothing per call
+            per_b, per_a = sb / max(nb, 1), sa / max(na, 1)
+            ratio = f"{per_a / per_b:.2f}x" if nb and na else ""
+            rows.append((f"moto {op} (ms a call, {nb}/{na} calls)", ms(per_b), ms(per_a), ratio))
+        width = [max(len(r[i]) for r in rows) for i in range(4)]
+        for r in rows:
+            print("  " + "  ".join(cell.ljust(width[i]) for i, cell in enumerate(r)))
+        print(
+            f"Target: the median at most {GROWTH_TARGET}x; "
+            f"{'met' if self.ratio <= GROWTH_TARGET else 'MISSED'} ({self.ratio:.2f}x)."
+        )
+        print()
 
 
 # ------------------------------------------------------------------ main
@@ -269,6 +425,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=8, help="warm workers per function (default 8)")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds first (default 3)")
     parser.add_argument("--scarce-clients", type=int, default=4, help="clients on the org that runs dry")
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=50_000,
+        help="ledger entries written into the funded org before the last phase (default 50000; 0: none)",
+    )
     parser.add_argument(
         "--stack-log", type=Path, default=STACK_LOG, help=f"the stack's log (default {STACK_LOG})"
     )
@@ -307,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
             stack.stop()
 
 
-def _new_org(stack: Any, name: str, credits: Decimal) -> tuple[str, str]:
+def _new_org(stack: Any, name: str, credits: Decimal) -> tuple[str, str, str]:
     org = stack.operator("POST", "/admin/orgs", {"name": name, "email": "load@example.test"})
     key = stack.operator("POST", f"/admin/orgs/{org['org_id']}/api-keys", {"name": "load"})
     stack.operator(
@@ -315,7 +477,7 @@ def _new_org(stack: Any, name: str, credits: Decimal) -> tuple[str, str]:
         f"/admin/orgs/{org['org_id']}/credits",
         {"amount": str(credits), "reason": "load test", "idempotency_key": f"load-{org['org_id']}"},
     )
-    return org["org_id"], key["api_key"]
+    return org["org_id"], key["api_key"], key["key_id"]
 
 
 def _lift_rate_limit(moto_url: str, org_ids: list[str]) -> str:
@@ -342,8 +504,8 @@ def _lift_rate_limit(moto_url: str, org_ids: list[str]) -> str:
 
 def _run(stack: Any, args: argparse.Namespace, started: float) -> int:
     state = stack.state()
-    funded_org, funded_key = _new_org(stack, "Load Org", FUNDED_CREDITS)
-    scarce_org, scarce_key = _new_org(stack, "Scarce Org", SCARCE_CREDITS)
+    funded_org, funded_key, funded_key_id = _new_org(stack, "Load Org", FUNDED_CREDITS)
+    scarce_org, scarce_key, _ = _new_org(stack, "Scarce Org", SCARCE_CREDITS)
     plan = _lift_rate_limit(state["moto"], [funded_org, scarce_org])
     log(f"orgs ready on plan {plan}; stack up in {time.monotonic() - started:.1f} s")
 
@@ -358,14 +520,21 @@ def _run(stack: Any, args: argparse.Namespace, started: float) -> int:
 
     # Phase 1: through the gateway; a few clients on the org that runs dry.
     log(f"phase 1: {args.clients} clients through the gateway for {args.seconds:g} s")
-    specs = [
-        gateway_client(i, scarce_key, f"s{i}", "scarce")
-        if i < args.scarce_clients
-        else gateway_client(i, funded_key, f"g{i}", "gateway")
-        for i in range(args.clients)
-    ]
-    tallies, gateway_seconds, gateway_cpu = run_phase(specs, args.seconds)
+
+    def gateway_clients(tag: str) -> list[ClientSpec]:
+        return [
+            gateway_client(i, scarce_key, f"s{tag}{i}", "scarce")
+            if i < args.scarce_clients
+            else gateway_client(i, funded_key, f"g{tag}{i}", "gateway")
+            for i in range(args.clients)
+        ]
+
+    moto = stack.moto
+    moto.operation_times(reset=True)
+    tables_before = _table_items(state["moto"])
+    tallies, gateway_seconds, gateway_cpu = run_phase(gateway_clients(""), args.seconds)
     gateway, scarce = tallies["gateway"], tallies["scarce"]
+    times_before = moto.operation_times()
 
     # Phase 2: as many clients, straight at the fake upstream, for as long.
     log(f"phase 2: {args.clients} clients straight at the fake upstream for {args.seconds:g} s")
@@ -380,11 +549,38 @@ def _run(stack: Any, args: argparse.Namespace, started: float) -> int:
     tallies, direct_seconds, direct_cpu = run_phase(specs, args.seconds)
     direct = tallies["direct"]
 
-    funded_facts, funded_failures = check_org(state["moto"], funded_org, FUNDED_CREDITS, gateway.merged(warm))
+    # Phase 3: a year of the funded org's books, then phase 1's clients again.
+    after, growth = Tally(), None
+    if args.history:
+        log(f"phase 3: {args.history:,} ledger entries into the funded org, then phase 1 again")
+        _sweep(stack)  # phase 3 starts from phase 1's state: no lease, nothing deferred
+        seeding = time.monotonic()
+        written = moto.put_items_directly(
+            "BillingTable", history_items(funded_org, funded_key_id, args.history, datetime.now(UTC))
+        )
+        log(f"  {written:,} items written in {time.monotonic() - seeding:.1f} s")
+        moto.operation_times(reset=True)
+        tables_after = _table_items(state["moto"])
+        tallies, _, _ = run_phase(gateway_clients("h"), args.seconds)
+        after = tallies["gateway"]
+        scarce = scarce.merged(tallies["scarce"])
+        growth = Growth(gateway, after, times_before, moto.operation_times(), tables_before, tables_after)
+
+    _sweep(stack)
+    funded_facts, funded_failures = check_org(
+        state["moto"], funded_org, FUNDED_CREDITS, gateway.merged(warm).merged(after)
+    )
     scarce_facts, scarce_failures = check_org(state["moto"], scarce_org, SCARCE_CREDITS, scarce)
     failures = [f"funded org: {f}" for f in funded_failures] + [f"scarce org: {f}" for f in scarce_failures]
-    if gateway.errors() or warm.errors():
-        failures.append(f"gateway errors on the funded org: {dict(gateway.statuses + warm.statuses)}")
+    if gateway.errors() or warm.errors() or after.errors():
+        failures.append(
+            f"gateway errors on the funded org: {dict(gateway.statuses + warm.statuses + after.statuses)}"
+        )
+    if growth is not None and growth.ratio > GROWTH_TARGET:
+        failures.append(
+            f"the median billed request after {args.history:,} ledger entries is {growth.ratio:.2f}x "
+            f"the first phase's (target: at most {GROWTH_TARGET}x)"
+        )
     if scarce.errors(allowed=("402",)):
         failures.append(f"errors other than 402 on the scarce org: {dict(scarce.statuses)}")
     warnings = []
@@ -401,6 +597,8 @@ def _run(stack: Any, args: argparse.Namespace, started: float) -> int:
         {"funded org": funded_facts, "scarce org": scarce_facts},
         table_items,
     )
+    if growth is not None:
+        growth.print(args.history)
     for warning in warnings:
         print(f"WARNING: {warning}")
     for failure in failures:
@@ -470,9 +668,9 @@ def _print_summary(
             "(each request opens a connection): a stand-in artefact."
         )
     print(
-        "The stack's process runs moto (one lock; every transaction copies the whole table, "
-        f"{table_items} BillingTable items at the end), the front and the fake upstream: its CPU, not "
-        "the billing code, bounds the throughput here. These are stand-in figures, not AWS ones."
+        f"The stack's process runs moto (one lock; {table_items:,} BillingTable items at the end), the "
+        "front and the fake upstream: its CPU, not the billing code, bounds the throughput here. "
+        "These are stand-in figures, not AWS ones."
     )
     print()
     print("Money, read from the DynamoDB stand-in:")
