@@ -33,6 +33,7 @@ from moto.dynamodb.models.table import RESULT_SIZE_LIMIT, GlobalSecondaryIndex, 
 MAX_ITEM_SIZE = 400 * 1024  # DynamoDB's item limit: an item past the range cannot add more to a page
 
 _ORIGINAL: dict[str, Callable[..., Any]] = {}
+_GENERATION = [0]  # caches built before the last install() were not kept up meanwhile
 
 
 class Reached:
@@ -86,18 +87,26 @@ class _Index:
 
 
 class _Cache:
-    """A table's caches, for the storage object they were built from."""
+    """A table's caches, for the storage object they were built from, while installed."""
 
     def __init__(self, table: Table) -> None:
         self.storage = table.items
+        self.generation = _GENERATION[0]
         self.partitions: dict[DynamoType, _Sorted] = {}
         self.indexes: dict[str, _Index] = {}
 
 
 def _cache(table: Table) -> _Cache:
-    cache: _Cache | None = table.__dict__.get("_conduix_cache")
-    if cache is None or cache.storage is not table.items:  # a restore or reset replaced them
+    cache = _live(table)
+    if cache is None:  # new, or its table's items were replaced (a restore), or not kept up
         cache = table.__dict__["_conduix_cache"] = _Cache(table)
+    return cache
+
+
+def _live(table: Table) -> _Cache | None:
+    cache: _Cache | None = table.__dict__.get("_conduix_cache")
+    if cache is None or cache.storage is not table.items or cache.generation != _GENERATION[0]:
+        return None
     return cache
 
 
@@ -117,8 +126,8 @@ def _sorted(table: Table, hash_key: DynamoType) -> _Sorted | None:
 
 def _put_item(self: Table, item_attrs: dict[str, Any], *args: Any, **kwargs: Any) -> Item:
     item: Item = _ORIGINAL["put_item"](self, item_attrs, *args, **kwargs)
-    cache = self.__dict__.get("_conduix_cache")
-    if cache is not None and cache.storage is self.items:
+    cache = _live(self)
+    if cache is not None:
         entry = cache.partitions.get(item.hash_key)
         if entry is not None and item.range_key is not None and len(entry.keys) != len(entry.partition):
             bisect.insort(entry.keys, str(item.range_key.value))  # a new key (a replaced one keeps its place)
@@ -129,8 +138,8 @@ def _put_item(self: Table, item_attrs: dict[str, Any], *args: Any, **kwargs: Any
 
 def _delete_item(self: Table, hash_key: DynamoType, range_key: DynamoType | None) -> Item | None:
     item: Item | None = _ORIGINAL["delete_item"](self, hash_key, range_key)
-    cache = self.__dict__.get("_conduix_cache")
-    if item is not None and cache is not None and cache.storage is self.items:
+    cache = _live(self)
+    if item is not None and cache is not None:
         entry = cache.partitions.get(hash_key)
         if entry is not None and range_key is not None:
             at = bisect.bisect_left(entry.keys, str(range_key.value))
@@ -149,8 +158,8 @@ def _update_item(
         return _ORIGINAL["update_item"](self, table_name, key, *args, **kwargs)
     finally:
         table = self.tables.get(table_name)
-        cache = table.__dict__.get("_conduix_cache") if table is not None else None
-        if table is not None and cache is not None and cache.indexes and cache.storage is table.items:
+        cache = _live(table) if table is not None else None
+        if table is not None and cache is not None and cache.indexes:
             try:
                 hash_value, range_value = self.get_keys_value(table, key)
             except Exception:
@@ -360,6 +369,7 @@ def install() -> None:
     """Patch moto's Table and backend (idempotent; every instance uses the class's methods)."""
     if _ORIGINAL:
         return
+    _GENERATION[0] += 1
     _ORIGINAL.update(
         put_item=Table.put_item,
         delete_item=Table.delete_item,

@@ -154,6 +154,14 @@ class LockedMotoServer:
         return count
 
     @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the server's lock: no request runs meanwhile (bench reads moto's backend)."""
+        if self._app is None:
+            raise RuntimeError("LockedMotoServer not started")
+        with self._app._lock:
+            yield
+
+    @contextmanager
     def without_standin(self) -> Iterator[None]:
         """Serve moto alone for a while (tests of moto's own atomicity)."""
         if self._app is None:
