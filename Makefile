@@ -78,7 +78,9 @@ bench: $(STAMP)
 	$(PY) -m bench.ttft
 	$(PY) -m bench.hot_org
 
-# A bounded load on loopback against the local stack; fails on any overdraft or drift.
+# A bounded load on loopback against the local stack, again after 50,000 ledger entries of
+# history (writes that comparison into docs/benchmarks.md); fails on any overdraft or drift,
+# or if the median billed request grew more than 1.3x.
 load: $(STAMP)
 	$(PY) -m bench.load
 

@@ -1319,6 +1319,11 @@ def main(argv: list[str] | None = None) -> int:
     meta["seconds"] = time.monotonic() - started
     report = render(paths, growth, cpu, imports, meta)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.out.exists():  # make load's section is its own: keep it
+        from bench.load import keep_section
+
+        kept = keep_section(args.out.read_text(encoding="utf-8"))
+        report = report.rstrip("\n") + ("\n\n" + kept if kept else "\n")
     args.out.write_text(report, encoding="utf-8")
     log(f"wrote {args.out} in {time.monotonic() - started:.0f} s")
     print(report.split("## DynamoDB per request")[0])

@@ -13,12 +13,15 @@ from __future__ import annotations
 import argparse
 import io
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
+from moto.core.models import DEFAULT_ACCOUNT_ID
+from moto.dynamodb.models import dynamodb_backends
 from moto.dynamodb.models.dynamo_type import Item as DynamoItem
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -27,7 +30,7 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from conduix_local import iam, moto_undo
+from conduix_local import iam, moto_index, moto_undo
 from conduix_local.dynamo_standin import StandIn
 
 StartResponse = Callable[..., Any]
@@ -42,6 +45,8 @@ class _Serialized:
         self._lock = threading.Lock()
         self.standin = standin
         self.principals: dict[str, iam.Principal] = {}  # access key id -> the function's policies
+        # Per DynamoDB operation: calls and seconds spent under the lock (bench.load reads it).
+        self.op_stats: dict[str, list[float]] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         # Read the request body before taking the lock, so a slow client cannot stall everyone.
@@ -71,12 +76,17 @@ class _Serialized:
                     [("Content-Type", "application/x-amz-json-1.0"), ("Content-Length", str(len(payload)))],
                 )
                 return [payload]
+        operation = environ.get("HTTP_X_AMZ_TARGET", "").rpartition(".")[2] or "other"
         with self._lock, self.standin.conflicts.running(held) if self.standin else _nothing():
+            started = time.perf_counter()
             result = self._app(environ, start_response)
             try:
                 # Flask responses may be lazy generators that still touch the backend.
                 return list(result)
             finally:
+                stat = self.op_stats.setdefault(operation, [0, 0.0])
+                stat[0] += 1
+                stat[1] += time.perf_counter() - started
                 close = getattr(result, "close", None)
                 if close is not None:
                     close()
@@ -116,6 +126,41 @@ class LockedMotoServer:
             raise RuntimeError("LockedMotoServer not started")
         self._app.principals = dict(principals)
 
+    def operation_times(self, reset: bool = False) -> dict[str, tuple[int, float]]:
+        """Per DynamoDB operation since the last reset: calls, and seconds spent under the lock."""
+        if self._app is None:
+            raise RuntimeError("LockedMotoServer not started")
+        with self._app._lock:
+            times = {op: (int(count), seconds) for op, (count, seconds) in self._app.op_stats.items()}
+            if reset:
+                self._app.op_stats.clear()
+        return times
+
+    def put_items_directly(
+        self, table_name: str, items: Iterable[dict[str, Any]], region: str = "us-east-1"
+    ) -> int:
+        """Write items straight into moto's table, under the lock: a history of 100,000 items in
+        seconds rather than the minutes their HTTP requests would take (bench.load's seeding).
+        The items go through moto's own put (its validation, and moto_index's upkeep)."""
+        if self._app is None:
+            raise RuntimeError("LockedMotoServer not started")
+        count = 0
+        with self._app._lock:
+            table = dynamodb_backends[DEFAULT_ACCOUNT_ID][region].get_table(table_name)
+            for item in items:
+                table.put_item(item)
+                count += 1
+            DynamoItem.instances_tracked.clear()  # type: ignore[attr-defined]
+        return count
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the server's lock: no request runs meanwhile (bench reads moto's backend)."""
+        if self._app is None:
+            raise RuntimeError("LockedMotoServer not started")
+        with self._app._lock:
+            yield
+
     @contextmanager
     def without_standin(self) -> Iterator[None]:
         """Serve moto alone for a while (tests of moto's own atomicity)."""
@@ -131,6 +176,7 @@ class LockedMotoServer:
         if self._server is not None:
             raise RuntimeError("LockedMotoServer already started")
         moto_undo.install()  # a transaction costs the items it touches, not a copy of the table
+        moto_index.install()  # a Query costs the items it reaches, not a sort of the table
         app = self._app = _Serialized(DomainDispatcherApplication(create_backend_app), self.standin)
         # make_server binds here, so the port is known (and taken) when start() returns.
         self._server = make_server(self._host, self._port, app, threaded=True, request_handler=_QuietHandler)

@@ -269,3 +269,21 @@ def test_limits_on_unknown_or_revoked_keys_are_refused(
     with pytest.raises(errors.Conflict):
         limit(org, two_keys[1], "1")
     auth.clear_cache()
+
+
+def test_a_period_changed_while_a_warm_environment_knows_the_old_one_is_used_at_once(
+    org: str, two_keys: tuple[str, str], at: Clock
+) -> None:
+    capped, _ = two_keys
+    limit(org, capped, "1")
+    bill(org, capped, "fri", hold(org, capped, "fri", 90 * CENT), 90 * CENT)
+    stale = dict(wallets._views)  # an environment that knows the daily limit
+    limit(org, capped, "5", "month")  # the month so far: the 0.9 spent counts
+    wallets._views.update(stale)
+    saturday = NOW + timedelta(days=1)
+    held = hold(org, capped, "sat", 4 * C, saturday)  # a new day, but the month has 4.1 left
+    assert held.budget_key == capped
+    with pytest.raises(errors.KeySpendLimitExceeded, match="per month"):
+        hold(org, capped, "sat-2", 20 * CENT, saturday)
+    assert budget(org, capped) == (90 * CENT, 4 * C, 10 * CENT)
+    clean(org)

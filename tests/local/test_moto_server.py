@@ -205,3 +205,24 @@ def test_transactions_do_not_leave_tracked_items_behind(dynamodb: Any, moto_serv
         )
     assert len(Item.instances_tracked) == 0  # type: ignore[attr-defined]
     assert len(dynamodb.scan(TableName=table)["Items"]) == 31
+
+
+def test_items_put_directly_are_served_and_operations_timed(
+    dynamodb: Any, moto_server: LockedMotoServer
+) -> None:
+    table = _wallet_table(dynamodb)
+    moto_server.operation_times(reset=True)
+    written = moto_server.put_items_directly(
+        table, ({"pk": {"S": "org#2"}, "sk": {"S": f"LEDGER#{i:03d}"}} for i in range(120))
+    )
+    page = dynamodb.query(
+        TableName=table,
+        KeyConditionExpression="pk = :p AND begins_with(sk, :l)",
+        ExpressionAttributeValues={":p": {"S": "org#2"}, ":l": {"S": "LEDGER#"}},
+        ScanIndexForward=False,
+        Limit=2,
+    )
+    assert written == 120
+    assert [i["sk"]["S"] for i in page["Items"]] == ["LEDGER#119", "LEDGER#118"]
+    calls, seconds = moto_server.operation_times()["Query"]
+    assert calls == 1 and seconds > 0

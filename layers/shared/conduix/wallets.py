@@ -111,7 +111,7 @@ class Wallet:
     balance_alerts: tuple[int, ...] = ()  # nano-credits
     cap_alerts: tuple[int, ...] = ()  # percents of the cap
     # Keys with a spend limit: their holds also write the key's budget item (see reserve).
-    limited_keys: frozenset[str] = frozenset()
+    limited_keys: dict[str, str] = field(default_factory=dict)  # key id -> its limit's period
     alerts_fired: frozenset[str] = frozenset()  # keys of the alert thresholds fired (alerts.py)
 
 
@@ -164,7 +164,7 @@ def _wallet_from_item(org_id: str, item: Item) -> Wallet:
         plan=as_str(item, "plan", "free"),
         balance_alerts=tuple(int(v["N"]) for v in item.get("alert_balance_below", {}).get("L", [])),
         cap_alerts=tuple(int(v["N"]) for v in item.get("alert_cap_percent", {}).get("L", [])),
-        limited_keys=frozenset(item.get("limited_keys", {}).get("M", {})),
+        limited_keys={k: v.get("S", "day") for k, v in item.get("limited_keys", {}).get("M", {}).items()},
         alerts_fired=frozenset(item.get("alert_fired", {}).get("M", {})),
     )
 
@@ -194,7 +194,7 @@ def new_wallet_item(org_id: str, now: datetime) -> Item:
         "rpm_limit": n(plans.get(plans.FREE).requests_per_minute),
         "rpm": {"M": {}},  # per key and minute: "<key_id>@<minute>" -> requests held
         "revoked_keys": {"M": {}},  # key id -> when it was revoked (see note_revoked_key)
-        "limited_keys": {"M": {}},  # key id -> its limit's version (see set_key_limit)
+        "limited_keys": {"M": {}},  # key id -> its limit's period (see set_key_limit)
         "alert_fired": {"M": {}},  # alert key -> when it fired (see alerts.py)
     }
 
@@ -497,9 +497,9 @@ def reserve(
         same, same_values = same_settings(known)
         # A key with a spend limit (as the view knows it; the condition checks the view) also
         # holds against its budget item, in the same transaction: racing requests cannot pass it.
-        limited = key_id in known.limited_keys
-        key_window = clock.limit_window(known_key_period(org_id, key_id), now) if limited else ""
-        key_window = max(key_window, lagging)
+        key_period = known.limited_keys.get(key_id, "")
+        limited = bool(key_period)
+        key_window = max(clock.limit_window(key_period, now), lagging) if limited else ""
         actions: list[Any] = [
             {
                 "Update": {
@@ -514,8 +514,12 @@ def reserve(
                     ),
                     "ConditionExpression": (
                         "#period = :p AND attribute_not_exists(revoked_keys.#kid) "
-                        f"AND attribute_{'' if limited else 'not_'}exists(limited_keys.#kid) "
-                        "AND (attribute_not_exists(rpm.#win) OR rpm.#win < rpm_limit) "
+                        + (
+                            "AND limited_keys.#kid = :kperiod "
+                            if limited
+                            else "AND attribute_not_exists(limited_keys.#kid) "
+                        )
+                        + "AND (attribute_not_exists(rpm.#win) OR rpm.#win < rpm_limit) "
                         "AND (billing_mode = :invoice OR available >= :h) "
                         "AND (capped = :false OR cap_remaining >= :h) AND " + same
                     ),
@@ -534,6 +538,7 @@ def reserve(
                         ":p": s(period),
                         ":invoice": s("invoice"),
                         ":false": {"BOOL": False},
+                        **({":kperiod": s(key_period)} if limited else {}),
                         **same_values,
                     },
                     "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
@@ -606,12 +611,8 @@ def reserve(
                 continue  # the state it failed on (or the settings the view knew) changed: try again
             if limited and reasons[2].get("Code") == "ConditionalCheckFailed":
                 budget = _budget_from_item(key_id, dict(reasons[2].get("Item") or {}))
-                if budget is None or not budget.limit:  # the limit was removed meanwhile
-                    _key_periods.pop((org_id, key_id), None)
-                    _views.pop(org_id, None)
-                    continue
-                if budget.period != known_key_period(org_id, key_id):  # the limit's period changed
-                    _key_periods[(org_id, key_id)] = budget.period
+                if budget is None or not budget.limit or budget.period != key_period:
+                    _views.pop(org_id, None)  # changed meanwhile (the wallet's mark said so too)
                     lagging = ""
                     continue
                 if budget.window < key_window:
@@ -637,10 +638,11 @@ def reserve(
 #     spent    settled spend in the window;  held: the key's open holds that count against it
 #     room     lim - spent - held
 #
-# The wallet's `limited_keys` map says which keys have one; the hold's wallet condition checks
-# the view's idea of it, so a limit set a moment ago refuses a stale hold, which is retried with
-# the budget. A request counts in the window its hold was placed in while that window lasts;
-# one still open when the window turns counts in the next (its hold carries over), like the cap.
+# The wallet's `limited_keys` map says which keys have one, and its period; the hold's wallet
+# condition checks the view's idea of both, so a limit set (or changed) a moment ago refuses a
+# stale hold, which is retried with the budget. A limited key's hold reads nothing more.
+# A request counts in the window its hold was placed in while that window lasts; one still
+# open when the window turns counts in the next (its hold carries over), like the cap.
 
 
 @dataclass(frozen=True)
@@ -670,22 +672,6 @@ def _budget_from_item(key_id: str, item: Item) -> KeyBudget | None:
         held=as_int(item, "held"),
         room=as_int(item, "room"),
     )
-
-
-# The period of each limited key this environment has seen (it changes rarely; a hold with a
-# stale one is refused by the budget's window condition and learns the new one).
-_key_periods: dict[tuple[str, str], str] = {}
-
-
-def known_key_period(org_id: str, key_id: str) -> str:
-    period = _key_periods.get((org_id, key_id))
-    if period is None:
-        budget = key_budget(org_id, key_id)
-        period = budget.period if budget is not None else "day"
-        if len(_key_periods) >= _MAX_VIEWS:
-            _key_periods.clear()
-        _key_periods[(org_id, key_id)] = period
-    return period
 
 
 def key_budget(org_id: str, key_id: str) -> KeyBudget | None:
@@ -808,11 +794,7 @@ def set_key_limit(
                 ),
                 "ConditionExpression": "attribute_exists(limited_keys)",
                 "ExpressionAttributeNames": {"#kid": key_id},
-                **(
-                    {"ExpressionAttributeValues": {":v": n(int(now.timestamp()))}}
-                    if limit is not None
-                    else {}
-                ),
+                **({"ExpressionAttributeValues": {":v": s(period)}} if limit is not None else {}),
             }
         }
         try:
@@ -826,7 +808,6 @@ def set_key_limit(
                 _start_limited_map(org_id)  # a wallet from before key limits
             continue  # (or a settle moved the budget meanwhile: read it again)
         _views.pop(org_id, None)
-        _key_periods.pop((org_id, key_id), None)
         return result
     raise Conflict("The key's budget kept changing while setting its limit; please retry.")
 
