@@ -72,8 +72,8 @@ MEMORY_HEADROOM = 1.5
 PARTITION_WCU = 1000  # DynamoDB's per-partition write limit, units per second
 
 TARGET_WRITES, TARGET_READS = 2, 0
-TARGET_CPU_RATIO = 3.0
-TARGET_IMPORT_RATIO = 1.3
+TARGET_CPU_RATIO = 2.0
+TARGET_IMPORT_RATIO = 1.2
 
 
 def log(message: str) -> None:
@@ -155,9 +155,11 @@ class Bench:
         self.devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the run
         real_stdout, sys.stdout = sys.stdout, self.devnull
         try:
-            self.completion = load_handler("completion")
             self.admin = load_handler("admin")
             self.sweeper_fn = load_handler("hold_sweeper")
+            # Last: each function sets up the shared package's logging, and in Lambda the
+            # Completion function's process has its own (no Powertools), not the others'.
+            self.completion = load_handler("completion")
         finally:
             sys.stdout = real_stdout
         self.client = dynamo.client()
@@ -443,7 +445,7 @@ def wallet_growth(bench: Bench) -> dict[str, Any]:
 
 
 def measure_cpu(bench: Bench, rounds: int, per_round: int) -> dict[str, Any]:
-    from conduix import dynamo
+    from conduix import clock, dynamo, leases, wallets
 
     table = bench.table_names["BillingTable"]
     client = dynamo.client()
@@ -471,16 +473,33 @@ def measure_cpu(bench: Bench, rounds: int, per_round: int) -> dict[str, Any]:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
             json.loads(response.read())
 
+    # A hot org: other requests of it are in flight (HOT_IN_FLIGHT holds, as other environments
+    # would have), so this environment reserves against an escrow lease (conduix.leases). The
+    # funded org sends one request at a time, so each of its requests takes a hold of its own.
+    hot_org, hot_key = bench.new_org("1000000")
+    others = [f"bench-other-{uuid.uuid4()}" for _ in range(leases.HOT_IN_FLIGHT)]
+    for rid in others:
+        wallets.reserve(hot_org, rid, 10**6, model=MODEL, key_id="key_elsewhere", now=clock.now())
+    hot_calls: Counter[str] = Counter()
+    counting = [False]
+
+    def count_call(model: Any, **_: Any) -> None:
+        if counting[0]:
+            hot_calls[model.name] += 1
+
+    client.meta.events.register("before-call.dynamodb", count_call)
     check = expect(200, "BYPASS")
 
     def billed() -> None:
         check(bench.completion_call(billed_body()))
 
-    def timed_billed() -> tuple[float, float]:
-        event, ctx = bench.completion_event_for(billed_body())  # the runtime's work, not timed
+    def timed_handler(key: str | None) -> tuple[float, float]:
+        event, ctx = bench.completion_event_for(billed_body(), key)  # the runtime's work, not timed
+        counting[0] = key is not None
         wall, cpu = time.perf_counter(), time.process_time()
         result = bench.completion.lambda_handler(event, ctx)
         spent = time.process_time() - cpu, time.perf_counter() - wall
+        counting[0] = False
         check(result)
         return spent
 
@@ -490,21 +509,31 @@ def measure_cpu(bench: Bench, rounds: int, per_round: int) -> dict[str, Any]:
         return time.process_time() - cpu, time.perf_counter() - wall
 
     for _ in range(5):  # warm every path
-        bare_update(), bare_upstream(), billed()
+        bare_update(), bare_upstream(), billed(), timed_handler(hot_key)
+    hot_calls.clear()
     per_round_results = []
+    hot_all: list[float] = []
     for r in range(rounds):
         log(f"cpu: round {r + 1}/{rounds}")
         gc.collect()
         samples: dict[str, list[tuple[float, float]]] = defaultdict(list)
-        for _ in range(per_round):  # interleaved, so drift hits all three alike
+        for _ in range(per_round):  # interleaved, so drift hits all alike
             samples["update"].append(timed(bare_update))
-            samples["billed"].append(timed_billed())
+            samples["hot"].append(timed_handler(hot_key))
             samples["upstream"].append(timed(bare_upstream))
+            samples["billed"].append(timed_handler(None))
+        hot_all += [c for c, _ in samples["hot"]]
         medians = {name: median([c for c, _ in s]) for name, s in samples.items()}
         walls = {name: median([w for _, w in s]) for name, s in samples.items()}
         per_round_results.append(
-            {"cpu": medians, "wall": walls, "ratio": medians["billed"] / medians["update"]}
+            {
+                "cpu": medians,
+                "wall": walls,
+                "ratio": medians["hot"] / medians["update"],
+                "quiet_ratio": medians["billed"] / medians["update"],
+            }
         )
+    hot_requests = rounds * per_round
 
     # What the stand-in itself spends (moto's process): why the local stack is slow, never a
     # DynamoDB figure.
@@ -515,26 +544,34 @@ def measure_cpu(bench: Bench, rounds: int, per_round: int) -> dict[str, Any]:
             fn()
         moto_cpu[name] = (process_cpu(bench.moto_pid) - before) / per_round
 
-    # Where the billed path's CPU goes (a separate, profiled run: profiling inflates times).
+    # Where the hot path's CPU goes (a separate, profiled run: profiling inflates times).
     profiler = cProfile.Profile(time.process_time)
     for _ in range(per_round):
-        event, ctx = bench.completion_event_for(billed_body())
+        event, ctx = bench.completion_event_for(billed_body(), hot_key)
         profiler.enable()
         result = bench.completion.lambda_handler(event, ctx)
         profiler.disable()
         check(result)
+    client.meta.events.unregister("before-call.dynamodb", count_call)
+    for rid in others:
+        wallets.release(hot_org, rid, 10**6)
+    leases.close_all(clock.now())  # the lease folded back into the wallet, as a retiring environment does
     return {
         "rounds": per_round_results,
         "profile": _profile_groups(profiler),
         "steps": _profile_steps(profiler),
         "moto": moto_cpu,
+        "hot_calls": {name: count / hot_requests for name, count in sorted(hot_calls.items())},
+        "hot_mean": statistics.fmean(hot_all),
+        "hot_in_flight": leases.HOT_IN_FLIGHT,
     }
 
 
 _STEPS = (
-    ("wallets.py", "reserve", "the hold: `wallets.reserve` (one TransactWriteItems)"),
-    ("wallets.py", "settle", "the settle: `wallets.settle` (one TransactWriteItems)"),
-    ("providers.py", "complete", "the upstream call: `providers.complete` (urllib3, kept alive)"),
+    ("leases.py", "reserve", "the reservation: `leases.reserve` (in memory, against the lease)"),
+    ("leases.py", "record", "the bill: `leases.record` (one TransactWriteItems)"),
+    ("providers.py", "complete", "the upstream call: `providers.complete` (http.client, kept alive)"),
+    ("telemetry.py", "completion_served", "the request's log line and metrics (one JSON line)"),
     ("auth.py", "authenticate", "the API key (cached)"),
 )
 
@@ -627,7 +664,10 @@ def _import_once(statement: str, path: str, env: dict[str, str]) -> float:
 
 
 def measure_imports(runs: int) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if k != "POWERTOOLS_SERVICE_NAME"}
+    # PYTHONDONTWRITEBYTECODE (set in some shells and CI) would make every run compile the
+    # layer's source while boto3's bytecode comes from site-packages: the warm-up must cache it.
+    dropped = ("POWERTOOLS_SERVICE_NAME", "PYTHONDONTWRITEBYTECODE")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     functions = sorted(p.name for p in (ROOT / "functions").iterdir() if (p / "app.py").exists())
     samples: dict[str, list[float]] = defaultdict(list)
     baseline: list[float] = []
@@ -803,9 +843,11 @@ def render(
     billed = by_name["billed"].summary
     rounds = cpu["rounds"]
     ratios = [r["ratio"] for r in rounds]
-    cpu_med = {name: median([r["cpu"][name] for r in rounds]) for name in ("billed", "update", "upstream")}
-    wall_med = {name: median([r["wall"][name] for r in rounds]) for name in ("billed", "update", "upstream")}
+    kinds = ("hot", "billed", "update", "upstream")
+    cpu_med = {name: median([r["cpu"][name] for r in rounds]) for name in kinds}
+    wall_med = {name: median([r["wall"][name] for r in rounds]) for name in kinds}
     ratio = median(ratios)
+    quiet_ratio = median([r["quiet_ratio"] for r in rounds])
     import_ratio = imports["ratios"].get("completion", float("nan"))
     out: list[str] = []
 
@@ -840,8 +882,9 @@ def render(
         )
     out.append(
         row(
-            f"billing-path CPU at most {TARGET_CPU_RATIO:g}x one bare UpdateItem",
-            f"{ratio:.2f}x (median of {len(rounds)} rounds, {min(ratios):.2f} to {max(ratios):.2f})",
+            f"billing-path CPU at most {TARGET_CPU_RATIO:g}x one bare UpdateItem (a hot org's request)",
+            f"{ratio:.2f}x (median of {len(rounds)} rounds, {min(ratios):.2f} to {max(ratios):.2f}; "
+            f"an org with nothing else in flight, two writes: {quiet_ratio:.2f}x)",
             verdict(ratio <= TARGET_CPU_RATIO),
         )
     )
@@ -978,6 +1021,7 @@ def render(
 
     # ---------------------------------------------------------- CPU
     out += ["## CPU time of the billing path", ""]
+    calls = ", ".join(f"{name} x {count:.3f}" for name, count in cpu["hot_calls"].items())
     out += para(
         "`time.process_time()` of one warm billed request through `functions/completion/app.py`'s ",
         "`lambda_handler` (API Gateway event in, proxy result out), against one bare `UpdateItem` on the ",
@@ -985,44 +1029,76 @@ def render(
         f"{len(rounds)} rounds of {meta['per_round']} of each, interleaved; the median of each round, then ",
         "the median of the rounds. moto and the fake upstream run in other processes, so their work is not ",
         "counted. What is: the handler, the billing logic, and the client side of the path's network calls ",
-        "(botocore building, signing and parsing two DynamoDB calls; urllib making the upstream call).",
+        "(botocore building, signing and parsing the DynamoDB calls; http.client making the upstream call).",
+    )
+    out += para(
+        "Two requests are measured. A **hot org's** (the target's): other requests of the org are in ",
+        f"flight ({cpu['hot_in_flight']} holds placed beforehand, as other environments would have), so the ",
+        "environment reserves against its escrow lease in memory and bills with one transaction ",
+        f"(DynamoDB calls per request, averaged over all {len(rounds) * meta['per_round']}: {calls}; ",
+        "the lease's acquire and fold are the fractions). Their mean CPU, those included, is ",
+        f"{ms(cpu['hot_mean'])} ms. A **quiet org's** (nothing else in flight): a hold and a settle, two ",
+        "transactions, so it costs at least two bare calls by construction, and is shown for comparison.",
     )
     out += header(
         "round",
-        "billed request (ms)",
+        "hot org's request (ms)",
         "bare UpdateItem (ms)",
         "bare upstream POST (ms)",
-        "billed / UpdateItem",
+        "hot / UpdateItem",
+        "quiet org's request (ms)",
+        "quiet / UpdateItem",
     )
     for i, r in enumerate(rounds, 1):
         c = r["cpu"]
-        out.append(row(i, ms(c["billed"]), ms(c["update"]), ms(c["upstream"]), f"{r['ratio']:.2f}"))
+        out.append(
+            row(
+                i,
+                ms(c["hot"]),
+                ms(c["update"]),
+                ms(c["upstream"]),
+                f"{r['ratio']:.2f}",
+                ms(c["billed"]),
+                f"{r['quiet_ratio']:.2f}",
+            )
+        )
     out.append(
         row(
             "**median**",
-            f"**{ms(cpu_med['billed'])}**",
+            f"**{ms(cpu_med['hot'])}**",
             f"**{ms(cpu_med['update'])}**",
             f"**{ms(cpu_med['upstream'])}**",
             f"**{ratio:.2f}**",
+            f"**{ms(cpu_med['billed'])}**",
+            f"**{quiet_ratio:.2f}**",
         )
     )
     out.append("")
-    network = 2 * cpu_med["update"] + cpu_med["upstream"]
+    network = cpu_med["update"] + cpu_med["upstream"]
     out += para(
-        f"Two bare DynamoDB calls and one bare upstream POST alone take {ms(network)} ms of the ",
-        f"{ms(cpu_med['billed'])} ms; the other {ms(cpu_med['billed'] - network)} ms are the handler, the ",
-        "billing logic, the settle transaction's larger request and the response. Where the path's CPU ",
-        "goes, from a separate run under cProfile (CPU clock; profiling inflates the total):",
+        f"One bare DynamoDB call and one bare upstream POST alone take {ms(network)} ms of the hot ",
+        f"request's {ms(cpu_med['hot'])} ms; the other {ms(cpu_med['hot'] - network)} ms are the handler, ",
+        "the billing logic, the bill's larger transaction, the upstream client's own work and the response. ",
+        "Where the hot path's CPU goes, from a separate run under cProfile (CPU clock; profiling inflates ",
+        "the total):",
     )
     out += header("step", "share of the handler's CPU", "about (ms)")
     for name, share in cpu["steps"]:
-        out.append(row(name, f"{share * 100:.0f}%", ms(share * cpu_med["billed"])))
+        out.append(row(name, f"{share * 100:.0f}%", ms(share * cpu_med["hot"])))
     out.append("")
     out += ["By package (own time of their functions):", ""]
     out += header("package", "share of the handler's CPU")
     for name, share in cpu["profile"][:8]:
         out.append(row(name, f"{share * 100:.0f}%"))
     out.append("")
+    out += para(
+        "What was cut to get here: botocore's client-side parameter validation (it walked every attribute ",
+        "value of every request; DynamoDB validates each request itself), Powertools in the Completion ",
+        "function (its Logger per record and a `Metrics` object per request; now one JSON line per ",
+        "request that is both the log record and the EMF metrics), urllib3's pool for the upstream call ",
+        "(a kept-alive http.client connection does the same exchange for about half the CPU), and a thread ",
+        "started per upstream call for its deadline (one watchdog thread serves them all).",
+    )
     moto = cpu["moto"]
     out += para(
         "The stand-in's own cost, for the local stack's sake: moto's process spent ",
@@ -1033,7 +1109,8 @@ def render(
     )
     out += para(
         "For scale only (loopback and moto, **not** DynamoDB): median wall time per billed request ",
-        f"{ms(wall_med['billed'])} ms, per bare UpdateItem {ms(wall_med['update'])} ms, per bare upstream ",
+        f"{ms(wall_med['hot'])} ms (hot org) and {ms(wall_med['billed'])} ms (quiet org), per bare ",
+        f"UpdateItem {ms(wall_med['update'])} ms, per bare upstream ",
         f"POST {ms(wall_med['upstream'])} ms.",
     )
 
@@ -1046,6 +1123,15 @@ def render(
         f"`import boto3` in fresh interpreters of the same run ({imports['baseline'] * 1000:.0f} ms, "
         "median of ",
         f"{imports['baseline_runs']}).",
+    )
+    out += para(
+        "Completion's import loads only what every request needs (no Powertools, no Stripe; the ",
+        "Idempotency-Key, embeddings, alerts and notices modules load where used), runs with the garbage ",
+        "collector paused (the import's objects live as long as the process; they are then frozen out of ",
+        "later collections), and loads boto3 before the rest of the package, which measured about 25 ms ",
+        "faster here than loading it midway. `tests/unit/test_completion_cold_start.py` keeps the list. ",
+        "Bytecode: this run caches it, as the method says; a Lambda file system is read-only, so a layer ",
+        "whose build ships only source compiles the package's modules at every cold start.",
     )
     out += header("function", "import (ms)", "range (ms)", "x import boto3", "x import boto3, fastest runs")
     for name, value in sorted(imports["medians"].items(), key=lambda kv: kv[1]):

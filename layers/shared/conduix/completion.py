@@ -13,14 +13,19 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from conduix import cache, chat, clock, idempotency, leases, plans, pricing, providers, telemetry, wallets
+from conduix import cache, chat, clock, leases, plans, pricing, providers, telemetry, wallets
 from conduix.auth import Principal
 from conduix.catalog import Model, catalog
 from conduix.clock import Seconds
 from conduix.errors import ConduixError, InsufficientCredits, InvalidRequest, ServiceBusy, UpstreamError
 from conduix.money import format_credits, parse_credits
+
+if TYPE_CHECKING:
+    # Imported where used: only a request with an Idempotency-Key needs it, so the cold start
+    # of the Completion function does not load it.
+    from conduix import idempotency
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +149,8 @@ def serve(
     attempts = _attempts(request)
     if idempotency_key is None:
         return _serve(principal, request, attempts, request_id, deadline, None)
+    from conduix import idempotency
+
     claim = idempotency.Claim(principal.org_id, idempotency.check_key(idempotency_key), request_id)
     # A long answer keeps its key as long as it may run.
     first = idempotency.claim(
@@ -180,9 +187,23 @@ def _replay(first: idempotency.Answer) -> Served:
 
 
 def _answer(served: Served, request_id: str) -> idempotency.Answer:
+    from conduix import idempotency
+
     return idempotency.Answer(
         request_id, served.body, served.content_type, served.cache_status, served.cost, served.balance
     )
+
+
+def _keep(claim: idempotency.Claim, served: Served, request_id: str) -> None:
+    from conduix import idempotency
+
+    _best_effort("keep the idempotent answer", idempotency.keep, claim, _answer(served, request_id))
+
+
+def _answer_action(claim: idempotency.Claim, served: Served, request_id: str) -> dict[str, Any]:
+    from conduix import idempotency
+
+    return idempotency.answer_action(claim, _answer(served, request_id))
 
 
 def _serve(
@@ -230,9 +251,7 @@ def _serve(
                 completion_tokens=int(usage.get("completion_tokens", 0)),
             )
             if claim:  # a free answer: if it is not kept, a retry is answered free again
-                _best_effort(
-                    "keep the idempotent answer", idempotency.keep, claim, _answer(served, request_id)
-                )
+                _keep(claim, served, request_id)
             return served
 
     hold = pricing.hold_nanos(attempts, request.prompt)
@@ -362,12 +381,12 @@ def _bill(
         funds_hint=reservation.wallet.balance,
     )
     # The answer to an Idempotency-Key is kept by the same write that bills it.
-    also = [idempotency.answer_action(claim, _answer(served, request_id))] if claim else []
+    also = [_answer_action(claim, served, request_id)] if claim else []
     outcome = _settle(org_id, request_id, reservation, usage_record, also)
     if outcome is wallets.SettleOutcome.HOLD_GONE:  # HoldSweeper released it first
         served, whole = render(0)
         if claim:
-            _best_effort("keep the idempotent answer", idempotency.keep, claim, _answer(served, request_id))
+            _keep(claim, served, request_id)
 
     # Work after the settle never changes the client's answer: it is billed, and it goes out.
     _after_settle(org_id, reservation, hold, served.cost)
@@ -426,6 +445,8 @@ class LiveStream:
             self.failure = exc
             leases.release(org_id, request_id, self._reservation, clock.now())
             if self._claim:
+                from conduix import idempotency
+
                 _best_effort("give back an idempotency key", idempotency.abandon, self._claim)
             if listening:
                 from conduix import http  # the error map; imported late to keep imports one-way

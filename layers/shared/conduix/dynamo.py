@@ -57,6 +57,11 @@ def client() -> DynamoDBClient:
                 read_timeout=5,
                 # botocore retries throttling itself; cancelled transactions are retried by `retrying`.
                 retries={"mode": "standard", "max_attempts": 3},
+                # botocore's client-side check walks every attribute value of every request: a
+                # fifth of a billed request's CPU (docs/benchmarks.md). DynamoDB validates each
+                # request itself (a ValidationException, as from the check), and ours are built
+                # by code, not from user input.
+                parameter_validation=False,
             ),
         )
         wait_out_transactions(_client)

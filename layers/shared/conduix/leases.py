@@ -94,10 +94,7 @@ class Lease:
     rows: set[tuple[str, str]] = field(default_factory=set)  # (day, model) usage rows
     retired: bool = False
     uncertain: bool = False  # a spend's write may or may not have landed: HoldSweeper folds it
-
-    @property
-    def spent(self) -> int:
-        return sum(sp.cost for sp in self.spends.values())
+    spent: int = 0  # the sum of `spends`' costs, kept as they are added (not summed per request)
 
     def room(self, amount: int, now: float) -> bool:
         used = len(self.spends) + self.inflight
@@ -264,7 +261,9 @@ def record(
             raise Conflict("The request's lease was folded before it could be billed.") from None
         else:
             raise
+    previous = lease.spends.get(request_id)
     lease.spends[request_id] = Spend(request_id, c, clock.iso(now), usage, lease.lease_id)
+    lease.spent += c - (previous.cost if previous else 0)
     lease.rows.add((now.strftime("%Y-%m-%d"), usage.model))
     return outcome
 

@@ -1,8 +1,9 @@
 """Calls to upstream model providers (OpenAI-compatible), with fallbacks.
 
-Connections come from one urllib3 pool per execution environment, kept alive across warm
-invocations: no TCP or TLS handshake per request. urllib3 ships with botocore in the Lambda
-runtime, so it costs no package and little import time.
+Connections come from one small pool per execution environment (the standard library's
+http.client), kept alive across warm invocations: no TCP or TLS handshake per request. Not
+urllib3's pool: per exchange it cost the billed request more CPU than the rest of its
+handler's own work (docs/benchmarks.md), for features an upstream call does not use.
 
 Every exchange has one overall deadline covering connect, headers and the whole body or
 stream, not each socket read: a watchdog shuts the socket when it passes, so an upstream
@@ -11,16 +12,18 @@ that drips a byte a second is cut at the model's timeout like one that says noth
 
 from __future__ import annotations
 
+import functools
+import heapq
+import http.client
 import json
+import select
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-
-import urllib3
-from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import TimeoutError as Urllib3Timeout
+from urllib.parse import urlsplit
 
 from conduix.clock import Seconds
 from conduix.config import secret
@@ -30,17 +33,97 @@ from conduix.pricing import Attempt
 _MIN_ATTEMPT_SECONDS = 0.5
 _READ_BYTES = 64 * 1024
 
-_pool: urllib3.PoolManager | None = None
 T = TypeVar("T")
+_MAX_IDLE_PER_HOST = 4  # one request at a time per environment, plus a fallback chain's spares
+_WATCHDOG_GRACE_SECONDS = 1.0  # a blocked read outlasts the deadline by this, so the watchdog ends it
 
 
-def _http() -> urllib3.PoolManager:
+class _Pool:
+    """Kept-alive connections per (scheme, host, port). A connection goes back only once its
+    response was read to the end (and the server keeps it open); one the server has closed
+    meanwhile is noticed before it is reused, and replaced."""
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+        self._tls: ssl.SSLContext | None = None
+
+    def take(self, scheme: str, host: str, port: int, timeout: float) -> http.client.HTTPConnection:
+        with self._lock:
+            idle = self._idle.get((scheme, host, port))
+            conn = idle.pop() if idle else None
+        if conn is not None and conn.sock is not None and not _closed_by_peer(conn.sock):
+            conn.sock.settimeout(timeout)
+            return conn
+        if conn is not None:
+            conn.close()
+        if scheme == "https":
+            if self._tls is None:
+                self._tls = ssl.create_default_context()
+            return http.client.HTTPSConnection(host, port, timeout=timeout, context=self._tls)
+        return http.client.HTTPConnection(host, port, timeout=timeout)
+
+    def give_back(self, key: tuple[str, str, int], conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < _MAX_IDLE_PER_HOST:
+                idle.append(conn)
+                return
+        conn.close()
+
+    def clear(self) -> None:
+        with self._lock:
+            every = [conn for idle in self._idle.values() for conn in idle]
+            self._idle.clear()
+        for conn in every:
+            conn.close()
+
+
+def _closed_by_peer(sock: Any) -> bool:
+    """An idle kept-alive socket is readable only when the server closed it (or broke it)."""
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
+class _Response:
+    """One exchange's response, and the connection it came on (kept alive once read out)."""
+
+    def __init__(
+        self, raw: http.client.HTTPResponse, conn: http.client.HTTPConnection, key: tuple[str, str, int]
+    ) -> None:
+        self._raw = raw
+        self._connection = conn  # the watchdog shuts its socket at the deadline
+        self._key = key
+        self.status = raw.status
+
+    def read(self, amount: int | None = None) -> bytes:
+        return self._raw.read(amount)
+
+    def read1(self, amount: int = -1) -> bytes:
+        return self._raw.read1(amount)
+
+    def close(self) -> None:
+        self._raw.close()
+        self._connection.close()
+
+    def release_conn(self) -> None:
+        """Keep the connection for the next exchange, if its response was read to the end."""
+        if self._raw.isclosed() and not self._raw.will_close and self._connection.sock is not None:
+            _http().give_back(self._key, self._connection)
+        else:
+            self.close()
+
+
+_pool: _Pool | None = None
+
+
+def _http() -> _Pool:
     """The execution environment's connection pool, made on first use (not at import)."""
     global _pool
     if _pool is None:
-        # One request at a time per environment; a few spare connections per host for a
-        # fallback chain on the same provider. Retries are ours (the fallback chain).
-        _pool = urllib3.PoolManager(num_pools=8, maxsize=4, retries=False)
+        _pool = _Pool()
     return _pool
 
 
@@ -71,17 +154,54 @@ def _usage(obj: Any) -> tuple[int, int]:
     return p, c  # type: ignore[return-value]
 
 
+_WATCHDOG_COMPACT_AT = 1024
+
+
 class _Watchdog:
-    """Shuts a response's socket at the deadline, so a blocked or dripping read ends there."""
+    """Shuts a response's socket at the deadline, so a blocked or dripping read ends there.
+
+    One daemon thread serves every watchdog of the process (a heap of deadlines): a thread
+    started per request cost more CPU than the rest of the upstream call."""
+
+    _heap: list[tuple[float, int, _Watchdog]] = []
+    _wake = threading.Condition()
+    _thread: threading.Thread | None = None
+    _seq = 0
 
     def __init__(self, response: Any, deadline: Seconds) -> None:
         self.fired = False
+        self.cancelled = False
         self._response = response
-        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
-        self._timer.daemon = True
-        self._timer.start()
+        cls = _Watchdog
+        with cls._wake:
+            if len(cls._heap) > _WATCHDOG_COMPACT_AT:  # cancelled ones wait for their deadline
+                cls._heap[:] = [entry for entry in cls._heap if not entry[2].cancelled]
+                heapq.heapify(cls._heap)
+            cls._seq += 1
+            heapq.heappush(cls._heap, (deadline, cls._seq, self))
+            if cls._thread is None or not cls._thread.is_alive():  # first use (or after a fork)
+                cls._thread = threading.Thread(target=cls._run, name="upstream-watchdog", daemon=True)
+                cls._thread.start()
+            elif cls._heap[0][2] is self:  # sooner than the thread sleeps for
+                cls._wake.notify()
+
+    @classmethod
+    def _run(cls) -> None:
+        while True:
+            with cls._wake:
+                while True:
+                    while cls._heap and cls._heap[0][2].cancelled:
+                        heapq.heappop(cls._heap)
+                    wait = cls._heap[0][0] - time.monotonic() if cls._heap else None
+                    if wait is not None and wait <= 0:
+                        due = heapq.heappop(cls._heap)[2]
+                        break
+                    cls._wake.wait(wait)
+            due._fire()
 
     def _fire(self) -> None:
+        if self.cancelled:
+            return
         self.fired = True
         sock = getattr(getattr(self._response, "_connection", None), "sock", None)
         try:
@@ -91,7 +211,16 @@ class _Watchdog:
             pass
 
     def cancel(self) -> None:
-        self._timer.cancel()
+        self.cancelled = True  # the thread drops it when it reaches the top of the heap
+        self._response = None
+
+
+@functools.lru_cache(maxsize=64)
+def _origin(url: str) -> tuple[tuple[str, str, int], str]:
+    """(scheme, host, port) of a URL, and its path and query."""
+    split = urlsplit(url)
+    port = split.port or (443 if split.scheme == "https" else 80)
+    return (split.scheme, split.hostname or "", port), split.path + (f"?{split.query}" if split.query else "")
 
 
 def _open(
@@ -105,21 +234,25 @@ def _open(
         if not key:
             raise UpstreamUnavailable(f"No credentials configured for {attempt.model.id}.")
         headers["Authorization"] = f"Bearer {key}"
-    remaining = max(0.01, deadline - time.monotonic())
+    origin, target = _origin(f"{upstream.base_url}{path}")
+    body = json.dumps(payload).encode("utf-8")
+    conn = None
     try:
-        response = _http().request(
-            "POST",
-            f"{upstream.base_url}{path}",
-            body=json.dumps(payload).encode("utf-8"),
-            headers=headers,
-            # total bounds connect + the wait for headers together; the body is the watchdog's.
-            timeout=urllib3.Timeout(total=remaining),
-            preload_content=False,
-            redirect=False,
-        )
-    except Urllib3Timeout:
+        # Connect and the wait for headers share the deadline; the body is the watchdog's.
+        conn = _http().take(*origin, timeout=max(0.01, deadline - time.monotonic()))
+        conn.request("POST", target, body=body, headers=headers)
+        if conn.sock is not None:
+            conn.sock.settimeout(max(0.01, deadline - time.monotonic()))
+        response = _Response(conn.getresponse(), conn, origin)
+        if conn.sock is not None:  # the body's reads: the watchdog ends them at the deadline
+            conn.sock.settimeout(max(0.01, deadline - time.monotonic()) + _WATCHDOG_GRACE_SECONDS)
+    except TimeoutError:
+        if conn is not None:
+            conn.close()
         raise UpstreamTimeout(f"{attempt.model.id} did not answer in time.") from None
-    except (Urllib3Error, OSError):
+    except (http.client.HTTPException, OSError, ValueError):
+        if conn is not None:
+            conn.close()
         raise UpstreamUnavailable(f"{attempt.model.id} could not be reached.") from None
     status = response.status
     if status >= 400:
