@@ -186,3 +186,51 @@ def test_500_requests_in_flight_through_escrow_leases_are_all_served_and_billed_
     assert len([i for i in ledger_items(org) if i["entry_type"]["S"] == "usage"]) == IN_FLIGHT
     assert ledger_items(org, "LEASE#") == []  # folded (spend records stay as history, with a TTL)
     assert reconcile.reconcile_org(org) == []
+
+
+def test_holds_that_keep_colliding_make_the_org_hot_in_this_environment(
+    org: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a well-funded org whose wallet this environment sees with nothing in flight (each
+    # environment's view counts only its own holds), while others' holds keep it busy
+    wallets.set_plan(org, plans.get("scale"))
+    fund(org, "2000")
+    real, tried = wallets.reserve, []
+
+    def busy_once(*args: object, **kwargs: object) -> wallets.Reservation:
+        tried.append(args[1])
+        if len(tried) == 1:
+            raise errors.ServiceBusy("The billing store is busy; please retry the request.")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(wallets, "reserve", busy_once)
+    # When a hold cannot land for contention, the request is served from a lease instead of a 503
+    first = leases.reserve(org, "r1", C, model="acme/fast", key_id="key_1", now=NOW)
+    assert first.lease is not None and tried == ["r1"]
+    # and the org stays hot here: the next request takes no hold at all
+    second = leases.reserve(org, "r2", C, model="acme/fast", key_id="key_1", now=NOW)
+    assert second.lease is first.lease and tried == ["r1"]
+    for rid, reservation in (("r1", first), ("r2", second)):
+        usage = wallets.Usage("acme/fast", "key_1", 1, 1, C // 2)
+        assert leases.settle(org, rid, reservation, usage, NOW) is wallets.SettleOutcome.SETTLED
+    leases.close_all(NOW)
+    w = assert_consistent(org)
+    assert (w.balance, w.held, w.lease_count) == (2000 * C - C, 0, 0)
+    assert reconcile.reconcile_org(org) == []
+
+
+def test_an_org_that_may_not_lease_still_gets_the_busy_answer(
+    org: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conduix import billing
+
+    fund(org, "2000")
+    billing.set_alerts(org, {"balance_below": ["5"]})  # alerts keep per-request holds
+
+    def busy(*args: object, **kwargs: object) -> wallets.Reservation:
+        raise errors.ServiceBusy("The billing store is busy; please retry the request.")
+
+    monkeypatch.setattr(wallets, "reserve", busy)
+    with pytest.raises(errors.ServiceBusy):
+        leases.reserve(org, "r1", C, model="acme/fast", key_id="key_1", now=NOW)
+    assert wallets.get_wallet(org).lease_count == 0

@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ MAX_FOLD_ACTIONS = 96  # a fold (lease, wallet, one usage row per day and model)
 SLICE_FRACTION = 16  # a slice is at most this fraction of the available credit when taken
 MIN_HOLDS = 64  # leases only while the available credit covers this many holds
 HOT_IN_FLIGHT = 8  # ...and for an org with this many holds open (or a lease already): a hot org
+CONTENDED_SECONDS = 60  # ...or whose holds could not land for contention here that recently
 SETTLE_MARGIN_SECONDS = 35  # a lease expires this long after its last reservation (Completion: <= 30 s)
 
 
@@ -516,6 +518,7 @@ def charge_pending(org_id: str, pending: wallets.PendingSettle, now: datetime) -
 
 
 _leases: dict[tuple[str, str], Lease] = {}
+_contended_until: dict[str, float] = {}  # org id -> monotonic time
 _lock = threading.Lock()
 
 
@@ -523,6 +526,7 @@ def forget() -> None:
     """Drop this environment's leases from memory (tests point at a fresh store)."""
     with _lock:
         _leases.clear()
+        _contended_until.clear()
 
 
 @dataclass(frozen=True)
@@ -541,23 +545,29 @@ def reserve(
     org_id: str, request_id: str, amount: int, *, model: str, key_id: str, now: datetime, runs_for: int = 0
 ) -> Reservation:
     """Reserve against this environment's lease for the org and key, taking a new one when
-    the org's credit is large against the request; otherwise a per-request hold."""
+    the org is hot and its credit is large against the request; otherwise a per-request hold."""
     known = wallets.known_wallet(org_id)
-    hot = known.lease_count > 0 or known.hold_count >= HOT_IN_FLIGHT
-    # Balance and cap alerts are judged from the wallet each settle moves; under a lease the
-    # debit lands at the fold, so an org with alerts keeps per-request holds (for now).
-    hot = hot and not (known.balance_alerts or known.cap_alerts)
-    # A key with a spend limit is checked by each request's own hold (see wallets.reserve).
-    hot = hot and key_id not in known.limited_keys
-    # A lease expires SETTLE_MARGIN_SECONDS after its last reservation: a request that may run
-    # longer (a long streamed answer) takes a hold that outlives it instead.
-    if (
-        hot
+    eligible = (
+        # Balance and cap alerts are judged by each settle's own guard; under a lease the
+        # debit lands at the fold, so an org with alerts keeps per-request holds (for now).
+        not (known.balance_alerts or known.cap_alerts)
+        # A key with a spend limit is checked by each request's own hold (see wallets.reserve).
+        and key_id not in known.limited_keys
+        # A lease expires SETTLE_MARGIN_SECONDS after its last reservation: a request that may
+        # run longer (a long streamed answer) takes a hold that outlives it instead.
         and runs_for < SETTLE_MARGIN_SECONDS - FOLD_SKEW_SECONDS
         and known.billing_mode == "prepaid"
         and known.available >= MIN_HOLDS * amount
         and amount > 0
-    ):
+    )
+    # Hot: requests in flight as this environment's view counts them, or holds on the wallet
+    # that kept colliding here lately (the view of one environment sees only its own).
+    hot = (
+        known.lease_count > 0
+        or known.hold_count >= HOT_IN_FLIGHT
+        or _contended_until.get(org_id, 0.0) > time.monotonic()
+    )
+    if hot and eligible:
         at = now.timestamp()
         retire: Lease | None = None
         with _lock:
@@ -589,7 +599,19 @@ def reserve(
             close(retire, now)
         if fresh is not None:
             return Reservation(amount, known, fresh)
-    held = wallets.reserve(org_id, request_id, amount, model=model, key_id=key_id, now=now, runs_for=runs_for)
+    try:
+        held = wallets.reserve(
+            org_id, request_id, amount, model=model, key_id=key_id, now=now, runs_for=runs_for
+        )
+    except ServiceBusy:
+        if hot or not eligible:
+            raise
+        # The hold kept colliding with others on the wallet: the org is hot, whatever this
+        # environment's view says. Note it, and serve this request from a lease instead.
+        if len(_contended_until) >= 10_000:
+            _contended_until.clear()
+        _contended_until[org_id] = time.monotonic() + CONTENDED_SECONDS
+        return reserve(org_id, request_id, amount, model=model, key_id=key_id, now=now, runs_for=runs_for)
     return Reservation(held.hold_nanos, held.wallet, budget_key=held.budget_key)
 
 
