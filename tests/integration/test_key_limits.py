@@ -287,3 +287,18 @@ def test_a_period_changed_while_a_warm_environment_knows_the_old_one_is_used_at_
         hold(org, capped, "sat-2", 20 * CENT, saturday)
     assert budget(org, capped) == (90 * CENT, 4 * C, 10 * CENT)
     clean(org)
+
+
+def test_a_limit_set_again_after_removal_counts_the_spend_made_meanwhile(
+    org: str, two_keys: tuple[str, str], at: Clock
+) -> None:
+    capped, _ = two_keys
+    limit(org, capped, "1")
+    bill(org, capped, "limited", hold(org, capped, "limited", 30 * CENT), 30 * CENT)
+    limit(org, capped, None)
+    bill(org, capped, "free", hold(org, capped, "free", 50 * CENT), 50 * CENT)  # counted by no budget
+    shown = limit(org, capped, "1")
+    assert shown["spend_limit"]["spent"] == "0.8"  # from the usage counters, not the stale budget
+    with pytest.raises(errors.KeySpendLimitExceeded):
+        hold(org, capped, "over", 30 * CENT)
+    clean(org)

@@ -512,15 +512,15 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(key=st.sampled_from(KEYS), limit=key_limits)
     def set_key_limit(self, key: str, limit: int | None) -> None:
-        """A daily spend limit on one key (or none). Set anew in the same window, it keeps the
-        spend counted so far; otherwise it starts from the figure given (here, none)."""
+        """A daily spend limit on one key (or none). Changed in the same window, it keeps the
+        spend counted so far; set anew, it starts from the figure given (here, none)."""
         m = self.model
         wallets.set_key_limit(self.org, key, limit, "day", 0, self.now)
         if limit is None:
             m.key_limit.pop(key, None)
             return
         today = limit_window("day", self.now)
-        if key not in m.budget or m.budget[key][0] != today:
+        if key not in m.key_limit or m.budget[key][0] != today:  # else: keeps its spend
             m.budget[key] = [today, 0]
         m.key_limit[key] = limit
 

@@ -756,7 +756,13 @@ def set_key_limit(
             # Same period and window: keep the spend counted so far (settles add to it);
             # otherwise start from the usage counters' figure. The condition makes a settle
             # landing between our read and this write retry the read.
-            keep = current is not None and current.period == period and current.window == window
+            # (A removed limit's budget stopped counting: it starts again from the counters.)
+            keep = (
+                current is not None
+                and current.limit > 0
+                and current.period == period
+                and current.window == window
+            )
             spent = current.spent if keep and current is not None else spent_in_window
             values: dict[str, Any] = {
                 ":lim": n(limit),
