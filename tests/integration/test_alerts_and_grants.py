@@ -65,6 +65,14 @@ def test_alert_settings_round_trip(org: str) -> None:
     assert billing.alerts_view(org)["balance_below"] == ["20", "5"]
 
 
+def test_a_threshold_no_longer_set_forgets_that_it_fired(org: str) -> None:
+    fund(org, "10")
+    assert [f["threshold"] for f in billing.set_alerts(org, {"balance_below": ["20"]})["fired"]] == ["20"]
+    view = billing.set_alerts(org, {"balance_below": ["5"]})
+    assert view["balance_below"] == ["5"] and view["fired"] == []
+    assert wallets.get_wallet(org).alerts_fired == frozenset()
+
+
 # ------------------------------------------------------------------ crossings
 
 

@@ -67,16 +67,21 @@ def save_settings(org_id: str, balances: tuple[int, ...], percents: tuple[int, .
     ]
     names = {f"#r{i}": k for i, k in enumerate(removed)}
     extra: dict[str, Any] = {"ExpressionAttributeNames": names} if names else {}
+    # One expression may not touch a map and its members both (DynamoDB refuses overlapping
+    # paths): forget the marks of thresholds no longer set, or else make sure the map exists.
+    fired = (
+        " REMOVE " + ", ".join(f"alert_fired.{name}" for name in names)
+        if names
+        else ", alert_fired = if_not_exists(alert_fired, :empty)"
+    )
     saved = wallets.conditional_update(
         org_id,
-        UpdateExpression="SET alert_balance_below = :b, alert_cap_percent = :c, "
-        "alert_fired = if_not_exists(alert_fired, :empty)"
-        + (" REMOVE " + ", ".join(f"alert_fired.{name}" for name in names) if names else ""),
+        UpdateExpression="SET alert_balance_below = :b, alert_cap_percent = :c" + fired,
         ConditionExpression="attribute_exists(pk)",
         ExpressionAttributeValues={
             ":b": {"L": [n(v) for v in balances]},
             ":c": {"L": [n(v) for v in percents]},
-            ":empty": {"M": {}},
+            **({} if names else {":empty": {"M": {}}}),
         },
         **extra,
     )
