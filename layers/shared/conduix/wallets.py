@@ -1154,6 +1154,7 @@ def settle(
             old_period = as_str(old, "period")
             if alert_guard is not None and alert_guard.failed_on(old, old_period):
                 alert_guard.tripped = True  # this settle crosses a threshold: land it, then alert
+                learn(org_id, dict(old))  # and the view learns which thresholds have fired since
                 continue
             if old_period < period:
                 roll_period(org_id, period)
