@@ -369,13 +369,12 @@ def fold(
             if 0 in failed:
                 return False  # folded already (HoldSweeper, or the owner)
             if 1 in failed:
-                old_period = as_str(reasons[1].get("Item") or {}, "period")
-                if old_period < period:
-                    wallets.roll_period(org_id, period)
-                elif old_period > period:
-                    period = old_period
-                else:
+                month = wallets.catch_up_period(
+                    org_id, as_str(reasons[1].get("Item") or {}, "period"), period
+                )
+                if month is None:
                     raise
+                period = month
             continue
         wallets.moved(org_id, balance=-total, held=-amount, spent=in_month)
         return True
@@ -474,23 +473,7 @@ def charge_pending(org_id: str, pending: wallets.PendingSettle, now: datetime) -
                     "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                 }
             },
-            {
-                "Update": {
-                    "TableName": table,
-                    **wallets.usage_update(
-                        org_id,
-                        now,
-                        usage.model,
-                        usage.key_id,
-                        {
-                            "requests": 1,
-                            "prompt_tokens": usage.prompt_tokens,
-                            "completion_tokens": usage.completion_tokens,
-                            "credits": c,
-                        },
-                    ),
-                }
-            },
+            wallets.billed_usage_update(org_id, now, usage),
             {"Delete": {"TableName": table, "Key": wallets.pending_key(org_id, pending.request_id)}},
         ]
         try:
@@ -501,13 +484,10 @@ def charge_pending(org_id: str, pending: wallets.PendingSettle, now: datetime) -
                 raise
             if reasons[0].get("Code") == "ConditionalCheckFailed":
                 return wallets.SettleOutcome.ALREADY_SETTLED  # its spend had landed after all
-            old_period = as_str(reasons[2].get("Item") or {}, "period")
-            if old_period < period:
-                wallets.roll_period(org_id, period)
-            elif old_period > period:
-                period = old_period
-            else:
+            month = wallets.catch_up_period(org_id, as_str(reasons[2].get("Item") or {}, "period"), period)
+            if month is None:
                 raise
+            period = month
             continue
         wallets.moved(org_id, balance=-c, spent=c)
         return wallets.SettleOutcome.SETTLED

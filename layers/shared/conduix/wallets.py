@@ -254,14 +254,7 @@ def known_wallet(org_id: str) -> Wallet:
     view = _views.get(org_id)
     if view is not None and view.until > time.monotonic():
         return view.wallet
-    item = (
-        client()
-        .get_item(TableName=settings().billing_table, Key=wallet_key(org_id), ConsistentRead=True)
-        .get("Item")
-    )
-    if not item:
-        raise NotFound(f"No wallet for org '{org_id}'.")
-    return learn(org_id, item)
+    return learn(org_id, wallet_item(org_id))
 
 
 def moved(org_id: str, *, balance: int = 0, held: int = 0, spent: int = 0, holds: int = 0) -> Wallet | None:
@@ -355,6 +348,16 @@ def note_revoked_key(org_id: str, key_id: str, now: datetime) -> None:
 
 
 # ------------------------------------------------------------------ period roll-over
+
+
+def catch_up_period(org_id: str, old_period: str, period: str) -> str | None:
+    """A write refused by its month condition: roll the wallet into our month (it lagged), or
+    take the wallet's month (our clock lags the writer's). The month to retry in, or None if
+    the month was not what refused it."""
+    if old_period < period:
+        roll_period(org_id, period)
+        return period
+    return old_period if old_period > period else None
 
 
 def roll_period(org_id: str, period: str) -> None:
@@ -595,13 +598,9 @@ def reserve(
                     _views.pop(org_id, None)
                     raise NotFound(f"No wallet for org '{org_id}'.") from None
                 learn(org_id, old)  # whatever failed, the view is fresh again
-                old_period = as_str(old, "period")
-                if old_period < period:
-                    roll_period(org_id, period)
-                    _views.pop(org_id, None)
-                    continue
-                if old_period > period:  # our clock lags the writer's: use the wallet's month
-                    period = old_period
+                month = catch_up_period(org_id, as_str(old, "period"), period)
+                if month is not None:
+                    period = month
                     continue
                 if key_id in old.get("revoked_keys", {}).get("M", {}):
                     raise Unauthenticated(REVOKED_MESSAGE) from None
@@ -932,6 +931,22 @@ def usage_update(
     }
 
 
+def billed_usage_update(org_id: str, now: datetime, usage: Usage) -> dict[str, Any]:
+    """The transaction action that counts one billed request in its usage aggregate."""
+    counts = {
+        "requests": 1,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "credits": usage.cost,
+    }
+    return {
+        "Update": {
+            "TableName": settings().billing_table,
+            **usage_update(org_id, now, usage.model, usage.key_id, counts),
+        }
+    }
+
+
 def record_cache_hit(org_id: str, model: str, key_id: str, saved: int, now: datetime) -> None:
     """Count a free cache hit and what it would have cost, for the usage view."""
     client().update_item(
@@ -1091,23 +1106,7 @@ def settle(
             },
             {"Put": {"TableName": table, "Item": marker, "ConditionExpression": "attribute_not_exists(pk)"}},
             {"Put": {"TableName": table, "Item": line}},
-            {
-                "Update": {
-                    "TableName": table,
-                    **usage_update(
-                        org_id,
-                        now,
-                        usage.model,
-                        usage.key_id,
-                        {
-                            "requests": 1,
-                            "prompt_tokens": usage.prompt_tokens,
-                            "completion_tokens": usage.completion_tokens,
-                            "credits": c,
-                        },
-                    ),
-                }
-            },
+            billed_usage_update(org_id, now, usage),
             _hold_delete(org_id, request_id, hold_amount, bool(budget_key)),
             *also,
         ]
@@ -1156,10 +1155,9 @@ def settle(
                 alert_guard.tripped = True  # this settle crosses a threshold: land it, then alert
                 learn(org_id, dict(old))  # and the view learns which thresholds have fired since
                 continue
-            if old_period < period:
-                roll_period(org_id, period)
-            elif old_period > period:
-                period = old_period
+            month = catch_up_period(org_id, old_period, period)
+            if month is not None:
+                period = month
             elif drawn and as_int(old, "balance") < drawn:  # spent meanwhile: draw what is left
                 drawn = min(c, max(as_int(old, "balance"), 0))
             else:
