@@ -4,16 +4,18 @@ The thresholds live on the wallet item (`alert_balance_below`, `alert_cap_percen
 does whether each has fired: the map `alert_fired`, keyed `b<nanos>` for a balance alert and
 `c<YYYY-MM>-<percent>` for a month's cap alert (a new month is a new key: it re-arms by itself).
 The environment's view of the wallet therefore knows, with no request, which thresholds are
-armed.
+set: a change of them bumps `alert_rev`, which every hold compares (wallets.same_settings), so
+a stale view is refused once and refreshed. Whether each is armed, the settle's write reads.
 
 Which settle crosses a threshold is decided by the settle's own write, not by arithmetic on a
-view that concurrent requests make stale: a settle of an org with armed thresholds carries a
-guard in its condition (the balance stays at or above the highest armed threshold, the month's
-spend below the lowest armed cap percent), and the one settle whose guard fails is the
-crossing (see wallets.AlertGuard). It then claims the threshold with a conditional update that
-sets its key only if absent, and only if the wallet is past it, so however many requests see
-the same crossing at once, one wins and one email goes out. A credit re-arms what the balance
-rose back above. A request far from every threshold spends nothing on alerts.
+view that concurrent requests (or other environments) make stale: a settle of an org with
+thresholds carries a guard in its condition (per threshold: the balance stays at or above it,
+or the month's spend below the cap percent, unless the wallet marks it fired), and the one
+settle whose guard fails is the crossing (see wallets.AlertGuard). It then claims the
+threshold with a conditional update that sets its key only if absent, and only if the wallet
+is past it, so however many requests see the same crossing at once, one wins and one email
+goes out. A credit re-arms what the balance rose back above. A request that crosses nothing
+spends no request on alerts.
 """
 
 from __future__ import annotations
@@ -76,11 +78,14 @@ def save_settings(org_id: str, balances: tuple[int, ...], percents: tuple[int, .
     )
     saved = wallets.conditional_update(
         org_id,
-        UpdateExpression="SET alert_balance_below = :b, alert_cap_percent = :c" + fired,
+        UpdateExpression="SET alert_balance_below = :b, alert_cap_percent = :c"
+        + fired
+        + " ADD alert_rev :one",  # holds compare it: other environments' views refresh
         ConditionExpression="attribute_exists(pk)",
         ExpressionAttributeValues={
             ":b": {"L": [n(v) for v in balances]},
             ":c": {"L": [n(v) for v in percents]},
+            ":one": n(1),
             **({} if names else {":empty": {"M": {}}}),
         },
         **extra,
@@ -133,21 +138,19 @@ def _cap_reached(spent: int, limit: int, percent: int) -> bool:
 
 
 def guard(wallet: wallets.Wallet, cost: int) -> wallets.AlertGuard | None:
-    """What a settle of `cost` must keep true to cross no armed threshold, from the view of the
-    wallet (None: nothing armed, so no condition and no cost)."""
-    armed = [t for t in wallet.balance_alerts if balance_key(t) not in wallet.alerts_fired]
-    floor = max(armed) + cost if armed else None
-    ceiling = None
-    if wallet.capped and wallet.cap_alerts:
-        amounts = [
-            _cap_amount(wallet.cap_limit, p)
-            for p in wallet.cap_alerts
-            if cap_key(wallet.period, p) not in wallet.alerts_fired
-        ]
-        ceiling = min(amounts) - cost if amounts else None
-    if floor is None and ceiling is None:
+    """What a settle of `cost` must keep true to cross no armed threshold (None: no thresholds,
+    so no condition). Every threshold set is guarded, fired or not: whether one is armed is
+    read by the settle's own write from the wallet's marks, never from this view, which
+    another environment's re-arm or claim makes stale."""
+    floors = tuple((balance_key(t), t + cost) for t in wallet.balance_alerts)
+    ceilings: tuple[tuple[str, int], ...] = ()
+    if wallet.capped:
+        ceilings = tuple(
+            (cap_key(wallet.period, p), _cap_amount(wallet.cap_limit, p) - cost) for p in wallet.cap_alerts
+        )
+    if not (floors or ceilings):
         return None
-    return wallets.AlertGuard(balance_floor=floor, spent_ceiling=ceiling, period=wallet.period)
+    return wallets.AlertGuard(balance_floors=floors, spent_ceilings=ceilings, period=wallet.period)
 
 
 def check(org_id: str, now: datetime, *, silent: bool = False) -> int:

@@ -113,6 +113,7 @@ class Wallet:
     # Keys with a spend limit: their holds also write the key's budget item (see reserve).
     limited_keys: dict[str, str] = field(default_factory=dict)  # key id -> its limit's period
     alerts_fired: frozenset[str] = frozenset()  # keys of the alert thresholds fired (alerts.py)
+    alert_rev: int = 0  # bumped by every change of the thresholds (holds compare it)
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,7 @@ def _wallet_from_item(org_id: str, item: Item) -> Wallet:
         cap_alerts=tuple(int(v["N"]) for v in item.get("alert_cap_percent", {}).get("L", [])),
         limited_keys={k: v.get("S", "day") for k, v in item.get("limited_keys", {}).get("M", {}).items()},
         alerts_fired=frozenset(item.get("alert_fired", {}).get("M", {})),
+        alert_rev=as_int(item, "alert_rev"),
     )
 
 
@@ -459,6 +461,11 @@ def same_settings(known: Wallet) -> tuple[str, dict[str, Any]]:
         else "(attribute_not_exists(reload_threshold) OR reload_threshold = :rt)"
     )
     parts.append(f"attribute_{'' if reload.due else 'not_'}exists(reload_due_shard)")
+    # The alert thresholds: a settle's guard is built from the view's (see alerts.guard).
+    values[":arev"] = n(known.alert_rev)
+    parts.append(
+        "alert_rev = :arev" if known.alert_rev else "(attribute_not_exists(alert_rev) OR alert_rev = :arev)"
+    )
     return " AND ".join(parts), values
 
 
@@ -957,38 +964,44 @@ def record_cache_hit(org_id: str, model: str, key_id: str, saved: int, now: date
 
 @dataclass
 class AlertGuard:
-    """Conditions a settle keeps when alert thresholds are armed (see alerts.guard): the balance
-    stays at or above `balance_floor`, the month's spend below `spent_ceiling` (in `period`).
-    The settle whose guard fails is the one that crosses a threshold: it drops the guard, lands,
-    and sets `tripped`, so its caller claims and sends the alert."""
+    """Conditions a settle keeps when alert thresholds are set (see alerts.guard): for each
+    balance threshold, the balance stays at or above its floor, and for each cap threshold the
+    month's spend (in `period`) below its ceiling, unless the wallet marks that threshold fired.
+    The marks are read by the write itself, so a threshold re-armed or fired by another
+    environment counts at once. The settle whose guard fails is the one that crosses an armed
+    threshold: it drops the guard, lands, and sets `tripped`, so its caller claims and sends."""
 
-    balance_floor: int | None
-    spent_ceiling: int | None
+    balance_floors: tuple[tuple[str, int], ...]  # (alert_fired key, lowest balance before the settle)
+    spent_ceilings: tuple[tuple[str, int], ...]  # (alert_fired key, month_spent to stay below)
     period: str
     tripped: bool = False
 
-    def condition(self, period: str) -> tuple[str, dict[str, Any]]:
+    def condition(self, period: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+        """The condition's text, its attribute names and its values."""
         if self.tripped:
-            return "", {}
-        parts, values = [], {}
-        if self.balance_floor is not None:
-            parts.append("balance >= :alert_floor")
-            values[":alert_floor"] = n(self.balance_floor)
-        if self.spent_ceiling is not None and period == self.period:
-            parts.append("month_spent < :alert_ceiling")
-            values[":alert_ceiling"] = n(self.spent_ceiling)
-        return "".join(f" AND {p}" for p in parts), values
+            return "", {}, {}
+        parts: list[str] = []
+        names: dict[str, str] = {}
+        values: dict[str, Any] = {}
+        guards = [("balance >=", k, v) for k, v in self.balance_floors]
+        if period == self.period:
+            guards += [("month_spent <", k, v) for k, v in self.spent_ceilings]
+        for i, (test, key, value) in enumerate(guards):
+            parts.append(f"({test} :alert{i} OR attribute_exists(alert_fired.#alert{i}))")
+            names[f"#alert{i}"] = key
+            values[f":alert{i}"] = n(value)
+        return "".join(f" AND {p}" for p in parts), names, values
 
     def failed_on(self, old: Item, period: str) -> bool:
-        """Whether the old wallet fails the guard (then the settle crosses a threshold)."""
+        """Whether the old wallet fails the guard (then the settle crosses an armed threshold)."""
         if self.tripped:
             return False
-        if self.balance_floor is not None and as_int(old, "balance") < self.balance_floor:
+        fired = old.get("alert_fired", {}).get("M", {})
+        balance, spent = as_int(old, "balance"), as_int(old, "month_spent")
+        if any(balance < floor and key not in fired for key, floor in self.balance_floors):
             return True
-        return (
-            self.spent_ceiling is not None
-            and period == self.period
-            and as_int(old, "month_spent") >= self.spent_ceiling
+        return period == self.period and any(
+            spent >= ceiling and key not in fired for key, ceiling in self.spent_ceilings
         )
 
 
@@ -1076,7 +1089,7 @@ def settle(
     for _ in range(4):
         if invoiced:  # the part of the cost the month's invoice bills
             marker["invoiced"] = line["invoiced"] = n(c - drawn)
-        guarded, guard_values = alert_guard.condition(period) if alert_guard else ("", {})
+        guarded, guard_names, guard_values = alert_guard.condition(period) if alert_guard else ("", {}, {})
         items: list[Any] = [
             {
                 "Update": {
@@ -1089,7 +1102,7 @@ def settle(
                     "ConditionExpression": "#period = :p"
                     + (" AND balance >= :drawn" if drawn else "")
                     + guarded,
-                    "ExpressionAttributeNames": {"#period": "period"},
+                    "ExpressionAttributeNames": {"#period": "period", **guard_names},
                     "ExpressionAttributeValues": {
                         ":minus": n(-1),
                         ":nh": n(-hold_amount),
