@@ -6,7 +6,9 @@ import threading
 from datetime import timedelta
 
 import pytest
-from conduix import clock, errors, sweeper, wallets
+from botocore.exceptions import ClientError
+from conduix import clock, dynamo, errors, sweeper, wallets
+from conduix.config import settings
 from conduix.money import NANOS_PER_CREDIT as C
 
 from tests.integration.helpers import NOW, assert_consistent, fund, ledger_items
@@ -197,3 +199,24 @@ def test_settle_and_sweep_race_and_exactly_one_wins(org: str) -> None:
     assert settled + outcomes.count(wallets.SettleOutcome.HOLD_GONE) == rounds
     w = assert_consistent(org)
     assert (w.held, w.balance) == (0, 100 * C - settled * C)
+
+
+def test_a_conditional_write_reports_what_refused_it_and_raises_anything_else(org: str) -> None:
+    # dynamo.write_if: the one place the "condition failed is an answer, not an error" idiom lives
+    def set_note(condition: str, **extra: object) -> dynamo.Refused | None:
+        return dynamo.write_if(
+            dynamo.client().update_item,
+            TableName=settings().billing_table,
+            Key=wallets.wallet_key(org),
+            UpdateExpression="SET note = :v",
+            ConditionExpression=condition,
+            ExpressionAttributeValues={":v": dynamo.s("x")},
+            **extra,
+        )
+
+    assert set_note("attribute_exists(pk)") is None
+    refused = set_note("attribute_not_exists(pk)", ReturnValuesOnConditionCheckFailure="ALL_OLD")
+    assert refused is not None and refused.old["note"] == {"S": "x"} and refused.old["org_id"] == {"S": org}
+    assert set_note("attribute_not_exists(pk)") == dynamo.Refused({})  # the old item not asked for
+    with pytest.raises(ClientError):  # not a refusal: a malformed request
+        set_note("no_such_function(pk)")

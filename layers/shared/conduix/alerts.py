@@ -225,21 +225,19 @@ def _claim(
     if forget:
         update += " REMOVE " + ", ".join(f"alert_fired.#o{i}" for i in range(len(forget)))
     for _ in range(2):
-        try:
-            wallets.conditional_update(
-                org_id,
-                UpdateExpression=update,
-                ConditionExpression=f"attribute_not_exists(alert_fired.#k) AND {past}",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                raise_on_failure=True,
-            )
+        refused = wallets.update_if(
+            org_id,
+            UpdateExpression=update,
+            ConditionExpression=f"attribute_not_exists(alert_fired.#k) AND {past}",
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+        )
+        if not refused:
             return True
-        except wallets.ConditionFailed as failed:
-            if "alert_fired" in failed.old or not failed.old:
-                return False
-            _start_fired_map(org_id)  # a wallet from before the map: start it, then claim
+        if "alert_fired" in refused.old or not refused.old:
+            return False
+        _start_fired_map(org_id)  # a wallet from before the map: start it, then claim
     return False
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
@@ -123,6 +124,27 @@ def error_code(exc: ClientError) -> str:
 def cancellation_reasons(exc: ClientError) -> list[dict[str, Any]]:
     reasons: list[dict[str, Any]] = exc.response.get("CancellationReasons") or []  # type: ignore[assignment]
     return reasons
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A conditional write whose condition did not hold: nothing was written. `old` is the item
+    as it stood, when the write asked for it (ReturnValuesOnConditionCheckFailure=ALL_OLD)."""
+
+    old: Item
+
+
+def write_if(write: Callable[..., object], /, *args: Any, **request: Any) -> Refused | None:
+    """Run one conditional single-item write, `write(*args, **request)` (`client().update_item`
+    and its request, or `retrying` and a write): None when it landed, Refused when its condition
+    failed (a normal outcome: somebody else got there first). Any other error propagates."""
+    try:
+        write(*args, **request)
+    except ClientError as exc:
+        if error_code(exc) != "ConditionalCheckFailedException":
+            raise
+        return Refused(dict(exc.response.get("Item") or {}))  # type: ignore[call-overload]
+    return None
 
 
 def is_retryable(exc: ClientError) -> bool:

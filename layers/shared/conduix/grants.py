@@ -22,11 +22,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from conduix import clock, wallets
 from conduix.config import settings
-from conduix.dynamo import Item, as_int, as_str, client, error_code, n, s
+from conduix.dynamo import Item, as_int, as_str, client, n, s, write_if
 from conduix.errors import IdempotencyConflict, InvalidRequest
 from conduix.money import format_credits
 
@@ -95,21 +93,19 @@ def record(org_id: str, entry_id: str, amount: int, expires: datetime, now: date
         "grant_expires": s(clock.iso(expires)),
         "grant_expiry_shard": s(wallets.sweep_shard(org_id)),
     }
-    try:
-        client().put_item(
-            TableName=settings().billing_table,
-            Item=item,
-            ConditionExpression="attribute_not_exists(pk)",
-            ReturnValuesOnConditionCheckFailure="ALL_OLD",
-        )
-    except ClientError as exc:
-        if error_code(exc) != "ConditionalCheckFailedException":
-            raise
-        old = _from_item(org_id, dict(exc.response.get("Item") or {}))  # type: ignore[call-overload]
+    refused = write_if(
+        client().put_item,
+        TableName=settings().billing_table,
+        Item=item,
+        ConditionExpression="attribute_not_exists(pk)",
+        ReturnValuesOnConditionCheckFailure="ALL_OLD",
+    )
+    if refused:
+        old = _from_item(org_id, refused.old)
         if old.amount != amount or old.expires_at != clock.iso(expires):
             raise IdempotencyConflict(
                 f"The idempotency key of '{entry_id}' was already used with another amount or expiry."
-            ) from None
+            )
         return old
     return _from_item(org_id, item)
 

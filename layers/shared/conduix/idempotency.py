@@ -21,10 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from botocore.exceptions import ClientError
-
 from conduix.config import settings
-from conduix.dynamo import Item, as_int, as_str, client, error_code, n, retrying, s
+from conduix.dynamo import Item, as_int, as_str, client, n, retrying, s, write_if
 from conduix.errors import Conflict, IdempotencyConflict, InvalidRequest, RequestInProgress
 
 KEEP_SECONDS = 24 * 3600
@@ -88,8 +86,8 @@ def claim(
     its key) is at least as long as the request may run."""
     at = int(now.timestamp())
     mark = fingerprint(body)
-    try:
-        retrying(
+    refused = write_if(
+        lambda: retrying(
             lambda: client().put_item(
                 TableName=settings().billing_table,
                 Item={
@@ -109,12 +107,8 @@ def claim(
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         )
-    except ClientError as exc:
-        if error_code(exc) != "ConditionalCheckFailedException":
-            raise
-        old: Item = dict(exc.response.get("Item") or {})  # type: ignore[call-overload]
-        return _first_answer(old, mark, at)
-    return None
+    )
+    return _first_answer(refused.old, mark, at) if refused else None
 
 
 def _first_answer(old: Item, mark: str, at: int) -> Answer:
@@ -170,8 +164,8 @@ def keep(owner: Claim, answer: Answer) -> None:
 def abandon(owner: Claim) -> None:
     """Give the key back after a request that was refused or failed unbilled, so a retry with
     it runs again. An answered key is never given back."""
-    try:
-        retrying(
+    write_if(  # (refused: answered meanwhile, or another request's claim)
+        lambda: retrying(
             lambda: client().delete_item(
                 TableName=settings().billing_table,
                 Key=_key(owner.org_id, owner.key),
@@ -180,9 +174,7 @@ def abandon(owner: Claim) -> None:
                 ExpressionAttributeValues={":claimed": s("claimed"), ":rid": s(owner.request_id)},
             )
         )
-    except ClientError as exc:
-        if error_code(exc) != "ConditionalCheckFailedException":
-            raise
+    )
 
 
 _T = TypeVar("_T")

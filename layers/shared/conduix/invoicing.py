@@ -31,11 +31,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from conduix import alerts, clock, orgs, stripe_gateway, wallets
 from conduix.config import settings
-from conduix.dynamo import Item, as_int, as_str, client, error_code, n, s
+from conduix.dynamo import Item, as_int, as_str, client, n, s, write_if
 from conduix.errors import InvalidRequest
 from conduix.money import format_credits, parse_credits
 
@@ -178,40 +176,34 @@ def _record_intent(org_id: str, period: str, figures: MonthFigures, now: datetim
         "intent_at": s(clock.iso(now)),
         "intent_epoch": n(int(now.timestamp())),
     }
-    try:
-        client().put_item(
-            TableName=settings().billing_table, Item=item, ConditionExpression="attribute_not_exists(pk)"
-        )
-    except ClientError as exc:
-        if error_code(exc) != "ConditionalCheckFailedException":
-            raise
-        existing = _recorded(org_id, period)
-        assert existing is not None
-        return existing
-    return item
+    refused = write_if(
+        client().put_item,
+        TableName=settings().billing_table,
+        Item=item,
+        ConditionExpression="attribute_not_exists(pk)",
+        ReturnValuesOnConditionCheckFailure="ALL_OLD",
+    )
+    return refused.old if refused else item  # a record written first (another run) stands
 
 
 def _advance_record(org_id: str, period: str, status: str, invoice_id: str, now: datetime) -> None:
     """Move the record to `status` (never back) and keep the invoice's id."""
     later = [s(step) for step in _STEPS[_STEPS.index(status) :]]
     names = ", ".join(f":s{i}" for i in range(len(later)))
-    try:
-        client().update_item(
-            TableName=settings().billing_table,
-            Key=_record_key(org_id, period),
-            UpdateExpression="SET #status = :status, stripe_invoice_id = :id, #at = :now",
-            ConditionExpression=f"attribute_exists(pk) AND NOT #status IN ({names})",
-            ExpressionAttributeNames={"#status": "status", "#at": f"{status}_at"},
-            ExpressionAttributeValues={
-                ":status": s(status),
-                ":id": s(invoice_id),
-                ":now": s(clock.iso(now)),
-                **{f":s{i}": v for i, v in enumerate(later)},
-            },
-        )
-    except ClientError as exc:
-        if error_code(exc) != "ConditionalCheckFailedException":
-            raise
+    write_if(  # (refused: already at or past `status`)
+        client().update_item,
+        TableName=settings().billing_table,
+        Key=_record_key(org_id, period),
+        UpdateExpression="SET #status = :status, stripe_invoice_id = :id, #at = :now",
+        ConditionExpression=f"attribute_exists(pk) AND NOT #status IN ({names})",
+        ExpressionAttributeNames={"#status": "status", "#at": f"{status}_at"},
+        ExpressionAttributeValues={
+            ":status": s(status),
+            ":id": s(invoice_id),
+            ":now": s(clock.iso(now)),
+            **{f":s{i}": v for i, v in enumerate(later)},
+        },
+    )
 
 
 # ------------------------------------------------------------------ the steps

@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 
 from conduix import clock
 from conduix.config import settings
-from conduix.dynamo import Item, as_int, as_str, cancellation_reasons, client, error_code, n, s
+from conduix.dynamo import Item, as_int, as_str, cancellation_reasons, client, error_code, n, s, write_if
 from conduix.errors import Conflict, NotFound
 from conduix.wallets import new_wallet_item, note_revoked_key, org_pk
 
@@ -218,21 +218,19 @@ def _org_key(org_id: str) -> Item:
 
 def attach_stripe_customer(org_id: str, customer_id: str) -> str:
     """Remember the org's Stripe customer; if one was attached first, keep (and return) that one."""
-    try:
-        client().update_item(
-            TableName=settings().billing_table,
-            Key=_org_key(org_id),
-            UpdateExpression="SET stripe_customer_id = :c",
-            ConditionExpression="attribute_exists(pk) AND attribute_not_exists(stripe_customer_id)",
-            ExpressionAttributeValues={":c": s(customer_id)},
-        )
-    except ClientError as exc:
-        if error_code(exc) != "ConditionalCheckFailedException":
-            raise
-        existing = get_org(org_id).stripe_customer_id
-        if existing is None:
-            raise
-        return existing
+    refused = write_if(
+        client().update_item,
+        TableName=settings().billing_table,
+        Key=_org_key(org_id),
+        UpdateExpression="SET stripe_customer_id = :c",
+        ConditionExpression="attribute_exists(pk) AND attribute_not_exists(stripe_customer_id)",
+        ExpressionAttributeValues={":c": s(customer_id)},
+        ReturnValuesOnConditionCheckFailure="ALL_OLD",
+    )
+    if refused:
+        if not refused.old:
+            raise NotFound(f"No org '{org_id}'.")
+        return as_str(refused.old, "stripe_customer_id")
     return customer_id
 
 
@@ -442,34 +440,28 @@ def save_subscription(org_id: str, sub: Subscription) -> None:
 
 def mark_subscription_payment(org_id: str, subscription_id: str, failed: bool) -> None:
     """Note whether the latest charge of this subscription failed (shown in billing)."""
-    try:
-        client().update_item(
-            TableName=settings().billing_table,
-            Key=_org_key(org_id),
-            UpdateExpression="SET sub_payment_failed = :failed",
-            ConditionExpression="sub_id = :id",
-            ExpressionAttributeValues={":failed": {"BOOL": failed}, ":id": s(subscription_id)},
-        )
-    except ClientError as exc:
-        if error_code(exc) != "ConditionalCheckFailedException":
-            raise
+    write_if(  # (refused: no longer the org's subscription)
+        client().update_item,
+        TableName=settings().billing_table,
+        Key=_org_key(org_id),
+        UpdateExpression="SET sub_payment_failed = :failed",
+        ConditionExpression="sub_id = :id",
+        ExpressionAttributeValues={":failed": {"BOOL": failed}, ":id": s(subscription_id)},
+    )
 
 
 def forget_subscription(org_id: str, subscription_id: str) -> None:
     """Drop the subscription once Stripe says it ended (only if it is still the org's)."""
-    try:
-        client().update_item(
-            TableName=settings().billing_table,
-            Key=_org_key(org_id),
-            UpdateExpression=(
-                "REMOVE sub_id, sub_item_id, sub_plan, sub_status, sub_period_end, sub_payment_failed"
-            ),
-            ConditionExpression="sub_id = :id",
-            ExpressionAttributeValues={":id": s(subscription_id)},
-        )
-    except ClientError as exc:
-        if error_code(exc) != "ConditionalCheckFailedException":
-            raise
+    write_if(  # (refused: another subscription replaced it)
+        client().update_item,
+        TableName=settings().billing_table,
+        Key=_org_key(org_id),
+        UpdateExpression=(
+            "REMOVE sub_id, sub_item_id, sub_plan, sub_status, sub_period_end, sub_payment_failed"
+        ),
+        ConditionExpression="sub_id = :id",
+        ExpressionAttributeValues={":id": s(subscription_id)},
+    )
 
 
 def set_invoice_terms(org_id: str, po_number: str | None, net_terms_days: int) -> None:

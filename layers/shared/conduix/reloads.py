@@ -9,11 +9,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from conduix import clock
 from conduix.config import settings
-from conduix.dynamo import Item, as_int, as_str, client, error_code, n, s
+from conduix.dynamo import as_int, as_str, client, n, s, write_if
 from conduix.wallets import conditional_update, orgs_in_index, wallet_key
 
 MAX_FAILURES = 3
@@ -117,27 +115,25 @@ def claim_charge(org_id: str, episode: int, day: str, limit: int) -> str:
         "(attribute_not_exists(reload_day) OR reload_day <> :day)",
     )
     for update, condition in (same_day, new_day, same_day):
-        try:
-            client().update_item(
-                TableName=settings().billing_table,
-                Key=wallet_key(org_id),
-                UpdateExpression=update,
-                ConditionExpression=(
-                    "reload_episode = :ep AND (attribute_not_exists(reload_charge_episode) "
-                    f"OR reload_charge_episode <> :ep) AND {condition}"
-                ),
-                ExpressionAttributeValues={
-                    ":ep": n(episode),
-                    ":day": s(day),
-                    ":one": n(1),
-                    **({":max": n(limit)} if ":max" in condition else {}),
-                },
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-        except ClientError as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":
-                raise
-            old: Item = dict(exc.response.get("Item") or {})  # type: ignore[call-overload]
+        refused = write_if(
+            client().update_item,
+            TableName=settings().billing_table,
+            Key=wallet_key(org_id),
+            UpdateExpression=update,
+            ConditionExpression=(
+                "reload_episode = :ep AND (attribute_not_exists(reload_charge_episode) "
+                f"OR reload_charge_episode <> :ep) AND {condition}"
+            ),
+            ExpressionAttributeValues={
+                ":ep": n(episode),
+                ":day": s(day),
+                ":one": n(1),
+                **({":max": n(limit)} if ":max" in condition else {}),
+            },
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+        )
+        if refused:
+            old = refused.old
             if as_int(old, "reload_episode") != episode:
                 return STALE
             if "reload_charge_episode" in old and as_int(old, "reload_charge_episode") == episode:

@@ -41,6 +41,7 @@ from conduix import clock, plans
 from conduix.config import settings
 from conduix.dynamo import (
     Item,
+    Refused,
     as_bool,
     as_int,
     as_str,
@@ -50,6 +51,7 @@ from conduix.dynamo import (
     n,
     retrying,
     s,
+    write_if,
 )
 from conduix.errors import (
     Conflict,
@@ -339,13 +341,10 @@ def note_revoked_key(org_id: str, key_id: str, now: datetime) -> None:
                 "ExpressionAttributeNames": names,
                 "ExpressionAttributeValues": {":at": n(at)},
             }
-        try:
-            retrying(lambda: client().update_item(TableName=table, Key=wallet_key(org_id), **update))  # noqa: B023
+        write = client().update_item
+        if not write_if(retrying, lambda: write(TableName=table, Key=wallet_key(org_id), **update)):  # noqa: B023
             return
-        except ClientError as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":
-                raise
-            # Another revocation started the map meanwhile: read it again.
+        # Another revocation started the map meanwhile: read it again.
     raise Conflict("The wallet kept changing while recording the revocation; please retry.")
 
 
@@ -364,22 +363,18 @@ def catch_up_period(org_id: str, old_period: str, period: str) -> str | None:
 
 def roll_period(org_id: str, period: str) -> None:
     """Start a new month for the cap: spend resets; holds still open keep counting."""
-    try:
-        client().update_item(
-            TableName=settings().billing_table,
-            Key=wallet_key(org_id),
-            UpdateExpression=(
-                "SET #period = :p, month_spent = :zero, committed = held, cap_remaining = cap_limit - held, "
-                "cap_floor = held"
-            ),
-            ConditionExpression="#period < :p",
-            ExpressionAttributeNames={"#period": "period"},
-            ExpressionAttributeValues={":p": s(period), ":zero": n(0)},
-        )
-    except ClientError as exc:
-        if error_code(exc) != "ConditionalCheckFailedException":
-            raise
-        # Somebody else rolled it first: nothing to do.
+    write_if(  # (refused: somebody else rolled it first)
+        client().update_item,
+        TableName=settings().billing_table,
+        Key=wallet_key(org_id),
+        UpdateExpression=(
+            "SET #period = :p, month_spent = :zero, committed = held, cap_remaining = cap_limit - held, "
+            "cap_floor = held"
+        ),
+        ConditionExpression="#period < :p",
+        ExpressionAttributeNames={"#period": "period"},
+        ExpressionAttributeValues={":p": s(period), ":zero": n(0)},
+    )
     _views.pop(org_id, None)
 
 
@@ -716,18 +711,15 @@ def key_limit_refusal(budget: KeyBudget, amount: int) -> KeySpendLimitExceeded:
 
 def roll_key_window(org_id: str, key_id: str, window: str) -> None:
     """Start a new window: spend resets; the key's holds still open keep counting."""
-    try:
-        client().update_item(
-            TableName=settings().billing_table,
-            Key=key_budget_key(org_id, key_id),
-            UpdateExpression="SET #w = :w, spent = :zero, room = lim - held",
-            ConditionExpression="#w < :w",
-            ExpressionAttributeNames={"#w": "window"},
-            ExpressionAttributeValues={":w": s(window), ":zero": n(0)},
-        )
-    except ClientError as exc:
-        if error_code(exc) != "ConditionalCheckFailedException":
-            raise  # (already rolled by another request)
+    write_if(  # (refused: already rolled by another request)
+        client().update_item,
+        TableName=settings().billing_table,
+        Key=key_budget_key(org_id, key_id),
+        UpdateExpression="SET #w = :w, spent = :zero, room = lim - held",
+        ConditionExpression="#w < :w",
+        ExpressionAttributeNames={"#w": "window"},
+        ExpressionAttributeValues={":w": s(window), ":zero": n(0)},
+    )
 
 
 def set_key_limit(
@@ -1446,27 +1438,17 @@ def ledger_entry(org_id: str, entry_id: str) -> LedgerEntry | None:
 # ------------------------------------------------------------------ account state: paused, auto-reload due
 
 
-class ConditionFailed(Exception):
-    """A conditional update's condition did not hold; `old` is the item as it was (if asked)."""
-
-    def __init__(self, old: Item) -> None:
-        super().__init__("condition failed")
-        self.old = old
-
-
-def conditional_update(org_id: str, *, raise_on_failure: bool = False, **kwargs: Any) -> bool:
-    """An UpdateItem on the wallet that reports whether its condition held (or, with
-    `raise_on_failure`, raises ConditionFailed with the old item when it did not)."""
+def update_if(org_id: str, **kwargs: Any) -> Refused | None:
+    """A conditional UpdateItem on the wallet: None when it landed, else what refused it."""
     _views.pop(org_id, None)  # a setting may change: the next hold reads the wallet again
-    try:
-        client().update_item(TableName=settings().billing_table, Key=wallet_key(org_id), **kwargs)
-    except ClientError as exc:
-        if error_code(exc) == "ConditionalCheckFailedException":
-            if raise_on_failure:
-                raise ConditionFailed(dict(exc.response.get("Item") or {})) from None  # type: ignore[call-overload]
-            return False
-        raise
-    return True
+    return write_if(
+        client().update_item, TableName=settings().billing_table, Key=wallet_key(org_id), **kwargs
+    )
+
+
+def conditional_update(org_id: str, **kwargs: Any) -> bool:
+    """A conditional UpdateItem on the wallet: whether its condition held."""
+    return update_if(org_id, **kwargs) is None
 
 
 def mark_paused(org_id: str, now: datetime) -> bool:
@@ -1525,18 +1507,16 @@ def set_spend_cap(org_id: str, limit: int | None, now: datetime) -> None:
             "cap_floor = committed"
         )
         values = {":true": {"BOOL": True}, ":limit": n(limit)}
-    try:
-        client().update_item(
-            TableName=settings().billing_table,
-            Key=wallet_key(org_id),
-            UpdateExpression=update,
-            ConditionExpression="attribute_exists(pk)",
-            ExpressionAttributeValues=values,
-        )
-    except ClientError as exc:
-        if error_code(exc) == "ConditionalCheckFailedException":
-            raise NotFound(f"No wallet for org '{org_id}'.") from None
-        raise
+    refused = write_if(
+        client().update_item,
+        TableName=settings().billing_table,
+        Key=wallet_key(org_id),
+        UpdateExpression=update,
+        ConditionExpression="attribute_exists(pk)",
+        ExpressionAttributeValues=values,
+    )
+    if refused:
+        raise NotFound(f"No wallet for org '{org_id}'.")
 
 
 # ------------------------------------------------------------------ expiry
@@ -1674,7 +1654,8 @@ def prune_rate_windows(org_id: str, now: datetime) -> int:
 def forget_if_idle(org_id: str) -> None:
     """Drop the wallet from the sweep index once it has no holds (a later hold re-adds it)."""
     try:
-        client().update_item(
+        write_if(  # (refused: holds or leases are open again)
+            client().update_item,
             TableName=settings().billing_table,
             Key=wallet_key(org_id),
             UpdateExpression="REMOVE sweep_shard",
@@ -1685,7 +1666,7 @@ def forget_if_idle(org_id: str) -> None:
             ExpressionAttributeValues={":zero": n(0)},
         )
     except ClientError as exc:
-        if error_code(exc) != "ConditionalCheckFailedException" and not _busy(exc):
+        if not _busy(exc):
             raise
 
 

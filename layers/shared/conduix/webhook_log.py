@@ -9,13 +9,10 @@ idempotent by its ledger keys, so even that cannot move money twice.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
-
-from botocore.exceptions import ClientError
 
 from conduix import clock
 from conduix.config import settings
-from conduix.dynamo import client, error_code, n, s
+from conduix.dynamo import as_str, client, n, s, write_if
 
 LEASE_SECONDS = 60
 
@@ -31,26 +28,23 @@ def claim(event_id: str, event_type: str, now: datetime) -> str:
     """CLAIMED if this delivery should handle the event, DONE if it was handled, BUSY while
     another delivery holds it (that one may still fail, so Stripe should retry this one)."""
     epoch = int(now.timestamp())
-    try:
-        client().put_item(
-            TableName=settings().billing_table,
-            Item={
-                **_key(event_id),
-                "event_type": s(event_type),
-                "status": s("processing"),
-                "lease_until": n(epoch + LEASE_SECONDS),
-                "received_at": s(clock.iso(now)),
-            },
-            ConditionExpression="attribute_not_exists(pk) OR (#status = :processing AND lease_until < :now)",
-            ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={":processing": s("processing"), ":now": n(epoch)},
-            ReturnValuesOnConditionCheckFailure="ALL_OLD",
-        )
-    except ClientError as exc:
-        if error_code(exc) != "ConditionalCheckFailedException":
-            raise
-        old: dict[str, Any] = dict(exc.response.get("Item") or {})  # type: ignore[call-overload]
-        return DONE if old.get("status", {}).get("S") == "done" else BUSY
+    refused = write_if(
+        client().put_item,
+        TableName=settings().billing_table,
+        Item={
+            **_key(event_id),
+            "event_type": s(event_type),
+            "status": s("processing"),
+            "lease_until": n(epoch + LEASE_SECONDS),
+            "received_at": s(clock.iso(now)),
+        },
+        ConditionExpression="attribute_not_exists(pk) OR (#status = :processing AND lease_until < :now)",
+        ExpressionAttributeNames={"#status": "status"},
+        ExpressionAttributeValues={":processing": s("processing"), ":now": n(epoch)},
+        ReturnValuesOnConditionCheckFailure="ALL_OLD",
+    )
+    if refused:
+        return DONE if as_str(refused.old, "status") == "done" else BUSY
     return CLAIMED
 
 
