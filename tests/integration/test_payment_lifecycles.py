@@ -15,6 +15,7 @@ from conduix import (
     admin,
     autoreload,
     errors,
+    invoice_records,
     invoicing,
     orgs,
     payments,
@@ -183,17 +184,17 @@ def test_a_lost_record_write_after_create_still_makes_one_invoice(
     """The issue's reproduction: the invoice exists at Stripe, our write of its id failed (a
     throttled write), and the rerun comes after Stripe forgot the idempotency key."""
     invoice_mode_month(org)
-    real = invoicing._advance_record
+    real = invoice_records.advance
 
     def throttled(org_id: str, period: str, status: str, invoice_id: str, now: Any) -> None:
         raise RuntimeError("ProvisionedThroughputExceededException")
 
-    monkeypatch.setattr(invoicing, "_advance_record", throttled)
+    monkeypatch.setattr(invoice_records, "advance", throttled)
     with pytest.raises(RuntimeError):
         invoicing.invoice_org(org, PERIOD, NOW)
-    monkeypatch.setattr(invoicing, "_advance_record", real)
+    monkeypatch.setattr(invoice_records, "advance", real)
     local_stripe.expire_idempotency_keys()
-    record = invoicing._recorded(org, PERIOD)
+    record = invoice_records.get(org, PERIOD)
     assert record is not None and record["status"]["S"] == "intent" and "stripe_invoice_id" not in record
     invoicing.invoice_org(org, PERIOD, NOW + timedelta(days=2))
     invoice_org_once(org, local_stripe)

@@ -210,7 +210,7 @@ def test_a_conditional_write_reports_what_refused_it_and_raises_anything_else(or
             Key=wallets.wallet_key(org),
             UpdateExpression="SET note = :v",
             ConditionExpression=condition,
-            ExpressionAttributeValues={":v": dynamo.s("x")},
+            ExpressionAttributeValues={":v": {"S": "x"}},
             **extra,
         )
 

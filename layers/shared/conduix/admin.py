@@ -13,8 +13,8 @@ from typing import Any
 from conduix import alerts, clock, grants, keys, notices, orgs, reloads, wallets
 from conduix.billing import wallet_view
 from conduix.config import settings
-from conduix.dynamo import s
 from conduix.errors import IdempotencyConflict, InvalidRequest
+from conduix.items import s
 from conduix.money import format_credits, parse_credits
 from conduix.validation import resource_id, text_field
 

@@ -25,8 +25,8 @@ from datetime import datetime
 from typing import Any
 
 from conduix import clock, wallets
-from conduix.dynamo import Item, as_str, n, s
 from conduix.errors import InvalidRequest, NotFound
+from conduix.items import Item, as_str, n, s
 from conduix.money import format_credits, parse_credits
 
 log = logging.getLogger(__name__)

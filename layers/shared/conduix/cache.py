@@ -18,7 +18,8 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from conduix.config import settings
-from conduix.dynamo import as_int, as_str, client, n, s
+from conduix.dynamo import client
+from conduix.items import as_int, as_str, n, s
 
 log = logging.getLogger(__name__)
 

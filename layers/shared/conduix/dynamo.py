@@ -1,7 +1,8 @@
 """The DynamoDB client and the few helpers the data-access modules share.
 
-Only data-access modules (wallets, orgs, cache, ...) import this; nothing above them sees
-boto3. The client is created on first use and reused while the function is warm.
+Only data-access modules (wallets, orgs, cache, ...) import this, an import contract checks
+it; nothing above them sees boto3 (conduix.items reads and builds the items they return).
+The client is created on first use and reused while the function is warm.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from botocore.exceptions import (
 
 from conduix.clock import Seconds
 from conduix.errors import ConfigurationError, ServiceBusy
+from conduix.items import Item
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 T = TypeVar("T")
-Item = dict[str, Any]
 
 _client: DynamoDBClient | None = None
 
@@ -92,29 +93,6 @@ def reset_client() -> None:
     """Forget the client (tests point the functions at a fresh moto server)."""
     global _client
     _client = None
-
-
-def s(value: str) -> dict[str, str]:
-    return {"S": value}
-
-
-def n(value: int) -> dict[str, str]:
-    return {"N": str(value)}
-
-
-def as_int(item: Item, name: str, default: int = 0) -> int:
-    attr = item.get(name)
-    return int(attr["N"]) if attr else default
-
-
-def as_str(item: Item, name: str, default: str = "") -> str:
-    attr = item.get(name)
-    return str(attr["S"]) if attr else default
-
-
-def as_bool(item: Item, name: str, default: bool = False) -> bool:
-    attr = item.get(name)
-    return bool(attr["BOOL"]) if attr else default
 
 
 def error_code(exc: ClientError) -> str:

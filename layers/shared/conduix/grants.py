@@ -24,8 +24,9 @@ from typing import Any
 
 from conduix import clock, wallets
 from conduix.config import settings
-from conduix.dynamo import Item, as_int, as_str, client, n, s, write_if
+from conduix.dynamo import client, write_if
 from conduix.errors import IdempotencyConflict, InvalidRequest
+from conduix.items import Item, as_int, as_str, n, s
 from conduix.money import format_credits
 
 log = logging.getLogger(__name__)

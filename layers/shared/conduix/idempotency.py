@@ -22,8 +22,9 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from conduix.config import settings
-from conduix.dynamo import Item, as_int, as_str, client, n, retrying, s, write_if
+from conduix.dynamo import client, retrying, write_if
 from conduix.errors import Conflict, IdempotencyConflict, InvalidRequest, RequestInProgress
+from conduix.items import Item, as_int, as_str, n, s
 
 KEEP_SECONDS = 24 * 3600
 LEASE_SECONDS = 60  # the least; a request that may run longer asks for more

@@ -31,10 +31,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from conduix import alerts, clock, orgs, stripe_gateway, wallets
-from conduix.config import settings
-from conduix.dynamo import Item, as_int, as_str, client, n, s, write_if
+from conduix import alerts, clock, invoice_records, orgs, stripe_gateway, wallets
 from conduix.errors import InvalidRequest
+from conduix.items import Item, as_int, as_str, n, s
 from conduix.money import format_credits, parse_credits
 
 log = logging.getLogger(__name__)
@@ -43,8 +42,6 @@ KEY_FIELD = "conduix_invoice_key"  # the invoice's metadata field that finds it 
 LINE_FIELD = "conduix_line"  # an invoice item's metadata field naming its line
 NANOS_PER_CENT = 10_000_000
 _PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
-# Forward only: a record never moves back.
-_STEPS = ("intent", "created", "finalized", "sent")
 
 
 @dataclass
@@ -67,32 +64,18 @@ def previous_month(now: datetime) -> str:
 def month_usage(org_id: str, period: str) -> list[ModelUsage]:
     """The month's invoice-billed usage per model, from the ledger (the source of truth)."""
     by_model: dict[str, ModelUsage] = {}
-    kwargs: dict[str, Any] = {
-        "TableName": settings().billing_table,
-        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
-        "FilterExpression": "entry_type = :usage AND billed_by = :invoice",
-        "ExpressionAttributeValues": {
-            ":pk": s(wallets.org_pk(org_id)),
-            ":prefix": s(f"LEDGER#{period}-"),
-            ":usage": s("usage"),
-            ":invoice": s("invoice"),
-        },
-        "ConsistentRead": True,
-    }
-    while True:
-        page = client().query(**kwargs)
-        for item in page.get("Items", []):
-            usage = by_model.setdefault(as_str(item, "model"), ModelUsage(as_str(item, "model")))
-            cost = -as_int(item, "amount")  # usage entries are debits
-            usage.prompt_tokens += as_int(item, "prompt_tokens")
-            usage.completion_tokens += as_int(item, "completion_tokens")
-            usage.requests += 1
-            usage.nanos += cost
-            # Entries from before credits were drawn first carry no split: all invoiced.
-            usage.invoiced += as_int(item, "invoiced") if "invoiced" in item else cost
-        if "LastEvaluatedKey" not in page:
-            return sorted(by_model.values(), key=lambda u: u.model)
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    for item in wallets.query_prefix(org_id, f"LEDGER#{period}-"):
+        if as_str(item, "entry_type") != "usage" or as_str(item, "billed_by") != "invoice":
+            continue
+        usage = by_model.setdefault(as_str(item, "model"), ModelUsage(as_str(item, "model")))
+        cost = -as_int(item, "amount")  # usage entries are debits
+        usage.prompt_tokens += as_int(item, "prompt_tokens")
+        usage.completion_tokens += as_int(item, "completion_tokens")
+        usage.requests += 1
+        usage.nanos += cost
+        # Entries from before credits were drawn first carry no split: all invoiced.
+        usage.invoiced += as_int(item, "invoiced") if "invoiced" in item else cost
+    return sorted(by_model.values(), key=lambda u: u.model)
 
 
 def cents_by_line(nanos: list[int]) -> list[int]:
@@ -117,6 +100,16 @@ class MonthFigures:
     @property
     def due_cents(self) -> int:
         return sum(line.amount_cents for line in self.lines)
+
+    def as_attributes(self) -> Item:
+        """What the invoice record freezes of the month (see invoice_records)."""
+        return {
+            "usage_credits": n(self.usage_nanos),
+            "applied_credits": n(self.applied_nanos),
+            "credits": n(self.due_nanos),
+            "total_cents": n(self.due_cents),
+            "lines": s(json.dumps([line.__dict__ for line in self.lines])),
+        }
 
 
 def month_figures(org_id: str, period: str) -> MonthFigures:
@@ -145,65 +138,6 @@ def month_figures(org_id: str, period: str) -> MonthFigures:
             )
         )
     return MonthFigures(usage_nanos, applied, due_nanos, [line for line in lines if line.amount_cents])
-
-
-# ------------------------------------------------------------------ the record (data access)
-
-
-def _record_key(org_id: str, period: str) -> dict[str, Any]:
-    return {"pk": s(wallets.org_pk(org_id)), "sk": s(f"INVOICE#{period}")}
-
-
-def _recorded(org_id: str, period: str) -> Item | None:
-    item = client().get_item(
-        TableName=settings().billing_table, Key=_record_key(org_id, period), ConsistentRead=True
-    )
-    found: Item | None = item.get("Item")
-    return found
-
-
-def _record_intent(org_id: str, period: str, figures: MonthFigures, now: datetime) -> Item:
-    """Write the intent once; a concurrent or earlier run's intent wins and is returned."""
-    item: Item = {
-        **_record_key(org_id, period),
-        "status": s("intent"),
-        "idempotency_key": s(f"usage-invoice-{org_id}-{period}"),
-        "usage_credits": n(figures.usage_nanos),
-        "applied_credits": n(figures.applied_nanos),
-        "credits": n(figures.due_nanos),
-        "total_cents": n(figures.due_cents),
-        "lines": s(json.dumps([line.__dict__ for line in figures.lines])),
-        "intent_at": s(clock.iso(now)),
-        "intent_epoch": n(int(now.timestamp())),
-    }
-    refused = write_if(
-        client().put_item,
-        TableName=settings().billing_table,
-        Item=item,
-        ConditionExpression="attribute_not_exists(pk)",
-        ReturnValuesOnConditionCheckFailure="ALL_OLD",
-    )
-    return refused.old if refused else item  # a record written first (another run) stands
-
-
-def _advance_record(org_id: str, period: str, status: str, invoice_id: str, now: datetime) -> None:
-    """Move the record to `status` (never back) and keep the invoice's id."""
-    later = [s(step) for step in _STEPS[_STEPS.index(status) :]]
-    names = ", ".join(f":s{i}" for i in range(len(later)))
-    write_if(  # (refused: already at or past `status`)
-        client().update_item,
-        TableName=settings().billing_table,
-        Key=_record_key(org_id, period),
-        UpdateExpression="SET #status = :status, stripe_invoice_id = :id, #at = :now",
-        ConditionExpression=f"attribute_exists(pk) AND NOT #status IN ({names})",
-        ExpressionAttributeNames={"#status": "status", "#at": f"{status}_at"},
-        ExpressionAttributeValues={
-            ":status": s(status),
-            ":id": s(invoice_id),
-            ":now": s(clock.iso(now)),
-            **{f":s{i}": v for i, v in enumerate(later)},
-        },
-    )
 
 
 # ------------------------------------------------------------------ the steps
@@ -236,19 +170,19 @@ def _invoice_of(record: Item, customer_id: str, org: orgs.Org, period: str, now:
             },
         )
         found = stripe_gateway.retrieve_invoice(created_id)  # its state now, not the replay's
-    _advance_record(org_id, period, "created", str(found["id"]), now)
+    invoice_records.advance(org_id, period, "created", str(found["id"]), now)
     return found
 
 
 def invoice_org(org_id: str, period: str, now: datetime) -> str:
-    record = _recorded(org_id, period)
+    record = invoice_records.get(org_id, period)
     if record is None:
         figures = month_figures(org_id, period)
         if figures.usage_nanos == 0:
             return "no usage"
         if figures.due_cents <= 0:
             return f"nothing due: {format_credits(figures.usage_nanos)} credits of usage covered by credits"
-        record = _record_intent(org_id, period, figures, now)
+        record = invoice_records.record_intent(org_id, period, figures.as_attributes(), now)
     if as_str(record, "status") == "sent":
         return f"already invoiced: {as_str(record, 'stripe_invoice_id')}"
     from conduix import payments
@@ -273,10 +207,10 @@ def invoice_org(org_id: str, period: str, now: datetime) -> str:
         invoice = stripe_gateway.finalize_invoice(invoice_id)  # step 3
     if invoice.get("status") == "draft":
         raise RuntimeError(f"invoice {invoice_id} is still a draft after finalizing")
-    _advance_record(org_id, period, "finalized", invoice_id, now)
+    invoice_records.advance(org_id, period, "finalized", invoice_id, now)
     if invoice.get("status") == "open":  # step 4 (a paid or voided invoice is not sent)
         stripe_gateway.send_invoice(invoice_id, idempotency_key=f"{key}-send")
-    _advance_record(org_id, period, "sent", invoice_id, now)
+    invoice_records.advance(org_id, period, "sent", invoice_id, now)
     return f"invoiced: {invoice_id}"
 
 

@@ -49,8 +49,9 @@ from botocore.exceptions import ClientError
 
 from conduix import clock, plans, wallets
 from conduix.config import settings
-from conduix.dynamo import Item, as_int, as_str, cancellation_reasons, client, error_code, n, retrying, s
+from conduix.dynamo import cancellation_reasons, client, error_code, retrying
 from conduix.errors import Conflict, ServiceBusy
+from conduix.items import Item, as_int, as_str, n, s
 
 log = logging.getLogger(__name__)
 

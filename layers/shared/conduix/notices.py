@@ -21,7 +21,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from conduix import clock
 from conduix.config import settings
-from conduix.dynamo import as_bool, as_str, client, s
+from conduix.dynamo import client
+from conduix.items import as_bool, as_str, s
 
 if TYPE_CHECKING:
     from mypy_boto3_ses import SESClient

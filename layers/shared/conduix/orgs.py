@@ -17,8 +17,9 @@ from botocore.exceptions import ClientError
 
 from conduix import clock
 from conduix.config import settings
-from conduix.dynamo import Item, as_int, as_str, cancellation_reasons, client, error_code, n, s, write_if
+from conduix.dynamo import cancellation_reasons, client, error_code, write_if
 from conduix.errors import Conflict, NotFound
+from conduix.items import Item, as_int, as_str, n, s
 from conduix.wallets import new_wallet_item, note_revoked_key, org_pk
 
 KEY_PREFIX = "cdx_"

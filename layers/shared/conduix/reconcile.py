@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from conduix import wallets
-from conduix.config import settings
-from conduix.dynamo import Item, as_bool, as_int, as_str, client, s
+from conduix.items import Item, as_bool, as_int, as_str
 from conduix.money import format_credits
 
 
@@ -38,24 +37,8 @@ class Discrepancy:
         return text + (f" (requests: {', '.join(self.request_ids)})" if self.request_ids else "")
 
 
-def _org_items(org_id: str) -> list[Item]:
-    items: list[Item] = []
-    kwargs: dict[str, Any] = {
-        "TableName": settings().billing_table,
-        "KeyConditionExpression": "pk = :pk",
-        "ExpressionAttributeValues": {":pk": s(wallets.org_pk(org_id))},
-        "ConsistentRead": True,
-    }
-    while True:
-        page = client().query(**kwargs)
-        items += page.get("Items", [])
-        if "LastEvaluatedKey" not in page:
-            return items
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
 def reconcile_org(org_id: str) -> list[Discrepancy]:
-    items = _org_items(org_id)
+    items = wallets.org_items(org_id)
     wallet = wallets.get_wallet(org_id)
     lines = [i for i in items if as_str(i, "sk").startswith("LEDGER#")]
     markers = {as_str(i, "entry_id"): i for i in items if as_str(i, "sk").startswith("ENTRY#")}
@@ -208,22 +191,6 @@ def _hold_breaches(org_id: str, items: list[Item], wallet: wallets.Wallet) -> li
     return found
 
 
-def all_org_ids() -> list[str]:
-    org_ids: list[str] = []
-    kwargs: dict[str, Any] = {
-        "TableName": settings().billing_table,
-        "FilterExpression": "sk = :wallet",
-        "ExpressionAttributeValues": {":wallet": s("WALLET")},
-        "ProjectionExpression": "pk",
-    }
-    while True:
-        page = client().scan(**kwargs)
-        org_ids += [as_str(i, "pk").removeprefix("ORG#") for i in page.get("Items", [])]
-        if "LastEvaluatedKey" not in page:
-            return sorted(org_ids)
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
 def report(org_id: str) -> dict[str, Any]:
     """GET /admin/orgs/{org_id}/reconcile."""
     from conduix import reconcile_stripe  # the ledger against Stripe, too
@@ -235,7 +202,7 @@ def report(org_id: str) -> dict[str, Any]:
 def main() -> int:
     from conduix import reconcile_stripe  # the ledger against Stripe, too
 
-    org_ids = all_org_ids()
+    org_ids = wallets.all_org_ids()
     problems = [d for org_id in org_ids for d in reconcile_org(org_id) + reconcile_stripe.check_org(org_id)]
     for problem in problems:
         print(problem)

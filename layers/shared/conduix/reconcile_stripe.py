@@ -20,10 +20,10 @@ from __future__ import annotations
 from typing import Any
 
 from conduix import config, orgs, plans, wallets
-from conduix.dynamo import Item, as_int, as_str
 from conduix.errors import NotFound
+from conduix.items import Item, as_int, as_str
 from conduix.money import format_credits, parse_credits
-from conduix.reconcile import Discrepancy, _org_items
+from conduix.reconcile import Discrepancy
 
 # Ledger kinds whose idempotency key is the id of a Stripe object.
 STRIPE_KINDS = (
@@ -226,7 +226,7 @@ def _below_zero(org_id: str, items: list[Item]) -> list[Discrepancy]:
 
 
 def check_org(org_id: str) -> list[Discrepancy]:
-    items = _org_items(org_id)
+    items = wallets.org_items(org_id)
     found = _below_zero(org_id, items)
     if not configured():
         return found

@@ -11,7 +11,8 @@ from typing import Any
 
 from conduix import clock
 from conduix.config import settings
-from conduix.dynamo import as_int, as_str, client, n, s, write_if
+from conduix.dynamo import client, write_if
+from conduix.items import as_int, as_str, n, s
 from conduix.wallets import conditional_update, orgs_in_index, wallet_key
 
 MAX_FAILURES = 3

@@ -17,8 +17,9 @@ from typing import Any
 
 from conduix import clock, config, wallets
 from conduix.config import settings
-from conduix.dynamo import Item, as_int, as_str, client, s
+from conduix.dynamo import client
 from conduix.errors import InvalidRequest
+from conduix.items import Item, as_int, as_str, s
 from conduix.money import format_credits
 
 MAX_PAGE = 200

@@ -39,20 +39,7 @@ from botocore.exceptions import ClientError
 
 from conduix import clock, plans
 from conduix.config import settings
-from conduix.dynamo import (
-    Item,
-    Refused,
-    as_bool,
-    as_int,
-    as_str,
-    cancellation_reasons,
-    client,
-    error_code,
-    n,
-    retrying,
-    s,
-    write_if,
-)
+from conduix.dynamo import Refused, cancellation_reasons, client, error_code, retrying, write_if
 from conduix.errors import (
     Conflict,
     IdempotencyConflict,
@@ -63,6 +50,7 @@ from conduix.errors import (
     SpendCapExceeded,
     Unauthenticated,
 )
+from conduix.items import Item, as_bool, as_int, as_str, n, s
 from conduix.money import format_credits
 
 SWEEP_SHARDS = 8
@@ -1270,11 +1258,23 @@ def drop_pending(org_id: str, request_id: str) -> None:
 
 
 def query_prefix(org_id: str, prefix: str) -> list[Item]:
+    """Every item of the org whose sort key starts with `prefix` (a consistent read)."""
+    return _query_org(
+        org_id, "pk = :pk AND begins_with(sk, :prefix)", {":pk": s(org_pk(org_id)), ":prefix": s(prefix)}
+    )
+
+
+def org_items(org_id: str) -> list[Item]:
+    """Every item of the org (a consistent read): what reconcile replays."""
+    return _query_org(org_id, "pk = :pk", {":pk": s(org_pk(org_id))})
+
+
+def _query_org(org_id: str, condition: str, values: Item) -> list[Item]:
     items: list[Item] = []
     kwargs: dict[str, Any] = {
         "TableName": settings().billing_table,
-        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
-        "ExpressionAttributeValues": {":pk": s(org_pk(org_id)), ":prefix": s(prefix)},
+        "KeyConditionExpression": condition,
+        "ExpressionAttributeValues": values,
         "ConsistentRead": True,
     }
     while True:
@@ -1282,6 +1282,23 @@ def query_prefix(org_id: str, prefix: str) -> list[Item]:
         items += page.get("Items", [])
         if "LastEvaluatedKey" not in page:
             return items
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def all_org_ids() -> list[str]:
+    """Every org with a wallet (a scan: for the operator's audit, never a request path)."""
+    org_ids: list[str] = []
+    kwargs: dict[str, Any] = {
+        "TableName": settings().billing_table,
+        "FilterExpression": "sk = :wallet",
+        "ExpressionAttributeValues": {":wallet": s("WALLET")},
+        "ProjectionExpression": "pk",
+    }
+    while True:
+        page = client().scan(**kwargs)
+        org_ids += [as_str(i, "pk").removeprefix("ORG#") for i in page.get("Items", [])]
+        if "LastEvaluatedKey" not in page:
+            return sorted(org_ids)
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 

@@ -12,7 +12,8 @@ from datetime import datetime
 
 from conduix import clock
 from conduix.config import settings
-from conduix.dynamo import as_str, client, n, s, write_if
+from conduix.dynamo import client, write_if
+from conduix.items import as_str, n, s
 
 LEASE_SECONDS = 60
 
