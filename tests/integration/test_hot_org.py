@@ -8,7 +8,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from conduix import dynamo, errors, leases, plans, reconcile, sweeper, wallets
+from conduix import dynamo, errors, leases, plans, reconcile, schema, sweeper, wallets
 from conduix.config import settings
 from conduix.money import NANOS_PER_CREDIT as C
 
@@ -77,7 +77,7 @@ def test_500_requests_in_flight_keep_every_item_small_and_never_overdraw(org: st
     items = dynamo.client().query(
         TableName=settings().billing_table,
         KeyConditionExpression="pk = :pk",
-        ExpressionAttributeValues={":pk": {"S": wallets.org_pk(org)}},
+        ExpressionAttributeValues={":pk": {"S": schema.org_pk(org)}},
         ConsistentRead=True,
     )["Items"]
     # (a hold whose answer was lost and whose retries then all conflicted is open but unused:
@@ -161,7 +161,7 @@ def test_500_requests_in_flight_through_escrow_leases_are_all_served_and_billed_
     items = dynamo.client().query(
         TableName=settings().billing_table,
         KeyConditionExpression="pk = :pk",
-        ExpressionAttributeValues={":pk": {"S": wallets.org_pk(org)}},
+        ExpressionAttributeValues={":pk": {"S": schema.org_pk(org)}},
         ConsistentRead=True,
     )["Items"]
     assert max(item_size(i) for i in items) <= 2048

@@ -9,7 +9,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from conduix import auth, config, dynamo, errors, keys, plans, statements, wallets
+from conduix import auth, config, dynamo, errors, keys, plans, schema, statements, wallets
 from conduix.money import NANOS_PER_CREDIT as C
 
 from tests.integration.helpers import NOW, assert_consistent, fund
@@ -129,7 +129,7 @@ def test_a_tampered_cursor_is_refused(org: str) -> None:
     payload, _, mac = cursor.partition(".")
     data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     forged = base64.urlsafe_b64encode(json.dumps({**data, "b": 1_000_000 * C}).encode()).decode().rstrip("=")
-    other_org = wallets.org_pk("x")  # any other org: the signature is bound to the org
+    other_org = schema.org_pk("x")  # any other org: the signature is bound to the org
     from conduix import orgs
 
     stranger = orgs.create_org("Other", "o@example.com", NOW).org_id

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conduix import config, dynamo, orgs, plans, sweeper, wallets
+from conduix import config, dynamo, orgs, plans, schema, sweeper, wallets
 from conduix.clock import limit_window, period_of
 from conduix.errors import (
     Conflict,
@@ -606,7 +606,7 @@ def _partition(org_id: str) -> list[dict[str, Any]]:
         .paginate(
             TableName=config.settings().billing_table,
             KeyConditionExpression="pk = :pk",
-            ExpressionAttributeValues={":pk": {"S": wallets.org_pk(org_id)}},
+            ExpressionAttributeValues={":pk": {"S": schema.org_pk(org_id)}},
             ConsistentRead=True,
         )
     )

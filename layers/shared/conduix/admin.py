@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from conduix import alerts, clock, grants, keys, notices, orgs, reloads, wallets
+from conduix import alerts, clock, grants, keys, notices, orgs, reloads, schema, wallets
 from conduix.billing import wallet_view
 from conduix.config import settings
 from conduix.errors import IdempotencyConflict, InvalidRequest
@@ -108,7 +108,7 @@ def set_billing(org_id: str, body: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ look-ups
 
-_ORG_PK = re.compile(r"^ORG#org_[0-9a-f]{16}$")
+_ORG_ID = re.compile(r"^org_[0-9a-f]{16}$")
 _BAD_CURSOR = "'cursor' is not one this API gave out."
 
 
@@ -127,12 +127,13 @@ def _cursor_in(cursor: str) -> dict[str, Any]:
         raise InvalidRequest(_BAD_CURSOR, param="cursor") from None
     if (
         not isinstance(pk, str)
-        or not _ORG_PK.match(pk)
+        or pk != schema.org_pk(schema.org_of(pk))
+        or not _ORG_ID.match(schema.org_of(pk))
         or not isinstance(email, str)
         or not 0 < len(email) <= 320
     ):
         raise InvalidRequest(_BAD_CURSOR, param="cursor")
-    return {"pk": s(pk), "sk": s("ORG"), "directory": s("org"), "email_lc": s(email)}
+    return {"pk": s(pk), "sk": s(schema.PROFILE), "directory": s("org"), "email_lc": s(email)}
 
 
 def list_orgs(query: Mapping[str, str]) -> dict[str, Any]:

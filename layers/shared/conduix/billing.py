@@ -6,6 +6,8 @@ import dataclasses
 from typing import Any
 
 from conduix import alerts, clock, grants, leases, notices, orgs, plans, wallets
+from conduix.catalog import catalog
+from conduix.config import payment_settings
 from conduix.errors import InvalidRequest
 from conduix.money import format_credits, parse_credits
 
@@ -138,9 +140,6 @@ def _plan_view(plan_id: str, sub: orgs.Subscription | None) -> dict[str, Any]:
 
 def pricing() -> dict[str, Any]:
     """GET /v1/pricing (public): plans, top-up tiers and model prices."""
-    from conduix.catalog import catalog
-    from conduix.config import payment_settings
-
     return {
         "unit": "credits",
         "credit_value": "1 credit = 1 USD",

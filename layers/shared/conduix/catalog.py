@@ -16,6 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from conduix.config import settings
 from conduix.errors import ConfigurationError, ModelNotFound
 from conduix.money import NANOS_PER_CREDIT
 
@@ -297,6 +298,4 @@ def load_catalog(path: str | None) -> Catalog:
 @cache
 def catalog() -> Catalog:
     """The catalog of this deployment, loaded once per cold start."""
-    from conduix.config import settings
-
     return load_catalog(settings().models_file)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from conduix.errors import ConfigurationError
+from conduix.errors import ConfigurationError, InvalidRequest
+from conduix.money import parse_credits
 
 
 def _required(name: str) -> str:
@@ -153,9 +154,6 @@ class PaymentSettings:
 
 
 def _credit_list(name: str, default: str) -> tuple[int, ...]:
-    from conduix.errors import InvalidRequest
-    from conduix.money import parse_credits
-
     raw = os.environ.get(name, "").strip() or default
     try:
         values = tuple(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from conduix import clock, wallets
+from conduix import clock, schema, wallets
 from conduix.config import settings
 from conduix.dynamo import client, write_if
 from conduix.errors import IdempotencyConflict, InvalidRequest
@@ -66,7 +66,7 @@ def parse_expiry(value: Any, now: datetime) -> datetime:
 
 
 def _sk(entry_id: str) -> str:
-    return f"GRANT#{entry_id}"
+    return f"{schema.GRANT}{entry_id}"
 
 
 def _from_item(org_id: str, item: Item) -> Grant:
@@ -85,7 +85,7 @@ def record(org_id: str, entry_id: str, amount: int, expires: datetime, now: date
     """Write the grant's expiry before its credit lands (a credit never lands without it).
     The same grant again is a replay; the same key with another amount or expiry a conflict."""
     item = {
-        "pk": s(wallets.org_pk(org_id)),
+        "pk": s(schema.org_pk(org_id)),
         "sk": s(_sk(entry_id)),
         "entry_id": s(entry_id),
         "amount": n(amount),
@@ -116,7 +116,7 @@ def get(org_id: str, entry_id: str) -> Grant | None:
         client()
         .get_item(
             TableName=settings().billing_table,
-            Key={"pk": s(wallets.org_pk(org_id)), "sk": s(_sk(entry_id))},
+            Key=schema.org_key(org_id, _sk(entry_id)),
             ConsistentRead=True,
         )
         .get("Item")
@@ -138,7 +138,7 @@ def _query(**kwargs: Any) -> list[Item]:
 def org_grants(org_id: str) -> list[Grant]:
     items = _query(
         KeyConditionExpression="pk = :pk AND begins_with(sk, :g)",
-        ExpressionAttributeValues={":pk": s(wallets.org_pk(org_id)), ":g": s("GRANT#")},
+        ExpressionAttributeValues={":pk": s(schema.org_pk(org_id)), ":g": s(schema.GRANT)},
         ConsistentRead=True,
     )
     return [_from_item(org_id, item) for item in items]
@@ -149,9 +149,9 @@ def _debits(org_id: str, start: str, until: str) -> list[tuple[str, int]]:
     items = _query(
         KeyConditionExpression="pk = :pk AND sk BETWEEN :a AND :b",
         ExpressionAttributeValues={
-            ":pk": s(wallets.org_pk(org_id)),
-            ":a": s(f"LEDGER#{start}"),
-            ":b": s(f"LEDGER#{until}~"),
+            ":pk": s(schema.org_pk(org_id)),
+            ":a": s(f"{schema.LEDGER}{start}"),
+            ":b": s(f"{schema.LEDGER}{until}~"),
             ":usage": s("usage"),
         },
         FilterExpression="entry_type = :usage",
@@ -210,8 +210,8 @@ def expire_due(now: datetime) -> dict[str, Any]:
             ExpressionAttributeValues={":shard": s(str(shard)), ":now": s(clock.iso(now))},
         )
         for item in due:
-            org_id = as_str(item, "pk").removeprefix("ORG#")
-            entry_id = as_str(item, "sk").removeprefix("GRANT#")
+            org_id = schema.org_of(as_str(item, "pk"))
+            entry_id = as_str(item, "sk").removeprefix(schema.GRANT)
             try:
                 amount = expire(org_id, entry_id, now)
             except Exception:  # the next run tries again; the ledger key keeps it once
@@ -257,7 +257,7 @@ def expire(org_id: str, entry_id: str, now: datetime) -> int | None:
         amount = -entry.amount
     client().update_item(
         TableName=settings().billing_table,
-        Key={"pk": s(wallets.org_pk(org_id)), "sk": s(_sk(entry_id))},
+        Key=schema.org_key(org_id, _sk(entry_id)),
         UpdateExpression=(
             "SET expired_amount = :a, expired_at = :now REMOVE grant_expiry_shard, grant_expires"
         ),

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+from conduix import schema
 from conduix.config import settings
 from conduix.dynamo import client, retrying, write_if
 from conduix.errors import Conflict, IdempotencyConflict, InvalidRequest, RequestInProgress
@@ -69,7 +70,7 @@ def fingerprint(body: dict[str, Any]) -> str:
 
 def _key(org_id: str, key: str) -> dict[str, Any]:
     digest = hashlib.sha256(key.encode()).hexdigest()
-    return {"pk": s(f"IDEMPOTENCY#{org_id}#{digest}"), "sk": s("IDEMPOTENCY")}
+    return schema.idempotency_key(org_id, digest)
 
 
 def claim(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from conduix import clock, wallets
+from conduix import clock, schema
 from conduix.config import settings
 from conduix.dynamo import client, write_if
 from conduix.items import Item, n, s
@@ -17,7 +17,7 @@ STEPS = ("intent", "created", "finalized", "sent")  # forward only: a record nev
 
 
 def _key(org_id: str, period: str) -> Item:
-    return {"pk": s(wallets.org_pk(org_id)), "sk": s(f"INVOICE#{period}")}
+    return schema.org_key(org_id, f"{schema.INVOICE}{period}")
 
 
 def get(org_id: str, period: str) -> Item | None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from conduix import alerts, clock, invoice_records, orgs, stripe_gateway, wallets
+from conduix import alerts, clock, customers, invoice_records, orgs, schema, stripe_gateway, wallets
 from conduix.errors import InvalidRequest
 from conduix.items import Item, as_int, as_str, n, s
 from conduix.money import format_credits, parse_credits
@@ -64,7 +64,7 @@ def previous_month(now: datetime) -> str:
 def month_usage(org_id: str, period: str) -> list[ModelUsage]:
     """The month's invoice-billed usage per model, from the ledger (the source of truth)."""
     by_model: dict[str, ModelUsage] = {}
-    for item in wallets.query_prefix(org_id, f"LEDGER#{period}-"):
+    for item in wallets.query_prefix(org_id, f"{schema.LEDGER}{period}-"):
         if as_str(item, "entry_type") != "usage" or as_str(item, "billed_by") != "invoice":
             continue
         usage = by_model.setdefault(as_str(item, "model"), ModelUsage(as_str(item, "model")))
@@ -185,10 +185,8 @@ def invoice_org(org_id: str, period: str, now: datetime) -> str:
         record = invoice_records.record_intent(org_id, period, figures.as_attributes(), now)
     if as_str(record, "status") == "sent":
         return f"already invoiced: {as_str(record, 'stripe_invoice_id')}"
-    from conduix import payments
-
     org = orgs.get_org(org_id)
-    customer_id = payments.customer_of(org)
+    customer_id = customers.customer_of(org)
     invoice = _invoice_of(record, customer_id, org, period, now)
     invoice_id = str(invoice["id"])
     key = as_str(record, "idempotency_key")

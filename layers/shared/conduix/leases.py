@@ -47,7 +47,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from conduix import clock, plans, wallets
+from conduix import clock, plans, schema, wallets
 from conduix.config import settings
 from conduix.dynamo import cancellation_reasons, client, error_code, retrying
 from conduix.errors import Conflict, ServiceBusy
@@ -65,11 +65,11 @@ SETTLE_MARGIN_SECONDS = 35  # a lease expires this long after its last reservati
 
 
 def lease_key(org_id: str, lease_id: str) -> dict[str, Any]:
-    return {"pk": s(wallets.org_pk(org_id)), "sk": s(f"LEASE#{lease_id}")}
+    return schema.org_key(org_id, f"{schema.LEASE}{lease_id}")
 
 
 def spend_key(org_id: str, lease_id: str, request_id: str) -> dict[str, Any]:
-    return {"pk": s(wallets.org_pk(org_id)), "sk": s(f"LSPEND#{lease_id}#{request_id}")}
+    return schema.org_key(org_id, f"{schema.LEASE_SPEND}{lease_id}#{request_id}")
 
 
 @dataclass(frozen=True)
@@ -402,7 +402,7 @@ def open_leases(org_id: str) -> list[OpenLease]:
             as_int(i, "minute"),
             as_int(i, "lease_expires"),
         )
-        for i in wallets.query_prefix(org_id, "LEASE#")
+        for i in wallets.query_prefix(org_id, schema.LEASE)
     ]
 
 
@@ -410,7 +410,8 @@ def open_spends(org_id: str, leases: Sequence[OpenLease]) -> dict[str, list[Spen
     """The spend records of open leases (not folded yet), by lease id."""
     return {
         lease.lease_id: [
-            _spend_from_item(i) for i in wallets.query_prefix(org_id, f"LSPEND#{lease.lease_id}#")
+            _spend_from_item(i)
+            for i in wallets.query_prefix(org_id, f"{schema.LEASE_SPEND}{lease.lease_id}#")
         ]
         for lease in leases
     }

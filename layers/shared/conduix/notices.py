@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from conduix import clock
+from conduix import clock, schema
 from conduix.config import settings
 from conduix.dynamo import client
 from conduix.items import as_bool, as_str, s
@@ -77,8 +77,8 @@ def _record(org_id: str, kind: str, to: str, subject: str, delivered: bool) -> N
     client().put_item(
         TableName=settings().billing_table,
         Item={
-            "pk": s(f"ORG#{org_id}"),
-            "sk": s(f"NOTICE#{sent_at}#{uuid.uuid4().hex[:12]}"),
+            "pk": s(schema.org_pk(org_id)),
+            "sk": s(f"{schema.NOTICE}{sent_at}#{uuid.uuid4().hex[:12]}"),
             "notice_type": s(kind),
             "recipient": s(to),
             "subject": s(subject),
@@ -96,7 +96,7 @@ def recent(org_id: str, limit: int) -> list[dict[str, Any]]:
         .query(
             TableName=settings().billing_table,
             KeyConditionExpression="pk = :pk AND begins_with(sk, :notice)",
-            ExpressionAttributeValues={":pk": s(f"ORG#{org_id}"), ":notice": s("NOTICE#")},
+            ExpressionAttributeValues={":pk": s(schema.org_pk(org_id)), ":notice": s(schema.NOTICE)},
             ScanIndexForward=False,
             Limit=limit,
         )

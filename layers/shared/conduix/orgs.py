@@ -15,12 +15,12 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from conduix import clock
+from conduix import clock, schema
 from conduix.config import settings
 from conduix.dynamo import cancellation_reasons, client, error_code, write_if
 from conduix.errors import Conflict, NotFound
 from conduix.items import Item, as_int, as_str, n, s
-from conduix.wallets import new_wallet_item, note_revoked_key, org_pk
+from conduix.wallets import new_wallet_item, note_revoked_key
 
 KEY_PREFIX = "cdx_"
 SCOPES = ("inference", "billing")
@@ -82,8 +82,7 @@ def create_org(name: str, email: str, now: datetime) -> Org:
                 "Put": {
                     "TableName": table,
                     "Item": {
-                        "pk": s(org_pk(org_id)),
-                        "sk": s("ORG"),
+                        **schema.org_key(org_id, schema.PROFILE),
                         "org_id": s(org_id),
                         "name": s(name),
                         "email": s(email),
@@ -214,7 +213,7 @@ def search_orgs(
 
 
 def _org_key(org_id: str) -> Item:
-    return {"pk": s(org_pk(org_id)), "sk": s("ORG")}
+    return schema.org_key(org_id, schema.PROFILE)
 
 
 def attach_stripe_customer(org_id: str, customer_id: str) -> str:
@@ -307,13 +306,12 @@ def create_api_key(
                         "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                     }
                 },
-                {"Put": {"TableName": table, "Item": {"pk": s(f"KEY#{key_hash}"), "sk": s("KEY"), **fields}}},
+                {"Put": {"TableName": table, "Item": {**schema.key_lookup_key(key_hash), **fields}}},
                 {
                     "Put": {
                         "TableName": table,
                         "Item": {
-                            "pk": s(org_pk(org_id)),
-                            "sk": s(f"APIKEY#{key.key_id}"),
+                            **schema.org_key(org_id, f"{schema.API_KEY}{key.key_id}"),
                             "key_hash": s(key_hash),
                             **fields,
                         },
@@ -343,7 +341,7 @@ def find_key(key_hash: str, *, consistent: bool = False) -> ApiKey | None:
         client()
         .get_item(
             TableName=settings().billing_table,
-            Key={"pk": s(f"KEY#{key_hash}"), "sk": s("KEY")},
+            Key=schema.key_lookup_key(key_hash),
             ConsistentRead=consistent,
         )
         .get("Item")
@@ -355,7 +353,7 @@ def list_api_keys(org_id: str) -> list[ApiKey]:
     kwargs: dict[str, Any] = {
         "TableName": settings().billing_table,
         "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
-        "ExpressionAttributeValues": {":pk": s(org_pk(org_id)), ":prefix": s("APIKEY#")},
+        "ExpressionAttributeValues": {":pk": s(schema.org_pk(org_id)), ":prefix": s(schema.API_KEY)},
     }
     return [_key_from_item(item) for item in client().query(**kwargs).get("Items", [])]
 
@@ -367,7 +365,7 @@ def revoke_api_key(org_id: str, key_id: str, now: datetime) -> ApiKey:
         client()
         .get_item(
             TableName=settings().billing_table,
-            Key={"pk": s(org_pk(org_id)), "sk": s(f"APIKEY#{key_id}")},
+            Key=schema.org_key(org_id, f"{schema.API_KEY}{key_id}"),
             ConsistentRead=True,
         )
         .get("Item")
@@ -404,7 +402,7 @@ def revoke_api_key(org_id: str, key_id: str, now: datetime) -> ApiKey:
         {
             "Update": {
                 "TableName": table,
-                "Key": {"pk": s(f"KEY#{as_str(item, 'key_hash')}"), "sk": s("KEY")},
+                "Key": schema.key_lookup_key(as_str(item, "key_hash")),
                 **revoke,
             }
         },

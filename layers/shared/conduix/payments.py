@@ -17,7 +17,19 @@ from typing import Any
 
 import stripe
 
-from conduix import alerts, autoreload, notices, orgs, reloads, stripe_gateway, wallets, webhook_log
+from conduix import (
+    alerts,
+    autoreload,
+    customers,
+    invoicing,
+    notices,
+    orgs,
+    reloads,
+    stripe_gateway,
+    subscriptions,
+    wallets,
+    webhook_log,
+)
 from conduix.config import payment_settings
 from conduix.config import secret as configured_secret
 from conduix.errors import ConfigurationError, InvalidRequest, InvalidSignature, ServiceBusy
@@ -30,15 +42,6 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------ top-ups
 
 
-def customer_of(org: orgs.Org) -> str:
-    """The org's Stripe customer, created on first need."""
-    if org.stripe_customer_id:
-        return org.stripe_customer_id
-    return orgs.attach_stripe_customer(
-        org.org_id, stripe_gateway.create_customer(org.org_id, org.name, org.email)
-    )
-
-
 def start_top_up(org_id: str, body: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:
     """POST /v1/billing/top-ups: a Checkout Session for one of the operator's tiers."""
     config = payment_settings()
@@ -49,7 +52,7 @@ def start_top_up(org_id: str, body: dict[str, Any], idempotency_key: str | None)
     org = orgs.get_org(org_id)
     url, session_id = stripe_gateway.create_top_up_session(
         org_id=org_id,
-        customer_id=customer_of(org),
+        customer_id=customers.customer_of(org),
         credits_nanos=amount,
         credits_label=format_credits(amount),
         success_url=f"{config.public_url}/dashboard/billing?top_up=success&session_id={{CHECKOUT_SESSION_ID}}",
@@ -215,8 +218,6 @@ def purchase_of(intent_id: str) -> Purchase | None:
     invoice = stripe_gateway.invoice_of_payment(intent_id)
     if invoice is None:
         return None
-    from conduix import invoicing
-
     invoice_meta = invoice.get("metadata") or {}
     if invoice_meta.get("purpose") == invoicing.PURPOSE:
         kind, org_id = "invoice_payment", invoice_meta.get("org_id")
@@ -351,8 +352,6 @@ def _dispute_closed(obj: dict[str, Any], now: datetime) -> str:
 
 
 def _invoice_paid(obj: dict[str, Any], now: datetime) -> str:
-    from conduix import invoicing, subscriptions
-
     metadata = obj.get("metadata") or {}
     if metadata.get("purpose") == invoicing.PURPOSE:
         return invoicing.invoice_paid(obj, now)
@@ -360,14 +359,10 @@ def _invoice_paid(obj: dict[str, Any], now: datetime) -> str:
 
 
 def _invoice_payment_failed(obj: dict[str, Any], now: datetime) -> str:
-    from conduix import subscriptions
-
     return subscriptions.invoice_payment_failed(obj, now)
 
 
 def _subscription_changed(obj: dict[str, Any], now: datetime) -> str:
-    from conduix import subscriptions
-
     return subscriptions.subscription_changed(obj, now)
 
 

@@ -16,33 +16,20 @@ not a hot path), prints each discrepancy and exits non-zero if there is any.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from typing import Any
 
-from conduix import wallets
+from conduix import reconcile_stripe, schema, wallets
+from conduix.discrepancy import Discrepancy
 from conduix.items import Item, as_bool, as_int, as_str
 from conduix.money import format_credits
-
-
-@dataclass(frozen=True)
-class Discrepancy:
-    org_id: str
-    check: str
-    expected: str
-    found: str
-    request_ids: tuple[str, ...] = ()  # the requests at fault, when requests are
-
-    def __str__(self) -> str:
-        text = f"{self.org_id}: {self.check}: expected {self.expected}, found {self.found}"
-        return text + (f" (requests: {', '.join(self.request_ids)})" if self.request_ids else "")
 
 
 def reconcile_org(org_id: str) -> list[Discrepancy]:
     items = wallets.org_items(org_id)
     wallet = wallets.get_wallet(org_id)
-    lines = [i for i in items if as_str(i, "sk").startswith("LEDGER#")]
-    markers = {as_str(i, "entry_id"): i for i in items if as_str(i, "sk").startswith("ENTRY#")}
-    usage_rows = [i for i in items if as_str(i, "sk").startswith("USAGE#")]
+    lines = [i for i in items if as_str(i, "sk").startswith(schema.LEDGER)]
+    markers = {as_str(i, "entry_id"): i for i in items if as_str(i, "sk").startswith(schema.ENTRY)}
+    usage_rows = [i for i in items if as_str(i, "sk").startswith(schema.USAGE)]
     found: list[Discrepancy] = []
 
     def check(name: str, expected: int, actual: int, credits: bool = True) -> None:
@@ -52,13 +39,17 @@ def reconcile_org(org_id: str) -> list[Discrepancy]:
 
     # Escrow leases (leases.py): a spend's ledger entry is written when its request is billed,
     # its debit and usage row land when its lease is folded.
-    open_ids = {as_str(i, "lease_id") for i in items if as_str(i, "sk").startswith("LEASE#")}
-    spends = [i for i in items if as_str(i, "sk").startswith("LSPEND#") and as_str(i, "lease_id") in open_ids]
+    open_ids = {as_str(i, "lease_id") for i in items if as_str(i, "sk").startswith(schema.LEASE)}
+    spends = [
+        i
+        for i in items
+        if as_str(i, "sk").startswith(schema.LEASE_SPEND) and as_str(i, "lease_id") in open_ids
+    ]
     unfolded = sum(as_int(i, "cost") for i in spends)
     ledger_sum = sum(as_int(i, "amount") for i in lines)
     check("balance = sum of the ledger", ledger_sum + unfolded, wallet.balance)
-    holds = [i for i in items if as_str(i, "sk").startswith("HOLD#")]
-    leases = [i for i in items if as_str(i, "sk").startswith("LEASE#")]
+    holds = [i for i in items if as_str(i, "sk").startswith(schema.HOLD)]
+    leases = [i for i in items if as_str(i, "sk").startswith(schema.LEASE)]
     check(
         "held = open holds + open leases",
         sum(as_int(i, "amount") for i in holds + leases),
@@ -108,9 +99,9 @@ def _key_budget_breaches(org_id: str, items: list[Item], holds: list[Item]) -> l
     found = []
     for item in items:
         sk = as_str(item, "sk")
-        if not sk.startswith("KEYBUDGET#"):
+        if not sk.startswith(schema.KEY_BUDGET):
             continue
-        key_id = sk.removeprefix("KEYBUDGET#")
+        key_id = sk.removeprefix(schema.KEY_BUDGET)
         counted = sum(
             as_int(h, "amount") for h in holds if as_str(h, "key_id") == key_id and as_bool(h, "key_budget")
         )
@@ -148,12 +139,14 @@ def _hold_breaches(org_id: str, items: list[Item], wallet: wallets.Wallet) -> li
             (as_str(i, "request_id"),),
         )
         for i in items
-        if as_str(i, "sk").startswith("INCIDENT#over-hold#")
+        if as_str(i, "sk").startswith(schema.OVER_HOLD)
     ]
-    lines = sorted((i for i in items if as_str(i, "sk").startswith("LEDGER#")), key=lambda i: as_str(i, "sk"))
+    lines = sorted(
+        (i for i in items if as_str(i, "sk").startswith(schema.LEDGER)), key=lambda i: as_str(i, "sk")
+    )
     balance, lowest, overdrawn = 0, 0, []
     month_spent, over_cap = 0, []
-    wallet_item = next(i for i in items if as_str(i, "sk") == "WALLET")
+    wallet_item = next(i for i in items if as_str(i, "sk") == schema.WALLET)
     # A cap set below what was already spent or held lets the month finish those, and no more.
     allowed = max(wallet.cap_limit, as_int(wallet_item, "cap_floor"))
     for line in lines:
@@ -193,15 +186,11 @@ def _hold_breaches(org_id: str, items: list[Item], wallet: wallets.Wallet) -> li
 
 def report(org_id: str) -> dict[str, Any]:
     """GET /admin/orgs/{org_id}/reconcile."""
-    from conduix import reconcile_stripe  # the ledger against Stripe, too
-
     discrepancies = reconcile_org(org_id) + reconcile_stripe.check_org(org_id)
     return {"org_id": org_id, "ok": not discrepancies, "discrepancies": [d.__dict__ for d in discrepancies]}
 
 
 def main() -> int:
-    from conduix import reconcile_stripe  # the ledger against Stripe, too
-
     org_ids = wallets.all_org_ids()
     problems = [d for org_id in org_ids for d in reconcile_org(org_id) + reconcile_stripe.check_org(org_id)]
     for problem in problems:

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from conduix import config, orgs, plans, wallets
+from conduix import config, orgs, plans, schema, wallets
+from conduix.discrepancy import Discrepancy
 from conduix.errors import NotFound
 from conduix.items import Item, as_int, as_str
 from conduix.money import format_credits, parse_credits
-from conduix.reconcile import Discrepancy
 
 # Ledger kinds whose idempotency key is the id of a Stripe object.
 STRIPE_KINDS = (
@@ -201,7 +201,7 @@ def _below_zero(org_id: str, items: list[Item]) -> list[Discrepancy]:
     wallet = wallets.get_wallet(org_id)
     if wallet.billing_mode != "prepaid" or wallet.balance >= 0:
         return []
-    lines = [i for i in items if as_str(i, "sk").startswith("LEDGER#")]
+    lines = [i for i in items if as_str(i, "sk").startswith(schema.LEDGER)]
     reversals = [i for i in lines if as_str(i, "entry_type") in REVERSAL_KINDS]
     reversed_nanos = -sum(as_int(i, "amount") for i in reversals)
     invoiced = sum(
@@ -230,7 +230,7 @@ def check_org(org_id: str) -> list[Discrepancy]:
     found = _below_zero(org_id, items)
     if not configured():
         return found
-    markers = {as_str(i, "entry_id"): i for i in items if as_str(i, "sk").startswith("ENTRY#")}
+    markers = {as_str(i, "entry_id"): i for i in items if as_str(i, "sk").startswith(schema.ENTRY)}
     found += _ledger_against_stripe(org_id, markers)
     customer_id = orgs.get_org(org_id).stripe_customer_id
     if customer_id:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-from conduix import clock, config, wallets
+from conduix import clock, config, schema, wallets
 from conduix.config import settings
 from conduix.dynamo import client
 from conduix.errors import InvalidRequest
@@ -137,7 +137,7 @@ def _cursor_in(org_id: str, cursor: str) -> tuple[str, int]:
         sk, balance = data["sk"], data["b"]
     except (ValueError, KeyError, TypeError):
         raise InvalidRequest(_BAD_CURSOR, param="cursor") from None
-    if not isinstance(sk, str) or not sk.startswith("LEDGER#") or type(balance) is not int:
+    if not isinstance(sk, str) or not sk.startswith(schema.LEDGER) or type(balance) is not int:
         raise InvalidRequest(_BAD_CURSOR, param="cursor")
     return sk, balance
 
@@ -146,13 +146,13 @@ def _query_lines(org_id: str, limit: int, after_sk: str | None) -> tuple[list[It
     kwargs: dict[str, Any] = {
         "TableName": settings().billing_table,
         "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
-        "ExpressionAttributeValues": {":pk": s(wallets.org_pk(org_id)), ":prefix": s("LEDGER#")},
+        "ExpressionAttributeValues": {":pk": s(schema.org_pk(org_id)), ":prefix": s(schema.LEDGER)},
         "ScanIndexForward": False,
         "ConsistentRead": True,
         "Limit": limit,
     }
     if after_sk:
-        kwargs["ExclusiveStartKey"] = {"pk": s(wallets.org_pk(org_id)), "sk": s(after_sk)}
+        kwargs["ExclusiveStartKey"] = {"pk": s(schema.org_pk(org_id)), "sk": s(after_sk)}
     page = client().query(**kwargs)
     return page.get("Items", []), "LastEvaluatedKey" in page
 
@@ -336,9 +336,9 @@ def usage_report(org_id: str, query: Mapping[str, str]) -> dict[str, Any]:
         "TableName": settings().billing_table,
         "KeyConditionExpression": "pk = :pk AND sk BETWEEN :lo AND :hi",
         "ExpressionAttributeValues": {
-            ":pk": s(wallets.org_pk(org_id)),
-            ":lo": s(f"USAGE#{first.isoformat()}"),
-            ":hi": s(f"USAGE#{(last + timedelta(days=1)).isoformat()}"),
+            ":pk": s(schema.org_pk(org_id)),
+            ":lo": s(f"{schema.USAGE}{first.isoformat()}"),
+            ":hi": s(f"{schema.USAGE}{(last + timedelta(days=1)).isoformat()}"),
         },
     }
     while True:

@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from conduix import alerts, orgs, plans, stripe_gateway, wallets
+from conduix import alerts, customers, orgs, plans, stripe_gateway, wallets
 from conduix.config import payment_settings
 from conduix.errors import InvalidRequest, NotFound
 from conduix.money import format_credits
@@ -29,8 +29,6 @@ def _price(plan: plans.Plan) -> str:
 def choose(org_id: str, body: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:
     """POST /v1/billing/subscription {"plan": "builder"}: Checkout for a first subscription,
     a price change for an existing one, a cancellation for "free"."""
-    from conduix import payments
-
     plan_id = body.get("plan")
     known = plans.all_plans()
     if not isinstance(plan_id, str) or plan_id not in known:
@@ -52,7 +50,7 @@ def choose(org_id: str, body: dict[str, Any], idempotency_key: str | None) -> di
     public = payment_settings().public_url
     url, session_id = stripe_gateway.create_subscription_session(
         org_id=org_id,
-        customer_id=payments.customer_of(org),
+        customer_id=customers.customer_of(org),
         price_id=_price(plan),
         plan_id=plan.id,
         success_url=f"{public}/dashboard/billing?subscription=success&session_id={{CHECKOUT_SESSION_ID}}",

@@ -37,7 +37,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from conduix import clock, plans
+from conduix import clock, plans, schema
 from conduix.config import settings
 from conduix.dynamo import Refused, cancellation_reasons, client, error_code, retrying, write_if
 from conduix.errors import (
@@ -57,12 +57,8 @@ SWEEP_SHARDS = 8
 BILLING_MODES = ("prepaid", "invoice")
 
 
-def org_pk(org_id: str) -> str:
-    return f"ORG#{org_id}"
-
-
 def wallet_key(org_id: str) -> dict[str, Any]:
-    return {"pk": s(org_pk(org_id)), "sk": s("WALLET")}
+    return schema.org_key(org_id, schema.WALLET)
 
 
 def sweep_shard(org_id: str) -> str:
@@ -413,7 +409,7 @@ def _refusal(org_id: str, old: Item, amount: int, window: str, now: datetime) ->
 
 
 def hold_key(org_id: str, request_id: str) -> dict[str, Any]:
-    return {"pk": s(org_pk(org_id)), "sk": s(f"HOLD#{request_id}")}
+    return schema.org_key(org_id, f"{schema.HOLD}{request_id}")
 
 
 def _hold_from_item(item: Item) -> Hold:
@@ -646,7 +642,7 @@ class KeyBudget:
 
 
 def key_budget_key(org_id: str, key_id: str) -> dict[str, Any]:
-    return {"pk": s(org_pk(org_id)), "sk": s(f"KEYBUDGET#{key_id}")}
+    return schema.org_key(org_id, f"{schema.KEY_BUDGET}{key_id}")
 
 
 def _budget_from_item(key_id: str, item: Item) -> KeyBudget | None:
@@ -675,8 +671,8 @@ def key_budget(org_id: str, key_id: str) -> KeyBudget | None:
 def key_budgets(org_id: str) -> dict[str, KeyBudget]:
     """Every budget item of the org's keys (limited now, or once), by key id."""
     out = {}
-    for item in query_prefix(org_id, "KEYBUDGET#"):
-        key_id = as_str(item, "sk").removeprefix("KEYBUDGET#")
+    for item in query_prefix(org_id, schema.KEY_BUDGET):
+        key_id = as_str(item, "sk").removeprefix(schema.KEY_BUDGET)
         budget = _budget_from_item(key_id, item)
         if budget is not None:
             out[key_id] = budget
@@ -807,14 +803,14 @@ def set_key_limit(
 def key_usage_spend(org_id: str, key_id: str, since_day: str | None) -> int:
     """What a key spent by the usage counters from `since_day` (a UTC date; None: ever)."""
     condition = "pk = :pk AND begins_with(sk, :usage)"
-    values: dict[str, Any] = {":pk": s(org_pk(org_id)), ":kid": s(key_id), ":usage": s("USAGE#")}
+    values: dict[str, Any] = {":pk": s(schema.org_pk(org_id)), ":kid": s(key_id), ":usage": s(schema.USAGE)}
     if since_day is not None:
         condition = "pk = :pk AND sk BETWEEN :lo AND :hi"
         values = {
             ":pk": values[":pk"],
             ":kid": values[":kid"],
-            ":lo": s(f"USAGE#{since_day}"),
-            ":hi": s("USAGE#~"),
+            ":lo": s(f"{schema.USAGE}{since_day}"),
+            ":hi": s(f"{schema.USAGE}~"),
         }
     kwargs: dict[str, Any] = {
         "TableName": settings().billing_table,
@@ -911,7 +907,7 @@ def usage_update(
         values[f":c{i}"] = n(count)
         adds.append(f"#c{i} :c{i}")
     return {
-        "Key": {"pk": s(org_pk(org_id)), "sk": s(f"USAGE#{day}#{model}#{key_id}")},
+        "Key": schema.org_key(org_id, f"{schema.USAGE}{day}#{model}#{key_id}"),
         "UpdateExpression": "SET #day = :day, #model = :model, #key = :key ADD " + ", ".join(adds),
         "ExpressionAttributeNames": names,
         "ExpressionAttributeValues": values,
@@ -1006,9 +1002,9 @@ def _ledger_items(
     its time, so an org's ledger reads in order with strongly consistent queries."""
     entry_id = f"{kind}:{key}"
     created = clock.iso(now)
-    line_sk = f"LEDGER#{created}#{entry_id}"
+    line_sk = f"{schema.LEDGER}{created}#{entry_id}"
     entry = {
-        "pk": s(org_pk(org_id)),
+        "pk": s(schema.org_pk(org_id)),
         "entry_id": s(entry_id),
         "entry_type": s(kind),
         "amount": n(amount),
@@ -1017,7 +1013,12 @@ def _ledger_items(
         **(extra or {}),
     }
     fingerprint = hashlib.sha256(f"{kind}|{amount}".encode()).hexdigest()[:32]
-    marker = {**entry, "sk": s(f"ENTRY#{entry_id}"), "fingerprint": s(fingerprint), "line_sk": s(line_sk)}
+    marker = {
+        **entry,
+        "sk": s(f"{schema.ENTRY}{entry_id}"),
+        "fingerprint": s(fingerprint),
+        "line_sk": s(line_sk),
+    }
     return marker, {**entry, "sk": s(line_sk)}
 
 
@@ -1161,8 +1162,8 @@ def settle(
 def over_hold_item(org_id: str, request_id: str, hold_amount: int, usage: Usage, now: datetime) -> Item:
     """The durable record of a charge above its hold, which `reconcile` reports."""
     return {
-        "pk": s(org_pk(org_id)),
-        "sk": s(f"INCIDENT#over-hold#{request_id}"),
+        "pk": s(schema.org_pk(org_id)),
+        "sk": s(f"{schema.OVER_HOLD}{request_id}"),
         "incident": s("over-hold"),
         "request_id": s(request_id),
         "hold": n(hold_amount),
@@ -1173,14 +1174,14 @@ def over_hold_item(org_id: str, request_id: str, hold_amount: int, usage: Usage,
 
 
 def over_hold_incidents(org_id: str) -> list[Item]:
-    return query_prefix(org_id, "INCIDENT#over-hold#")
+    return query_prefix(org_id, schema.OVER_HOLD)
 
 
 # ------------------------------------------------------------------ settles that could not land at once
 
 
 def pending_key(org_id: str, request_id: str) -> dict[str, Any]:
-    return {"pk": s(org_pk(org_id)), "sk": s(f"PENDING#{request_id}")}
+    return schema.org_key(org_id, f"{schema.PENDING}{request_id}")
 
 
 @dataclass(frozen=True)
@@ -1246,7 +1247,7 @@ def pending_settles(org_id: str) -> list[PendingSettle]:
             lease_id=as_str(i, "lease_id"),
             budget_key=as_str(i, "budget_key"),
         )
-        for i in query_prefix(org_id, "PENDING#")
+        for i in query_prefix(org_id, schema.PENDING)
     ]
 
 
@@ -1260,13 +1261,15 @@ def drop_pending(org_id: str, request_id: str) -> None:
 def query_prefix(org_id: str, prefix: str) -> list[Item]:
     """Every item of the org whose sort key starts with `prefix` (a consistent read)."""
     return _query_org(
-        org_id, "pk = :pk AND begins_with(sk, :prefix)", {":pk": s(org_pk(org_id)), ":prefix": s(prefix)}
+        org_id,
+        "pk = :pk AND begins_with(sk, :prefix)",
+        {":pk": s(schema.org_pk(org_id)), ":prefix": s(prefix)},
     )
 
 
 def org_items(org_id: str) -> list[Item]:
     """Every item of the org (a consistent read): what reconcile replays."""
-    return _query_org(org_id, "pk = :pk", {":pk": s(org_pk(org_id))})
+    return _query_org(org_id, "pk = :pk", {":pk": s(schema.org_pk(org_id))})
 
 
 def _query_org(org_id: str, condition: str, values: Item) -> list[Item]:
@@ -1291,12 +1294,12 @@ def all_org_ids() -> list[str]:
     kwargs: dict[str, Any] = {
         "TableName": settings().billing_table,
         "FilterExpression": "sk = :wallet",
-        "ExpressionAttributeValues": {":wallet": s("WALLET")},
+        "ExpressionAttributeValues": {":wallet": s(schema.WALLET)},
         "ProjectionExpression": "pk",
     }
     while True:
         page = client().scan(**kwargs)
-        org_ids += [as_str(i, "pk").removeprefix("ORG#") for i in page.get("Items", [])]
+        org_ids += [schema.org_of(as_str(i, "pk")) for i in page.get("Items", [])]
         if "LastEvaluatedKey" not in page:
             return sorted(org_ids)
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
@@ -1444,7 +1447,7 @@ def ledger_entry(org_id: str, entry_id: str) -> LedgerEntry | None:
         client()
         .get_item(
             TableName=settings().billing_table,
-            Key={"pk": s(org_pk(org_id)), "sk": s(f"ENTRY#{entry_id}")},
+            Key=schema.org_key(org_id, f"{schema.ENTRY}{entry_id}"),
             ConsistentRead=True,
         )
         .get("Item")
@@ -1551,7 +1554,7 @@ def orgs_in_index(index: str, key_attribute: str, value: str) -> list[str]:
     }
     while True:
         page = client().query(**kwargs)
-        org_ids += [item["pk"]["S"].removeprefix("ORG#") for item in page.get("Items", [])]
+        org_ids += [schema.org_of(item["pk"]["S"]) for item in page.get("Items", [])]
         if "LastEvaluatedKey" not in page:
             return org_ids
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
@@ -1564,7 +1567,7 @@ def wallets_with_holds(shard: str) -> list[str]:
 
 def open_holds(org_id: str) -> tuple[Hold, ...]:
     """The org's open holds, oldest request id first (a strongly consistent query of its items)."""
-    return tuple(_hold_from_item(i) for i in query_prefix(org_id, "HOLD#"))
+    return tuple(_hold_from_item(i) for i in query_prefix(org_id, schema.HOLD))
 
 
 def release_stuck_hold(org_id: str, request_id: str, now: datetime) -> tuple[Hold, LedgerEntry]:

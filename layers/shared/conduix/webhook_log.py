@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from conduix import clock
+from conduix import clock, schema
 from conduix.config import settings
 from conduix.dynamo import client, write_if
 from conduix.items import as_str, n, s
@@ -19,7 +19,7 @@ LEASE_SECONDS = 60
 
 
 def _key(event_id: str) -> dict[str, dict[str, str]]:
-    return {"pk": s(f"STRIPE_EVENT#{event_id}"), "sk": s("EVENT")}
+    return schema.stripe_event_key(event_id)
 
 
 CLAIMED, DONE, BUSY = "claimed", "done", "busy"

@@ -1,0 +1,55 @@
+"""The billing table's keys are owned by conduix.schema: no other module spells a key prefix."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+from conduix import schema
+
+PACKAGE = Path(__file__).resolve().parents[2] / "layers" / "shared" / "conduix"
+PREFIX = re.compile(r"(?<![A-Za-z_])[A-Z][A-Z_]{2,}#")
+
+
+def _docstrings(tree: ast.Module) -> set[int]:
+    ids = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                ids.add(id(body[0].value))
+    return ids
+
+
+def _prefixes_spelled(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    docs = _docstrings(tree)
+    return sorted(
+        f"{path.name}:{node.lineno}: {node.value!r}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docs
+        and PREFIX.search(node.value)
+    )
+
+
+@pytest.mark.parametrize("path", sorted(p for p in PACKAGE.glob("*.py") if p.name != "schema.py"), ids=str)
+def test_no_module_but_schema_spells_a_key_prefix(path: Path) -> None:
+    assert _prefixes_spelled(path) == []
+
+
+def test_the_check_finds_a_spelled_prefix(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text('"""HOLD#<id> in a docstring is fine."""\nKEY = f"HOLD#{1}"\nOTHER = "LEDGER#"\n')
+    assert [line.split(": ")[0] for line in _prefixes_spelled(module)] == ["m.py:2", "m.py:3"]
+
+
+def test_keys_round_trip() -> None:
+    assert schema.org_of(schema.org_pk("org_1")) == "org_1"
+    assert schema.org_key("org_1", schema.WALLET) == {"pk": {"S": "ORG#org_1"}, "sk": {"S": "WALLET"}}
+    prefixes = [v for k, v in vars(schema).items() if k.isupper() and v.endswith("#")]
+    assert len(prefixes) == len(set(prefixes))  # no two kinds of item share a prefix
+    assert not any(a != b and b.startswith(a) for a in prefixes for b in prefixes)  # nor nest
