@@ -8,7 +8,6 @@ price is a billing bug.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -16,7 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from conduix.config import settings
+from conduix.config import settings, variable
 from conduix.errors import ConfigurationError, ModelNotFound
 from conduix.money import NANOS_PER_CREDIT
 
@@ -162,7 +161,7 @@ def _expand(value: str, where: str) -> str:
 
     def sub(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
-        resolved = os.environ.get(name) or default
+        resolved = variable(name) or default
         if resolved is None:
             raise _Invalid(f"field '{where}' needs the environment variable {name}, which is not set")
         return resolved

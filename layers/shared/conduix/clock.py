@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime, timedelta
 
+from conduix.config import local_clock_file
+
 # Durations and monotonic deadlines (time, never money) are plain float seconds.
 Seconds = float
 
 # The local stack's test clock (POST /_local/clock) writes how far the stack's time is ahead of
 # the real one, in whole microseconds, to this file. Unset in AWS: now() is then datetime.now.
-_OFFSET_FILE = os.environ.get("CONDUIX_LOCAL_CLOCK_FILE") or None
+_OFFSET_FILE = local_clock_file()
 _offset: tuple[tuple[int, int], timedelta] = ((-1, -1), timedelta(0))  # ((inode, mtime), offset)
 
 

@@ -1,4 +1,6 @@
-"""Settings, read from the environment once per cold start.
+"""The environment: the one module that reads it (a unit test checks that no other does).
+
+Settings are read once per cold start; the rest at the time of use (see the end).
 
 Required values have no defaults: a missing one fails loudly with its name rather than
 quietly pointing at a table that doesn't exist. Kept free of pydantic so the Completion
@@ -184,3 +186,82 @@ def reload_daily_limit() -> int:
     if limit < 1:
         raise ConfigurationError("CONDUIX_RELOAD_DAILY_LIMIT must be at least 1.")
     return limit
+
+
+# ------------------------------------------------------------------ read at the time of use
+#
+# The rest of the environment, read here too (no other module reads it), but at each call:
+# the local stack and the tests change these between calls, and none is on a hot path.
+
+
+def variable(name: str) -> str | None:
+    """An environment variable the model catalog names in a URL (`${VAR}`); None when unset."""
+    return os.environ.get(name) or None
+
+
+def local_clock_file() -> str | None:
+    """The local stack's test clock (POST /_local/clock); unset in AWS."""
+    return os.environ.get("CONDUIX_LOCAL_CLOCK_FILE") or None
+
+
+def plans_file() -> str | None:
+    return os.environ.get("CONDUIX_PLANS_FILE") or None
+
+
+def stripe_api_base() -> str | None:
+    """Where the Stripe SDK sends requests when not to Stripe itself (the local stand-in)."""
+    return os.environ.get("STRIPE_API_BASE", "").strip() or None
+
+
+def email_sender() -> str:
+    """The verified SES sender of billing emails; empty: emails are recorded, not sent."""
+    return os.environ.get("CONDUIX_EMAIL_FROM", "").strip()
+
+
+def public_url() -> str:
+    """Where the dashboard lives, without a trailing slash (empty until known: see
+    learn_public_url)."""
+    return os.environ.get("CONDUIX_PUBLIC_URL", "").rstrip("/")
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    service: str  # POWERTOOLS_SERVICE_NAME: the `service` of every log line and metric
+    metrics_namespace: str  # POWERTOOLS_METRICS_NAMESPACE
+    log_level: str  # POWERTOOLS_LOG_LEVEL, or LOG_LEVEL
+
+
+def telemetry() -> Telemetry:
+    return Telemetry(
+        service=os.environ.get("POWERTOOLS_SERVICE_NAME") or "",
+        metrics_namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "Conduix",
+        log_level=os.environ.get("POWERTOOLS_LOG_LEVEL") or os.environ.get("LOG_LEVEL") or "INFO",
+    )
+
+
+@dataclass(frozen=True)
+class LambdaFunction:
+    """What the Lambda runtime tells a function about itself (its context object's fields)."""
+
+    runtime_api: str  # AWS_LAMBDA_RUNTIME_API: host:port of the Runtime API
+    task_root: str  # where the function's code is
+    handler: str  # "module.function"
+    name: str
+    version: str
+    memory_mb: str
+    log_group: str
+    log_stream: str
+
+
+def lambda_function() -> LambdaFunction:
+    env = os.environ
+    return LambdaFunction(
+        runtime_api=env.get("AWS_LAMBDA_RUNTIME_API", ""),
+        task_root=env.get("LAMBDA_TASK_ROOT", "/var/task"),
+        handler=env.get("_HANDLER", ""),
+        name=env.get("AWS_LAMBDA_FUNCTION_NAME", ""),
+        version=env.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
+        memory_mb=env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", ""),
+        log_group=env.get("AWS_LAMBDA_LOG_GROUP_NAME", ""),
+        log_stream=env.get("AWS_LAMBDA_LOG_STREAM_NAME", ""),
+    )

@@ -11,7 +11,6 @@ TTL), delivered or not, so `GET /v1/billing/notices` can show what the org was t
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from conduix import clock, schema
+from conduix import clock, config, schema
 from conduix.config import settings
 from conduix.dynamo import client
 from conduix.items import as_bool, as_str, s
@@ -50,7 +49,7 @@ def send(org: Org, kind: str, subject: str, body: str) -> bool:
     """Send one email to the org's billing contact and record it; a failure is logged, never
     raised: a notice must not fail a payment."""
     to = org.email
-    sender = os.environ.get("CONDUIX_EMAIL_FROM", "").strip()
+    sender = config.email_sender()
     delivered = False
     if not sender:
         log.info("notice not sent (CONDUIX_EMAIL_FROM unset)", extra={"subject": subject})
@@ -115,7 +114,7 @@ def recent(org_id: str, limit: int) -> list[dict[str, Any]]:
 
 
 def _dashboard() -> str:
-    return os.environ.get("CONDUIX_PUBLIC_URL", "").rstrip("/") + "/dashboard/billing"
+    return config.public_url() + "/dashboard/billing"
 
 
 def account_paused(org: Org, balance: str) -> bool:

@@ -7,12 +7,12 @@ Operators edit them as JSON (`CONDUIX_PLANS_FILE`); the default ships in this pa
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from conduix.config import plans_file
 from conduix.errors import ConfigurationError, InvalidRequest
 from conduix.money import parse_credits
 
@@ -63,7 +63,7 @@ def _plan(entry: dict[str, Any], source: str) -> Plan:
 
 @cache
 def all_plans() -> dict[str, Plan]:
-    path = Path(os.environ.get("CONDUIX_PLANS_FILE") or DEFAULT_PLANS)
+    path = Path(plans_file() or DEFAULT_PLANS)
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))["plans"]
     except (OSError, ValueError, KeyError) as exc:

@@ -26,6 +26,8 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from conduix.config import lambda_function
+
 CONTENT_TYPE = "application/vnd.awslambda.http-integration-response"
 DELIMITER = b"\0" * 8
 _VERSION = "2018-06-01"
@@ -35,11 +37,12 @@ class Context:
     """The attributes and method of the managed runtime's context object."""
 
     def __init__(self, request_id: str, deadline_ms: int, function_arn: str) -> None:
-        self.function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "")
-        self.function_version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        self.memory_limit_in_mb = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "")
-        self.log_group_name = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME", "")
-        self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
+        function = lambda_function()
+        self.function_name = function.name
+        self.function_version = function.version
+        self.memory_limit_in_mb = function.memory_mb
+        self.log_group_name = function.log_group
+        self.log_stream_name = function.log_stream
         self.invoked_function_arn = function_arn
         self.aws_request_id = request_id
         self.identity = None
@@ -126,7 +129,7 @@ def serve_next(conn: http.client.HTTPConnection, handler: Callable[[Any, Context
     event = json.loads(response.read())
     request_id = response.getheader("Lambda-Runtime-Aws-Request-Id") or ""
     trace = response.getheader("Lambda-Runtime-Trace-Id")
-    if trace:
+    if trace:  # (written, for the X-Ray SDK: the one variable this package sets)
         os.environ["_X_AMZN_TRACE_ID"] = trace
     else:
         os.environ.pop("_X_AMZN_TRACE_ID", None)
@@ -145,9 +148,10 @@ def serve_next(conn: http.client.HTTPConnection, handler: Callable[[Any, Context
 
 
 def main() -> None:  # pragma: no cover - runs only inside Lambda
-    conn = http.client.HTTPConnection(os.environ["AWS_LAMBDA_RUNTIME_API"])
-    sys.path.insert(0, os.environ.get("LAMBDA_TASK_ROOT", "/var/task"))
-    module_name, _, attr = os.environ["_HANDLER"].rpartition(".")
+    conn = http.client.HTTPConnection(lambda_function().runtime_api)
+    function = lambda_function()
+    sys.path.insert(0, function.task_root)
+    module_name, _, attr = function.handler.rpartition(".")
     try:
         handler = getattr(importlib.import_module(module_name), attr)
     except Exception as exc:

@@ -7,13 +7,13 @@ Stripe objects are turned into plain dicts at this boundary.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 import stripe
 
+from conduix.config import secret, stripe_api_base
 from conduix.errors import ConfigurationError, NotFound, UpstreamUnavailable
 
 CURRENCY = "usd"
@@ -22,12 +22,10 @@ CURRENCY = "usd"
 @cache
 def client() -> stripe.StripeClient:
     """A StripeClient for the STRIPE_API_KEY secret. STRIPE_API_BASE points it at a local stand-in."""
-    from conduix.config import secret
-
     api_key = secret("STRIPE_API_KEY")
     if not api_key:
         raise ConfigurationError("STRIPE_API_KEY is not set: Stripe is not configured on this deployment.")
-    base = os.environ.get("STRIPE_API_BASE", "").strip()
+    base = stripe_api_base()
     return stripe.StripeClient(
         api_key,
         base_addresses={"api": base} if base else None,

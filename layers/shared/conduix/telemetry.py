@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
 
-from conduix import errors
+from conduix import config, errors
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +67,11 @@ def emf_line(values: dict[str, tuple[str, float]], **dimensions: str) -> str:
 
 
 def _emf(values: dict[str, tuple[str, float]], **dimensions: str) -> dict[str, Any]:
-    namespace = os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "Conduix"
+    configured = config.telemetry()
+    namespace = configured.metrics_namespace
     if len(namespace) > _MAX_NAMESPACE:
         raise ValueError(f"metric namespace longer than {_MAX_NAMESPACE} characters")
-    service = os.environ.get("POWERTOOLS_SERVICE_NAME")
+    service = configured.service
     if service:
         dimensions = {**dimensions, "service": service}
     blob: dict[str, Any] = {
@@ -146,7 +146,7 @@ def _completion_line(fields: dict[str, Any], values: dict[str, tuple[str, float]
             "location": "telemetry",
             "message": "completion",
             "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "service": os.environ.get("POWERTOOLS_SERVICE_NAME") or "service_undefined",
+            "service": config.telemetry().service or "service_undefined",
             "name": log.name,
             **_invocation,
             **fields,
@@ -253,8 +253,8 @@ def json_logging(*names: str) -> None:
     POWERTOOLS_LOG_LEVEL (or LOG_LEVEL), INFO by default; they no longer propagate to the
     runtime's root handler, so each record is written once. Children configured before (by
     Powertools, in a process that loads several functions) hand their records up again."""
-    level = os.environ.get("POWERTOOLS_LOG_LEVEL") or os.environ.get("LOG_LEVEL") or "INFO"
-    service = os.environ.get("POWERTOOLS_SERVICE_NAME") or "service_undefined"
+    configured = config.telemetry()
+    level, service = configured.log_level, configured.service or "service_undefined"
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(service))
     for name in names:

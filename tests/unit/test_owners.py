@@ -1,4 +1,4 @@
-"""The billing table's keys are owned by conduix.schema: no other module spells a key prefix."""
+"""What one module owns: the billing table's keys (conduix.schema), the environment (conduix.config)."""
 
 from __future__ import annotations
 
@@ -53,3 +53,34 @@ def test_keys_round_trip() -> None:
     prefixes = [v for k, v in vars(schema).items() if k.isupper() and v.endswith("#")]
     assert len(prefixes) == len(set(prefixes))  # no two kinds of item share a prefix
     assert not any(a != b and b.startswith(a) for a in prefixes for b in prefixes)  # nor nest
+
+
+# ------------------------------------------------------------------ the environment, read in config alone
+
+
+def _environment_reads(path: Path) -> list[str]:
+    source = path.read_text()
+    lines = source.splitlines()
+    return sorted(
+        f"{path.name}:{node.lineno}"
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "os"
+        and node.attr in ("environ", "getenv", "environb")
+        # the one variable the package writes: the X-Ray trace id of the invocation
+        and "_X_AMZN_TRACE_ID" not in lines[node.lineno - 1]
+    )
+
+
+@pytest.mark.parametrize("path", sorted(p for p in PACKAGE.glob("*.py") if p.name != "config.py"), ids=str)
+def test_no_module_but_config_reads_the_environment(path: Path) -> None:
+    assert _environment_reads(path) == []
+
+
+def test_the_check_finds_an_environment_read(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text(
+        'import os\nA = os.environ.get("A")\nB = os.getenv("B")\nos.environ["_X_AMZN_TRACE_ID"] = "t"\n'
+    )
+    assert _environment_reads(module) == ["m.py:2", "m.py:3"]
