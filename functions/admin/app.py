@@ -23,7 +23,7 @@ def _json(status: int, body: dict[str, Any]) -> Response[dict[str, Any]]:
 
 @app.post("/admin/orgs")
 def create_org() -> Response[dict[str, Any]]:
-    return _json(201, admin.create_org(api.json_body(app)))
+    return _json(201, admin.register_org(api.json_body(app)))
 
 
 @app.get("/admin/orgs")
@@ -43,7 +43,7 @@ def release_hold(org_id: str, request_id: str) -> dict[str, Any]:
 
 @app.get("/admin/orgs/<org_id>")
 def get_org(org_id: str) -> dict[str, Any]:
-    return admin.get_org(org_id)
+    return admin.org_view(org_id)
 
 
 @app.post("/admin/orgs/<org_id>/api-keys")
@@ -60,7 +60,7 @@ def revoke_api_key(org_id: str, key_id: str) -> dict[str, Any]:
 def reconcile_org(org_id: str) -> dict[str, Any]:
     from conduix import reconcile
 
-    admin.get_org(org_id)  # 404 for an unknown org
+    admin.org_view(org_id)  # 404 for an unknown org
     return reconcile.report(org_id)
 
 

@@ -16,6 +16,6 @@ copy_config_to_registered_loggers(source_logger=logger, include={"conduix"})
 
 @logger.inject_lambda_context(clear_state=True)
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    result = autoreload.run(clock.now())
+    result = autoreload.charge_due(clock.now())
     logger.info("auto-reload run done", extra=result)
     return result

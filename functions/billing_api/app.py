@@ -153,7 +153,7 @@ def get_pricing() -> dict[str, Any]:
 def get_invoices() -> dict[str, Any]:
     from conduix import payments
 
-    return payments.list_invoices(_org_id())
+    return payments.invoices_view(_org_id())
 
 
 # ---- dashboard pages (static HTML/CSS/JS from conduix.dashboard; no auth: the pages call the API)

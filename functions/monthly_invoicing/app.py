@@ -16,6 +16,6 @@ copy_config_to_registered_loggers(source_logger=logger, include={"conduix"})
 
 @logger.inject_lambda_context(clear_state=True)
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    result = invoicing.run(event if isinstance(event, dict) else {}, clock.now())
+    result = invoicing.invoice_month(event if isinstance(event, dict) else {}, clock.now())
     logger.info("monthly invoicing done", extra={"period": result["period"], "orgs": len(result["orgs"])})
     return result

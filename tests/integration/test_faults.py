@@ -127,12 +127,12 @@ def test_a_credit_whose_answer_was_lost_is_still_this_call_s_credit(org: str, fa
     faults.calls.clear()
     faults.fail("TransactWriteItems", "lost-response")
     # The retry finds the marker its own first attempt wrote: created, credited once.
-    entry, created = wallets.credit(org, kind="grant", key="g1", amount=3 * C, description="g", now=NOW)
+    entry, created = wallets.post_entry(org, kind="grant", key="g1", amount=3 * C, description="g", now=NOW)
     assert created and entry.amount == 3 * C
     assert faults.calls["TransactWriteItems"] == 2
     assert assert_consistent(org).balance == 8 * C
     # Another call with the same key is the duplicate it is.
-    assert wallets.credit(org, kind="grant", key="g1", amount=3 * C, description="g", now=NOW)[1] is False
+    assert wallets.post_entry(org, kind="grant", key="g1", amount=3 * C, description="g", now=NOW)[1] is False
     assert assert_consistent(org).balance == 8 * C
 
 
@@ -198,10 +198,10 @@ def test_stripe_down_during_auto_reload_charges_nothing_and_keeps_the_org_due(
     stripe_gateway.client.cache_clear()
     orgs.attach_stripe_customer(org, "cus_test")
     orgs.save_card(org, orgs.Card("pm_test", "visa", "4242", 12, 2030))
-    reloads.configure(org, enabled=True, threshold=5 * C, amount=25 * C)
+    reloads.save_settings(org, enabled=True, threshold=5 * C, amount=25 * C)
     assert wallets.mark_reload_due(org)  # balance 0 < threshold 5
     try:
-        assert autoreload.run(NOW) == {"orgs": 1, "error": 1}
+        assert autoreload.charge_due(NOW) == {"orgs": 1, "error": 1}
         w = assert_consistent(org)
         assert (w.balance, w.reload.due, w.reload.failures) == (0, True, 0)  # retried on the next run
     finally:
@@ -289,7 +289,7 @@ def test_a_failure_after_the_settle_never_changes_the_answer(
     fund(org, "1")
     orgs.attach_stripe_customer(org, "cus_test")
     orgs.save_card(org, orgs.Card("pm_test", "visa", "4242", 12, 2030))
-    reloads.configure(org, enabled=True, threshold=2 * C, amount=25 * C)  # every settle crosses it
+    reloads.save_settings(org, enabled=True, threshold=2 * C, amount=25 * C)  # every settle crosses it
 
     def broken(org_id: str) -> bool:
         raise RuntimeError("injected")

@@ -63,15 +63,15 @@ def test_marks_outlive_the_key_cache_and_are_then_pruned(org: str) -> None:
     first, second = keys.create_api_key(org, {}), keys.create_api_key(org, {})
     from conduix import orgs
 
-    orgs.revoke_api_key(org, first["key_id"], NOW)
-    orgs.revoke_api_key(org, second["key_id"], NOW + timedelta(seconds=30))
+    orgs.mark_key_revoked(org, first["key_id"], NOW)
+    orgs.mark_key_revoked(org, second["key_id"], NOW + timedelta(seconds=30))
     assert set(marks(org)) == {first["key_id"], second["key_id"]}  # within the cache lifetime
     third = keys.create_api_key(org, {})
     later = NOW + timedelta(seconds=config.settings().key_cache_seconds + 61)
-    orgs.revoke_api_key(org, third["key_id"], later)
+    orgs.mark_key_revoked(org, third["key_id"], later)
     assert set(marks(org)) == {second["key_id"], third["key_id"]}  # the first is no longer needed
     # Revoking again (a retried call) marks again, and changes nothing else.
-    assert orgs.revoke_api_key(org, third["key_id"], later).revoked is True
+    assert orgs.mark_key_revoked(org, third["key_id"], later).revoked is True
     assert marks(org)[third["key_id"]] == int(later.timestamp())
 
 

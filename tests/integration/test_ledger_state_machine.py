@@ -229,7 +229,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def _new_credit(self, kind: str, amount: int) -> None:
         key = self._next(kind)
-        entry, created = wallets.credit(
+        entry, created = wallets.post_entry(
             self.org, kind=kind, key=key, amount=amount, description="model", now=self.now
         )
         assert created and entry.amount == amount and entry.entry_id == f"{kind}:{key}"
@@ -252,7 +252,7 @@ class LedgerMachine(RuleBasedStateMachine):
         key = self._pick(data, self.grants, "reused key")
         kind, amount = self.grants[key]
         if what == "replay":  # the same key and amount: the original entry, nothing moves
-            entry, created = wallets.credit(
+            entry, created = wallets.post_entry(
                 self.org, kind=kind, key=key, amount=amount, description="replay", now=self.now
             )
             assert not created, "a replayed idempotency key moved money again"
@@ -261,7 +261,7 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         delta = data.draw(st.one_of(st.integers(1, 2 * C), st.integers(-2 * C, -1)), label="delta")
         with pytest.raises(IdempotencyConflict):
-            wallets.credit(
+            wallets.post_entry(
                 self.org, kind=kind, key=key, amount=amount + delta, description="changed", now=self.now
             )
         seen["conflict"] += 1
@@ -504,7 +504,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(limit=cap_limits)
     def set_spend_cap(self, limit: int | None) -> None:
-        wallets.set_spend_cap(self.org, limit, self.now)
+        wallets.write_spend_cap(self.org, limit, self.now)
         m = self.model
         m.roll(self.now)
         m.capped, m.cap_limit = limit is not None, limit or 0
@@ -644,7 +644,7 @@ def test_the_rate_windows_on_the_wallet_stay_bounded(hold_ttl: None) -> None:
     400 KB DynamoDB refuses to write it at all. Reserves drop their key's previous minute;
     HoldSweeper drops what a paused key left behind."""
     org = orgs.create_org("Windows", "w@example.test", NOW).org_id
-    wallets.credit(org, kind="grant", key="seed", amount=100 * C, description="t", now=NOW)
+    wallets.post_entry(org, kind="grant", key="seed", amount=100 * C, description="t", now=NOW)
     for i in range(10):  # one request every third minute
         now = NOW + timedelta(minutes=3 * i)
         wallets.reserve(org, f"req-{i}", 1, model="acme/fast", key_id="key_1", now=now)

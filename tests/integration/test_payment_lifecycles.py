@@ -103,7 +103,7 @@ def test_invoice_mode_refuses_auto_reload_and_switching_turns_it_off(
     org: str, sent: list[tuple[str, str]]
 ) -> None:
     orgs.save_card(org, orgs.Card("pm_x", "visa", "4242", 12, 2034))
-    reloads.configure(org, enabled=True, threshold=5 * C, amount=25 * C)
+    reloads.save_settings(org, enabled=True, threshold=5 * C, amount=25 * C)
     switched = admin.set_billing(org, {"mode": "invoice", "po_number": "PO-9"})
     assert switched["auto_reload_turned_off"] is True
     assert wallets.get_wallet(org).reload.enabled is False
@@ -226,7 +226,7 @@ def test_an_org_back_in_prepaid_is_invoiced_for_its_invoice_month(
 ) -> None:
     invoice_mode_month(org)
     wallets.set_billing_mode(org, "prepaid", IN_PERIOD + timedelta(days=1))
-    result = invoicing.run({"period": PERIOD}, NOW)
+    result = invoicing.invoice_month({"period": PERIOD}, NOW)
     invoice = invoice_org_once(org, local_stripe)
     assert result["orgs"][org] == f"invoiced: {invoice.id}"
     assert wallets.invoice_mode_orgs() == []  # and then no longer listed
@@ -252,16 +252,16 @@ def test_a_charge_that_does_not_reach_the_threshold_ends_its_episode(
     card_org: str, local_stripe: LocalStripe
 ) -> None:
     org = card_org
-    wallets.credit(org, kind="refund", key="re_x", amount=-40 * C, description="t", now=NOW)
-    reloads.configure(org, enabled=True, threshold=5 * C, amount=25 * C)
+    wallets.post_entry(org, kind="refund", key="re_x", amount=-40 * C, description="t", now=NOW)
+    reloads.save_settings(org, enabled=True, threshold=5 * C, amount=25 * C)
     assert wallets.mark_reload_due(org)
-    assert autoreload.run(NOW) == {"orgs": 1, "charged": 1}  # -40 + 25 = -15: still below
+    assert autoreload.charge_due(NOW) == {"orgs": 1, "charged": 1}  # -40 + 25 = -15: still below
     w = assert_consistent(org)
     assert (w.balance, w.reload.episode, w.reload.due) == (-15 * C, 2, True)  # a new episode
-    assert autoreload.run(NOW) == {"orgs": 1, "charged": 1}  # -15 + 25 = 10: above
+    assert autoreload.charge_due(NOW) == {"orgs": 1, "charged": 1}  # -15 + 25 = 10: above
     w = assert_consistent(org)
     assert (w.balance, w.reload.due) == (10 * C, False)
-    assert autoreload.run(NOW) == {"orgs": 0}
+    assert autoreload.charge_due(NOW) == {"orgs": 0}
     keys = {e["request"]["idempotency_key"] for e in local_stripe.events("payment_intent.created")}
     assert keys == {f"auto-reload-{org}-1", f"auto-reload-{org}-2"}
 
@@ -274,10 +274,10 @@ def test_auto_reload_pauses_after_the_daily_limit(
     monkeypatch.setenv("CONDUIX_RELOAD_DAILY_LIMIT", "3")
     config.reload_daily_limit.cache_clear()
     org = card_org
-    reloads.configure(org, enabled=True, threshold=1000 * C, amount=5 * C)
+    reloads.save_settings(org, enabled=True, threshold=1000 * C, amount=5 * C)
     assert wallets.mark_reload_due(org)
     try:
-        outcomes = [autoreload.run(NOW) for _ in range(5)]
+        outcomes = [autoreload.charge_due(NOW) for _ in range(5)]
     finally:
         config.reload_daily_limit.cache_clear()
     assert outcomes == [{"orgs": 1, "charged": 1}] * 3 + [{"orgs": 1, "paused": 1}] * 2
@@ -287,7 +287,7 @@ def test_auto_reload_pauses_after_the_daily_limit(
     subjects = [subject for _, subject in sent]
     assert subjects.count("Conduix: auto-reload paused for today") == 1  # two paused runs, one notice
     assert subjects.count("Conduix: auto-reload added 5 credits") == 3
-    assert autoreload.run(NOW + timedelta(days=1)) == {"orgs": 1, "charged": 1}  # a new UTC day
+    assert autoreload.charge_due(NOW + timedelta(days=1)) == {"orgs": 1, "charged": 1}  # a new UTC day
 
 
 # ------------------------------------------------------------------ reversals
@@ -322,9 +322,9 @@ def test_reconcile_names_a_payment_without_entry_and_an_entry_without_payment(
     card_org: str, local_stripe: LocalStripe, capsys: pytest.CaptureFixture[str]
 ) -> None:
     org = card_org
-    reloads.configure(org, enabled=True, threshold=5 * C, amount=25 * C)
+    reloads.save_settings(org, enabled=True, threshold=5 * C, amount=25 * C)
     assert wallets.mark_reload_due(org)
-    assert autoreload.run(NOW) == {"orgs": 1, "charged": 1}
+    assert autoreload.charge_due(NOW) == {"orgs": 1, "charged": 1}
     assert reconcile.report(org)["ok"] is True
 
     customer = orgs.get_org(org).stripe_customer_id
@@ -338,7 +338,7 @@ def test_reconcile_names_a_payment_without_entry_and_an_entry_without_payment(
         metadata={"org_id": org, "credits": "10", "purpose": "auto_reload", "episode": "99"},
         idempotency_key="stray",
     )
-    wallets.credit(org, kind="top_up", key="cs_test_nothing", amount=5 * C, description="t", now=NOW)
+    wallets.post_entry(org, kind="top_up", key="cs_test_nothing", amount=5 * C, description="t", now=NOW)
     report = reconcile.report(org)
     checks = [d["check"] for d in report["discrepancies"]]
     assert report["ok"] is False
@@ -355,9 +355,9 @@ def test_reconcile_names_a_payment_without_entry_and_an_entry_without_payment(
 def test_a_prepaid_wallet_below_zero_must_name_its_reversal(org: str) -> None:
     from conduix import reconcile_stripe
 
-    wallets.credit(org, kind="refund", key="re_1", amount=-3 * C, description="t", now=NOW)
+    wallets.post_entry(org, kind="refund", key="re_1", amount=-3 * C, description="t", now=NOW)
     assert reconcile_stripe.check_org(org) == []
-    wallets.credit(org, kind="grant", key="g", amount=-2 * C, description="t", now=NOW)  # unnamed
+    wallets.post_entry(org, kind="grant", key="g", amount=-2 * C, description="t", now=NOW)  # unnamed
     found = reconcile_stripe.check_org(org)
     assert len(found) == 1 and "refund:re_1" in found[0].check and found[0].found == "-5"
 
@@ -429,9 +429,9 @@ def test_a_dispute_reverses_turns_auto_reload_off_once_and_a_win_restores(
     import urllib.request
 
     org = card_org
-    reloads.configure(org, enabled=True, threshold=5 * C, amount=25 * C)
+    reloads.save_settings(org, enabled=True, threshold=5 * C, amount=25 * C)
     assert wallets.mark_reload_due(org)
-    assert autoreload.run(NOW) == {"orgs": 1, "charged": 1}
+    assert autoreload.charge_due(NOW) == {"orgs": 1, "charged": 1}
     client = sdk(local_stripe)
     intent = local_stripe.events("payment_intent.succeeded")[0]["data"]["object"]["id"]
     form = urllib.parse.urlencode({"payment_intent": intent}).encode()

@@ -62,7 +62,7 @@ def test_a_charge_above_its_hold_is_billed_exactly_and_reported_with_its_request
 
 def test_a_month_past_its_cap_is_reported_with_the_requests_that_passed_it(org: str) -> None:
     fund(org, "100")
-    wallets.set_spend_cap(org, 2 * C, NOW)
+    wallets.write_spend_cap(org, 2 * C, NOW)
     wallets.reserve(org, "fits", C, model="m", key_id="k", now=NOW)
     wallets.settle(org, "fits", C, wallets.Usage("m", "k", 1, 1, C), NOW)
     wallets.reserve(org, "over", C, model="m", key_id="k", now=NOW)
@@ -79,9 +79,9 @@ def test_a_cap_set_below_the_spend_or_a_refund_below_zero_is_no_breach(org: str)
     wallets.reserve(org, "a", 5 * C, model="m", key_id="k", now=NOW)
     wallets.settle(org, "a", 5 * C, wallets.Usage("m", "k", 1, 1, 4 * C), NOW)
     wallets.reserve(org, "b", C, model="m", key_id="k", now=NOW)
-    wallets.set_spend_cap(org, C, NOW)  # below the 4 spent and 1 held: the hold may still settle
+    wallets.write_spend_cap(org, C, NOW)  # below the 4 spent and 1 held: the hold may still settle
     wallets.settle(org, "b", C, wallets.Usage("m", "k", 1, 1, C), NOW)
     later = NOW + timedelta(seconds=1)
-    wallets.credit(org, kind="reversal", key="r", amount=-8 * C, description="refund", now=later)
+    wallets.post_entry(org, kind="reversal", key="r", amount=-8 * C, description="refund", now=later)
     assert wallets.get_wallet(org).balance == -3 * C
     assert reconcile.reconcile_org(org) == []

@@ -113,7 +113,7 @@ def test_the_type_filter_keeps_every_balance_exact_across_pages(org: str) -> Non
     # Given a grant, three usages and a second grant between them
     fund(org, "10")
     spend(org, "r0", C // 10, at=NOW + timedelta(seconds=1))
-    wallets.credit(
+    wallets.post_entry(
         org, kind="grant", key="g2", amount=2 * C, description="more", now=NOW + timedelta(seconds=2)
     )
     spend(org, "r1", C // 5, at=NOW + timedelta(seconds=3))

@@ -73,7 +73,7 @@ def test_release_returns_the_hold_and_bills_nothing(org: str) -> None:
 
 def test_spend_cap_counts_spent_plus_held_and_refuses_beyond_it(org: str) -> None:
     fund(org, "100")
-    wallets.set_spend_cap(org, 10 * C, NOW)
+    wallets.write_spend_cap(org, 10 * C, NOW)
     wallets.reserve(org, "a", 6 * C, model="m", key_id="k", now=NOW)
     wallets.settle(org, "a", 6 * C, usage(4 * C), NOW)  # spent 4
     wallets.reserve(org, "b", 5 * C, model="m", key_id="k", now=NOW)  # held 5: committed 9
@@ -83,14 +83,14 @@ def test_spend_cap_counts_spent_plus_held_and_refuses_beyond_it(org: str) -> Non
     assert "Monthly spend cap of 10 credits reached for 2026-11" in refused.value.message
     w = assert_consistent(org)
     assert (w.committed, w.cap_remaining) == (9 * C, 1 * C)
-    wallets.set_spend_cap(org, None, NOW)
+    wallets.write_spend_cap(org, None, NOW)
     wallets.reserve(org, "c", 2 * C, model="m", key_id="k", now=NOW)
     assert_consistent(org)
 
 
 def test_a_new_month_resets_the_cap_but_keeps_open_holds(org: str) -> None:
     fund(org, "100")
-    wallets.set_spend_cap(org, 10 * C, NOW)
+    wallets.write_spend_cap(org, 10 * C, NOW)
     wallets.reserve(org, "a", 6 * C, model="m", key_id="k", now=NOW)
     wallets.settle(org, "a", 6 * C, usage(5 * C), NOW)
     wallets.reserve(org, "b", 3 * C, model="m", key_id="k", now=NOW)  # open across midnight
@@ -113,17 +113,17 @@ def test_invoice_mode_is_not_gated_by_balance_but_still_by_the_cap(org: str) -> 
         ExpressionAttributeValues={":m": {"S": "invoice"}},
     )
     wallets.reserve(org, "a", 5 * C, model="m", key_id="k", now=NOW)
-    wallets.set_spend_cap(org, 6 * C, NOW)
+    wallets.write_spend_cap(org, 6 * C, NOW)
     with pytest.raises(errors.SpendCapExceeded):
         wallets.reserve(org, "b", 2 * C, model="m", key_id="k", now=NOW)
 
 
 def test_grants_are_idempotent_and_a_changed_amount_is_a_conflict(org: str) -> None:
-    entry, created = wallets.credit(org, kind="grant", key="k1", amount=C, description="x", now=NOW)
-    again, created_again = wallets.credit(org, kind="grant", key="k1", amount=C, description="x", now=NOW)
+    entry, created = wallets.post_entry(org, kind="grant", key="k1", amount=C, description="x", now=NOW)
+    again, created_again = wallets.post_entry(org, kind="grant", key="k1", amount=C, description="x", now=NOW)
     assert (created, created_again, again.entry_id) == (True, False, entry.entry_id)
     with pytest.raises(errors.IdempotencyConflict):
-        wallets.credit(org, kind="grant", key="k1", amount=2 * C, description="x", now=NOW)
+        wallets.post_entry(org, kind="grant", key="k1", amount=2 * C, description="x", now=NOW)
     assert assert_consistent(org).balance == C
 
 

@@ -21,17 +21,17 @@ from conduix.validation import resource_id, text_field
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
-def create_org(body: dict[str, Any]) -> dict[str, Any]:
+def register_org(body: dict[str, Any]) -> dict[str, Any]:
     name = text_field(body, "name", required=True)
     email = text_field(body, "email", required=True)
     assert name and email
     if not _EMAIL.match(email):
         raise InvalidRequest("'email' is not an email address.", param="email")
     org = orgs.create_org(name, email, clock.now())
-    return get_org(org.org_id)
+    return org_view(org.org_id)
 
 
-def get_org(org_id: str) -> dict[str, Any]:
+def org_view(org_id: str) -> dict[str, Any]:
     org = orgs.get_org(resource_id(org_id, "org"))
     return {
         "org_id": org.org_id,
@@ -65,7 +65,9 @@ def grant_credits(org_id: str, body: dict[str, Any]) -> tuple[dict[str, Any], bo
         grant = grants.record(org_id, entry_id, amount, expires, now)
     elif grant is not None:
         raise IdempotencyConflict(f"The idempotency key '{key}' was already used for an expiring grant.")
-    entry, created = wallets.credit(org_id, kind="grant", key=key, amount=amount, description=reason, now=now)
+    entry, created = wallets.post_entry(
+        org_id, kind="grant", key=key, amount=amount, description=reason, now=now
+    )
     if created:
         alerts.after_credit(org_id, now)
     return {
@@ -103,7 +105,7 @@ def set_billing(org_id: str, body: dict[str, Any]) -> dict[str, Any]:
         if reload_turned_off:
             notices.auto_reload_turned_off(org, reason)
     wallets.set_billing_mode(org_id, str(mode), now)
-    return {**get_org(org_id), "auto_reload_turned_off": reload_turned_off}
+    return {**org_view(org_id), "auto_reload_turned_off": reload_turned_off}
 
 
 # ------------------------------------------------------------------ look-ups

@@ -58,7 +58,7 @@ def configure(org_id: str, body: dict[str, Any]) -> None:
             "Auto-reload needs a saved card: make a top-up first, and the card is saved with it.",
             code="saved_card_required",
         )
-    reloads.configure(org_id, enabled=enabled, threshold=threshold, amount=amount)
+    reloads.save_settings(org_id, enabled=enabled, threshold=threshold, amount=amount)
 
 
 def charge_idempotency_key(org_id: str, episode: int) -> str:
@@ -67,7 +67,7 @@ def charge_idempotency_key(org_id: str, episode: int) -> str:
 
 def land(org_id: str, payment_intent_id: str, amount: int, episode: int, now: datetime) -> bool:
     """Credit a successful reload charge (once, whoever gets here first) and note it."""
-    _, created = wallets.credit(
+    _, created = wallets.post_entry(
         org_id,
         kind="auto_reload",
         key=payment_intent_id,
@@ -136,7 +136,7 @@ def reload_org(org_id: str, now: datetime) -> str:
     return "failed"
 
 
-def run(now: datetime) -> dict[str, Any]:
+def charge_due(now: datetime) -> dict[str, Any]:
     """One AutoReload run over every org whose episode waits for a charge."""
     outcomes: dict[str, int] = {}
     for shard in range(wallets.SWEEP_SHARDS):

@@ -95,7 +95,7 @@ def set_spend_cap(org_id: str, body: dict[str, Any]) -> dict[str, Any]:
         )
     raw = body["monthly_limit"]
     limit = None if raw is None else parse_credits(raw, field="monthly_limit", allow_zero=True)
-    wallets.set_spend_cap(org_id, limit, clock.now())
+    wallets.write_spend_cap(org_id, limit, clock.now())
     return billing_view(org_id)
 
 

@@ -239,7 +239,7 @@ def expire(org_id: str, entry_id: str, now: datetime) -> int | None:
         balance = wallets.get_wallet(org_id).balance
         amount = max(0, min(left, balance))
         try:
-            entry, _ = wallets.credit(
+            entry, _ = wallets.post_entry(
                 org_id,
                 kind="expiry",
                 key=key,

@@ -70,7 +70,7 @@ def fingerprint(body: dict[str, Any]) -> str:
 
 def _key(org_id: str, key: str) -> dict[str, Any]:
     digest = hashlib.sha256(key.encode()).hexdigest()
-    return schema.idempotency_key(org_id, digest)
+    return schema.idempotent_answer_key(org_id, digest)
 
 
 def claim(

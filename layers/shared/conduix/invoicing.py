@@ -212,7 +212,7 @@ def invoice_org(org_id: str, period: str, now: datetime) -> str:
     return f"invoiced: {invoice_id}"
 
 
-def run(event: dict[str, Any], now: datetime) -> dict[str, Any]:
+def invoice_month(event: dict[str, Any], now: datetime) -> dict[str, Any]:
     """MonthlyInvoicing: the month before `now`, or the event's `period` (reruns, backfills)."""
     period = event.get("period") or previous_month(now)
     if not isinstance(period, str) or not _PERIOD.match(period):
@@ -233,14 +233,14 @@ def run(event: dict[str, Any], now: datetime) -> dict[str, Any]:
     return {"period": period, "orgs": results}
 
 
-def invoice_paid(obj: dict[str, Any], now: datetime) -> str:
+def usage_invoice_paid(obj: dict[str, Any], now: datetime) -> str:
     """A paid usage invoice credits back exactly the nano-credits it billed."""
     invoice = stripe_gateway.retrieve_invoice(str(obj["id"]))
     metadata = invoice.get("metadata") or {}
     if invoice.get("status") != "paid":
         return "waiting: not paid"
     amount = parse_credits(str(metadata["credits"]), field="credits")
-    _, created = wallets.credit(
+    _, created = wallets.post_entry(
         str(metadata["org_id"]),
         kind="invoice_payment",
         key=str(invoice["id"]),

@@ -64,7 +64,7 @@ def create_api_key(
             "scope: a key may only grant scopes it holds itself."
         )
     plan = plans.get(wallets.get_wallet(org_id).plan)
-    secret, key = orgs.create_api_key(
+    secret, key = orgs.insert_api_key(
         org_id, name, tuple(sorted(set(scopes))), clock.now(), plan.max_api_keys
     )
     return {"api_key": secret, "org_id": org_id, **key_view(key)}
@@ -73,7 +73,7 @@ def create_api_key(
 def revoke_api_key(org_id: str, key_id: str) -> dict[str, Any]:
     resource_id(org_id, "org")
     resource_id(key_id, "API key")
-    return key_view(orgs.revoke_api_key(org_id, key_id, clock.now()))
+    return key_view(orgs.mark_key_revoked(org_id, key_id, clock.now()))
 
 
 def list_keys(org_id: str) -> dict[str, Any]:

@@ -265,7 +265,7 @@ def _key_from_item(item: Item) -> ApiKey:
     )
 
 
-def create_api_key(
+def insert_api_key(
     org_id: str, name: str, scopes: tuple[str, ...], now: datetime, max_keys: int
 ) -> tuple[str, ApiKey]:
     """Mint a key, if the org has fewer than `max_keys` live ones (its plan's limit).
@@ -358,7 +358,7 @@ def list_api_keys(org_id: str) -> list[ApiKey]:
     return [_key_from_item(item) for item in client().query(**kwargs).get("Items", [])]
 
 
-def revoke_api_key(org_id: str, key_id: str, now: datetime) -> ApiKey:
+def mark_key_revoked(org_id: str, key_id: str, now: datetime) -> ApiKey:
     """Revoke a key: its items say so for every later lookup, and the org's wallet refuses it
     in the hold's own condition, so a warm function that still remembers it is refused too."""
     item = (

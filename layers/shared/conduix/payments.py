@@ -67,7 +67,7 @@ def _usd(cents: Any) -> str:
     return f"{whole}.{rest:02d}"
 
 
-def list_invoices(org_id: str) -> dict[str, Any]:
+def invoices_view(org_id: str) -> dict[str, Any]:
     org = orgs.get_org(org_id)
     invoices = stripe_gateway.list_invoices(org.stripe_customer_id) if org.stripe_customer_id else []
     return {
@@ -125,7 +125,7 @@ def _land_checkout(session_id: str, now: datetime) -> str:
                 exp_year=int(card.get("exp_year") or 0),
             ),
         )
-    _, created = wallets.credit(
+    _, created = wallets.post_entry(
         org_id,
         kind="top_up",
         key=session_id,
@@ -273,7 +273,7 @@ def dispute_reversal(dispute: dict[str, Any], purchase: Purchase) -> int:
 def _take_back(purchase: Purchase, kind: str, key: str, nanos: int, what: str, now: datetime) -> bool:
     """One reversing entry, once per Stripe object (the balance may go negative: prepaid
     requests are then refused until it is positive again)."""
-    _, created = wallets.credit(
+    _, created = wallets.post_entry(
         purchase.org_id,
         kind=kind,
         key=key,
@@ -338,7 +338,7 @@ def _dispute_closed(obj: dict[str, Any], now: datetime) -> str:
         return f"{outcome}; dispute {dispute.get('status')}"
     reversal = wallets.ledger_entry(purchase.org_id, f"dispute:{dispute['id']}")
     nanos = -reversal.amount if reversal else 0
-    _, created = wallets.credit(
+    _, created = wallets.post_entry(
         purchase.org_id,
         kind="dispute_won",
         key=str(dispute["id"]),
@@ -354,8 +354,8 @@ def _dispute_closed(obj: dict[str, Any], now: datetime) -> str:
 def _invoice_paid(obj: dict[str, Any], now: datetime) -> str:
     metadata = obj.get("metadata") or {}
     if metadata.get("purpose") == invoicing.PURPOSE:
-        return invoicing.invoice_paid(obj, now)
-    return subscriptions.invoice_paid(obj, now)
+        return invoicing.usage_invoice_paid(obj, now)
+    return subscriptions.plan_invoice_paid(obj, now)
 
 
 def _invoice_payment_failed(obj: dict[str, Any], now: datetime) -> str:

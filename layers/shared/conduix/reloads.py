@@ -22,7 +22,7 @@ _FIRST_NOTE_OF_EPISODE = (
 )
 
 
-def configure(org_id: str, *, enabled: bool, threshold: int, amount: int) -> None:
+def save_settings(org_id: str, *, enabled: bool, threshold: int, amount: int) -> None:
     """Save the settings; turning it on (again) forgets past failures."""
     update = "SET reload_enabled = :enabled, reload_threshold = :threshold, reload_amount = :amount"
     values: dict[str, Any] = {":enabled": {"BOOL": enabled}, ":threshold": n(threshold), ":amount": n(amount)}

@@ -67,7 +67,7 @@ def key_lookup_key(key_hash: str) -> Item:
     return {"pk": s(f"KEY#{key_hash}"), "sk": s("KEY")}
 
 
-def idempotency_key(org_id: str, digest: str) -> Item:
+def idempotent_answer_key(org_id: str, digest: str) -> Item:
     return {"pk": s(f"IDEMPOTENCY#{org_id}#{digest}"), "sk": s("IDEMPOTENCY")}
 
 

@@ -117,7 +117,7 @@ def _day(epoch: Any) -> str:
     return datetime.fromtimestamp(int(epoch or 0), UTC).strftime("%Y-%m-%d")
 
 
-def invoice_paid(obj: dict[str, Any], now: datetime) -> str:
+def plan_invoice_paid(obj: dict[str, Any], now: datetime) -> str:
     """A paid subscription invoice rolls the plan's included credits into the wallet, once
     per invoice. Plan and period come from the invoice's own line, not the org's current plan."""
     invoice = stripe_gateway.retrieve_invoice(str(obj["id"]))
@@ -146,7 +146,7 @@ def invoice_paid(obj: dict[str, Any], now: datetime) -> str:
     if plan.included_credits == 0:
         return "paid: the plan includes no credits"
     period = line.get("period") or {}
-    _, created = wallets.credit(
+    _, created = wallets.post_entry(
         org_id,
         kind="plan_credits",
         key=str(invoice["id"]),

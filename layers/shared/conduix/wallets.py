@@ -1382,10 +1382,11 @@ def _entry_from_item(item: Item) -> LedgerEntry:
     )
 
 
-def credit(
+def post_entry(
     org_id: str, *, kind: str, key: str, amount: int, description: str, now: datetime
 ) -> tuple[LedgerEntry, bool]:
-    """Add (or, negative, remove) settled credits under an idempotency key.
+    """Post one ledger entry outside a request: a credit (top-up, grant, plan credits) or,
+    negative, a debit (a refund or dispute taken back, a grant expired), under its idempotency key.
 
     Returns the entry and whether this call created it. The same key again returns the
     original entry; the same key with another amount raises IdempotencyConflict.
@@ -1511,7 +1512,7 @@ def end_reload_episode(org_id: str) -> bool:
 # ------------------------------------------------------------------ settings kept on the wallet
 
 
-def set_spend_cap(org_id: str, limit: int | None, now: datetime) -> None:
+def write_spend_cap(org_id: str, limit: int | None, now: datetime) -> None:
     """Set (or with None remove) the monthly cap; the month's spend and holds count at once."""
     _views.pop(org_id, None)
     period = clock.period_of(now)
