@@ -6,7 +6,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
-from conduix import clock, http, payments, telemetry
+from conduix import clock, payments, telemetry, web
 from conduix.errors import ConduixError, MethodNotAllowed
 
 logger = Logger()
@@ -14,7 +14,7 @@ logger = Logger()
 copy_config_to_registered_loggers(source_logger=logger, include={"conduix"})
 
 
-def _receive(request: http.Request) -> dict[str, Any]:
+def _receive(request: web.Request) -> dict[str, Any]:
     if request.method != "POST":
         raise MethodNotAllowed(f"{request.method} is not allowed on /webhooks/stripe.", ["POST"])
     try:
@@ -26,10 +26,10 @@ def _receive(request: http.Request) -> dict[str, Any]:
         telemetry.webhook_outcome("failed")
         raise
     telemetry.webhook_outcome(str(received["outcome"]))
-    return http.json_result(200, received)
+    return web.json_result(200, received)
 
 
 @logger.inject_lambda_context(clear_state=True)
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    request = http.parse_event(event)
-    return http.answer(lambda: _receive(request), request.request_id)
+    request = web.parse_event(event)
+    return web.answer(lambda: _receive(request), request.request_id)

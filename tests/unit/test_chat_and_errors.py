@@ -5,7 +5,7 @@ import json
 import pytest
 from conduix import errors
 from conduix.chat import assemble, completion_chunks, event_stream, parse_request
-from conduix.http import error_body
+from conduix.web import error_body
 
 
 def body(**fields: object) -> bytes:

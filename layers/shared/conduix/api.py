@@ -1,5 +1,5 @@
 """The Powertools REST resolver, set up the same way for every JSON API function: domain
-errors through the one map in `conduix.http`, JSON 404 and 405, no stack traces out."""
+errors through the one map in `conduix.web`, JSON 404 and 405, no stack traces out."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 
-from conduix import errors, http, validation
+from conduix import errors, validation, web
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +31,13 @@ def json_body(app: APIGatewayRestResolver) -> dict[str, Any]:
 
 
 def _domain_error(exc: errors.ConduixError) -> Response[str]:
-    status, body, extra = http.error_body(exc)
+    status, body, extra = web.error_body(exc)
     return _response(status, body, extra)
 
 
 def _bug(exc: Exception) -> Response[str]:
     log.exception("unhandled error")
-    return _response(500, http.internal_error_body())
+    return _response(500, web.internal_error_body())
 
 
 def resolver() -> APIGatewayRestResolver:
@@ -77,5 +77,5 @@ def guarded(
     try:
         check(request_headers)
     except errors.ConduixError as exc:
-        return http.error_result(exc)
+        return web.error_result(exc)
     return app.resolve(event, context)

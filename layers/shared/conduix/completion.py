@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from conduix import cache, chat, clock, leases, plans, pricing, providers, telemetry, wallets
+from conduix import cache, chat, clock, leases, plans, pricing, providers, telemetry, wallets, web
 from conduix.auth import Principal
 from conduix.catalog import Model, catalog
 from conduix.clock import Seconds
@@ -449,9 +449,7 @@ class LiveStream:
 
                 _best_effort("give back an idempotency key", idempotency.abandon, self._claim)
             if listening:
-                from conduix import http  # the error map; imported late to keep imports one-way
-
-                _, body, _ = http.error_body(exc)
+                _, body, _ = web.error_body(exc)
                 yield chat.error_event(body)
             return
         except BaseException:
@@ -511,9 +509,7 @@ class LiveStream:
         except ServiceBusy as exc:
             self.failure = exc
             if listening:
-                from conduix import http
-
-                yield chat.error_event(http.error_body(exc)[1])
+                yield chat.error_event(web.error_body(exc)[1])
             return
         self.served = served
         if listening:

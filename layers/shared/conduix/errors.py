@@ -1,5 +1,5 @@
 """Domain errors. They say what went wrong in the domain's words and carry no HTTP:
-`conduix.http.error_body` is the one place that maps them to status codes and OpenAI-style bodies.
+`conduix.web.error_body` is the one place that maps them to status codes and OpenAI-style bodies.
 """
 
 from __future__ import annotations
