@@ -17,16 +17,11 @@ from typing import Any
 import conduix_local.front as front_mod
 import pytest
 from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventModel, EventBridgeModel
-from conduix_local.front import (
-    CronExpr,
-    Front,
-    InvocationError,
-    MalformedResponse,
-    Router,
-    next_fire,
-    parse_rate,
-    proxy_response_to_http,
-)
+from conduix_local.front import Front
+from conduix_local.front.base import InvocationError
+from conduix_local.front.events import MalformedResponse, proxy_response_to_http
+from conduix_local.front.routing import Router
+from conduix_local.front.schedules import CronExpr, next_fire, parse_rate
 from conduix_local.functions import FunctionSpec, Route, load_functions
 from conduix_local.template import load_template
 
