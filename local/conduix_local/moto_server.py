@@ -17,7 +17,6 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from types import TracebackType
 from typing import Any
 
 from moto.core.models import DEFAULT_ACCOUNT_ID
@@ -32,6 +31,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from conduix_local import iam, moto_index, moto_undo
 from conduix_local.dynamo_standin import StandIn
+from conduix_local.serving import ThreadedServer
 
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -107,17 +107,16 @@ class _QuietHandler(MotoRequestHandler):
         pass  # one access-log line per DynamoDB call drowns test output; errors still log
 
 
-class LockedMotoServer:
+class LockedMotoServer(ThreadedServer):
     """A moto server on a loopback port, in a daemon thread, with every request serialized."""
+
+    name = "locked-moto-server"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, standin: StandIn | None = None) -> None:
         """`standin` models DynamoDB's throttling and transaction conflicts in front of moto
         (tests, bench and the local stack pass one; without it moto answers alone)."""
-        self._host = host
-        self._port = port
+        super().__init__(host, port)
         self.standin = standin
-        self._server: BaseWSGIServer | None = None
-        self._thread: threading.Thread | None = None
         self._app: _Serialized | None = None
 
     def enforce(self, principals: dict[str, iam.Principal]) -> None:
@@ -172,38 +171,11 @@ class LockedMotoServer:
         finally:
             self._app.standin = standin
 
-    def start(self) -> LockedMotoServer:
-        if self._server is not None:
-            raise RuntimeError("LockedMotoServer already started")
+    def _bind(self) -> BaseWSGIServer:
         moto_undo.install()  # a transaction costs the items it touches, not a copy of the table
         moto_index.install()  # a Query costs the items it reaches, not a sort of the table
         app = self._app = _Serialized(DomainDispatcherApplication(create_backend_app), self.standin)
-        # make_server binds here, so the port is known (and taken) when start() returns.
-        self._server = make_server(self._host, self._port, app, threaded=True, request_handler=_QuietHandler)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},  # so stop() returns quickly
-            name="locked-moto-server",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        server.shutdown()
-        if thread is not None:
-            thread.join(timeout=10)
-        server.server_close()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("LockedMotoServer not started")
-        return int(self._server.server_address[1])
+        return make_server(self._host, self._port, app, threaded=True, request_handler=_QuietHandler)
 
     @property
     def url(self) -> str:
@@ -214,17 +186,6 @@ class LockedMotoServer:
         request = urllib.request.Request(f"{self.url}/moto-api/reset", data=b"", method="POST")
         with urllib.request.urlopen(request, timeout=10) as response:
             response.read()
-
-    def __enter__(self) -> LockedMotoServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

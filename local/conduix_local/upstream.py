@@ -52,8 +52,9 @@ import time
 import uuid
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
+
+from conduix_local.serving import ThreadedServer
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _SLOW = re.compile(r"slow-(\d+(?:\.\d+)?)")
@@ -357,7 +358,7 @@ class _Handler(BaseHTTPRequestHandler):
         stream = body.get("stream") is True
         slow = _SLOW.match(model)
         # Interruptible, so stop() does not wait for sleeping handlers.
-        if slow and upstream._stopping.wait(float(slow.group(1))):
+        if slow and upstream._stop_event.wait(float(slow.group(1))):
             return
         if model.startswith("fail-") or (model.startswith("broken-stream") and not stream):
             self._send_json(500, _error("The upstream failed (fake).", "server_error"))
@@ -392,7 +393,7 @@ class _Handler(BaseHTTPRequestHandler):
                 upstream._count_stream("cut")  # the client hung up before the end
                 raise
             return
-        if gap and upstream._stopping.wait(gap * (len(pieces) - 1)):
+        if gap and upstream._stop_event.wait(gap * (len(pieces) - 1)):
             return
         answer: dict[str, Any] = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -424,7 +425,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             return
         slow = _SLOW.match(model)
-        if slow and upstream._stopping.wait(float(slow.group(1))):
+        if slow and upstream._stop_event.wait(float(slow.group(1))):
             return
         if model.startswith("fail-"):
             self._send_json(500, _error("The upstream failed (fake).", "server_error"))
@@ -466,7 +467,7 @@ class _Handler(BaseHTTPRequestHandler):
         if drip:  # the whole answer, one byte per chunk: each read sees data soon enough
             events = self._events(model, pieces, finish, usage, include_usage)
             for byte in b"".join(events):
-                if upstream._stopping.wait(int(drip.group(1)) / 1000):
+                if upstream._stop_event.wait(int(drip.group(1)) / 1000):
                     return
                 self._chunk(bytes([byte]))
             self._chunk(b"")
@@ -481,7 +482,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         for i, event in enumerate(self._events(model, pieces, finish, usage, include_usage)):
             # Events 2.. are the content pieces after the first: the model "writes" between them.
-            if gap and 2 <= i <= len(pieces) and upstream._stopping.wait(gap):
+            if gap and 2 <= i <= len(pieces) and upstream._stop_event.wait(gap):
                 return
             self._chunk(event)
         self._chunk(b"")  # end of the chunked body
@@ -529,51 +530,27 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-class FakeUpstream:
+class FakeUpstream(ThreadedServer):
     """The fake model server on a loopback port; `url` is its OpenAI base URL (ends in /v1)."""
 
+    name = "fake-upstream"
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None) -> None:
-        self._host = host
-        self._port = port
+        super().__init__(host, port)
         self.api_key = api_key
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
+        self._stop_event = threading.Event()
         self._lock = threading.Lock()
         self._calls: Counter[str] = Counter()
         self._streams: Counter[str] = Counter()
 
-    def start(self) -> FakeUpstream:
-        if self._server is not None:
-            raise RuntimeError("FakeUpstream already started")
-        self._stopping.clear()
-        self._server = _Server((self._host, self._port), _Handler)
-        self._server.upstream = self
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},  # so stop() returns quickly
-            name="fake-upstream",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
+    def _bind(self) -> _Server:
+        self._stop_event.clear()
+        server = _Server((self._host, self._port), _Handler)
+        server.upstream = self
+        return server
 
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        self._stopping.set()
-        server.shutdown()
-        if thread is not None:
-            thread.join(timeout=10)
-        server.server_close()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("FakeUpstream not started")
-        return int(self._server.server_address[1])
+    def _stopping(self) -> None:
+        self._stop_event.set()  # streams in flight end rather than hold shutdown
 
     @property
     def url(self) -> str:
@@ -602,17 +579,6 @@ class FakeUpstream:
     def _count(self, model: str) -> None:
         with self._lock:
             self._calls[model] += 1
-
-    def __enter__(self) -> FakeUpstream:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

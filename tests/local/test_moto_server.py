@@ -14,6 +14,8 @@ import boto3
 import pytest
 from botocore.config import Config
 from conduix_local.moto_server import LockedMotoServer
+from conduix_local.serving import ThreadedServer
+from conduix_local.upstream import FakeUpstream
 
 THREADS = 50
 BALANCE = 20
@@ -25,6 +27,21 @@ def test_start_stop_frees_the_port() -> None:
         port = server.port
         with urllib.request.urlopen(f"{server.url}/moto-api/data.json", timeout=5) as response:
             assert response.status == 200
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        pass
+
+
+@pytest.mark.parametrize("server_class", [LockedMotoServer, FakeUpstream])
+def test_every_local_server_binds_loopback_only_and_starts_once(server_class: type[ThreadedServer]) -> None:
+    # (conduix_local.serving: the lifecycle the local servers share)
+    with pytest.raises(ValueError, match=r"127\.0\.0\.1 only"):
+        server_class(host="0.0.0.0")
+    with server_class() as server:
+        with pytest.raises(RuntimeError, match="already started"):
+            server.start()
+        port = server.port
+    with pytest.raises(RuntimeError, match="not started"):
+        _ = server.port
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         pass
 
