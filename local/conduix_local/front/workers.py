@@ -182,6 +182,7 @@ class _Worker:
             self.signal(signal.SIGKILL)
             self.proc.wait()
         self.signal(signal.SIGKILL)  # leftovers the handler started in the worker's group
+        _wait_until_gone(self.proc.pid, KILL_GRACE_S)  # a signal is delivered asynchronously
         for t in self._threads:
             t.join(1.0)
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
@@ -192,6 +193,29 @@ class _Worker:
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
         self.reap()
+
+
+def _live_members(group: int) -> list[int]:
+    """Processes of the group that still run (a zombie no one reaps, as under a non-reaping
+    init in a container, is dead). Empty where there is no /proc to read."""
+    live = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # it ended while we looked
+        if int(fields[2]) == group and fields[0] != "Z":
+            live.append(int(entry))
+    return live
+
+
+def _wait_until_gone(group: int, timeout: float) -> None:
+    """stop() returns only once the processes it killed are gone (bounded by `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while _live_members(group) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 class _Pool:
