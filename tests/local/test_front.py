@@ -22,6 +22,7 @@ from conduix_local.front.base import InvocationError
 from conduix_local.front.events import MalformedResponse, proxy_response_to_http
 from conduix_local.front.routing import Router
 from conduix_local.front.schedules import CronExpr, next_fire, parse_rate
+from conduix_local.front.workers import WORKER_SCRIPT
 from conduix_local.functions import FunctionSpec, Route, load_functions
 from conduix_local.template import load_template
 
@@ -477,6 +478,12 @@ def test_schedules_fire_scheduled_events_and_inputs(monkeypatch: pytest.MonkeyPa
 
 
 # ------------------------------------------------------------------------------------------------ stop
+
+
+def test_a_built_function_s_harness_is_where_the_front_runs_it_from() -> None:
+    # (the e2e stack runs built functions under it; the fixtures here run `-m` instead)
+    assert WORKER_SCRIPT.is_file() and WORKER_SCRIPT.name == "worker.py"
+    assert "def main" in WORKER_SCRIPT.read_text()
 
 
 def test_stop_leaves_no_processes() -> None:

@@ -36,6 +36,10 @@ _EOF = object()
 _WORKER_FAULTS = ("Sandbox.Timedout", "Runtime.ExitError", "Runtime.InvalidResponse")
 
 
+# The harness a built function runs under, run as a script (not imported from this package).
+WORKER_SCRIPT = Path(__file__).resolve().parent.parent / "worker.py"
+
+
 class _Worker:
     """The parent's handle on one worker subprocess."""
 
@@ -46,7 +50,7 @@ class _Worker:
             # The deployment package alone: no site-packages (-S -s), no script folder (-P).
             env = {**env, "PYTHONPATH": os.pathsep.join(str(p) for p in spec.python_path)}
             env.pop("PYTHONHOME", None)
-            harness = [sys.executable, "-S", "-s", "-P", str(Path(__file__).with_name("worker.py"))]
+            harness = [sys.executable, "-S", "-s", "-P", str(WORKER_SCRIPT)]
         else:  # test fixtures without a build: the front's own interpreter and packages
             harness = [sys.executable, "-m", "conduix_local.worker"]
         self.proc = subprocess.Popen(
