@@ -904,7 +904,8 @@ def test_clock_renews_a_subscription_at_its_period_end(
     draft = client.v1.invoices.retrieve(renewal)
     assert (draft.status, draft.billing_reason, draft.created) == ("draft", "subscription_cycle", end)
     assert [e["type"] for e in made] == ["customer.subscription.updated", "invoice.created"]
-    assert int(local.now().timestamp()) == end + 60
+    # The clock stands where it was moved, then runs on in real time (seconds, on a loaded machine)
+    assert end + 60 <= int(local.now().timestamp()) <= end + 60 + 10
     # An hour later it is finalized and charged to the saved card.
     made = local.advance_to(datetime.fromtimestamp(end + 2 * 3600, UTC))
     assert _types_for(made, {renewal}) == ["invoice.finalized", "invoice.paid", "invoice.payment_succeeded"]
