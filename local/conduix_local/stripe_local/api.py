@@ -14,7 +14,6 @@ from localstripe import resources as ls_resources
 
 from . import billing, checkout
 from .core import (
-    STORE,
     StripeError,
     as_bool,
     as_dict,
@@ -30,7 +29,6 @@ from .core import (
     ls_server,
     merge_metadata,
     metadata,
-    now,
     of_kind,
     required,
 )
@@ -46,7 +44,6 @@ from .payments import (
     close_dispute,
     customer,
     default_payment_method,
-    detach,
     failure_for,
     luhn_ok,
     number_for_token,
@@ -187,22 +184,11 @@ def update_customer(p: dict[str, Any], ids: dict[str, str]) -> Any:
     return cus
 
 
-@route("DELETE", "/v1/customers/{id}")
-def delete_customer(p: dict[str, Any], ids: dict[str, str]) -> Any:
-    customer(ids["id"], "id")
-    return Customer._api_delete(ids["id"])._export()
-
-
 @route("GET", "/v1/customers")
 def list_customers(p: dict[str, Any], _: dict[str, str]) -> Any:
     check_params(p, f"email created {_PAGING}", "test_clock")
     items = [c for c in of_kind("customer") if p.get("email") in (None, c.email)]
     return list_object("/v1/customers", _filter_created(items, p.get("created")), p, p["expand"])
-
-
-@route("GET", "/v1/customers/{id}/payment_methods")
-def list_customer_payment_methods(p: dict[str, Any], ids: dict[str, str]) -> Any:
-    return list_payment_methods({**p, "customer": ids["id"]}, ids)
 
 
 # ------------------------------------------------------------------ payment methods
@@ -260,27 +246,6 @@ def retrieve_payment_method(p: dict[str, Any], ids: dict[str, str]) -> Any:
     return payment_method(ids["id"], "payment_method")
 
 
-@route("POST", "/v1/payment_methods/{id}")
-def update_payment_method(p: dict[str, Any], ids: dict[str, str]) -> Any:
-    check_params(p, "billing_details metadata card", "allow_redisplay")
-    pm = payment_method(ids["id"], "payment_method")
-    previous: dict[str, Any] = {}
-    if "metadata" in p:
-        previous["metadata"] = dict(pm.metadata)
-        pm.metadata = merge_metadata(pm.metadata, p["metadata"])
-    if "billing_details" in p:
-        previous["billing_details"] = dict(pm.billing_details)
-        pm.billing_details.update(as_dict(p["billing_details"], "billing_details"))
-    if "card" in p and pm.type == "card":
-        card = as_dict(p["card"], "card")
-        previous["card"] = {k: pm.card[k] for k in ("exp_month", "exp_year")}
-        for key in ("exp_month", "exp_year"):
-            if key in card:
-                pm.card[key] = as_int(card[key], f"card[{key}]")
-    emit("payment_method.updated", pm, previous)
-    return pm
-
-
 @route("GET", "/v1/payment_methods")
 def list_payment_methods(p: dict[str, Any], _: dict[str, str]) -> Any:
     check_params(p, f"customer type {_PAGING}")
@@ -296,13 +261,6 @@ def attach_payment_method(p: dict[str, Any], ids: dict[str, str]) -> Any:
     check_params(p, "customer")
     pm = payment_method(ids["id"], "payment_method")
     attach(pm, customer(required(p, "customer")))
-    return pm
-
-
-@route("POST", "/v1/payment_methods/{id}/detach")
-def detach_payment_method(p: dict[str, Any], ids: dict[str, str]) -> Any:
-    pm = payment_method(ids["id"], "payment_method")
-    detach(pm)
     return pm
 
 
@@ -407,89 +365,6 @@ def _intent(id_: str) -> PaymentIntent:
 @route("GET", "/v1/payment_intents/{id}")
 def retrieve_payment_intent(p: dict[str, Any], ids: dict[str, str]) -> Any:
     return _intent(ids["id"])
-
-
-@route("POST", "/v1/payment_intents/{id}")
-def update_payment_intent(p: dict[str, Any], ids: dict[str, str]) -> Any:
-    check_params(
-        p,
-        (
-            "amount currency customer description metadata payment_method receipt_email setup_future_usage "
-            "statement_descriptor statement_descriptor_suffix"
-        ),
-        _PI_IGNORED,
-    )
-    pi = _intent(ids["id"])
-    if pi.status in ("succeeded", "canceled", "processing"):
-        raise bad(
-            f"This PaymentIntent's status is {pi.status}; it cannot be updated.",
-            code="payment_intent_unexpected_state",
-        )
-    if "metadata" in p:
-        pi.metadata = merge_metadata(pi.metadata, p.pop("metadata"))
-    if "currency" in p:
-        pi.currency = currency(p.pop("currency"))
-    if "amount" in p:
-        pi.amount = _amount(p.pop("amount"), pi.currency)
-    if "customer" in p:
-        pi.customer = customer(p.pop("customer")).id
-    if p.get("payment_method"):
-        pi.payment_method = _pi_payment_method(p.pop("payment_method"), pi.customer).id
-        pi.status = "requires_confirmation"
-    for key in (
-        "description",
-        "receipt_email",
-        "setup_future_usage",
-        "statement_descriptor",
-        "statement_descriptor_suffix",
-    ):
-        if key in p:
-            setattr(pi, key, p[key] or None)
-    return pi
-
-
-@route("POST", "/v1/payment_intents/{id}/confirm")
-def confirm_payment_intent(p: dict[str, Any], ids: dict[str, str]) -> Any:
-    check_params(
-        p,
-        (
-            "payment_method off_session return_url setup_future_usage receipt_email "
-            "error_on_requires_action payment_method_options"
-        ),
-        "mandate_data use_stripe_sdk",
-    )
-    pi = _intent(ids["id"])
-    if pi.status not in ("requires_payment_method", "requires_confirmation"):
-        raise bad(
-            f"You cannot confirm this PaymentIntent because it has a status of {pi.status}.",
-            code="payment_intent_unexpected_state",
-        )
-    if p.get("setup_future_usage"):
-        pi.setup_future_usage = p["setup_future_usage"]
-    pm_id = p.get("payment_method") or pi.payment_method
-    if not pm_id:
-        raise bad(
-            "You cannot confirm this PaymentIntent because it's missing a payment method.",
-            "payment_method",
-            "payment_intent_unexpected_state",
-        )
-    return _confirm(pi, _pi_payment_method(pm_id, pi.customer), _off_session(p.get("off_session")))
-
-
-@route("POST", "/v1/payment_intents/{id}/cancel")
-def cancel_payment_intent(p: dict[str, Any], ids: dict[str, str]) -> Any:
-    check_params(p, "cancellation_reason")
-    pi = _intent(ids["id"])
-    if pi.status in ("succeeded", "canceled", "processing"):
-        raise bad(
-            f"You cannot cancel this PaymentIntent because it has a status of {pi.status}.",
-            code="payment_intent_unexpected_state",
-        )
-    pi.status, pi.canceled_at = "canceled", now()
-    pi.cancellation_reason = p.get("cancellation_reason") or None
-    pi.next_action = None
-    emit("payment_intent.canceled", pi)
-    return pi
 
 
 @route("GET", "/v1/payment_intents")
@@ -677,28 +552,6 @@ def retrieve_price(p: dict[str, Any], ids: dict[str, str]) -> Any:
     return billing.price(ids["id"], "price")
 
 
-@route("POST", "/v1/prices/{id}")
-def update_price(p: dict[str, Any], ids: dict[str, str]) -> Any:
-    check_params(p, "active lookup_key transfer_lookup_key metadata nickname", "tax_behavior")
-    price = billing.price(ids["id"], "price")
-    previous: dict[str, Any] = {}
-    if "metadata" in p:
-        previous["metadata"] = dict(price.metadata)
-        price.metadata = merge_metadata(price.metadata, p["metadata"])
-    if "active" in p:
-        previous["active"] = price.active
-        price.active = as_bool(p["active"], "active")
-    if "nickname" in p:
-        previous["nickname"] = price.nickname
-        price.nickname = p["nickname"] or None
-    if "lookup_key" in p:
-        previous["lookup_key"] = price.lookup_key
-        transfer = as_bool(p.get("transfer_lookup_key", False), "transfer_lookup_key")
-        price.lookup_key = _lookup_key(p["lookup_key"], transfer, price)
-    emit("price.updated", price, previous)
-    return price
-
-
 @route("GET", "/v1/prices")
 def list_prices(p: dict[str, Any], _: dict[str, str]) -> Any:
     check_params(p, f"active product type lookup_keys currency recurring created {_PAGING}")
@@ -737,11 +590,6 @@ def expire_session(p: dict[str, Any], ids: dict[str, str]) -> Any:
     cs = checkout.session(ids["id"])
     checkout.expire(cs)
     return cs
-
-
-@route("GET", "/v1/checkout/sessions/{id}/line_items")
-def session_line_items(p: dict[str, Any], ids: dict[str, str]) -> Any:
-    return expand_paths(checkout.session(ids["id"])._line_items(), p["expand"])
 
 
 @route("GET", "/v1/checkout/sessions")
@@ -848,52 +696,6 @@ def retrieve_invoice(p: dict[str, Any], ids: dict[str, str]) -> Any:
     return billing.invoice(ids["id"], "invoice")
 
 
-@route("POST", "/v1/invoices/{id}")
-def update_invoice(p: dict[str, Any], ids: dict[str, str]) -> Any:
-    check_params(p, _INVOICE_FIELDS, _INVOICE_IGNORED)
-    inv = billing.invoice(ids["id"], "invoice")
-    previous: dict[str, Any] = {}
-    if "metadata" in p:  # the one thing a finalized invoice lets change here
-        previous["metadata"] = dict(inv.metadata)
-        inv.metadata = merge_metadata(inv.metadata, p.pop("metadata"))
-    if p and inv.status != "draft":
-        raise bad(f"You can only update {', '.join(p)} on a draft invoice.", next(iter(p)))
-    if "collection_method" in p:
-        previous["collection_method"] = inv.collection_method
-        inv.collection_method = p.pop("collection_method")
-    if "days_until_due" in p or "due_date" in p:
-        days, due = _invoice_terms({"days_until_due": inv.days_until_due, **p}, inv.collection_method)
-        previous.update(days_until_due=inv.days_until_due, due_date=inv.due_date)
-        inv.days_until_due = days
-        inv.due_date = due or (now() + days * 86400 if days is not None else None)
-        p.pop("days_until_due", None), p.pop("due_date", None)
-    if "custom_fields" in p:
-        previous["custom_fields"] = inv.custom_fields
-        inv.custom_fields = _custom_fields(p.pop("custom_fields"))
-    if "auto_advance" in p:
-        previous["auto_advance"] = inv.auto_advance
-        inv.auto_advance = as_bool(p.pop("auto_advance"), "auto_advance")
-    for key in ("description", "footer", "default_payment_method"):
-        if key in p:
-            previous[key] = getattr(inv, key)
-            setattr(inv, key, p.pop(key) or None)
-    emit("invoice.updated", inv, previous)
-    return inv
-
-
-@route("DELETE", "/v1/invoices/{id}")
-def delete_invoice(p: dict[str, Any], ids: dict[str, str]) -> Any:
-    inv = billing.invoice(ids["id"], "invoice")
-    if inv.status != "draft":
-        raise bad("You can only delete draft invoices.", "invoice")
-    for ii in of_kind("invoiceitem"):
-        if ii.invoice == inv.id:
-            ii.invoice = None
-    emit("invoice.deleted", inv)
-    del STORE[f"invoice:{inv.id}"]
-    return {"id": inv.id, "object": "invoice", "deleted": True}
-
-
 @route("GET", "/v1/invoices")
 def list_invoices(p: dict[str, Any], _: dict[str, str]) -> Any:
     check_params(p, f"customer status subscription collection_method created due_date {_PAGING}")
@@ -957,33 +759,6 @@ def pay_invoice(p: dict[str, Any], ids: dict[str, str]) -> Any:
         pi = get("payment_intent", inv.payment_intent) if inv.payment_intent else None
         raise card_error(pi, failure)
     return inv
-
-
-@route("POST", "/v1/invoices/{id}/void")
-def void_invoice(p: dict[str, Any], ids: dict[str, str]) -> Any:
-    inv = billing.invoice(ids["id"], "invoice")
-    if inv.status not in ("open", "uncollectible"):
-        raise bad(f"You can only void open or uncollectible invoices; this one is {inv.status}.", "invoice")
-    inv.status = "void"
-    inv.status_transitions["voided_at"] = now()
-    emit("invoice.voided", inv)
-    return inv
-
-
-@route("POST", "/v1/invoices/{id}/mark_uncollectible")
-def mark_uncollectible(p: dict[str, Any], ids: dict[str, str]) -> Any:
-    inv = billing.invoice(ids["id"], "invoice")
-    if inv.status != "open":
-        raise bad(f"You can only mark open invoices uncollectible; this one is {inv.status}.", "invoice")
-    inv.status = "uncollectible"
-    inv.status_transitions["marked_uncollectible_at"] = now()
-    emit("invoice.marked_uncollectible", inv)
-    return inv
-
-
-@route("GET", "/v1/invoice_payments/{id}")
-def retrieve_invoice_payment(p: dict[str, Any], ids: dict[str, str]) -> Any:
-    return get("invoice_payment", ids["id"], "invoice_payment")
 
 
 @route("GET", "/v1/invoice_payments")
@@ -1056,45 +831,6 @@ def create_invoice_item(p: dict[str, Any], _: dict[str, str]) -> Any:
     )
     emit("invoiceitem.created", item)
     return item
-
-
-@route("GET", "/v1/invoiceitems/{id}")
-def retrieve_invoice_item(p: dict[str, Any], ids: dict[str, str]) -> Any:
-    return billing.invoice_item(ids["id"], "invoiceitem")
-
-
-@route("POST", "/v1/invoiceitems/{id}")
-def update_invoice_item(p: dict[str, Any], ids: dict[str, str]) -> Any:
-    check_params(p, "amount description metadata quantity unit_amount discountable")
-    item = billing.invoice_item(ids["id"], "invoiceitem")
-    inv = billing.invoice(item.invoice) if item.invoice else None
-    if inv is not None and inv.status != "draft" and set(p) - {"metadata", "expand"}:
-        raise bad("You can only change invoice items of draft invoices.", "invoiceitem")
-    if "metadata" in p:
-        item.metadata = merge_metadata(item.metadata, p["metadata"])
-    if "description" in p:
-        item.description = p["description"] or None
-    if "quantity" in p or "unit_amount" in p:
-        item.quantity = as_int(p.get("quantity", item.quantity), "quantity")
-        item.unit_amount = as_int(p.get("unit_amount", item.unit_amount), "unit_amount")
-        item.unit_amount_decimal = str(item.unit_amount)
-        item.amount = item.unit_amount * item.quantity
-    if "amount" in p:
-        item.amount = item.unit_amount = as_int(p["amount"], "amount")
-        item.quantity, item.unit_amount_decimal = 1, str(item.unit_amount)
-    emit("invoiceitem.updated", item)
-    return item
-
-
-@route("DELETE", "/v1/invoiceitems/{id}")
-def delete_invoice_item(p: dict[str, Any], ids: dict[str, str]) -> Any:
-    item = billing.invoice_item(ids["id"], "invoiceitem")
-    inv = billing.invoice(item.invoice) if item.invoice else None
-    if inv is not None and inv.status != "draft":
-        raise bad("You can only delete invoice items of draft invoices.", "invoiceitem")
-    del STORE[f"invoiceitem:{item.id}"]
-    emit("invoiceitem.deleted", item)
-    return {"id": item.id, "object": "invoiceitem", "deleted": True}
 
 
 @route("GET", "/v1/invoiceitems")
@@ -1280,11 +1016,6 @@ def list_subscriptions(p: dict[str, Any], _: dict[str, str]) -> Any:
     if p.get("price"):
         items = [s for s in items if any(si._price == p["price"] for si in s._item_objects())]
     return list_object("/v1/subscriptions", _filter_created(items, p.get("created")), p, p["expand"])
-
-
-@route("GET", "/v1/subscription_items/{id}")
-def retrieve_subscription_item(p: dict[str, Any], ids: dict[str, str]) -> Any:
-    return get("subscription_item", ids["id"], "item")
 
 
 @route("GET", "/v1/subscription_items")

@@ -10,7 +10,7 @@ from typing import Any
 
 from localstripe import resources as ls
 
-from .core import HUB, Obj, StripeError, bad, emit, expand_paths, get, later, new_id, now, of_kind
+from .core import HUB, Obj, StripeError, bad, emit, expand_paths, get, later, new_id, now
 
 # ------------------------------------------------------------------ test cards
 
@@ -280,18 +280,6 @@ def attach(pm: PaymentMethod, cus: Customer) -> None:
         )
     pm.customer = cus.id
     emit("payment_method.attached", pm)
-
-
-def detach(pm: PaymentMethod) -> None:
-    if pm.customer is None:
-        raise bad(
-            "The payment method you provided is not attached to a customer so detachment is impossible."
-        )
-    cus = ls.store.get(f"customer:{pm.customer}")
-    pm.customer = None
-    if cus is not None and cus.invoice_settings.get("default_payment_method") == pm.id:
-        set_default_payment_method(cus, None)
-    emit("payment_method.detached", pm)
 
 
 # ------------------------------------------------------------------ payment intents and charges
@@ -656,7 +644,3 @@ def close_dispute(dispute: Dispute, *, won: bool) -> Dispute:
     if won:
         emit("charge.dispute.funds_reinstated", dispute)
     return dispute
-
-
-def charges_of(intent_id: str) -> list[Charge]:
-    return [c for c in of_kind("charge") if c.payment_intent == intent_id]
