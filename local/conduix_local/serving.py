@@ -9,7 +9,28 @@ from types import TracebackType
 from typing import Self
 
 
-class ThreadedServer:
+class Started:
+    """`with server:` starts it and stops it, whatever happens inside (every local server)."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class ThreadedServer(Started):
     """Subclasses build their server in `_bind()`; `_stopping()` runs before it shuts down."""
 
     name = "local-server"
@@ -57,14 +78,3 @@ class ThreadedServer:
         if self._server is None:
             raise RuntimeError(f"{self.name} not started")
         return int(self._server.server_address[1])  # type: ignore[index]  # (an AF_INET address)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from conduix_local.front.base import ACCOUNT_ID, KILL_GRACE_S, InvocationError, _log
@@ -28,9 +27,10 @@ from conduix_local.front.schedules import _utc, last_fire, next_fire, scheduled_
 from conduix_local.front.server import ClockError, StreamSink, _Handler, _Server, iso_utc
 from conduix_local.front.workers import _WORKER_FAULTS, _Pool
 from conduix_local.functions import FunctionSpec, ScheduleSpec
+from conduix_local.serving import Started
 
 
-class Front:
+class Front(Started):
     """API Gateway + Lambda + EventBridge schedules for a list of functions, on 127.0.0.1."""
 
     def __init__(
@@ -139,14 +139,6 @@ class Front:
         for t in fired:
             t.join(5.0)
         self._threads.clear()
-
-    def __enter__(self) -> Front:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # -------------------------------------------------------------------------------- invocation
 

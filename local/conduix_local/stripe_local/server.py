@@ -19,12 +19,13 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
 from localstripe.errors import UserError
+
+from conduix_local.serving import Started
 
 from . import api, clock, pages
 from .core import HUB, REQUEST, STORE, Endpoint, StripeError, ls_server, new_id, now
@@ -194,7 +195,7 @@ def _as_async(handler: Callable[[web.Request], Any]) -> Handler:
     return run
 
 
-class LocalStripe:
+class LocalStripe(Started):
     """The Stripe API stand-in on a loopback port; point the official SDK at `url` with
     `api_key`. Webhooks registered with register_webhook get every event, signed."""
 
@@ -380,17 +381,6 @@ class LocalStripe:
         import stripe
 
         return stripe.StripeClient(self.api_key, base_addresses={"api": self.url}, max_network_retries=0)
-
-    def __enter__(self) -> LocalStripe:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ webhooks and events
     def register_webhook(self, url: str, secret: str, events: list[str] | None = None) -> None:
