@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from conduix import auth, clock, errors, keys, plans, reconcile, sweeper, wallets
+from conduix import auth, clock, errors, keys, plans, reconcile, sweeper, upkeep, wallets
 from conduix.money import NANOS_PER_CREDIT as C
 
 from tests.integration.helpers import NOW, assert_consistent, fund
@@ -166,7 +166,7 @@ def test_an_operator_release_of_a_stuck_hold_gives_its_room_back(
     capped, _ = two_keys
     limit(org, capped, "1")
     hold(org, capped, "stuck", 70 * CENT)
-    wallets.release_stuck_hold(org, "stuck", NOW)
+    upkeep.release_stuck_hold(org, "stuck", NOW)
     assert budget(org, capped) == (0, 0, C)
     clean(org)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conduix import admin, errors, orgs, statements, wallets
+from conduix import admin, errors, orgs, statements, upkeep, wallets
 from conduix.money import NANOS_PER_CREDIT as C
 
 from tests.integration.helpers import NOW, assert_consistent, fund
@@ -112,7 +112,7 @@ def test_a_settle_that_wins_the_race_leaves_the_release_nothing_to_do(
     monkeypatch.setattr(wallets, "open_holds", lambda _org: seen)
     # Then the release is refused, and writes neither money nor an audit entry
     with pytest.raises(errors.Conflict) as refused:
-        wallets.release_stuck_hold(org, "racing", NOW)
+        upkeep.release_stuck_hold(org, "racing", NOW)
     assert refused.value.code == "hold_closed"
     assert statements.ledger_page(org, None, None, {"type": "hold_release"})["data"] == []
     assert wallets.get_wallet(org).balance == 9 * C
@@ -156,7 +156,7 @@ def test_a_deferred_settle_recorded_during_the_release_cancels_it(
     monkeypatch.setattr(wallets, "open_holds", lambda _org: seen)
     # Then the release is refused and changes nothing: the hold waits for its settle
     with pytest.raises(errors.Conflict) as refused:
-        wallets.release_stuck_hold(org, "late-1", NOW)
+        upkeep.release_stuck_hold(org, "late-1", NOW)
     assert refused.value.code == "hold_closed" and "settle is pending" in refused.value.message
     wallet = wallets.get_wallet(org)
     assert (wallet.balance, wallet.held) == (10 * C, 3 * C)

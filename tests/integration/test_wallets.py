@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 from botocore.exceptions import ClientError
-from conduix import clock, dynamo, errors, sweeper, wallets
+from conduix import clock, dynamo, errors, sweeper, upkeep, wallets
 from conduix.config import settings
 from conduix.money import NANOS_PER_CREDIT as C
 
@@ -159,10 +159,10 @@ def test_sweeper_releases_only_expired_holds(org: str) -> None:
     assert result["holds_released"] == 1 and result["credits_released"] == "2"
     assert_consistent(org)
     assert [h.request_id for h in wallets.open_holds(org)] == ["new"]
-    assert wallets.wallets_with_holds(wallets.sweep_shard(org)) == [org]
+    assert upkeep.wallets_with_holds(wallets.sweep_shard(org)) == [org]
     wallets.settle(org, "new", 3 * C, usage(C), NOW)
     sweeper.sweep(NOW)
-    assert wallets.wallets_with_holds(wallets.sweep_shard(org)) == []
+    assert upkeep.wallets_with_holds(wallets.sweep_shard(org)) == []
 
 
 def test_the_hold_of_a_long_answer_outlives_it(org: str) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from conduix import alerts, clock, grants, keys, notices, orgs, reloads, schema, wallets
+from conduix import alerts, clock, grants, keys, notices, orgs, reloads, schema, upkeep, wallets
 from conduix.billing import wallet_view
 from conduix.config import settings
 from conduix.errors import IdempotencyConflict, InvalidRequest
@@ -193,7 +193,7 @@ def list_holds(org_id: str) -> dict[str, Any]:
 
 def release_hold(org_id: str, request_id: str) -> dict[str, Any]:
     """DELETE /admin/orgs/{org_id}/holds/{request_id}: free one stuck hold (see
-    wallets.release_stuck_hold), with an audit entry in the org's ledger. A hold whose request
+    upkeep.release_stuck_hold), with an audit entry in the org's ledger. A hold whose request
     was served and waits for a deferred settle is billed instead, never released."""
     orgs.get_org(resource_id(org_id, "org"))
     resource_id(request_id, "hold")
@@ -208,7 +208,7 @@ def release_hold(org_id: str, request_id: str) -> dict[str, Any]:
             "cost": format_credits(pending.usage.cost),
             "wallet": wallet_view(wallets.get_wallet(org_id)),
         }
-    hold, entry = wallets.release_stuck_hold(org_id, request_id, now)
+    hold, entry = upkeep.release_stuck_hold(org_id, request_id, now)
     return {
         "request_id": hold.request_id,
         "action": "released",

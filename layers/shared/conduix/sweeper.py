@@ -7,7 +7,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from conduix import alerts, leases, telemetry, wallets
+from conduix import alerts, leases, telemetry, upkeep, wallets
 from conduix.errors import ServiceBusy
 from conduix.money import format_credits
 
@@ -23,7 +23,7 @@ def sweep(now: datetime) -> dict[str, Any]:
     released_nanos = settled_nanos = 0
     leases_folded = 0
     for shard in range(wallets.SWEEP_SHARDS):
-        for org_id in wallets.wallets_with_holds(str(shard)):
+        for org_id in upkeep.wallets_with_holds(str(shard)):
             checked += 1
             waiting = set()  # deferred settles still contended: their holds are not released
             landed = 0
@@ -75,9 +75,9 @@ def sweep(now: datetime) -> dict[str, Any]:
                         },
                     )
             leases_folded += leases.sweep(org_id, now)  # expired escrow leases, from their spends
-            wallets.prune_rate_windows(org_id, now)
+            upkeep.prune_rate_windows(org_id, now)
             if all(h.expires_at <= cutoff for h in holds):
-                wallets.forget_if_idle(org_id)
+                upkeep.forget_if_idle(org_id)
     telemetry.holds_released(released)
     return {
         "wallets_checked": checked,

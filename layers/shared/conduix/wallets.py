@@ -230,6 +230,12 @@ def forget_views() -> None:
     _views.clear()
 
 
+def forget_view(org_id: str) -> None:
+    """Drop this environment's view of one wallet: its next read goes to the table (a setting
+    may have changed, or the month rolled over)."""
+    _views.pop(org_id, None)
+
+
 def learn(org_id: str, item: Item) -> Wallet:
     wallet = _wallet_from_item(org_id, item)
     if len(_views) >= _MAX_VIEWS:
@@ -359,7 +365,7 @@ def roll_period(org_id: str, period: str) -> None:
         ExpressionAttributeNames={"#period": "period"},
         ExpressionAttributeValues={":p": s(period), ":zero": n(0)},
     )
-    _views.pop(org_id, None)
+    forget_view(org_id)
 
 
 # ------------------------------------------------------------------ hold / settle / release
@@ -581,7 +587,7 @@ def reserve(
             if reasons[0].get("Code") == "ConditionalCheckFailed":
                 old: Item = dict(reasons[0].get("Item") or {})
                 if not old:
-                    _views.pop(org_id, None)
+                    forget_view(org_id)
                     raise NotFound(f"No wallet for org '{org_id}'.") from None
                 learn(org_id, old)  # whatever failed, the view is fresh again
                 month = catch_up_period(org_id, as_str(old, "period"), period)
@@ -597,7 +603,7 @@ def reserve(
             if limited and reasons[2].get("Code") == "ConditionalCheckFailed":
                 budget = _budget_from_item(key_id, dict(reasons[2].get("Item") or {}))
                 if budget is None or not budget.limit or budget.period != key_period:
-                    _views.pop(org_id, None)  # changed meanwhile (the wallet's mark said so too)
+                    forget_view(org_id)  # changed meanwhile (the wallet's mark said so too)
                     lagging = ""
                     continue
                 if budget.window < key_window:
@@ -795,7 +801,7 @@ def set_key_limit(
             if reasons[1].get("Code") == "ConditionalCheckFailed":
                 _start_limited_map(org_id)  # a wallet from before key limits
             continue  # (or a settle moved the budget meanwhile: read it again)
-        _views.pop(org_id, None)
+        forget_view(org_id)
         return result
     raise Conflict("The key's budget kept changing while setting its limit; please retry.")
 
@@ -847,7 +853,7 @@ def _drop_limited_mark(org_id: str, key_id: str) -> None:
     )
 
 
-def _budget_close(org_id: str, key_id: str, hold_amount: int, cost: int) -> dict[str, Any]:
+def budget_close(org_id: str, key_id: str, hold_amount: int, cost: int) -> dict[str, Any]:
     """The budget's share of closing a hold that counted against it: settled (`cost`) or not (0)."""
     return {
         "Update": {
@@ -864,7 +870,7 @@ def _budget_close(org_id: str, key_id: str, hold_amount: int, cost: int) -> dict
     }
 
 
-def _hold_delete(org_id: str, request_id: str, hold_amount: int, key_budget: bool) -> dict[str, Any]:
+def hold_delete(org_id: str, request_id: str, hold_amount: int, key_budget: bool) -> dict[str, Any]:
     """Closing the hold, on condition it is still open as the closer knows it (its amount, and
     whether it counts against its key's budget): what settle, release and HoldSweeper race on."""
     flag = f"attribute_{'' if key_budget else 'not_'}exists(key_budget)"
@@ -987,7 +993,7 @@ class SettleOutcome(Enum):
     HOLD_GONE = "hold_gone"  # HoldSweeper released it first: the request goes unbilled
 
 
-def _ledger_items(
+def ledger_items(
     org_id: str,
     *,
     kind: str,
@@ -1024,7 +1030,7 @@ def _ledger_items(
 
 def usage_ledger_items(org_id: str, request_id: str, usage: Usage, now: datetime) -> tuple[Item, Item]:
     """The ledger entry `usage:<request id>` (marker and line) of a billed request."""
-    return _ledger_items(
+    return ledger_items(
         org_id,
         kind="usage",
         key=request_id,
@@ -1101,11 +1107,11 @@ def settle(
             {"Put": {"TableName": table, "Item": marker, "ConditionExpression": "attribute_not_exists(pk)"}},
             {"Put": {"TableName": table, "Item": line}},
             billed_usage_update(org_id, now, usage),
-            _hold_delete(org_id, request_id, hold_amount, bool(budget_key)),
+            hold_delete(org_id, request_id, hold_amount, bool(budget_key)),
             *also,
         ]
         if budget_key:
-            items.append(_budget_close(org_id, budget_key, hold_amount, c))
+            items.append(budget_close(org_id, budget_key, hold_amount, c))
         if c > hold_amount:
             items.append(
                 {
@@ -1331,7 +1337,7 @@ def release(org_id: str, request_id: str, hold_amount: int, *, budget_key: str =
     `budget_key`: the key whose spend limit the hold counts against."""
     table = settings().billing_table
     actions: list[Any] = [
-        _hold_delete(org_id, request_id, hold_amount, bool(budget_key)),
+        hold_delete(org_id, request_id, hold_amount, bool(budget_key)),
         {
             "Update": {
                 "TableName": table,
@@ -1344,7 +1350,7 @@ def release(org_id: str, request_id: str, hold_amount: int, *, budget_key: str =
         },
     ]
     if budget_key:
-        actions.append(_budget_close(org_id, budget_key, hold_amount, 0))
+        actions.append(budget_close(org_id, budget_key, hold_amount, 0))
     try:
         retrying(lambda: client().transact_write_items(TransactItems=actions))
     except ClientError as exc:
@@ -1372,7 +1378,7 @@ class LedgerEntry:
     created_at: str
 
 
-def _entry_from_item(item: Item) -> LedgerEntry:
+def entry_from_item(item: Item) -> LedgerEntry:
     return LedgerEntry(
         entry_id=as_str(item, "entry_id"),
         entry_type=as_str(item, "entry_type"),
@@ -1391,7 +1397,7 @@ def post_entry(
     Returns the entry and whether this call created it. The same key again returns the
     original entry; the same key with another amount raises IdempotencyConflict.
     """
-    marker, line = _ledger_items(org_id, kind=kind, key=key, amount=amount, now=now, description=description)
+    marker, line = ledger_items(org_id, kind=kind, key=key, amount=amount, now=now, description=description)
     # Which call wrote the marker: a retry after a lost answer finds its own write, not a duplicate.
     writer = uuid.uuid4().hex
     table = settings().billing_table
@@ -1430,7 +1436,7 @@ def post_entry(
                     f"The idempotency key '{key}' was already used with a different amount."
                 ) from None
             if as_str(existing, "writer") != writer:
-                return _entry_from_item(existing), False
+                return entry_from_item(existing), False
             # This call's own first attempt landed and its answer was lost: it is the credit.
         elif reasons[2].get("Code") == "ConditionalCheckFailed":
             raise NotFound(f"No wallet for org '{org_id}'.") from None
@@ -1439,7 +1445,7 @@ def post_entry(
     moved(org_id, balance=amount)
     if amount > 0:
         end_reload_episode(org_id)
-    return _entry_from_item(marker), True
+    return entry_from_item(marker), True
 
 
 def ledger_entry(org_id: str, entry_id: str) -> LedgerEntry | None:
@@ -1453,7 +1459,7 @@ def ledger_entry(org_id: str, entry_id: str) -> LedgerEntry | None:
         )
         .get("Item")
     )
-    return _entry_from_item(item) if item else None
+    return entry_from_item(item) if item else None
 
 
 # ------------------------------------------------------------------ account state: paused, auto-reload due
@@ -1461,7 +1467,7 @@ def ledger_entry(org_id: str, entry_id: str) -> LedgerEntry | None:
 
 def update_if(org_id: str, **kwargs: Any) -> Refused | None:
     """A conditional UpdateItem on the wallet: None when it landed, else what refused it."""
-    _views.pop(org_id, None)  # a setting may change: the next hold reads the wallet again
+    forget_view(org_id)  # a setting may change: the next hold reads the wallet again
     return write_if(
         client().update_item, TableName=settings().billing_table, Key=wallet_key(org_id), **kwargs
     )
@@ -1514,7 +1520,7 @@ def end_reload_episode(org_id: str) -> bool:
 
 def write_spend_cap(org_id: str, limit: int | None, now: datetime) -> None:
     """Set (or with None remove) the monthly cap; the month's spend and holds count at once."""
-    _views.pop(org_id, None)
+    forget_view(org_id)
     period = clock.period_of(now)
     roll_period(org_id, period)
     if limit is None:
@@ -1561,148 +1567,14 @@ def orgs_in_index(index: str, key_attribute: str, value: str) -> list[str]:
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
-def wallets_with_holds(shard: str) -> list[str]:
-    """Org ids whose wallets may hold credits, from the sparse sweep index."""
-    return orgs_in_index("by_sweep_shard", "sweep_shard", shard)
-
-
 def open_holds(org_id: str) -> tuple[Hold, ...]:
     """The org's open holds, oldest request id first (a strongly consistent query of its items)."""
     return tuple(_hold_from_item(i) for i in query_prefix(org_id, schema.HOLD))
 
 
-def release_stuck_hold(org_id: str, request_id: str, now: datetime) -> tuple[Hold, LedgerEntry]:
-    """The operator frees one hold by hand, on the sweeper's condition (the hold still open
-    with its amount), so a racing settle or sweep and this call close it exactly once. The same
-    transaction appends a ledger entry that moves no money (`hold_release:<request id>`): the
-    audit trail of a hand-made change. Raises NotFound if no such hold is open. A hold with a
-    deferred settle is settled instead, as HoldSweeper would (see `settle_pending_hold`)."""
-    hold = next((h for h in open_holds(org_id) if h.request_id == request_id), None)
-    if hold is None:
-        raise NotFound(f"No open hold '{request_id}' for org '{org_id}'.")
-    marker, line = _ledger_items(
-        org_id,
-        kind="hold_release",
-        key=request_id,
-        amount=0,
-        now=now,
-        description=(
-            f"Hold of {format_credits(hold.amount)} credits released by the operator "
-            f"({hold.model}, key {hold.key_id}); nothing billed"
-        ),
-        extra={"model": s(hold.model), "key_id": s(hold.key_id), "released_nanos": n(hold.amount)},
-    )
-    table = settings().billing_table
-    items: list[Any] = [
-        # the condition of `release`, which HoldSweeper uses: the hold item still there
-        _hold_delete(org_id, request_id, hold.amount, hold.key_budget),
-        {
-            "Update": {
-                "TableName": table,
-                "Key": wallet_key(org_id),
-                "UpdateExpression": (
-                    "ADD held :nh, available :h, committed :nh, cap_remaining :h, hold_count :minus"
-                ),
-                "ExpressionAttributeValues": {":h": n(hold.amount), ":nh": n(-hold.amount), ":minus": n(-1)},
-            }
-        },
-        {"Put": {"TableName": table, "Item": marker, "ConditionExpression": "attribute_not_exists(pk)"}},
-        {"Put": {"TableName": table, "Item": line}},
-        # A hold whose usage was delivered (a deferred settle waits for it) is never released:
-        # one recorded between our read and this write cancels the release.
-        {
-            "ConditionCheck": {
-                "TableName": table,
-                "Key": pending_key(org_id, request_id),
-                "ConditionExpression": "attribute_not_exists(pk)",
-            }
-        },
-    ]
-    if hold.key_budget:
-        items.append(_budget_close(org_id, hold.key_id, hold.amount, 0))
-    try:
-        retrying(lambda: client().transact_write_items(TransactItems=items))
-    except ClientError as exc:
-        reasons = cancellation_reasons(exc)
-        if error_code(exc) != "TransactionCanceledException" or len(reasons) != len(items):
-            raise
-        if reasons[4].get("Code") == "ConditionalCheckFailed":
-            raise Conflict(
-                f"Request '{request_id}' was served and its settle is pending: it will be billed, "
-                "not released. Retry to settle it now.",
-                code="hold_closed",
-            ) from None
-        if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons):
-            raise Conflict(
-                f"Hold '{request_id}' closed meanwhile (settled, swept or released); nothing was changed.",
-                code="hold_closed",
-            ) from None
-        raise
-    moved(org_id, held=-hold.amount, holds=-1)
-    return hold, _entry_from_item(marker)
-
-
-def prune_rate_windows(org_id: str, now: datetime) -> int:
-    """Drop per-key request counts of minutes that are over. A reserve drops its key's previous
-    minute itself; a key that paused longer leaves its last window behind, and the wallet (the
-    hottest item) must not keep growing. HoldSweeper calls this for every active wallet."""
-    item = (
-        client()
-        .get_item(TableName=settings().billing_table, Key=wallet_key(org_id), ProjectionExpression="rpm")
-        .get("Item")
-        or {}
-    )
-    current = int(now.timestamp()) // 60
-    stale = [w for w in (item.get("rpm", {}).get("M") or {}) if int(w.rsplit("@", 1)[1]) < current - 1]
-    for start in range(0, len(stale), 50):  # a modest expression per write
-        batch = stale[start : start + 50]
-        names = {f"#w{i}": window for i, window in enumerate(batch)}
-        try:
-            client().update_item(
-                TableName=settings().billing_table,
-                Key=wallet_key(org_id),
-                UpdateExpression="REMOVE " + ", ".join(f"rpm.{name}" for name in names),
-                ConditionExpression="attribute_exists(pk)",
-                ExpressionAttributeNames=names,
-            )
-        except ClientError as exc:
-            if not _busy(exc):
-                raise
-            return start
-    return len(stale)
-
-
-def forget_if_idle(org_id: str) -> None:
-    """Drop the wallet from the sweep index once it has no holds (a later hold re-adds it)."""
-    try:
-        write_if(  # (refused: holds or leases are open again)
-            client().update_item,
-            TableName=settings().billing_table,
-            Key=wallet_key(org_id),
-            UpdateExpression="REMOVE sweep_shard",
-            ConditionExpression=(
-                "(attribute_not_exists(hold_count) OR hold_count = :zero) "
-                "AND (attribute_not_exists(lease_count) OR lease_count = :zero)"
-            ),
-            ExpressionAttributeValues={":zero": n(0)},
-        )
-    except ClientError as exc:
-        if not _busy(exc):
-            raise
-
-
-# A wallet in a transaction, or throttled: a tidy-up (not a movement of money) waits for the
-# next sweep rather than stopping this sweep of every other org.
-_BUSY = ("TransactionConflictException", "ProvisionedThroughputExceededException", "ThrottlingException")
-
-
-def _busy(exc: ClientError) -> bool:
-    return error_code(exc) in _BUSY
-
-
 def set_plan(org_id: str, plan: plans.Plan) -> None:
     """The plan whose features the wallet's own writes enforce (requests per minute)."""
-    _views.pop(org_id, None)
+    forget_view(org_id)
     client().update_item(
         TableName=settings().billing_table,
         Key=wallet_key(org_id),
@@ -1719,7 +1591,7 @@ def set_billing_mode(org_id: str, mode: str, now: datetime | None = None) -> Non
     MonthlyInvoicing after a switch back to prepaid, until the month of the switch is invoiced
     (`forget_invoiced_org`). Invoice mode keeps auto-reload off: the card must not pay for
     what the invoice bills."""
-    _views.pop(org_id, None)
+    forget_view(org_id)
     if mode == "invoice":
         update = (
             "SET billing_mode = :m, invoice_shard = :shard, reload_enabled = :false REMOVE reload_due_shard"
