@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
-from conduix import admin, alerts, billing, completion, grants, notices, orgs, reconcile, wallets
+from conduix import admin, alerts, billing, completion, grants, notices, orgs, reconcile, settles, wallets
 from conduix.auth import Principal
 from conduix.errors import IdempotencyConflict, InvalidRequest
 from conduix.money import NANOS_PER_CREDIT as C
@@ -140,7 +140,7 @@ def test_the_settle_that_crosses_sends_the_alert_whatever_order_requests_held_in
         guard = alerts.guard(views[i], C)
         assert guard is not None  # armed: each settle carries the guard
         usage = wallets.Usage("m", "k", 1, 1, C)
-        assert wallets.settle(org, f"h{i}", C, usage, NOW, alert_guard=guard) is wallets.SettleOutcome.SETTLED
+        assert settles.settle(org, f"h{i}", C, usage, NOW, alert_guard=guard) is settles.SettleOutcome.SETTLED
         tripped.append(guard.tripped)
         if guard.tripped:
             assert alerts.check(org, NOW) == 1
@@ -151,7 +151,7 @@ def test_the_settle_that_crosses_sends_the_alert_whatever_order_requests_held_in
     guard = alerts.guard(wallets.get_wallet(org), C)
     assert guard is not None
     usage = wallets.Usage("m", "k", 1, 1, C)
-    assert wallets.settle(org, "h4", C, usage, NOW, alert_guard=guard) is wallets.SettleOutcome.SETTLED
+    assert settles.settle(org, "h4", C, usage, NOW, alert_guard=guard) is settles.SettleOutcome.SETTLED
     assert not guard.tripped and len(sent(org, "balance_below")) == 1
     assert_consistent(org)
 
@@ -166,7 +166,7 @@ def test_a_threshold_re_armed_elsewhere_fires_from_a_view_that_saw_it_fired(org:
     wallets.reserve(org, "a0", C, model="m", key_id="k", now=NOW)
     wallets.reserve(org, "a1", C, model="m", key_id="k", now=NOW)
     for i in range(2):
-        wallets.settle(org, f"a{i}", C, usage, NOW, alert_guard=alerts.guard(wallets.get_wallet(org), C))
+        settles.settle(org, f"a{i}", C, usage, NOW, alert_guard=alerts.guard(wallets.get_wallet(org), C))
     assert alerts.check(org, NOW) == 1  # 6 -> 4: fired
     stale = wallets.get_wallet(org)
     assert stale.alerts_fired == {alerts.balance_key(5 * C)}
@@ -177,7 +177,7 @@ def test_a_threshold_re_armed_elsewhere_fires_from_a_view_that_saw_it_fired(org:
         wallets.reserve(org, f"a{i}", C, model="m", key_id="k", now=NOW)
         guard = alerts.guard(stale, C)
         assert guard is not None
-        wallets.settle(org, f"a{i}", C, usage, NOW, alert_guard=guard)
+        settles.settle(org, f"a{i}", C, usage, NOW, alert_guard=guard)
         if guard.tripped:
             alerts.check(org, NOW)
     assert wallets.get_wallet(org).balance == 4 * C

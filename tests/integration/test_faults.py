@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError
-from conduix import catalog, completion, dynamo, sweeper, wallets
+from conduix import catalog, completion, dynamo, settles, sweeper, wallets
 from conduix.auth import Principal
 from conduix.money import NANOS_PER_CREDIT as C
 from conduix.money import format_credits
@@ -105,7 +105,7 @@ def test_settle_conflicts_are_retried_without_a_double_debit(org: str, faults: F
     fund(org, "5")
     wallets.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
     faults.fail("TransactWriteItems", "TransactionConflict", "TransactionConflict", "ThrottlingException")
-    assert wallets.settle(org, "a", 2 * C, usage(C), NOW) is wallets.SettleOutcome.SETTLED
+    assert settles.settle(org, "a", 2 * C, usage(C), NOW) is settles.SettleOutcome.SETTLED
     w = assert_consistent(org)
     assert (w.balance, w.held) == (4 * C, 0)
 
@@ -116,7 +116,7 @@ def test_a_settle_whose_answer_was_lost_is_not_billed_twice(org: str, faults: Fa
     faults.calls.clear()
     faults.fail("TransactWriteItems", "lost-response")
     # The retry finds its own entry already written, and knows the debit happened.
-    assert wallets.settle(org, "a", 2 * C, usage(C), NOW) is wallets.SettleOutcome.ALREADY_SETTLED
+    assert settles.settle(org, "a", 2 * C, usage(C), NOW) is settles.SettleOutcome.ALREADY_SETTLED
     assert faults.calls["TransactWriteItems"] == 2
     assert assert_consistent(org).balance == 4 * C
     assert len([i for i in ledger_items(org) if i["entry_type"]["S"] == "usage"]) == 1
@@ -143,7 +143,7 @@ def test_contention_that_never_clears_is_a_clean_busy_error(org: str, faults: Fa
     wallets.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
     faults.fail("TransactWriteItems", *["TransactionConflict"] * 20)
     with pytest.raises(ServiceBusy):
-        wallets.settle(org, "a", 2 * C, usage(C), NOW)
+        settles.settle(org, "a", 2 * C, usage(C), NOW)
     faults.plan.clear()
     w = assert_consistent(org)
     assert (w.balance, w.held) == (5 * C, 2 * C)  # nothing debited; the hold awaits settle or sweep
@@ -238,14 +238,14 @@ def test_a_settle_that_cannot_land_is_kept_and_settled_once_by_the_sweeper(
         1,
         [],
     )  # not billed yet, hold kept
-    assert [p.request_id for p in wallets.pending_settles(org)] == ["r1"]
+    assert [p.request_id for p in settles.pending_settles(org)] == ["r1"]
 
     result = sweeper.sweep(NOW)
     assert (result["pending_settled"], result["holds_released"]) == (1, 0)
     assert sweeper.sweep(NOW + timedelta(minutes=10))["pending_settled"] == 0  # exactly once
     w = assert_consistent(org)
     assert (w.balance, w.held, usage_lines(org)) == (C - served.cost, 0, [("usage:r1", served.cost)])
-    assert wallets.pending_settles(org) == []
+    assert settles.pending_settles(org) == []
 
 
 def test_a_deferred_settle_that_had_landed_after_all_is_not_billed_twice(
@@ -255,11 +255,11 @@ def test_a_deferred_settle_that_had_landed_after_all_is_not_billed_twice(
     # The first attempt commits but its answer is lost; every retry then conflicts.
     faults.fail("TransactWriteItems", "lost-response", *["TransactionConflict"] * 5)
     served = serve(org, "r1")
-    assert [p.request_id for p in wallets.pending_settles(org)] == ["r1"]
+    assert [p.request_id for p in settles.pending_settles(org)] == ["r1"]
     assert sweeper.sweep(NOW)["pending_settled"] == 0  # found its ledger entry: nothing to do
     w = assert_consistent(org)
     assert (w.balance, w.held, usage_lines(org)) == (C - served.cost, 0, [("usage:r1", served.cost)])
-    assert wallets.pending_settles(org) == []
+    assert settles.pending_settles(org) == []
 
 
 def test_concurrent_requests_under_conflicts_end_exact(
@@ -324,7 +324,7 @@ def test_a_provider_billing_above_the_hold_under_conflicts_is_billed_once_and_re
     faults.fail("TransactWriteItems", "TransactionConflict", "ThrottlingException")
     served = serve(org, "r1", model="t/overbill")
     assert usage_lines(org) == [("usage:r1", served.cost)]
-    assert [i["request_id"]["S"] for i in wallets.over_hold_incidents(org)] == ["r1"]
+    assert [i["request_id"]["S"] for i in settles.over_hold_incidents(org)] == ["r1"]
     assert [d.check for d in reconcile.reconcile_org(org)] == ["charge within its hold"]
 
 

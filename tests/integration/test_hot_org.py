@@ -8,7 +8,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from conduix import dynamo, errors, leases, plans, reconcile, schema, sweeper, wallets
+from conduix import dynamo, errors, leases, plans, reconcile, schema, settles, sweeper, wallets
 from conduix.config import settings
 from conduix.money import NANOS_PER_CREDIT as C
 
@@ -54,9 +54,9 @@ def test_500_requests_in_flight_keep_every_item_small_and_never_overdraw(org: st
         if rid:  # as Completion does: a settle that cannot land now is kept for HoldSweeper
             usage = wallets.Usage("acme/fast", "key_1", 10, 20, costs[i])
             try:
-                outcomes.append(wallets.settle(org, rid, C, usage, NOW))
+                outcomes.append(settles.settle(org, rid, C, usage, NOW))
             except errors.ServiceBusy:
-                wallets.record_pending(org, rid, C, usage, NOW)
+                settles.record_pending(org, rid, C, usage, NOW)
                 outcomes.append("deferred")
 
     # When 500 requests hold at once
@@ -95,13 +95,13 @@ def test_500_requests_in_flight_keep_every_item_small_and_never_overdraw(org: st
         t.join()
     assert len(outcomes) == len(placed)
     # (already settled: a retry after an answer lost in the queue found its own entry)
-    assert set(outcomes) <= {wallets.SettleOutcome.SETTLED, wallets.SettleOutcome.ALREADY_SETTLED, "deferred"}
+    assert set(outcomes) <= {settles.SettleOutcome.SETTLED, settles.SettleOutcome.ALREADY_SETTLED, "deferred"}
     # (a hold whose first attempt sat in the store's queue past the client's timeout lands
     # after its request gave up: open, unused, released by HoldSweeper when it expires)
     strays = [h for h in wallets.open_holds(org) if h.request_id not in set(placed)]
     swept = sweeper.sweep(NOW + timedelta(minutes=10))
     # (a deferred settle whose first attempt had landed after all is dropped, not billed twice)
-    assert swept["pending_settled"] <= outcomes.count("deferred") and wallets.pending_settles(org) == []
+    assert swept["pending_settled"] <= outcomes.count("deferred") and settles.pending_settles(org) == []
     assert swept["holds_released"] == len(strays)
     w = assert_consistent(org)
     spent = sum(costs[int(rid.split("-")[1])] for rid in placed)
@@ -143,10 +143,10 @@ def test_500_requests_in_flight_through_escrow_leases_are_all_served_and_billed_
         usage = wallets.Usage("acme/fast", "key_1", 10, 20, costs[i])
         try:
             outcome = leases.settle(org, rid, reservation, usage, NOW)
-            assert outcome in (wallets.SettleOutcome.SETTLED, wallets.SettleOutcome.ALREADY_SETTLED)
+            assert outcome in (settles.SettleOutcome.SETTLED, settles.SettleOutcome.ALREADY_SETTLED)
         except errors.ServiceBusy:  # as Completion does: kept, and charged by HoldSweeper
             lease_id = reservation.lease.lease_id if reservation.lease else ""
-            wallets.record_pending(org, rid, C, usage, NOW, lease_id=lease_id)
+            settles.record_pending(org, rid, C, usage, NOW, lease_id=lease_id)
         with lock:
             served.append(rid)
 
@@ -212,7 +212,7 @@ def test_holds_that_keep_colliding_make_the_org_hot_in_this_environment(
     assert second.lease is first.lease and tried == ["r1"]
     for rid, reservation in (("r1", first), ("r2", second)):
         usage = wallets.Usage("acme/fast", "key_1", 1, 1, C // 2)
-        assert leases.settle(org, rid, reservation, usage, NOW) is wallets.SettleOutcome.SETTLED
+        assert leases.settle(org, rid, reservation, usage, NOW) is settles.SettleOutcome.SETTLED
     leases.close_all(NOW)
     w = assert_consistent(org)
     assert (w.balance, w.held, w.lease_count) == (2000 * C - C, 0, 0)

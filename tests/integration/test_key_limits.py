@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from conduix import auth, clock, errors, keys, plans, reconcile, sweeper, upkeep, wallets
+from conduix import auth, clock, errors, keys, plans, reconcile, settles, sweeper, upkeep, wallets
 from conduix.money import NANOS_PER_CREDIT as C
 
 from tests.integration.helpers import NOW, assert_consistent, fund
@@ -54,8 +54,8 @@ def bill(
     org: str, key_id: str, request_id: str, held: wallets.Reservation, cost: int, now: datetime = NOW
 ) -> None:
     usage = wallets.Usage("m", key_id, 1, 1, cost)
-    outcome = wallets.settle(org, request_id, held.hold_nanos, usage, now, budget_key=held.budget_key)
-    assert outcome is wallets.SettleOutcome.SETTLED
+    outcome = settles.settle(org, request_id, held.hold_nanos, usage, now, budget_key=held.budget_key)
+    assert outcome is settles.SettleOutcome.SETTLED
 
 
 def budget(org: str, key_id: str) -> tuple[int, int, int]:
@@ -152,7 +152,7 @@ def test_failed_and_swept_requests_give_their_room_back_and_deferred_settles_cou
     hold(org, capped, "dead", 40 * CENT)  # its environment dies: HoldSweeper releases it
     deferred = hold(org, capped, "deferred", 40 * CENT)
     usage = wallets.Usage("m", capped, 1, 1, 30 * CENT)
-    wallets.record_pending(org, "deferred", deferred.hold_nanos, usage, NOW, budget_key=deferred.budget_key)
+    settles.record_pending(org, "deferred", deferred.hold_nanos, usage, NOW, budget_key=deferred.budget_key)
     assert budget(org, capped) == (0, 80 * CENT, 20 * CENT)
     result = sweeper.sweep(NOW + timedelta(hours=1))
     assert (result["pending_settled"], result["holds_released"]) == (1, 1)

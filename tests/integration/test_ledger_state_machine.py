@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conduix import config, dynamo, orgs, plans, schema, sweeper, wallets
+from conduix import config, dynamo, orgs, plans, schema, settles, sweeper, wallets
 from conduix.clock import limit_window, period_of
 from conduix.errors import (
     Conflict,
@@ -341,8 +341,8 @@ class LedgerMachine(RuleBasedStateMachine):
         hold, _ = self.model.holds[rid]
         usage = self._usage(data, hold)
         budget_key = self.model.hold_budget.get(rid, "")
-        outcome = wallets.settle(self.org, rid, hold, usage, self.now, budget_key=budget_key)
-        assert outcome is wallets.SettleOutcome.SETTLED
+        outcome = settles.settle(self.org, rid, hold, usage, self.now, budget_key=budget_key)
+        assert outcome is settles.SettleOutcome.SETTLED
         self._settled(rid, usage)
 
     def _settled(self, rid: str, usage: wallets.Usage) -> None:
@@ -439,7 +439,7 @@ class LedgerMachine(RuleBasedStateMachine):
         rid = self._pick(data, self._in_flight(), "open hold")
         hold, _ = self.model.holds[rid]
         usage = self._usage(data, hold)
-        wallets.record_pending(
+        settles.record_pending(
             self.org, rid, hold, usage, self.now, budget_key=self.model.hold_budget.get(rid, "")
         )
         self.pending[rid] = usage
@@ -460,12 +460,12 @@ class LedgerMachine(RuleBasedStateMachine):
             assert wallets.release(self.org, rid, hold, budget_key=budget_key) is False
             seen["release-again"] += 1
         elif rid in self.settled:
-            outcome = wallets.settle(self.org, rid, hold, usage, self.now, budget_key=budget_key)
-            assert outcome is wallets.SettleOutcome.ALREADY_SETTLED
+            outcome = settles.settle(self.org, rid, hold, usage, self.now, budget_key=budget_key)
+            assert outcome is settles.SettleOutcome.ALREADY_SETTLED
             seen["already-settled"] += 1
         else:
-            outcome = wallets.settle(self.org, rid, hold, usage, self.now, budget_key=budget_key)
-            assert outcome is wallets.SettleOutcome.HOLD_GONE
+            outcome = settles.settle(self.org, rid, hold, usage, self.now, budget_key=budget_key)
+            assert outcome is settles.SettleOutcome.HOLD_GONE
             seen["hold-gone"] += 1
 
     # ------------------------------------------------------------------ time, expiry, settings

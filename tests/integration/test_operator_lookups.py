@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conduix import admin, errors, orgs, statements, upkeep, wallets
+from conduix import admin, errors, orgs, settles, statements, upkeep, wallets
 from conduix.money import NANOS_PER_CREDIT as C
 
 from tests.integration.helpers import NOW, assert_consistent, fund
@@ -92,7 +92,7 @@ def test_releasing_a_stuck_hold_frees_it_once_with_an_audit_entry(org: str) -> N
     assert_consistent(org)
     # A late settle of that request finds the hold gone and bills nothing; a second release is a 404
     usage = wallets.Usage(model="acme/fast", key_id="key_1", prompt_tokens=1, completion_tokens=1, cost=C)
-    assert wallets.settle(org, "stuck-1", 3 * C, usage, NOW) is wallets.SettleOutcome.HOLD_GONE
+    assert settles.settle(org, "stuck-1", 3 * C, usage, NOW) is settles.SettleOutcome.HOLD_GONE
     with pytest.raises(errors.NotFound):
         admin.release_hold(org, "stuck-1")
     assert wallets.get_wallet(org).balance == 10 * C
@@ -108,7 +108,7 @@ def test_a_settle_that_wins_the_race_leaves_the_release_nothing_to_do(
     seen = wallets.open_holds(org)
     # ...and that the request settles before the operator's write lands
     usage = wallets.Usage(model="acme/fast", key_id="key_1", prompt_tokens=1, completion_tokens=1, cost=C)
-    assert wallets.settle(org, "racing", 3 * C, usage, NOW) is wallets.SettleOutcome.SETTLED
+    assert settles.settle(org, "racing", 3 * C, usage, NOW) is settles.SettleOutcome.SETTLED
     monkeypatch.setattr(wallets, "open_holds", lambda _org: seen)
     # Then the release is refused, and writes neither money nor an audit entry
     with pytest.raises(errors.Conflict) as refused:
@@ -133,14 +133,14 @@ def test_a_served_hold_with_a_deferred_settle_is_billed_never_released(org: str)
     usage = wallets.Usage(
         model="acme/fast", key_id="key_1", prompt_tokens=2, completion_tokens=5, cost=C // 4
     )
-    wallets.record_pending(org, "served-1", 3 * C, usage, NOW)
+    settles.record_pending(org, "served-1", 3 * C, usage, NOW)
     # When the operator "releases" it
     answer = admin.release_hold(org, "served-1")
     # Then it is settled at its cost, as HoldSweeper would, and nothing is released
     assert (answer["action"], answer["outcome"], answer["cost"]) == ("settled", "settled", "0.25")
     assert (answer["wallet"]["balance"], answer["wallet"]["held"]) == ("9.75", "0")
     assert statements.ledger_page(org, None, None, {"type": "hold_release"})["data"] == []
-    assert wallets.pending_settles(org) == []
+    assert settles.pending_settles(org) == []
     assert_consistent(org)
 
 
@@ -152,7 +152,7 @@ def test_a_deferred_settle_recorded_during_the_release_cancels_it(
     wallets.reserve(org, "late-1", 3 * C, model="acme/fast", key_id="key_1", now=NOW)
     seen = wallets.open_holds(org)
     usage = wallets.Usage(model="acme/fast", key_id="key_1", prompt_tokens=2, completion_tokens=5, cost=C)
-    wallets.record_pending(org, "late-1", 3 * C, usage, NOW)
+    settles.record_pending(org, "late-1", 3 * C, usage, NOW)
     monkeypatch.setattr(wallets, "open_holds", lambda _org: seen)
     # Then the release is refused and changes nothing: the hold waits for its settle
     with pytest.raises(errors.Conflict) as refused:

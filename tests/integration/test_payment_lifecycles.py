@@ -21,6 +21,7 @@ from conduix import (
     payments,
     reconcile,
     reloads,
+    settles,
     stripe_gateway,
     wallets,
 )
@@ -77,7 +78,7 @@ def settle(org: str, rid: str, cost: int, at: Any = NOW, hint: int | None = None
         billed_by=r.wallet.billing_mode,
         funds_hint=r.wallet.balance if hint is None else hint,
     )
-    assert wallets.settle(org, rid, cost, usage, at) is wallets.SettleOutcome.SETTLED
+    assert settles.settle(org, rid, cost, usage, at) is settles.SettleOutcome.SETTLED
 
 
 # ------------------------------------------------------------------ invoice mode
@@ -146,7 +147,7 @@ def invoice_mode_month(org: str) -> None:
     settle(org, "a", 1_234_567_891, at=IN_PERIOD)  # 1 from the balance, the rest invoiced
     r = wallets.reserve(org, "b", 2 * C, model="m/two", key_id="k", now=IN_PERIOD)
     usage = wallets.Usage("m/two", "k", 1, 2, 2 * C, billed_by="invoice", funds_hint=r.wallet.balance)
-    wallets.settle(org, "b", 2 * C, usage, IN_PERIOD)
+    settles.settle(org, "b", 2 * C, usage, IN_PERIOD)
 
 
 STEPS = {

@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
-from conduix import errors, invoicing, keys, orgs, plans, wallets
+from conduix import errors, invoicing, keys, orgs, plans, settles, wallets
 from conduix.money import NANOS_PER_CREDIT as C
 
 from tests.integration.helpers import NOW, assert_consistent, fund
@@ -47,7 +47,7 @@ def test_invoice_mode_usage_is_what_the_month_invoices(org: str) -> None:
     orgs.set_invoice_terms(org, "PO-123", 30)
     assert wallets.invoice_mode_orgs() == [org]
     r = wallets.reserve(org, "a", 3 * C, model="m/one", key_id="k", now=NOW)
-    wallets.settle(
+    settles.settle(
         org, "a", 3 * C, wallets.Usage("m/one", "k", 10, 20, 1_234_567_891, r.wallet.billing_mode), NOW
     )
     usage = invoicing.month_usage(org, "2026-11")

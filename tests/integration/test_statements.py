@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from conduix import errors, statements, wallets
+from conduix import errors, settles, statements, wallets
 from conduix.money import NANOS_PER_CREDIT as C
 
 from tests.integration.helpers import NOW, fund
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 def spend(org: str, request_id: str, cost: int, model: str = "acme/fast", key: str = "key_1", at=NOW) -> None:
     wallets.reserve(org, request_id, cost, model=model, key_id=key, now=at)
     usage = wallets.Usage(model=model, key_id=key, prompt_tokens=3, completion_tokens=4, cost=cost)
-    assert wallets.settle(org, request_id, cost, usage, at) is wallets.SettleOutcome.SETTLED
+    assert settles.settle(org, request_id, cost, usage, at) is settles.SettleOutcome.SETTLED
 
 
 def test_the_statement_runs_newest_first_with_exact_balances_across_pages(org: str) -> None:

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 from botocore.exceptions import ClientError
-from conduix import clock, dynamo, errors, sweeper, upkeep, wallets
+from conduix import clock, dynamo, errors, settles, sweeper, upkeep, wallets
 from conduix.config import settings
 from conduix.money import NANOS_PER_CREDIT as C
 
@@ -27,7 +27,7 @@ def test_hold_then_settle_debits_the_actual_cost(org: str) -> None:
     w = assert_consistent(org)
     assert (w.held, w.available) == (3 * C, 7 * C)
 
-    assert wallets.settle(org, "req-1", 3 * C, usage(1_234_567_891), NOW) is wallets.SettleOutcome.SETTLED
+    assert settles.settle(org, "req-1", 3 * C, usage(1_234_567_891), NOW) is settles.SettleOutcome.SETTLED
 
     w = assert_consistent(org)
     assert w.balance == 10 * C - 1_234_567_891
@@ -40,8 +40,8 @@ def test_hold_then_settle_debits_the_actual_cost(org: str) -> None:
 def test_a_settle_retried_after_it_committed_bills_once(org: str) -> None:
     fund(org, "10")
     wallets.reserve(org, "req-1", 2 * C, model="acme/fast", key_id="key_1", now=NOW)
-    assert wallets.settle(org, "req-1", 2 * C, usage(C), NOW) is wallets.SettleOutcome.SETTLED
-    assert wallets.settle(org, "req-1", 2 * C, usage(C), NOW) is wallets.SettleOutcome.ALREADY_SETTLED
+    assert settles.settle(org, "req-1", 2 * C, usage(C), NOW) is settles.SettleOutcome.SETTLED
+    assert settles.settle(org, "req-1", 2 * C, usage(C), NOW) is settles.SettleOutcome.ALREADY_SETTLED
     assert assert_consistent(org).balance == 9 * C
 
 
@@ -75,7 +75,7 @@ def test_spend_cap_counts_spent_plus_held_and_refuses_beyond_it(org: str) -> Non
     fund(org, "100")
     wallets.write_spend_cap(org, 10 * C, NOW)
     wallets.reserve(org, "a", 6 * C, model="m", key_id="k", now=NOW)
-    wallets.settle(org, "a", 6 * C, usage(4 * C), NOW)  # spent 4
+    settles.settle(org, "a", 6 * C, usage(4 * C), NOW)  # spent 4
     wallets.reserve(org, "b", 5 * C, model="m", key_id="k", now=NOW)  # held 5: committed 9
     with pytest.raises(errors.SpendCapExceeded) as refused:
         wallets.reserve(org, "c", 2 * C, model="m", key_id="k", now=NOW)
@@ -92,13 +92,13 @@ def test_a_new_month_resets_the_cap_but_keeps_open_holds(org: str) -> None:
     fund(org, "100")
     wallets.write_spend_cap(org, 10 * C, NOW)
     wallets.reserve(org, "a", 6 * C, model="m", key_id="k", now=NOW)
-    wallets.settle(org, "a", 6 * C, usage(5 * C), NOW)
+    settles.settle(org, "a", 6 * C, usage(5 * C), NOW)
     wallets.reserve(org, "b", 3 * C, model="m", key_id="k", now=NOW)  # open across midnight
     december = NOW + timedelta(days=5)
     wallets.reserve(org, "c", 6 * C, model="m", key_id="k", now=december)  # 3 held + 6 <= 10
     w = wallets.get_wallet(org)
     assert (w.period, w.month_spent, w.committed) == ("2026-12", 0, 9 * C)
-    wallets.settle(org, "b", 3 * C, usage(2 * C), december)
+    settles.settle(org, "b", 3 * C, usage(2 * C), december)
     w = wallets.get_wallet(org)
     assert (w.month_spent, w.committed, w.cap_remaining) == (2 * C, 8 * C, 2 * C)
 
@@ -146,7 +146,7 @@ def test_concurrent_holds_never_overdraw(org: str) -> None:
         t.join()
     assert (len(wins), len(refusals)) == (5, 25)
     for rid in wins:
-        wallets.settle(org, rid, C, usage(C), NOW)
+        settles.settle(org, rid, C, usage(C), NOW)
     w = assert_consistent(org)
     assert (w.balance, w.available) == (0, 0)
 
@@ -160,7 +160,7 @@ def test_sweeper_releases_only_expired_holds(org: str) -> None:
     assert_consistent(org)
     assert [h.request_id for h in wallets.open_holds(org)] == ["new"]
     assert upkeep.wallets_with_holds(wallets.sweep_shard(org)) == [org]
-    wallets.settle(org, "new", 3 * C, usage(C), NOW)
+    settles.settle(org, "new", 3 * C, usage(C), NOW)
     sweeper.sweep(NOW)
     assert upkeep.wallets_with_holds(wallets.sweep_shard(org)) == []
 
@@ -181,11 +181,11 @@ def test_settle_and_sweep_race_and_exactly_one_wins(org: str) -> None:
     rounds = 12
     for i in range(rounds):
         wallets.reserve(org, f"r{i}", 2 * C, model="m", key_id="k", now=NOW - timedelta(hours=1))
-    outcomes: list[wallets.SettleOutcome] = []
+    outcomes: list[settles.SettleOutcome] = []
 
     def settle_all() -> None:
         for i in range(rounds):
-            outcomes.append(wallets.settle(org, f"r{i}", 2 * C, usage(C), NOW))
+            outcomes.append(settles.settle(org, f"r{i}", 2 * C, usage(C), NOW))
 
     settler = threading.Thread(target=settle_all)
     sweeps = [threading.Thread(target=sweeper.sweep, args=(NOW,)) for _ in range(3)]
@@ -195,8 +195,8 @@ def test_settle_and_sweep_race_and_exactly_one_wins(org: str) -> None:
     settler.join()
     for t in sweeps:
         t.join()
-    settled = outcomes.count(wallets.SettleOutcome.SETTLED)
-    assert settled + outcomes.count(wallets.SettleOutcome.HOLD_GONE) == rounds
+    settled = outcomes.count(settles.SettleOutcome.SETTLED)
+    assert settled + outcomes.count(settles.SettleOutcome.HOLD_GONE) == rounds
     w = assert_consistent(org)
     assert (w.held, w.balance) == (0, 100 * C - settled * C)
 

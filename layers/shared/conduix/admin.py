@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from conduix import alerts, clock, grants, keys, notices, orgs, reloads, schema, upkeep, wallets
+from conduix import alerts, clock, grants, keys, notices, orgs, reloads, schema, settles, upkeep, wallets
 from conduix.billing import wallet_view
 from conduix.config import settings
 from conduix.errors import IdempotencyConflict, InvalidRequest
@@ -198,7 +198,7 @@ def release_hold(org_id: str, request_id: str) -> dict[str, Any]:
     orgs.get_org(resource_id(org_id, "org"))
     resource_id(request_id, "hold")
     now = clock.now()
-    settled = wallets.settle_pending_hold(org_id, request_id, now)
+    settled = settles.settle_pending_hold(org_id, request_id, now)
     if settled is not None:
         pending, outcome = settled
         return {

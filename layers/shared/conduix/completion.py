@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from conduix import cache, chat, clock, leases, plans, pricing, providers, telemetry, wallets, web
+from conduix import cache, chat, clock, leases, plans, pricing, providers, settles, telemetry, wallets, web
 from conduix.auth import Principal
 from conduix.catalog import Model, catalog
 from conduix.clock import Seconds
@@ -383,7 +383,7 @@ def _bill(
     # The answer to an Idempotency-Key is kept by the same write that bills it.
     also = [_answer_action(claim, served, request_id)] if claim else []
     outcome = _settle(org_id, request_id, reservation, usage_record, also)
-    if outcome is wallets.SettleOutcome.HOLD_GONE:  # HoldSweeper released it first
+    if outcome is settles.SettleOutcome.HOLD_GONE:  # HoldSweeper released it first
         served, whole = render(0)
         if claim:
             _keep(claim, served, request_id)
@@ -526,7 +526,7 @@ def _settle(
     reservation: leases.Reservation,
     usage: wallets.Usage,
     also: list[dict[str, Any]],
-) -> wallets.SettleOutcome:
+) -> settles.SettleOutcome:
     """Bill a served request. When the settle cannot land now (contention, throttling, a lost
     answer), keep what the request used, and its hold, for HoldSweeper to settle exactly once.
     Only if even that fails does the client get no answer (a 503); the hold is then released
@@ -541,7 +541,7 @@ def _settle(
         log.warning("settle deferred", exc_info=True, extra={"request_id": request_id})
         try:
             lease_id = reservation.lease.lease_id if reservation.lease else ""  # charged, not settled
-            wallets.record_pending(
+            settles.record_pending(
                 org_id,
                 request_id,
                 hold,
@@ -555,8 +555,8 @@ def _settle(
             log.exception("could not record a deferred settle", extra={"request_id": request_id})
             raise ServiceBusy("The billing store is busy; please retry the request.") from None
         telemetry.settle_incident("settle_deferred", request_id=request_id, org_id=org_id, cost=usage.cost)
-        return wallets.SettleOutcome.SETTLED
-    if outcome is wallets.SettleOutcome.HOLD_GONE:
+        return settles.SettleOutcome.SETTLED
+    if outcome is settles.SettleOutcome.HOLD_GONE:
         telemetry.settle_incident("served_unbilled", request_id=request_id, org_id=org_id, cost=usage.cost)
     if guard is not None and guard.tripped:
         from conduix import alerts
@@ -565,7 +565,7 @@ def _settle(
     return outcome
 
 
-def _alert_guard(wallet: wallets.Wallet, cost: int) -> wallets.AlertGuard | None:
+def _alert_guard(wallet: wallets.Wallet, cost: int) -> settles.AlertGuard | None:
     if not (wallet.balance_alerts or wallet.cap_alerts):
         return None
     from conduix import alerts  # only orgs with alerts pay for the import

@@ -47,7 +47,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from conduix import clock, plans, schema, wallets
+from conduix import clock, plans, schema, settles, wallets
 from conduix.config import settings
 from conduix.dynamo import cancellation_reasons, client, error_code, retrying
 from conduix.errors import Conflict, ServiceBusy
@@ -208,7 +208,7 @@ def record(
     now: datetime,
     *,
     also: Sequence[dict[str, Any]] = (),
-) -> wallets.SettleOutcome:
+) -> settles.SettleOutcome:
     """Bill one request of a lease: its ledger entry and its spend record, in one transaction
     of items no other request writes. The debit lands with the lease's fold."""
     org_id, c = lease.org_id, usage.cost
@@ -247,11 +247,11 @@ def record(
             {
                 "Put": {
                     "TableName": table,
-                    "Item": wallets.over_hold_item(org_id, request_id, hold_amount, usage, now),
+                    "Item": settles.over_hold_item(org_id, request_id, hold_amount, usage, now),
                 }
             }
         )
-    outcome = wallets.SettleOutcome.SETTLED
+    outcome = settles.SettleOutcome.SETTLED
     try:
         retrying(lambda: client().transact_write_items(TransactItems=items))
     except ClientError as exc:
@@ -259,7 +259,7 @@ def record(
         if error_code(exc) != "TransactionCanceledException" or len(reasons) != len(items):
             raise
         if reasons[0].get("Code") == "ConditionalCheckFailed":
-            outcome = wallets.SettleOutcome.ALREADY_SETTLED  # a retry after a lost answer: it landed
+            outcome = settles.SettleOutcome.ALREADY_SETTLED  # a retry after a lost answer: it landed
         elif reasons[3].get("Code") == "ConditionalCheckFailed":
             raise Conflict("The request's lease was folded before it could be billed.") from None
         else:
@@ -450,7 +450,7 @@ def sweep(org_id: str, now: datetime) -> int:
     return folded
 
 
-def charge_pending(org_id: str, pending: wallets.PendingSettle, now: datetime) -> wallets.SettleOutcome:
+def charge_pending(org_id: str, pending: settles.PendingSettle, now: datetime) -> settles.SettleOutcome:
     """Bill a lease's request whose spend could not be written (a pending settle with no
     hold): its ledger entry and the debit in one transaction, once (the ledger marker)."""
     usage = pending.usage
@@ -476,7 +476,7 @@ def charge_pending(org_id: str, pending: wallets.PendingSettle, now: datetime) -
                 }
             },
             wallets.billed_usage_update(org_id, now, usage),
-            {"Delete": {"TableName": table, "Key": wallets.pending_key(org_id, pending.request_id)}},
+            {"Delete": {"TableName": table, "Key": settles.pending_key(org_id, pending.request_id)}},
         ]
         try:
             retrying(lambda: client().transact_write_items(TransactItems=actions))  # noqa: B023
@@ -485,14 +485,14 @@ def charge_pending(org_id: str, pending: wallets.PendingSettle, now: datetime) -
             if error_code(exc) != "TransactionCanceledException" or len(reasons) != len(actions):
                 raise
             if reasons[0].get("Code") == "ConditionalCheckFailed":
-                return wallets.SettleOutcome.ALREADY_SETTLED  # its spend had landed after all
+                return settles.SettleOutcome.ALREADY_SETTLED  # its spend had landed after all
             month = wallets.catch_up_period(org_id, as_str(reasons[2].get("Item") or {}, "period"), period)
             if month is None:
                 raise
             period = month
             continue
         wallets.moved(org_id, balance=-c, spent=c)
-        return wallets.SettleOutcome.SETTLED
+        return settles.SettleOutcome.SETTLED
     raise Conflict("The wallet kept changing while charging a deferred settle; please retry.")
 
 
@@ -622,10 +622,10 @@ def settle(
     now: datetime,
     *,
     also: Sequence[dict[str, Any]] = (),
-    alert_guard: wallets.AlertGuard | None = None,
-) -> wallets.SettleOutcome:
+    alert_guard: settles.AlertGuard | None = None,
+) -> settles.SettleOutcome:
     if reservation.lease is None:
-        return wallets.settle(
+        return settles.settle(
             org_id,
             request_id,
             reservation.hold_nanos,

@@ -7,7 +7,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from conduix import alerts, leases, telemetry, upkeep, wallets
+from conduix import alerts, leases, settles, telemetry, upkeep, wallets
 from conduix.errors import ServiceBusy
 from conduix.money import format_credits
 
@@ -27,12 +27,12 @@ def sweep(now: datetime) -> dict[str, Any]:
             checked += 1
             waiting = set()  # deferred settles still contended: their holds are not released
             landed = 0
-            for pending in wallets.pending_settles(org_id):
+            for pending in settles.pending_settles(org_id):
                 try:
                     if pending.lease_id:  # billed under a lease: no hold to close, a debit of its own
                         outcome = leases.charge_pending(org_id, pending, now)
                     else:
-                        outcome = wallets.settle(
+                        outcome = settles.settle(
                             org_id,
                             pending.request_id,
                             pending.hold_amount,
@@ -47,12 +47,12 @@ def sweep(now: datetime) -> dict[str, Any]:
                     )
                     waiting.add(pending.request_id)
                     continue
-                if outcome is wallets.SettleOutcome.SETTLED:
+                if outcome is settles.SettleOutcome.SETTLED:
                     settled += 1
                     landed += 1
                     settled_nanos += pending.usage.cost
                 else:  # its first settle had landed after all (or, never, its hold was released)
-                    wallets.drop_pending(org_id, pending.request_id)
+                    settles.drop_pending(org_id, pending.request_id)
                 log.warning(
                     "settled a deferred settle",
                     extra={"org_id": org_id, "request_id": pending.request_id, "outcome": outcome.value},

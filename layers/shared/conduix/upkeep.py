@@ -14,7 +14,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from conduix import wallets
+from conduix import settles, wallets
 from conduix.config import settings
 from conduix.dynamo import cancellation_reasons, client, error_code, retrying, write_if
 from conduix.errors import Conflict, NotFound
@@ -71,7 +71,7 @@ def release_stuck_hold(
         {
             "ConditionCheck": {
                 "TableName": table,
-                "Key": wallets.pending_key(org_id, request_id),
+                "Key": settles.pending_key(org_id, request_id),
                 "ConditionExpression": "attribute_not_exists(pk)",
             }
         },
