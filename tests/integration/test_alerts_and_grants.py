@@ -9,7 +9,19 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
-from conduix import admin, alerts, billing, completion, grants, notices, orgs, reconcile, settles, wallets
+from conduix import (
+    admin,
+    alerts,
+    billing,
+    completion,
+    grants,
+    metering,
+    notices,
+    orgs,
+    reconcile,
+    settles,
+    wallets,
+)
 from conduix.auth import Principal
 from conduix.errors import IdempotencyConflict, InvalidRequest
 from conduix.money import NANOS_PER_CREDIT as C
@@ -139,7 +151,7 @@ def test_the_settle_that_crosses_sends_the_alert_whatever_order_requests_held_in
     for i in (1, 2, 3, 0):
         guard = alerts.guard(views[i], C)
         assert guard is not None  # armed: each settle carries the guard
-        usage = wallets.Usage("m", "k", 1, 1, C)
+        usage = metering.Usage("m", "k", 1, 1, C)
         assert settles.settle(org, f"h{i}", C, usage, NOW, alert_guard=guard) is settles.SettleOutcome.SETTLED
         tripped.append(guard.tripped)
         if guard.tripped:
@@ -150,7 +162,7 @@ def test_the_settle_that_crosses_sends_the_alert_whatever_order_requests_held_in
     wallets.reserve(org, "h4", C, model="m", key_id="k", now=NOW)
     guard = alerts.guard(wallets.get_wallet(org), C)
     assert guard is not None
-    usage = wallets.Usage("m", "k", 1, 1, C)
+    usage = metering.Usage("m", "k", 1, 1, C)
     assert settles.settle(org, "h4", C, usage, NOW, alert_guard=guard) is settles.SettleOutcome.SETTLED
     assert not guard.tripped and len(sent(org, "balance_below")) == 1
     assert_consistent(org)
@@ -162,7 +174,7 @@ def test_a_threshold_re_armed_elsewhere_fires_from_a_view_that_saw_it_fired(org:
     # re-arm went unnoticed until this environment's view expired).
     fund(org, "6")
     billing.set_alerts(org, {"balance_below": ["5"]})
-    usage = wallets.Usage("m", "k", 1, 1, C)
+    usage = metering.Usage("m", "k", 1, 1, C)
     wallets.reserve(org, "a0", C, model="m", key_id="k", now=NOW)
     wallets.reserve(org, "a1", C, model="m", key_id="k", now=NOW)
     for i in range(2):

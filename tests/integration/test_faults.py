@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError
-from conduix import catalog, completion, dynamo, settles, sweeper, wallets
+from conduix import catalog, completion, dynamo, metering, settles, sweeper, wallets
 from conduix.auth import Principal
 from conduix.money import NANOS_PER_CREDIT as C
 from conduix.money import format_credits
@@ -82,8 +82,8 @@ def faults(tables: dict[str, str]) -> Iterator[Faults]:
     events.unregister("after-call.dynamodb", unique_id="faults-after")
 
 
-def usage(cost: int) -> wallets.Usage:
-    return wallets.Usage("m", "k", 1, 1, cost)
+def usage(cost: int) -> metering.Usage:
+    return metering.Usage("m", "k", 1, 1, cost)
 
 
 def test_throttled_reserve_is_retried_and_holds_once(org: str, faults: Faults) -> None:

@@ -8,7 +8,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from conduix import dynamo, errors, leases, plans, reconcile, schema, settles, sweeper, wallets
+from conduix import dynamo, errors, leases, metering, plans, reconcile, schema, settles, sweeper, wallets
 from conduix.config import settings
 from conduix.money import NANOS_PER_CREDIT as C
 
@@ -52,7 +52,7 @@ def test_500_requests_in_flight_keep_every_item_small_and_never_overdraw(org: st
             reserved.wait()
         settle_now.wait()
         if rid:  # as Completion does: a settle that cannot land now is kept for HoldSweeper
-            usage = wallets.Usage("acme/fast", "key_1", 10, 20, costs[i])
+            usage = metering.Usage("acme/fast", "key_1", 10, 20, costs[i])
             try:
                 outcomes.append(settles.settle(org, rid, C, usage, NOW))
             except errors.ServiceBusy:
@@ -140,7 +140,7 @@ def test_500_requests_in_flight_through_escrow_leases_are_all_served_and_billed_
             return
         reserved.wait()
         settle_now.wait()
-        usage = wallets.Usage("acme/fast", "key_1", 10, 20, costs[i])
+        usage = metering.Usage("acme/fast", "key_1", 10, 20, costs[i])
         try:
             outcome = leases.settle(org, rid, reservation, usage, NOW)
             assert outcome in (settles.SettleOutcome.SETTLED, settles.SettleOutcome.ALREADY_SETTLED)
@@ -211,7 +211,7 @@ def test_holds_that_keep_colliding_make_the_org_hot_in_this_environment(
     second = leases.reserve(org, "r2", C, model="acme/fast", key_id="key_1", now=NOW)
     assert second.lease is first.lease and tried == ["r1"]
     for rid, reservation in (("r1", first), ("r2", second)):
-        usage = wallets.Usage("acme/fast", "key_1", 1, 1, C // 2)
+        usage = metering.Usage("acme/fast", "key_1", 1, 1, C // 2)
         assert leases.settle(org, rid, reservation, usage, NOW) is settles.SettleOutcome.SETTLED
     leases.close_all(NOW)
     w = assert_consistent(org)

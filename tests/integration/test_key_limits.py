@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from conduix import auth, clock, errors, keys, plans, reconcile, settles, sweeper, upkeep, wallets
+from conduix import auth, clock, errors, keys, metering, plans, reconcile, settles, sweeper, upkeep, wallets
 from conduix.money import NANOS_PER_CREDIT as C
 
 from tests.integration.helpers import NOW, assert_consistent, fund
@@ -53,7 +53,7 @@ def hold(org: str, key_id: str, request_id: str, amount: int, now: datetime = NO
 def bill(
     org: str, key_id: str, request_id: str, held: wallets.Reservation, cost: int, now: datetime = NOW
 ) -> None:
-    usage = wallets.Usage("m", key_id, 1, 1, cost)
+    usage = metering.Usage("m", key_id, 1, 1, cost)
     outcome = settles.settle(org, request_id, held.hold_nanos, usage, now, budget_key=held.budget_key)
     assert outcome is settles.SettleOutcome.SETTLED
 
@@ -151,7 +151,7 @@ def test_failed_and_swept_requests_give_their_room_back_and_deferred_settles_cou
     assert wallets.release(org, "failed", failed.hold_nanos, budget_key=failed.budget_key)
     hold(org, capped, "dead", 40 * CENT)  # its environment dies: HoldSweeper releases it
     deferred = hold(org, capped, "deferred", 40 * CENT)
-    usage = wallets.Usage("m", capped, 1, 1, 30 * CENT)
+    usage = metering.Usage("m", capped, 1, 1, 30 * CENT)
     settles.record_pending(org, "deferred", deferred.hold_nanos, usage, NOW, budget_key=deferred.budget_key)
     assert budget(org, capped) == (0, 80 * CENT, 20 * CENT)
     result = sweeper.sweep(NOW + timedelta(hours=1))

@@ -9,7 +9,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from conduix import auth, config, dynamo, errors, keys, plans, schema, settles, statements, wallets
+from conduix import auth, config, dynamo, errors, keys, metering, plans, schema, settles, statements, wallets
 from conduix.money import NANOS_PER_CREDIT as C
 
 from tests.integration.helpers import NOW, assert_consistent, fund
@@ -116,7 +116,7 @@ def _two_pages(org: str) -> dict[str, object]:
     fund(org, "10")
     for i in range(3):
         wallets.reserve(org, f"r{i}", C, model="m", key_id="k", now=NOW + timedelta(seconds=i + 1))
-        usage = wallets.Usage(model="m", key_id="k", prompt_tokens=1, completion_tokens=1, cost=C)
+        usage = metering.Usage(model="m", key_id="k", prompt_tokens=1, completion_tokens=1, cost=C)
         settles.settle(org, f"r{i}", C, usage, NOW + timedelta(seconds=i + 1))
     return statements.ledger_page(org, "2", None)
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conduix import config, dynamo, orgs, plans, schema, settles, sweeper, wallets
+from conduix import config, dynamo, metering, orgs, plans, schema, settles, sweeper, wallets
 from conduix.clock import limit_window, period_of
 from conduix.errors import (
     Conflict,
@@ -202,9 +202,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.model = Model(period=period_of(self.now), rpm_limit=plans.get(limit).requests_per_minute)
         self.seq = 0
         self.grants: dict[str, tuple[str, int]] = {}  # key -> (kind, amount)
-        self.settled: dict[str, tuple[int, wallets.Usage]] = {}  # rid -> (hold, usage)
+        self.settled: dict[str, tuple[int, metering.Usage]] = {}  # rid -> (hold, usage)
         self.closed: dict[str, int] = {}  # released or swept: rid -> hold
-        self.pending: dict[str, wallets.Usage] = {}  # deferred settles: rid -> usage
+        self.pending: dict[str, metering.Usage] = {}  # deferred settles: rid -> usage
         self.closed_budget: dict[str, str] = {}  # closed requests: rid -> the key budget it counted in
         self.over: set[str] = set()  # requests charged above their hold
         self.billed_requests = 0
@@ -331,11 +331,11 @@ class LedgerMachine(RuleBasedStateMachine):
         seen["hold:invoice" if m.invoice else "hold"] += 1
         return True
 
-    def _usage(self, data: st.DataObject, hold: int) -> wallets.Usage:
+    def _usage(self, data: st.DataObject, hold: int) -> metering.Usage:
         """What the provider billed: now and then more than the hold (about one in ten)."""
         over = data.draw(st.integers(0, 9), label="over") == 0
         cost = hold + data.draw(st.integers(1, C)) if over else data.draw(st.integers(0, hold), label="cost")
-        return wallets.Usage("acme/fast", "key_1", data.draw(st.integers(0, 5000)), 7, cost)
+        return metering.Usage("acme/fast", "key_1", data.draw(st.integers(0, 5000)), 7, cost)
 
     def _settle(self, data: st.DataObject, rid: str) -> None:
         hold, _ = self.model.holds[rid]
@@ -345,7 +345,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert outcome is settles.SettleOutcome.SETTLED
         self._settled(rid, usage)
 
-    def _settled(self, rid: str, usage: wallets.Usage) -> None:
+    def _settled(self, rid: str, usage: metering.Usage) -> None:
         m = self.model
         hold, _ = m.holds[rid]
         cost = usage.cost
@@ -454,7 +454,7 @@ class LedgerMachine(RuleBasedStateMachine):
         if rid in self.settled:
             hold, usage = self.settled[rid]
         else:
-            hold, usage = self.closed[rid], wallets.Usage("acme/fast", "key_1", 1, 1, cost)
+            hold, usage = self.closed[rid], metering.Usage("acme/fast", "key_1", 1, 1, cost)
         budget_key = self.closed_budget.get(rid, "")
         if data.draw(st.booleans(), label="release instead"):
             assert wallets.release(self.org, rid, hold, budget_key=budget_key) is False

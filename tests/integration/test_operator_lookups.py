@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conduix import admin, errors, orgs, settles, statements, upkeep, wallets
+from conduix import admin, errors, metering, orgs, settles, statements, upkeep, wallets
 from conduix.money import NANOS_PER_CREDIT as C
 
 from tests.integration.helpers import NOW, assert_consistent, fund
@@ -91,7 +91,7 @@ def test_releasing_a_stuck_hold_frees_it_once_with_an_audit_entry(org: str) -> N
     assert "released by the operator" in audit[0]["description"]
     assert_consistent(org)
     # A late settle of that request finds the hold gone and bills nothing; a second release is a 404
-    usage = wallets.Usage(model="acme/fast", key_id="key_1", prompt_tokens=1, completion_tokens=1, cost=C)
+    usage = metering.Usage(model="acme/fast", key_id="key_1", prompt_tokens=1, completion_tokens=1, cost=C)
     assert settles.settle(org, "stuck-1", 3 * C, usage, NOW) is settles.SettleOutcome.HOLD_GONE
     with pytest.raises(errors.NotFound):
         admin.release_hold(org, "stuck-1")
@@ -107,7 +107,7 @@ def test_a_settle_that_wins_the_race_leaves_the_release_nothing_to_do(
     wallets.reserve(org, "racing", 3 * C, model="acme/fast", key_id="key_1", now=NOW)
     seen = wallets.open_holds(org)
     # ...and that the request settles before the operator's write lands
-    usage = wallets.Usage(model="acme/fast", key_id="key_1", prompt_tokens=1, completion_tokens=1, cost=C)
+    usage = metering.Usage(model="acme/fast", key_id="key_1", prompt_tokens=1, completion_tokens=1, cost=C)
     assert settles.settle(org, "racing", 3 * C, usage, NOW) is settles.SettleOutcome.SETTLED
     monkeypatch.setattr(wallets, "open_holds", lambda _org: seen)
     # Then the release is refused, and writes neither money nor an audit entry
@@ -130,7 +130,7 @@ def test_a_served_hold_with_a_deferred_settle_is_billed_never_released(org: str)
     # Given a request that was served but whose settle could not land (its usage is recorded)
     fund(org, "10")
     wallets.reserve(org, "served-1", 3 * C, model="acme/fast", key_id="key_1", now=NOW)
-    usage = wallets.Usage(
+    usage = metering.Usage(
         model="acme/fast", key_id="key_1", prompt_tokens=2, completion_tokens=5, cost=C // 4
     )
     settles.record_pending(org, "served-1", 3 * C, usage, NOW)
@@ -151,7 +151,7 @@ def test_a_deferred_settle_recorded_during_the_release_cancels_it(
     fund(org, "10")
     wallets.reserve(org, "late-1", 3 * C, model="acme/fast", key_id="key_1", now=NOW)
     seen = wallets.open_holds(org)
-    usage = wallets.Usage(model="acme/fast", key_id="key_1", prompt_tokens=2, completion_tokens=5, cost=C)
+    usage = metering.Usage(model="acme/fast", key_id="key_1", prompt_tokens=2, completion_tokens=5, cost=C)
     settles.record_pending(org, "late-1", 3 * C, usage, NOW)
     monkeypatch.setattr(wallets, "open_holds", lambda _org: seen)
     # Then the release is refused and changes nothing: the hold waits for its settle

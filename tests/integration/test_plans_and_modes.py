@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
-from conduix import errors, invoicing, keys, orgs, plans, settles, wallets
+from conduix import errors, invoicing, keys, metering, orgs, plans, settles, wallets
 from conduix.money import NANOS_PER_CREDIT as C
 
 from tests.integration.helpers import NOW, assert_consistent, fund
@@ -48,7 +48,7 @@ def test_invoice_mode_usage_is_what_the_month_invoices(org: str) -> None:
     assert wallets.invoice_mode_orgs() == [org]
     r = wallets.reserve(org, "a", 3 * C, model="m/one", key_id="k", now=NOW)
     settles.settle(
-        org, "a", 3 * C, wallets.Usage("m/one", "k", 10, 20, 1_234_567_891, r.wallet.billing_mode), NOW
+        org, "a", 3 * C, metering.Usage("m/one", "k", 10, 20, 1_234_567_891, r.wallet.billing_mode), NOW
     )
     usage = invoicing.month_usage(org, "2026-11")
     assert [(u.model, u.requests, u.prompt_tokens, u.completion_tokens, u.nanos) for u in usage] == [

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from conduix import errors, settles, statements, wallets
+from conduix import errors, metering, settles, statements, wallets
 from conduix.money import NANOS_PER_CREDIT as C
 
 from tests.integration.helpers import NOW, fund
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 def spend(org: str, request_id: str, cost: int, model: str = "acme/fast", key: str = "key_1", at=NOW) -> None:
     wallets.reserve(org, request_id, cost, model=model, key_id=key, now=at)
-    usage = wallets.Usage(model=model, key_id=key, prompt_tokens=3, completion_tokens=4, cost=cost)
+    usage = metering.Usage(model=model, key_id=key, prompt_tokens=3, completion_tokens=4, cost=cost)
     assert settles.settle(org, request_id, cost, usage, at) is settles.SettleOutcome.SETTLED
 
 
@@ -55,7 +55,7 @@ def test_usage_groups_by_model_day_and_key_with_cache_savings(org: str) -> None:
     spend(org, "a", 2 * C, model="m/one")
     spend(org, "b", 3 * C, model="m/two", key="key_2")
     spend(org, "c", 1 * C, model="m/one", at=NOW + timedelta(days=1))
-    wallets.record_cache_hit(org, "m/one", "key_1", 2 * C, NOW)
+    metering.record_cache_hit(org, "m/one", "key_1", 2 * C, NOW)
     report = statements.usage_report(org, {"from": "2026-11-27", "to": "2026-11-28", "group_by": "model"})
     assert report["data"] == [
         {
@@ -196,7 +196,7 @@ def test_the_usage_csv_has_the_json_rows_with_cache_hits_in_their_own_column(org
     fund(org, "10")
     spend(org, "a", 2 * C, model="m/one")
     spend(org, "b", 3 * C // 7, model="=cmd|' /C calc'!A0")
-    wallets.record_cache_hit(org, "m/one", "key_1", 2 * C, NOW)
+    metering.record_cache_hit(org, "m/one", "key_1", 2 * C, NOW)
     query = {"from": "2026-11-27", "to": "2026-11-27", "group_by": "model,day"}
     report = statements.usage_report(org, query)
     export = statements.usage_export(org, {**query, "format": "csv"})

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 from botocore.exceptions import ClientError
-from conduix import clock, dynamo, errors, settles, sweeper, upkeep, wallets
+from conduix import clock, dynamo, errors, metering, settles, sweeper, upkeep, wallets
 from conduix.config import settings
 from conduix.money import NANOS_PER_CREDIT as C
 
@@ -16,8 +16,8 @@ from tests.integration.helpers import NOW, assert_consistent, fund, ledger_items
 pytestmark = pytest.mark.integration
 
 
-def usage(cost: int, model: str = "acme/fast") -> wallets.Usage:
-    return wallets.Usage(model=model, key_id="key_1", prompt_tokens=10, completion_tokens=20, cost=cost)
+def usage(cost: int, model: str = "acme/fast") -> metering.Usage:
+    return metering.Usage(model=model, key_id="key_1", prompt_tokens=10, completion_tokens=20, cost=cost)
 
 
 def test_hold_then_settle_debits_the_actual_cost(org: str) -> None:

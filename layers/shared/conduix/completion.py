@@ -15,7 +15,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from conduix import cache, chat, clock, leases, plans, pricing, providers, settles, telemetry, wallets, web
+from conduix import (
+    cache,
+    chat,
+    clock,
+    leases,
+    metering,
+    plans,
+    pricing,
+    providers,
+    settles,
+    telemetry,
+    wallets,
+    web,
+)
 from conduix.auth import Principal
 from conduix.catalog import Model, catalog
 from conduix.clock import Seconds
@@ -224,7 +237,7 @@ def _serve(
             usage = hit.get("usage") or {}
             saved = parse_credits(str(usage.get("cost", "0")), field="cost", allow_zero=True)
             try:
-                wallets.record_cache_hit(org_id, str(hit.get("model")), principal.key_id, saved, now)
+                metering.record_cache_hit(org_id, str(hit.get("model")), principal.key_id, saved, now)
             except Exception:  # statistics only: never fail a free answer over them
                 log.warning("could not count a cache hit", exc_info=True)
             balance = wallets.get_balance(org_id, principal.key_id)
@@ -371,7 +384,7 @@ def _bill(
             "charge_above_hold", request_id=request_id, org_id=org_id, hold=hold, cost=cost, model=model.id
         )
     served, whole = render(cost)
-    usage_record = wallets.Usage(
+    usage_record = metering.Usage(
         model.id,
         principal.key_id,
         tokens[0],
@@ -524,7 +537,7 @@ def _settle(
     org_id: str,
     request_id: str,
     reservation: leases.Reservation,
-    usage: wallets.Usage,
+    usage: metering.Usage,
     also: list[dict[str, Any]],
 ) -> settles.SettleOutcome:
     """Bill a served request. When the settle cannot land now (contention, throttling, a lost

@@ -47,7 +47,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from conduix import clock, plans, schema, settles, wallets
+from conduix import clock, metering, plans, schema, settles, wallets
 from conduix.config import settings
 from conduix.dynamo import cancellation_reasons, client, error_code, retrying
 from conduix.errors import Conflict, ServiceBusy
@@ -77,7 +77,7 @@ class Spend:
     request_id: str
     cost: int
     created_at: str
-    usage: wallets.Usage
+    usage: metering.Usage
     lease_id: str = ""
 
 
@@ -204,7 +204,7 @@ def record(
     lease: Lease,
     request_id: str,
     hold_amount: int,
-    usage: wallets.Usage,
+    usage: metering.Usage,
     now: datetime,
     *,
     also: Sequence[dict[str, Any]] = (),
@@ -212,7 +212,7 @@ def record(
     """Bill one request of a lease: its ledger entry and its spend record, in one transaction
     of items no other request writes. The debit lands with the lease's fold."""
     org_id, c = lease.org_id, usage.cost
-    marker, line = wallets.usage_ledger_items(org_id, request_id, usage, now)
+    marker, line = metering.usage_ledger_items(org_id, request_id, usage, now)
     line["lease_id"] = marker["lease_id"] = s(lease.lease_id)
     spend = {
         **spend_key(org_id, lease.lease_id, request_id),
@@ -276,7 +276,7 @@ def _spend_from_item(item: Item) -> Spend:
         request_id=as_str(item, "request_id"),
         cost=as_int(item, "cost"),
         created_at=as_str(item, "created_at"),
-        usage=wallets.Usage(
+        usage=metering.Usage(
             as_str(item, "model"),
             as_str(item, "key_id"),
             as_int(item, "prompt_tokens"),
@@ -358,7 +358,7 @@ def fold(
         for (day, model, key), counts in rows.items():
             at = datetime.fromisoformat(f"{day}T00:00:00+00:00")
             actions.append(
-                {"Update": {"TableName": table, **wallets.usage_update(org_id, at, model, key, counts)}}
+                {"Update": {"TableName": table, **metering.usage_update(org_id, at, model, key, counts)}}
             )
         try:
             retrying(lambda: client().transact_write_items(TransactItems=actions))  # noqa: B023
@@ -454,7 +454,7 @@ def charge_pending(org_id: str, pending: settles.PendingSettle, now: datetime) -
     """Bill a lease's request whose spend could not be written (a pending settle with no
     hold): its ledger entry and the debit in one transaction, once (the ledger marker)."""
     usage = pending.usage
-    marker, line = wallets.usage_ledger_items(org_id, pending.request_id, usage, now)
+    marker, line = metering.usage_ledger_items(org_id, pending.request_id, usage, now)
     c = usage.cost
     table = settings().billing_table
     period = clock.period_of(now)
@@ -475,7 +475,7 @@ def charge_pending(org_id: str, pending: settles.PendingSettle, now: datetime) -
                     "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                 }
             },
-            wallets.billed_usage_update(org_id, now, usage),
+            metering.billed_usage_update(org_id, now, usage),
             {"Delete": {"TableName": table, "Key": settles.pending_key(org_id, pending.request_id)}},
         ]
         try:
@@ -618,7 +618,7 @@ def settle(
     org_id: str,
     request_id: str,
     reservation: Reservation,
-    usage: wallets.Usage,
+    usage: metering.Usage,
     now: datetime,
     *,
     also: Sequence[dict[str, Any]] = (),

@@ -18,7 +18,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from conduix import clock, schema, wallets
+from conduix import clock, metering, schema, wallets
 from conduix.config import settings
 from conduix.dynamo import cancellation_reasons, client, error_code, retrying
 from conduix.errors import Conflict
@@ -78,7 +78,7 @@ def settle(
     org_id: str,
     request_id: str,
     hold_amount: int,
-    usage: wallets.Usage,
+    usage: metering.Usage,
     now: datetime,
     *,
     also: Sequence[dict[str, Any]] = (),
@@ -96,7 +96,7 @@ def settle(
     `alert_guard`: see AlertGuard."""
     period = clock.period_of(now)
     c = usage.cost
-    marker, line = wallets.usage_ledger_items(org_id, request_id, usage, now)
+    marker, line = metering.usage_ledger_items(org_id, request_id, usage, now)
     table = settings().billing_table
     invoiced = usage.billed_by == "invoice"
     drawn = min(c, max(usage.funds_hint, 0)) if invoiced else 0  # from the positive balance
@@ -133,7 +133,7 @@ def settle(
             },
             {"Put": {"TableName": table, "Item": marker, "ConditionExpression": "attribute_not_exists(pk)"}},
             {"Put": {"TableName": table, "Item": line}},
-            wallets.billed_usage_update(org_id, now, usage),
+            metering.billed_usage_update(org_id, now, usage),
             wallets.hold_delete(org_id, request_id, hold_amount, bool(budget_key)),
             *also,
         ]
@@ -193,7 +193,7 @@ def settle(
 
 
 def over_hold_item(
-    org_id: str, request_id: str, hold_amount: int, usage: wallets.Usage, now: datetime
+    org_id: str, request_id: str, hold_amount: int, usage: metering.Usage, now: datetime
 ) -> Item:
     """The durable record of a charge above its hold, which `reconcile` reports."""
     return {
@@ -223,7 +223,7 @@ def pending_key(org_id: str, request_id: str) -> dict[str, Any]:
 class PendingSettle:
     request_id: str
     hold_amount: int
-    usage: wallets.Usage
+    usage: metering.Usage
     lease_id: str = ""  # billed under an escrow lease: no hold; charged by leases.charge_pending
     budget_key: str = ""  # its hold counts against this key's spend limit
 
@@ -232,7 +232,7 @@ def record_pending(
     org_id: str,
     request_id: str,
     hold_amount: int,
-    usage: wallets.Usage,
+    usage: metering.Usage,
     now: datetime,
     *,
     also: Sequence[dict[str, Any]] = (),
@@ -270,7 +270,7 @@ def pending_settles(org_id: str) -> list[PendingSettle]:
         PendingSettle(
             request_id=as_str(i, "request_id"),
             hold_amount=as_int(i, "hold"),
-            usage=wallets.Usage(
+            usage=metering.Usage(
                 as_str(i, "model"),
                 as_str(i, "key_id"),
                 as_int(i, "prompt_tokens"),
