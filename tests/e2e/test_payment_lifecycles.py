@@ -117,7 +117,7 @@ def last_month() -> tuple[datetime, str]:
 
 def seed_invoice_month(stack: Stack) -> tuple[str, str]:
     """An invoice-mode org with last month's usage (history the API cannot make today)."""
-    from conduix import keys, metering, orgs, settles, wallets
+    from conduix import holds, keys, metering, orgs, settles
 
     at, _ = last_month()
     org = orgs.create_org("Enterprise", f"ap-{uuid.uuid4().hex[:6]}@example.com", at)
@@ -126,7 +126,7 @@ def seed_invoice_month(stack: Stack) -> tuple[str, str]:
     assert stack.operator("PUT", f"/admin/orgs/{org.org_id}/billing", body).status == 200
     for i, cost in enumerate((1_234_567_891, 765_432_109)):
         rid = f"seed-{i}"
-        wallets.reserve(org.org_id, rid, cost, model="test/cheap", key_id="k", now=at + timedelta(hours=i))
+        holds.reserve(org.org_id, rid, cost, model="test/cheap", key_id="k", now=at + timedelta(hours=i))
         usage = metering.Usage("test/cheap", "k", 10, 20, cost, billed_by="invoice")
         settles.settle(org.org_id, rid, cost, usage, at + timedelta(hours=i))
     return org.org_id, key

@@ -15,6 +15,7 @@ from conduix import (
     billing,
     completion,
     grants,
+    holds,
     metering,
     notices,
     orgs,
@@ -146,7 +147,7 @@ def test_the_settle_that_crosses_sends_the_alert_whatever_order_requests_held_in
     # interleaving a burst on the local stack produced, and the old estimate missed).
     fund(org, "8")
     billing.set_alerts(org, {"balance_below": ["5"]})
-    views = [wallets.reserve(org, f"h{i}", C, model="m", key_id="k", now=NOW).wallet for i in range(4)]
+    views = [holds.reserve(org, f"h{i}", C, model="m", key_id="k", now=NOW).wallet for i in range(4)]
     tripped = []
     for i in (1, 2, 3, 0):
         guard = alerts.guard(views[i], C)
@@ -159,7 +160,7 @@ def test_the_settle_that_crosses_sends_the_alert_whatever_order_requests_held_in
     assert tripped == [False, False, False, True]  # only the settle from 5 to 4 crosses
     assert len(sent(org, "balance_below")) == 1
     # Fired: the guard still rides on each settle, and the wallet's mark lets it pass
-    wallets.reserve(org, "h4", C, model="m", key_id="k", now=NOW)
+    holds.reserve(org, "h4", C, model="m", key_id="k", now=NOW)
     guard = alerts.guard(wallets.get_wallet(org), C)
     assert guard is not None
     usage = metering.Usage("m", "k", 1, 1, C)
@@ -175,8 +176,8 @@ def test_a_threshold_re_armed_elsewhere_fires_from_a_view_that_saw_it_fired(org:
     fund(org, "6")
     billing.set_alerts(org, {"balance_below": ["5"]})
     usage = metering.Usage("m", "k", 1, 1, C)
-    wallets.reserve(org, "a0", C, model="m", key_id="k", now=NOW)
-    wallets.reserve(org, "a1", C, model="m", key_id="k", now=NOW)
+    holds.reserve(org, "a0", C, model="m", key_id="k", now=NOW)
+    holds.reserve(org, "a1", C, model="m", key_id="k", now=NOW)
     for i in range(2):
         settles.settle(org, f"a{i}", C, usage, NOW, alert_guard=alerts.guard(wallets.get_wallet(org), C))
     assert alerts.check(org, NOW) == 1  # 6 -> 4: fired
@@ -186,7 +187,7 @@ def test_a_threshold_re_armed_elsewhere_fires_from_a_view_that_saw_it_fired(org:
     alerts.after_credit(org)  # elsewhere: re-armed at 6
     assert wallets.get_wallet(org).alerts_fired == frozenset()
     for i in (2, 3):
-        wallets.reserve(org, f"a{i}", C, model="m", key_id="k", now=NOW)
+        holds.reserve(org, f"a{i}", C, model="m", key_id="k", now=NOW)
         guard = alerts.guard(stale, C)
         assert guard is not None
         settles.settle(org, f"a{i}", C, usage, NOW, alert_guard=guard)
@@ -203,7 +204,7 @@ def test_thresholds_set_elsewhere_refresh_the_view_a_hold_bills_under(org: str) 
     billing.set_alerts(org, {"balance_below": ["5"]})  # another environment's write...
     wallets.learn(org, before)  # ...which this environment's view has not seen
     assert wallets.known_wallet(org).balance_alerts == ()
-    reservation = wallets.reserve(org, "v0", C, model="m", key_id="k", now=NOW)
+    reservation = holds.reserve(org, "v0", C, model="m", key_id="k", now=NOW)
     assert reservation.wallet.balance_alerts == (5 * C,)  # the hold refused the stale view once
 
 

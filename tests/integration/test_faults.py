@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError
-from conduix import catalog, completion, dynamo, metering, settles, sweeper, wallets
+from conduix import catalog, completion, dynamo, holds, metering, settles, sweeper, wallets
 from conduix.auth import Principal
 from conduix.money import NANOS_PER_CREDIT as C
 from conduix.money import format_credits
@@ -89,21 +89,21 @@ def usage(cost: int) -> metering.Usage:
 def test_throttled_reserve_is_retried_and_holds_once(org: str, faults: Faults) -> None:
     fund(org, "5")
     faults.fail("Reserve", "ThrottlingException", "ProvisionedThroughputExceededException")
-    wallets.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
+    holds.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
     assert assert_consistent(org).held == 2 * C
 
 
 def test_a_hold_whose_answer_was_lost_is_recognised_not_doubled(org: str, faults: Faults) -> None:
     fund(org, "5")
     faults.fail("Reserve", "lost-response")
-    reservation = wallets.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
+    reservation = holds.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
     assert reservation.wallet.held == 2 * C
     assert assert_consistent(org).held == 2 * C
 
 
 def test_settle_conflicts_are_retried_without_a_double_debit(org: str, faults: Faults) -> None:
     fund(org, "5")
-    wallets.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
+    holds.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
     faults.fail("TransactWriteItems", "TransactionConflict", "TransactionConflict", "ThrottlingException")
     assert settles.settle(org, "a", 2 * C, usage(C), NOW) is settles.SettleOutcome.SETTLED
     w = assert_consistent(org)
@@ -112,7 +112,7 @@ def test_settle_conflicts_are_retried_without_a_double_debit(org: str, faults: F
 
 def test_a_settle_whose_answer_was_lost_is_not_billed_twice(org: str, faults: Faults) -> None:
     fund(org, "5")
-    wallets.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
+    holds.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
     faults.calls.clear()
     faults.fail("TransactWriteItems", "lost-response")
     # The retry finds its own entry already written, and knows the debit happened.
@@ -140,7 +140,7 @@ def test_contention_that_never_clears_is_a_clean_busy_error(org: str, faults: Fa
     from conduix.errors import ServiceBusy
 
     fund(org, "5")
-    wallets.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
+    holds.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
     faults.fail("TransactWriteItems", *["TransactionConflict"] * 20)
     with pytest.raises(ServiceBusy):
         settles.settle(org, "a", 2 * C, usage(C), NOW)
@@ -151,7 +151,7 @@ def test_contention_that_never_clears_is_a_clean_busy_error(org: str, faults: Fa
 
 def test_a_request_that_died_after_its_hold_is_swept_and_costs_nothing(org: str) -> None:
     fund(org, "5")
-    wallets.reserve(org, "died", 2 * C, model="m", key_id="k", now=NOW)  # ...and the Lambda was killed
+    holds.reserve(org, "died", 2 * C, model="m", key_id="k", now=NOW)  # ...and the Lambda was killed
     assert sweeper.sweep(NOW)["holds_released"] == 0  # not expired yet
     from datetime import timedelta
 
@@ -233,7 +233,7 @@ def test_a_settle_that_cannot_land_is_kept_and_settled_once_by_the_sweeper(
     served = serve(org, "r1")
     assert served.cost > 0 and json.loads(served.body)["usage"]["cost"] == format_credits(served.cost)
     w = assert_consistent(org)
-    assert (w.balance, len(wallets.open_holds(org)), usage_lines(org)) == (
+    assert (w.balance, len(holds.open_holds(org)), usage_lines(org)) == (
         C,
         1,
         [],
@@ -341,7 +341,7 @@ def test_a_deferred_settle_still_contended_keeps_its_expired_hold_for_the_next_r
     result = sweeper.sweep(later)
     assert (result["pending_settled"], result["holds_released"]) == (0, 0)
     assert_consistent(org)
-    assert len(wallets.open_holds(org)) == 1  # not released: it is owed
+    assert len(holds.open_holds(org)) == 1  # not released: it is owed
     assert sweeper.sweep(later)["pending_settled"] == 1
     w = assert_consistent(org)
     assert (w.balance, w.held, usage_lines(org)) == (C - served.cost, 0, [("usage:r1", served.cost)])

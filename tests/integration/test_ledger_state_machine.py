@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conduix import config, dynamo, metering, orgs, plans, schema, settles, sweeper, wallets
+from conduix import config, dynamo, holds, metering, orgs, plans, schema, settles, sweeper, wallets
 from conduix.clock import limit_window, period_of
 from conduix.errors import (
     Conflict,
@@ -285,7 +285,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 seen["key-window-roll"] += 1
             refuse_key = m.key_limit[key] - m.budget[key][1] - m.key_held(key) < amount
         try:
-            r = wallets.reserve(self.org, rid, amount, model="acme/fast", key_id=key, now=self.now)
+            r = holds.reserve(self.org, rid, amount, model="acme/fast", key_id=key, now=self.now)
         except KeySpendLimitExceeded as exc:
             assert refuse_key, (
                 f"refused by the key's limit with {m.budget.get(key)} and {m.key_held(key)} held"
@@ -374,7 +374,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def _release(self, rid: str) -> None:
         hold, _ = self.model.holds.pop(rid)
         budget_key = self.closed_budget[rid] = self.model.hold_budget.pop(rid, "")
-        assert wallets.release(self.org, rid, hold, budget_key=budget_key) is True
+        assert holds.release(self.org, rid, hold, budget_key=budget_key) is True
         self.closed[rid] = hold
         seen["release"] += 1
 
@@ -388,13 +388,13 @@ class LedgerMachine(RuleBasedStateMachine):
             held = self.model.holds[rid][0]
             self.model.roll(self.now)
             if data.draw(st.booleans(), label="same amount"):
-                r = wallets.reserve(self.org, rid, held, model="acme/fast", key_id=key, now=self.now)
+                r = holds.reserve(self.org, rid, held, model="acme/fast", key_id=key, now=self.now)
                 assert r.hold_nanos == held
                 seen["duplicate-hold:same"] += 1
             else:
                 with pytest.raises(Conflict):
                     other = amount if amount != held else held + 1
-                    wallets.reserve(self.org, rid, other, model="acme/fast", key_id=key, now=self.now)
+                    holds.reserve(self.org, rid, other, model="acme/fast", key_id=key, now=self.now)
                 seen["duplicate-hold:conflict"] += 1
             return
         self._reserve(self._next("req"), amount, key)
@@ -457,7 +457,7 @@ class LedgerMachine(RuleBasedStateMachine):
             hold, usage = self.closed[rid], metering.Usage("acme/fast", "key_1", 1, 1, cost)
         budget_key = self.closed_budget.get(rid, "")
         if data.draw(st.booleans(), label="release instead"):
-            assert wallets.release(self.org, rid, hold, budget_key=budget_key) is False
+            assert holds.release(self.org, rid, hold, budget_key=budget_key) is False
             seen["release-again"] += 1
         elif rid in self.settled:
             outcome = settles.settle(self.org, rid, hold, usage, self.now, budget_key=budget_key)
@@ -544,8 +544,8 @@ class LedgerMachine(RuleBasedStateMachine):
 
         # The store against itself.
         assert w.balance == sum(ledger.values()), "wallet != ledger replay"
-        holds = wallets.open_holds(self.org)
-        assert w.held == sum(h.amount for h in holds), "held != sum of open holds"
+        org_holds = holds.open_holds(self.org)
+        assert w.held == sum(h.amount for h in org_holds), "held != sum of open holds"
         assert w.available == w.balance - w.held
         assert w.committed == w.month_spent + w.held
         assert w.cap_remaining == w.cap_limit - w.committed
@@ -563,7 +563,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert incidents == self.over, "a charge above its hold left no incident (or one too many)"
         pending = {i["request_id"]["S"] for i in items if i["sk"]["S"].startswith("PENDING#")}
         assert pending == set(self.pending), "a deferred settle was lost or settled twice"
-        if holds:
+        if org_holds:
             wallet_item = next(i for i in items if i["sk"]["S"] == "WALLET")
             assert wallet_item.get("sweep_shard", {}).get("S") == wallets.sweep_shard(self.org), (
                 "a wallet with open holds is missing from the sweep index"
@@ -571,7 +571,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
         # The store against the model, exactly.
         assert ledger == m.ledger
-        assert {h.request_id: (h.amount, h.expires_at) for h in holds} == m.holds
+        assert {h.request_id: (h.amount, h.expires_at) for h in org_holds} == m.holds
         got = (w.balance, w.held, w.available, w.period, w.month_spent, w.committed)
         assert got == (m.balance, m.held, m.available, m.period, m.month_spent, m.committed)
         assert (w.capped, w.cap_limit, w.cap_remaining) == (m.capped, m.cap_limit, m.cap_remaining)
@@ -589,7 +589,7 @@ class LedgerMachine(RuleBasedStateMachine):
             )
             assert b.held == m.key_held(key), "a key budget's held != its counted open holds"
             assert b.room == b.limit - b.spent - b.held
-        assert {h.request_id for h in holds if h.key_budget} == set(m.hold_budget)
+        assert {h.request_id for h in org_holds if h.key_budget} == set(m.hold_budget)
 
         # Holds never overdraw, and never pass the cap.
         if w.available < 0:
@@ -647,8 +647,8 @@ def test_the_rate_windows_on_the_wallet_stay_bounded(hold_ttl: None) -> None:
     wallets.post_entry(org, kind="grant", key="seed", amount=100 * C, description="t", now=NOW)
     for i in range(10):  # one request every third minute
         now = NOW + timedelta(minutes=3 * i)
-        wallets.reserve(org, f"req-{i}", 1, model="acme/fast", key_id="key_1", now=now)
-        wallets.release(org, f"req-{i}", 1)
+        holds.reserve(org, f"req-{i}", 1, model="acme/fast", key_id="key_1", now=now)
+        holds.release(org, f"req-{i}", 1)
         sweeper.sweep(now)  # HoldSweeper runs every minute over the wallets in use
     item = dynamo.client().get_item(
         TableName=config.settings().billing_table, Key=wallets.wallet_key(org), ConsistentRead=True

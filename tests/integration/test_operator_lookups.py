@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conduix import admin, errors, metering, orgs, settles, statements, upkeep, wallets
+from conduix import admin, errors, holds, metering, orgs, settles, statements, upkeep, wallets
 from conduix.money import NANOS_PER_CREDIT as C
 
 from tests.integration.helpers import NOW, assert_consistent, fund
@@ -72,7 +72,7 @@ def test_bad_look_ups_are_a_400_naming_the_field(
 def test_releasing_a_stuck_hold_frees_it_once_with_an_audit_entry(org: str) -> None:
     # Given an org with a hold whose request died
     fund(org, "10")
-    wallets.reserve(org, "stuck-1", 3 * C, model="acme/fast", key_id="key_1", now=NOW)
+    holds.reserve(org, "stuck-1", 3 * C, model="acme/fast", key_id="key_1", now=NOW)
     listed = admin.list_holds(org)["data"]
     assert [(h["request_id"], h["amount"], h["model"], h["key_id"]) for h in listed] == [
         ("stuck-1", "3", "acme/fast", "key_1")
@@ -104,12 +104,12 @@ def test_a_settle_that_wins_the_race_leaves_the_release_nothing_to_do(
 ) -> None:
     # Given a hold the operator has just read...
     fund(org, "10")
-    wallets.reserve(org, "racing", 3 * C, model="acme/fast", key_id="key_1", now=NOW)
-    seen = wallets.open_holds(org)
+    holds.reserve(org, "racing", 3 * C, model="acme/fast", key_id="key_1", now=NOW)
+    seen = holds.open_holds(org)
     # ...and that the request settles before the operator's write lands
     usage = metering.Usage(model="acme/fast", key_id="key_1", prompt_tokens=1, completion_tokens=1, cost=C)
     assert settles.settle(org, "racing", 3 * C, usage, NOW) is settles.SettleOutcome.SETTLED
-    monkeypatch.setattr(wallets, "open_holds", lambda _org: seen)
+    monkeypatch.setattr(holds, "open_holds", lambda _org: seen)
     # Then the release is refused, and writes neither money nor an audit entry
     with pytest.raises(errors.Conflict) as refused:
         upkeep.release_stuck_hold(org, "racing", NOW)
@@ -129,7 +129,7 @@ def test_holds_of_an_unknown_org_are_a_404(tables: dict[str, str]) -> None:
 def test_a_served_hold_with_a_deferred_settle_is_billed_never_released(org: str) -> None:
     # Given a request that was served but whose settle could not land (its usage is recorded)
     fund(org, "10")
-    wallets.reserve(org, "served-1", 3 * C, model="acme/fast", key_id="key_1", now=NOW)
+    holds.reserve(org, "served-1", 3 * C, model="acme/fast", key_id="key_1", now=NOW)
     usage = metering.Usage(
         model="acme/fast", key_id="key_1", prompt_tokens=2, completion_tokens=5, cost=C // 4
     )
@@ -149,11 +149,11 @@ def test_a_deferred_settle_recorded_during_the_release_cancels_it(
 ) -> None:
     # Given a hold the operator read before its request's usage was recorded
     fund(org, "10")
-    wallets.reserve(org, "late-1", 3 * C, model="acme/fast", key_id="key_1", now=NOW)
-    seen = wallets.open_holds(org)
+    holds.reserve(org, "late-1", 3 * C, model="acme/fast", key_id="key_1", now=NOW)
+    seen = holds.open_holds(org)
     usage = metering.Usage(model="acme/fast", key_id="key_1", prompt_tokens=2, completion_tokens=5, cost=C)
     settles.record_pending(org, "late-1", 3 * C, usage, NOW)
-    monkeypatch.setattr(wallets, "open_holds", lambda _org: seen)
+    monkeypatch.setattr(holds, "open_holds", lambda _org: seen)
     # Then the release is refused and changes nothing: the hold waits for its settle
     with pytest.raises(errors.Conflict) as refused:
         upkeep.release_stuck_hold(org, "late-1", NOW)

@@ -15,6 +15,7 @@ from conduix import (
     admin,
     autoreload,
     errors,
+    holds,
     invoice_records,
     invoicing,
     metering,
@@ -69,7 +70,7 @@ def sdk(server: LocalStripe) -> stripe.StripeClient:
 
 
 def settle(org: str, rid: str, cost: int, at: Any = NOW, hint: int | None = None) -> None:
-    r = wallets.reserve(org, rid, cost, model="m/one", key_id="k", now=at)
+    r = holds.reserve(org, rid, cost, model="m/one", key_id="k", now=at)
     usage = metering.Usage(
         "m/one",
         "k",
@@ -146,7 +147,7 @@ def invoice_mode_month(org: str) -> None:
     wallets.set_billing_mode(org, "invoice")
     orgs.set_invoice_terms(org, "PO-7", 30)
     settle(org, "a", 1_234_567_891, at=IN_PERIOD)  # 1 from the balance, the rest invoiced
-    r = wallets.reserve(org, "b", 2 * C, model="m/two", key_id="k", now=IN_PERIOD)
+    r = holds.reserve(org, "b", 2 * C, model="m/two", key_id="k", now=IN_PERIOD)
     usage = metering.Usage("m/two", "k", 1, 2, 2 * C, billed_by="invoice", funds_hint=r.wallet.balance)
     settles.settle(org, "b", 2 * C, usage, IN_PERIOD)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from conduix import errors, metering, settles, statements, wallets
+from conduix import errors, holds, metering, settles, statements, wallets
 from conduix.money import NANOS_PER_CREDIT as C
 
 from tests.integration.helpers import NOW, fund
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 
 def spend(org: str, request_id: str, cost: int, model: str = "acme/fast", key: str = "key_1", at=NOW) -> None:
-    wallets.reserve(org, request_id, cost, model=model, key_id=key, now=at)
+    holds.reserve(org, request_id, cost, model=model, key_id=key, now=at)
     usage = metering.Usage(model=model, key_id=key, prompt_tokens=3, completion_tokens=4, cost=cost)
     assert settles.settle(org, request_id, cost, usage, at) is settles.SettleOutcome.SETTLED
 

@@ -10,7 +10,20 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from conduix import alerts, clock, grants, keys, notices, orgs, reloads, schema, settles, upkeep, wallets
+from conduix import (
+    alerts,
+    clock,
+    grants,
+    holds,
+    keys,
+    notices,
+    orgs,
+    reloads,
+    schema,
+    settles,
+    upkeep,
+    wallets,
+)
 from conduix.billing import wallet_view
 from conduix.config import settings
 from conduix.errors import IdempotencyConflict, InvalidRequest
@@ -170,7 +183,7 @@ def list_holds(org_id: str) -> dict[str, Any]:
     orgs.get_org(resource_id(org_id, "org"))
     now = int(clock.now().timestamp())
     ttl = settings().hold_ttl_seconds
-    holds = sorted(wallets.open_holds(org_id), key=lambda h: (h.expires_at, h.request_id))
+    org_holds = sorted(holds.open_holds(org_id), key=lambda h: (h.expires_at, h.request_id))
     return {
         "object": "list",
         "data": [
@@ -185,7 +198,7 @@ def list_holds(org_id: str) -> dict[str, Any]:
                 "age_seconds": max(now - (h.expires_at - ttl), 0),
                 "expired": h.expires_at <= now,
             }
-            for h in holds
+            for h in org_holds
         ],
         "unit": "credits",
     }

@@ -4,7 +4,7 @@ The thresholds live on the wallet item (`alert_balance_below`, `alert_cap_percen
 does whether each has fired: the map `alert_fired`, keyed `b<nanos>` for a balance alert and
 `c<YYYY-MM>-<percent>` for a month's cap alert (a new month is a new key: it re-arms by itself).
 The environment's view of the wallet therefore knows, with no request, which thresholds are
-set: a change of them bumps `alert_rev`, which every hold compares (wallets.same_settings), so
+set: a change of them bumps `alert_rev`, which every hold compares (holds.same_settings), so
 a stale view is refused once and refreshed. Whether each is armed, the settle's write reads.
 
 Which settle crosses a threshold is decided by the settle's own write, not by arithmetic on a

@@ -47,7 +47,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from conduix import clock, metering, plans, schema, settles, wallets
+from conduix import clock, holds, metering, plans, schema, settles, wallets
 from conduix.config import settings
 from conduix.dynamo import cancellation_reasons, client, error_code, retrying
 from conduix.errors import Conflict, ServiceBusy
@@ -132,7 +132,7 @@ def acquire(org_id: str, key_id: str, amount: int, requests: int, now: datetime)
     if use_until - at < 5:
         return None  # too close to the minute's end to be worth a lease
     expires = use_until + SETTLE_MARGIN_SECONDS
-    same, same_values = wallets.same_settings(known)
+    same, same_values = holds.same_settings(known)
     table = settings().billing_table
     actions: list[Any] = [
         {
@@ -533,7 +533,7 @@ def reserve(
         # Balance and cap alerts are judged by each settle's own guard; under a lease the
         # debit lands at the fold, so an org with alerts keeps per-request holds (for now).
         not (known.balance_alerts or known.cap_alerts)
-        # A key with a spend limit is checked by each request's own hold (see wallets.reserve).
+        # A key with a spend limit is checked by each request's own hold (see holds.reserve).
         and key_id not in known.limited_keys
         # A lease expires SETTLE_MARGIN_SECONDS after its last reservation: a request that may
         # run longer (a long streamed answer) takes a hold that outlives it instead.
@@ -582,7 +582,7 @@ def reserve(
         if fresh is not None:
             return Reservation(amount, known, fresh)
     try:
-        held = wallets.reserve(
+        held = holds.reserve(
             org_id, request_id, amount, model=model, key_id=key_id, now=now, runs_for=runs_for
         )
     except ServiceBusy:
@@ -609,7 +609,7 @@ def _done(lease: Lease, amount: int, now: datetime) -> None:
 def release(org_id: str, request_id: str, reservation: Reservation, now: datetime) -> None:
     """The request failed: nothing billed. A lease's reservation is given back in memory."""
     if reservation.lease is None:
-        wallets.release(org_id, request_id, reservation.hold_nanos, budget_key=reservation.budget_key)
+        holds.release(org_id, request_id, reservation.hold_nanos, budget_key=reservation.budget_key)
         return
     _done(reservation.lease, reservation.hold_nanos, now)
 

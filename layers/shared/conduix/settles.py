@@ -18,7 +18,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from conduix import clock, metering, schema, wallets
+from conduix import clock, holds, metering, schema, wallets
 from conduix.config import settings
 from conduix.dynamo import cancellation_reasons, client, error_code, retrying
 from conduix.errors import Conflict
@@ -134,7 +134,7 @@ def settle(
             {"Put": {"TableName": table, "Item": marker, "ConditionExpression": "attribute_not_exists(pk)"}},
             {"Put": {"TableName": table, "Item": line}},
             metering.billed_usage_update(org_id, now, usage),
-            wallets.hold_delete(org_id, request_id, hold_amount, bool(budget_key)),
+            holds.hold_delete(org_id, request_id, hold_amount, bool(budget_key)),
             *also,
         ]
         if budget_key:

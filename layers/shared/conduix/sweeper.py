@@ -7,7 +7,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from conduix import alerts, leases, settles, telemetry, upkeep, wallets
+from conduix import alerts, holds, leases, settles, telemetry, upkeep, wallets
 from conduix.errors import ServiceBusy
 from conduix.money import format_credits
 
@@ -59,8 +59,8 @@ def sweep(now: datetime) -> dict[str, Any]:
                 )
             if landed:
                 _alerts_after_deferred(org_id, now)
-            holds = wallets.open_holds(org_id)
-            for hold in holds:
+            org_holds = holds.open_holds(org_id)
+            for hold in org_holds:
                 if hold.request_id in waiting or hold.expires_at > cutoff:
                     continue
                 if _release(org_id, hold):
@@ -76,7 +76,7 @@ def sweep(now: datetime) -> dict[str, Any]:
                     )
             leases_folded += leases.sweep(org_id, now)  # expired escrow leases, from their spends
             upkeep.prune_rate_windows(org_id, now)
-            if all(h.expires_at <= cutoff for h in holds):
+            if all(h.expires_at <= cutoff for h in org_holds):
                 upkeep.forget_if_idle(org_id)
     telemetry.holds_released(released)
     return {
@@ -89,11 +89,11 @@ def sweep(now: datetime) -> dict[str, Any]:
     }
 
 
-def _release(org_id: str, hold: wallets.Hold) -> bool:
+def _release(org_id: str, hold: holds.Hold) -> bool:
     """Release an expired hold; one whose wallet stays busy past the retries waits for the
     next run instead of ending this one for every other org."""
     try:
-        return wallets.release(
+        return holds.release(
             org_id, hold.request_id, hold.amount, budget_key=hold.key_id if hold.key_budget else ""
         )
     except ServiceBusy:

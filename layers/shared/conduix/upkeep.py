@@ -14,7 +14,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from conduix import settles, wallets
+from conduix import holds, settles, wallets
 from conduix.config import settings
 from conduix.dynamo import cancellation_reasons, client, error_code, retrying, write_if
 from conduix.errors import Conflict, NotFound
@@ -27,15 +27,13 @@ def wallets_with_holds(shard: str) -> list[str]:
     return wallets.orgs_in_index("by_sweep_shard", "sweep_shard", shard)
 
 
-def release_stuck_hold(
-    org_id: str, request_id: str, now: datetime
-) -> tuple[wallets.Hold, wallets.LedgerEntry]:
+def release_stuck_hold(org_id: str, request_id: str, now: datetime) -> tuple[holds.Hold, wallets.LedgerEntry]:
     """The operator frees one hold by hand, on the sweeper's condition (the hold still open
     with its amount), so a racing settle or sweep and this call close it exactly once. The same
     transaction appends a ledger entry that moves no money (`hold_release:<request id>`): the
     audit trail of a hand-made change. Raises NotFound if no such hold is open. A hold with a
     deferred settle is settled instead, as HoldSweeper would (see `settle_pending_hold`)."""
-    hold = next((h for h in wallets.open_holds(org_id) if h.request_id == request_id), None)
+    hold = next((h for h in holds.open_holds(org_id) if h.request_id == request_id), None)
     if hold is None:
         raise NotFound(f"No open hold '{request_id}' for org '{org_id}'.")
     marker, line = wallets.ledger_items(
@@ -53,7 +51,7 @@ def release_stuck_hold(
     table = settings().billing_table
     items: list[Any] = [
         # the condition of `release`, which HoldSweeper uses: the hold item still there
-        wallets.hold_delete(org_id, request_id, hold.amount, hold.key_budget),
+        holds.hold_delete(org_id, request_id, hold.amount, hold.key_budget),
         {
             "Update": {
                 "TableName": table,
