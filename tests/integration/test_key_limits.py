@@ -14,6 +14,7 @@ from conduix import (
     clock,
     errors,
     holds,
+    key_limits,
     keys,
     metering,
     plans,
@@ -72,7 +73,7 @@ def bill(
 
 
 def budget(org: str, key_id: str) -> tuple[int, int, int]:
-    b = wallets.key_budget(org, key_id)
+    b = key_limits.key_budget(org, key_id)
     assert b is not None
     assert b.room == b.limit - b.spent - b.held  # the identity the condition relies on
     return b.spent, b.held, b.room
@@ -224,7 +225,7 @@ def test_a_limit_set_while_a_warm_environment_remembers_the_wallet_counts_at_onc
     # Removing the limit: the open hold still closes against its budget item.
     limit(org, capped, None)
     hold(org, capped, "unlimited", 5 * C)
-    assert wallets.key_budget(org, capped) is not None
+    assert key_limits.key_budget(org, capped) is not None
     assert keys.list_keys(org)["data"][0]["spend_limit"] is None
     held = {h.request_id: h for h in holds.open_holds(org)}
     assert held["fits"].key_budget and not held["unlimited"].key_budget
@@ -269,7 +270,7 @@ def test_a_bad_limit_is_refused_and_changes_nothing(
     with pytest.raises(errors.InvalidRequest) as refused:
         keys.update_api_key(org, two_keys[0], body)
     assert refused.value.param == param
-    assert wallets.key_budget(org, two_keys[0]) is None
+    assert key_limits.key_budget(org, two_keys[0]) is None
     assert not wallets.get_wallet(org).limited_keys
 
 

@@ -38,7 +38,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conduix import config, dynamo, holds, metering, orgs, plans, schema, settles, sweeper, wallets
+from conduix import (
+    config,
+    dynamo,
+    holds,
+    key_limits,
+    metering,
+    orgs,
+    plans,
+    schema,
+    settles,
+    sweeper,
+    wallets,
+)
 from conduix.clock import limit_window, period_of
 from conduix.errors import (
     Conflict,
@@ -93,7 +105,7 @@ amounts = st.one_of(
 )
 grant_amounts = st.one_of(st.integers(1, 10 * C), st.sampled_from([C, 5 * C, 10 * C]))
 cap_limits = st.one_of(st.none(), st.integers(0, 15 * C), st.sampled_from([0, C, 5 * C]))
-key_limits = st.one_of(st.none(), st.integers(1, 6 * C), st.sampled_from([C, 3 * C]))
+limits = st.one_of(st.none(), st.integers(1, 6 * C), st.sampled_from([C, 3 * C]))
 
 
 def next_month(moment: datetime) -> datetime:
@@ -510,12 +522,12 @@ class LedgerMachine(RuleBasedStateMachine):
         m.capped, m.cap_limit = limit is not None, limit or 0
         m.cap_debt = max(0, -m.cap_remaining) if m.capped else 0
 
-    @rule(key=st.sampled_from(KEYS), limit=key_limits)
+    @rule(key=st.sampled_from(KEYS), limit=limits)
     def set_key_limit(self, key: str, limit: int | None) -> None:
         """A daily spend limit on one key (or none). Changed in the same window, it keeps the
         spend counted so far; set anew, it starts from the figure given (here, none)."""
         m = self.model
-        wallets.set_key_limit(self.org, key, limit, "day", 0, self.now)
+        key_limits.set_key_limit(self.org, key, limit, "day", 0, self.now)
         if limit is None:
             m.key_limit.pop(key, None)
             return
@@ -578,7 +590,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert w.billing_mode == ("invoice" if m.invoice else "prepaid")
 
         # Key budgets: the store's against the model's, and each against itself.
-        budgets = wallets.key_budgets(self.org)
+        budgets = key_limits.key_budgets(self.org)
         assert set(budgets) == set(m.budget)
         assert w.limited_keys == dict.fromkeys(m.key_limit, "day")
         for key, b in budgets.items():

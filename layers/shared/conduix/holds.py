@@ -16,7 +16,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from conduix import clock, plans, schema, wallets
+from conduix import clock, key_limits, plans, schema, wallets
 from conduix.config import settings
 from conduix.dynamo import cancellation_reasons, client, error_code, retrying
 from conduix.errors import (
@@ -226,7 +226,7 @@ def reserve(
                 {
                     "Update": {
                         "TableName": table,
-                        "Key": wallets.key_budget_key(org_id, key_id),
+                        "Key": key_limits.key_budget_key(org_id, key_id),
                         "UpdateExpression": "ADD held :h, room :nh",
                         "ConditionExpression": "#w = :w AND lim > :zero AND room >= :h",
                         "ExpressionAttributeNames": {"#w": "window"},
@@ -274,18 +274,18 @@ def reserve(
                     raise refusal from None
                 continue  # the state it failed on (or the settings the view knew) changed: try again
             if limited and reasons[2].get("Code") == "ConditionalCheckFailed":
-                budget = wallets.budget_from_item(key_id, dict(reasons[2].get("Item") or {}))
+                budget = key_limits.budget_from_item(key_id, dict(reasons[2].get("Item") or {}))
                 if budget is None or not budget.limit or budget.period != key_period:
                     wallets.forget_view(org_id)  # changed meanwhile (the wallet's mark said so too)
                     lagging = ""
                     continue
                 if budget.window < key_window:
-                    wallets.roll_key_window(org_id, key_id, key_window)
+                    key_limits.roll_key_window(org_id, key_id, key_window)
                     continue
                 if budget.window > key_window:  # our clock lags the writer's: use the budget's window
                     lagging = budget.window
                     continue
-                raise wallets.key_limit_refusal(budget, amount) from None
+                raise key_limits.key_limit_refusal(budget, amount) from None
             raise
         wallet = wallets.moved(org_id, held=amount, holds=1)
         return Reservation(hold_nanos=amount, wallet=wallet or known, budget_key=key_id if limited else "")
@@ -325,7 +325,7 @@ def release(org_id: str, request_id: str, hold_amount: int, *, budget_key: str =
         },
     ]
     if budget_key:
-        actions.append(wallets.budget_close(org_id, budget_key, hold_amount, 0))
+        actions.append(key_limits.budget_close(org_id, budget_key, hold_amount, 0))
     try:
         retrying(lambda: client().transact_write_items(TransactItems=actions))
     except ClientError as exc:

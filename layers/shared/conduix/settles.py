@@ -18,7 +18,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from conduix import clock, holds, metering, schema, wallets
+from conduix import clock, holds, key_limits, metering, schema, wallets
 from conduix.config import settings
 from conduix.dynamo import cancellation_reasons, client, error_code, retrying
 from conduix.errors import Conflict
@@ -138,7 +138,7 @@ def settle(
             *also,
         ]
         if budget_key:
-            items.append(wallets.budget_close(org_id, budget_key, hold_amount, c))
+            items.append(key_limits.budget_close(org_id, budget_key, hold_amount, c))
         if c > hold_amount:
             items.append(
                 {

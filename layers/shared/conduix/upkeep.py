@@ -14,7 +14,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from conduix import holds, settles, wallets
+from conduix import holds, key_limits, settles, wallets
 from conduix.config import settings
 from conduix.dynamo import cancellation_reasons, client, error_code, retrying, write_if
 from conduix.errors import Conflict, NotFound
@@ -75,7 +75,7 @@ def release_stuck_hold(org_id: str, request_id: str, now: datetime) -> tuple[hol
         },
     ]
     if hold.key_budget:
-        items.append(wallets.budget_close(org_id, hold.key_id, hold.amount, 0))
+        items.append(key_limits.budget_close(org_id, hold.key_id, hold.amount, 0))
     try:
         retrying(lambda: client().transact_write_items(TransactItems=items))
     except ClientError as exc:
