@@ -366,7 +366,7 @@ def _make_reconcile(stack: Stack) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.usefixtures("store")
 def test_reconcile_fails_on_a_payment_without_entry_and_an_entry_without_payment(stack: Stack) -> None:
-    from conduix import clock, wallets
+    from conduix import clock, ledger
 
     org_id, key = stack.new_org()
     session_id = top_up(stack, key, "10")
@@ -388,9 +388,7 @@ def test_reconcile_fails_on_a_payment_without_entry_and_an_entry_without_payment
     assert stack.operator("GET", f"/admin/orgs/{org_id}/reconcile").body["ok"] is True
 
     forged = f"cs_test_forged_{uuid.uuid4().hex[:8]}"  # a ledger entry no payment explains
-    wallets.post_entry(
-        org_id, kind="top_up", key=forged, amount=10 * C, description="forged", now=clock.now()
-    )
+    ledger.post_entry(org_id, kind="top_up", key=forged, amount=10 * C, description="forged", now=clock.now())
     try:
         report = stack.operator("GET", f"/admin/orgs/{org_id}/reconcile").body
         checks = [d["check"] for d in report["discrepancies"]]

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError
-from conduix import catalog, completion, dynamo, holds, metering, settles, sweeper, wallets
+from conduix import catalog, completion, dynamo, holds, ledger, metering, settles, sweeper, wallets
 from conduix.auth import Principal
 from conduix.money import NANOS_PER_CREDIT as C
 from conduix.money import format_credits
@@ -127,12 +127,12 @@ def test_a_credit_whose_answer_was_lost_is_still_this_call_s_credit(org: str, fa
     faults.calls.clear()
     faults.fail("TransactWriteItems", "lost-response")
     # The retry finds the marker its own first attempt wrote: created, credited once.
-    entry, created = wallets.post_entry(org, kind="grant", key="g1", amount=3 * C, description="g", now=NOW)
+    entry, created = ledger.post_entry(org, kind="grant", key="g1", amount=3 * C, description="g", now=NOW)
     assert created and entry.amount == 3 * C
     assert faults.calls["TransactWriteItems"] == 2
     assert assert_consistent(org).balance == 8 * C
     # Another call with the same key is the duplicate it is.
-    assert wallets.post_entry(org, kind="grant", key="g1", amount=3 * C, description="g", now=NOW)[1] is False
+    assert ledger.post_entry(org, kind="grant", key="g1", amount=3 * C, description="g", now=NOW)[1] is False
     assert assert_consistent(org).balance == 8 * C
 
 

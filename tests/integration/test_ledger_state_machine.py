@@ -43,6 +43,7 @@ from conduix import (
     dynamo,
     holds,
     key_limits,
+    ledger,
     metering,
     orgs,
     plans,
@@ -241,7 +242,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def _new_credit(self, kind: str, amount: int) -> None:
         key = self._next(kind)
-        entry, created = wallets.post_entry(
+        entry, created = ledger.post_entry(
             self.org, kind=kind, key=key, amount=amount, description="model", now=self.now
         )
         assert created and entry.amount == amount and entry.entry_id == f"{kind}:{key}"
@@ -264,7 +265,7 @@ class LedgerMachine(RuleBasedStateMachine):
         key = self._pick(data, self.grants, "reused key")
         kind, amount = self.grants[key]
         if what == "replay":  # the same key and amount: the original entry, nothing moves
-            entry, created = wallets.post_entry(
+            entry, created = ledger.post_entry(
                 self.org, kind=kind, key=key, amount=amount, description="replay", now=self.now
             )
             assert not created, "a replayed idempotency key moved money again"
@@ -273,7 +274,7 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         delta = data.draw(st.one_of(st.integers(1, 2 * C), st.integers(-2 * C, -1)), label="delta")
         with pytest.raises(IdempotencyConflict):
-            wallets.post_entry(
+            ledger.post_entry(
                 self.org, kind=kind, key=key, amount=amount + delta, description="changed", now=self.now
             )
         seen["conflict"] += 1
@@ -551,11 +552,11 @@ class LedgerMachine(RuleBasedStateMachine):
         m = self.model
         w = wallets.get_wallet(self.org)
         lines = ledger_items(self.org)
-        ledger = {i["entry_id"]["S"]: int(i["amount"]["N"]) for i in lines}
-        assert len(ledger) == len(lines), "a ledger entry appears twice"
+        entries = {i["entry_id"]["S"]: int(i["amount"]["N"]) for i in lines}
+        assert len(entries) == len(lines), "a ledger entry appears twice"
 
         # The store against itself.
-        assert w.balance == sum(ledger.values()), "wallet != ledger replay"
+        assert w.balance == sum(entries.values()), "wallet != ledger replay"
         org_holds = holds.open_holds(self.org)
         assert w.held == sum(h.amount for h in org_holds), "held != sum of open holds"
         assert w.available == w.balance - w.held
@@ -582,7 +583,7 @@ class LedgerMachine(RuleBasedStateMachine):
             )
 
         # The store against the model, exactly.
-        assert ledger == m.ledger
+        assert entries == m.ledger
         assert {h.request_id: (h.amount, h.expires_at) for h in org_holds} == m.holds
         got = (w.balance, w.held, w.available, w.period, w.month_spent, w.committed)
         assert got == (m.balance, m.held, m.available, m.period, m.month_spent, m.committed)
@@ -656,7 +657,7 @@ def test_the_rate_windows_on_the_wallet_stay_bounded(hold_ttl: None) -> None:
     400 KB DynamoDB refuses to write it at all. Reserves drop their key's previous minute;
     HoldSweeper drops what a paused key left behind."""
     org = orgs.create_org("Windows", "w@example.test", NOW).org_id
-    wallets.post_entry(org, kind="grant", key="seed", amount=100 * C, description="t", now=NOW)
+    ledger.post_entry(org, kind="grant", key="seed", amount=100 * C, description="t", now=NOW)
     for i in range(10):  # one request every third minute
         now = NOW + timedelta(minutes=3 * i)
         holds.reserve(org, f"req-{i}", 1, model="acme/fast", key_id="key_1", now=now)

@@ -18,6 +18,7 @@ from conduix import (
     holds,
     invoice_records,
     invoicing,
+    ledger,
     metering,
     orgs,
     payments,
@@ -255,7 +256,7 @@ def test_a_charge_that_does_not_reach_the_threshold_ends_its_episode(
     card_org: str, local_stripe: LocalStripe
 ) -> None:
     org = card_org
-    wallets.post_entry(org, kind="refund", key="re_x", amount=-40 * C, description="t", now=NOW)
+    ledger.post_entry(org, kind="refund", key="re_x", amount=-40 * C, description="t", now=NOW)
     reloads.save_settings(org, enabled=True, threshold=5 * C, amount=25 * C)
     assert wallets.mark_reload_due(org)
     assert autoreload.charge_due(NOW) == {"orgs": 1, "charged": 1}  # -40 + 25 = -15: still below
@@ -341,7 +342,7 @@ def test_reconcile_names_a_payment_without_entry_and_an_entry_without_payment(
         metadata={"org_id": org, "credits": "10", "purpose": "auto_reload", "episode": "99"},
         idempotency_key="stray",
     )
-    wallets.post_entry(org, kind="top_up", key="cs_test_nothing", amount=5 * C, description="t", now=NOW)
+    ledger.post_entry(org, kind="top_up", key="cs_test_nothing", amount=5 * C, description="t", now=NOW)
     report = reconcile.report(org)
     checks = [d["check"] for d in report["discrepancies"]]
     assert report["ok"] is False
@@ -358,9 +359,9 @@ def test_reconcile_names_a_payment_without_entry_and_an_entry_without_payment(
 def test_a_prepaid_wallet_below_zero_must_name_its_reversal(org: str) -> None:
     from conduix import reconcile_stripe
 
-    wallets.post_entry(org, kind="refund", key="re_1", amount=-3 * C, description="t", now=NOW)
+    ledger.post_entry(org, kind="refund", key="re_1", amount=-3 * C, description="t", now=NOW)
     assert reconcile_stripe.check_org(org) == []
-    wallets.post_entry(org, kind="grant", key="g", amount=-2 * C, description="t", now=NOW)  # unnamed
+    ledger.post_entry(org, kind="grant", key="g", amount=-2 * C, description="t", now=NOW)  # unnamed
     found = reconcile_stripe.check_org(org)
     assert len(found) == 1 and "refund:re_1" in found[0].check and found[0].found == "-5"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from conduix import dynamo, holds, metering, reconcile, settles, wallets
+from conduix import dynamo, holds, ledger, metering, reconcile, settles, wallets
 from conduix.money import NANOS_PER_CREDIT as C
 
 from tests.integration.helpers import NOW, fund
@@ -82,6 +82,6 @@ def test_a_cap_set_below_the_spend_or_a_refund_below_zero_is_no_breach(org: str)
     wallets.write_spend_cap(org, C, NOW)  # below the 4 spent and 1 held: the hold may still settle
     settles.settle(org, "b", C, metering.Usage("m", "k", 1, 1, C), NOW)
     later = NOW + timedelta(seconds=1)
-    wallets.post_entry(org, kind="reversal", key="r", amount=-8 * C, description="refund", now=later)
+    ledger.post_entry(org, kind="reversal", key="r", amount=-8 * C, description="refund", now=later)
     assert wallets.get_wallet(org).balance == -3 * C
     assert reconcile.reconcile_org(org) == []

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 from botocore.exceptions import ClientError
-from conduix import clock, dynamo, errors, holds, metering, settles, sweeper, upkeep, wallets
+from conduix import clock, dynamo, errors, holds, ledger, metering, settles, sweeper, upkeep, wallets
 from conduix.config import settings
 from conduix.money import NANOS_PER_CREDIT as C
 
@@ -119,11 +119,11 @@ def test_invoice_mode_is_not_gated_by_balance_but_still_by_the_cap(org: str) -> 
 
 
 def test_grants_are_idempotent_and_a_changed_amount_is_a_conflict(org: str) -> None:
-    entry, created = wallets.post_entry(org, kind="grant", key="k1", amount=C, description="x", now=NOW)
-    again, created_again = wallets.post_entry(org, kind="grant", key="k1", amount=C, description="x", now=NOW)
+    entry, created = ledger.post_entry(org, kind="grant", key="k1", amount=C, description="x", now=NOW)
+    again, created_again = ledger.post_entry(org, kind="grant", key="k1", amount=C, description="x", now=NOW)
     assert (created, created_again, again.entry_id) == (True, False, entry.entry_id)
     with pytest.raises(errors.IdempotencyConflict):
-        wallets.post_entry(org, kind="grant", key="k1", amount=2 * C, description="x", now=NOW)
+        ledger.post_entry(org, kind="grant", key="k1", amount=2 * C, description="x", now=NOW)
     assert assert_consistent(org).balance == C
 
 

@@ -16,6 +16,7 @@ from conduix import (
     grants,
     holds,
     keys,
+    ledger,
     notices,
     orgs,
     reloads,
@@ -70,7 +71,7 @@ def grant_credits(org_id: str, body: dict[str, Any]) -> tuple[dict[str, Any], bo
     entry_id = f"grant:{key}"
     grant = grants.get(org_id, entry_id)
     if expires is not None:
-        if grant is None and wallets.ledger_entry(org_id, entry_id) is not None:
+        if grant is None and ledger.ledger_entry(org_id, entry_id) is not None:
             raise IdempotencyConflict(
                 f"The idempotency key '{key}' was already used for a grant without expiry."
             )
@@ -78,7 +79,7 @@ def grant_credits(org_id: str, body: dict[str, Any]) -> tuple[dict[str, Any], bo
         grant = grants.record(org_id, entry_id, amount, expires, now)
     elif grant is not None:
         raise IdempotencyConflict(f"The idempotency key '{key}' was already used for an expiring grant.")
-    entry, created = wallets.post_entry(
+    entry, created = ledger.post_entry(
         org_id, kind="grant", key=key, amount=amount, description=reason, now=now
     )
     if created:

@@ -16,7 +16,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from conduix import alerts, notices, orgs, reloads, wallets
+from conduix import alerts, ledger, notices, orgs, reloads, wallets
 from conduix.config import payment_settings, reload_daily_limit
 from conduix.errors import Conflict, InvalidRequest
 from conduix.money import format_credits, parse_credits
@@ -67,7 +67,7 @@ def charge_idempotency_key(org_id: str, episode: int) -> str:
 
 def land(org_id: str, payment_intent_id: str, amount: int, episode: int, now: datetime) -> bool:
     """Credit a successful reload charge (once, whoever gets here first) and note it."""
-    _, created = wallets.post_entry(
+    _, created = ledger.post_entry(
         org_id,
         kind="auto_reload",
         key=payment_intent_id,

@@ -16,7 +16,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from conduix import clock, key_limits, plans, schema, wallets
+from conduix import clock, key_limits, ledger, plans, schema, wallets
 from conduix.config import settings
 from conduix.dynamo import cancellation_reasons, client, error_code, retrying
 from conduix.errors import (
@@ -343,4 +343,4 @@ def release(org_id: str, request_id: str, hold_amount: int, *, budget_key: str =
 
 def open_holds(org_id: str) -> tuple[Hold, ...]:
     """The org's open holds, oldest request id first (a strongly consistent query of its items)."""
-    return tuple(_hold_from_item(i) for i in wallets.query_prefix(org_id, schema.HOLD))
+    return tuple(_hold_from_item(i) for i in ledger.query_prefix(org_id, schema.HOLD))

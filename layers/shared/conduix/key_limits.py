@@ -11,7 +11,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from conduix import clock, schema, wallets
+from conduix import clock, ledger, schema, wallets
 from conduix.config import settings
 from conduix.dynamo import cancellation_reasons, client, error_code, retrying, write_if
 from conduix.errors import Conflict, KeySpendLimitExceeded
@@ -76,7 +76,7 @@ def key_budget(org_id: str, key_id: str) -> KeyBudget | None:
 def key_budgets(org_id: str) -> dict[str, KeyBudget]:
     """Every budget item of the org's keys (limited now, or once), by key id."""
     out = {}
-    for item in wallets.query_prefix(org_id, schema.KEY_BUDGET):
+    for item in ledger.query_prefix(org_id, schema.KEY_BUDGET):
         key_id = as_str(item, "sk").removeprefix(schema.KEY_BUDGET)
         budget = budget_from_item(key_id, item)
         if budget is not None:

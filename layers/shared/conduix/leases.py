@@ -47,7 +47,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from conduix import clock, holds, metering, plans, schema, settles, wallets
+from conduix import clock, holds, ledger, metering, plans, schema, settles, wallets
 from conduix.config import settings
 from conduix.dynamo import cancellation_reasons, client, error_code, retrying
 from conduix.errors import Conflict, ServiceBusy
@@ -402,7 +402,7 @@ def open_leases(org_id: str) -> list[OpenLease]:
             as_int(i, "minute"),
             as_int(i, "lease_expires"),
         )
-        for i in wallets.query_prefix(org_id, schema.LEASE)
+        for i in ledger.query_prefix(org_id, schema.LEASE)
     ]
 
 
@@ -410,8 +410,7 @@ def open_spends(org_id: str, leases: Sequence[OpenLease]) -> dict[str, list[Spen
     """The spend records of open leases (not folded yet), by lease id."""
     return {
         lease.lease_id: [
-            _spend_from_item(i)
-            for i in wallets.query_prefix(org_id, f"{schema.LEASE_SPEND}{lease.lease_id}#")
+            _spend_from_item(i) for i in ledger.query_prefix(org_id, f"{schema.LEASE_SPEND}{lease.lease_id}#")
         ]
         for lease in leases
     }

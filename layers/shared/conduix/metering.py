@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from conduix import schema, wallets
+from conduix import ledger, schema
 from conduix.config import settings
 from conduix.dynamo import client
 from conduix.items import Item, n, s
@@ -78,7 +78,7 @@ def record_cache_hit(org_id: str, model: str, key_id: str, saved: int, now: date
 
 def usage_ledger_items(org_id: str, request_id: str, usage: Usage, now: datetime) -> tuple[Item, Item]:
     """The ledger entry `usage:<request id>` (marker and line) of a billed request."""
-    return wallets.ledger_items(
+    return ledger.ledger_items(
         org_id,
         kind="usage",
         key=request_id,

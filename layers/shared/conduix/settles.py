@@ -18,7 +18,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from conduix import clock, holds, key_limits, metering, schema, wallets
+from conduix import clock, holds, key_limits, ledger, metering, schema, wallets
 from conduix.config import settings
 from conduix.dynamo import cancellation_reasons, client, error_code, retrying
 from conduix.errors import Conflict
@@ -209,7 +209,7 @@ def over_hold_item(
 
 
 def over_hold_incidents(org_id: str) -> list[Item]:
-    return wallets.query_prefix(org_id, schema.OVER_HOLD)
+    return ledger.query_prefix(org_id, schema.OVER_HOLD)
 
 
 # ------------------------------------------------------------------ settles that could not land at once
@@ -282,7 +282,7 @@ def pending_settles(org_id: str) -> list[PendingSettle]:
             lease_id=as_str(i, "lease_id"),
             budget_key=as_str(i, "budget_key"),
         )
-        for i in wallets.query_prefix(org_id, schema.PENDING)
+        for i in ledger.query_prefix(org_id, schema.PENDING)
     ]
 
 

@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from conduix import alerts, customers, orgs, plans, stripe_gateway, wallets
+from conduix import alerts, customers, ledger, orgs, plans, stripe_gateway, wallets
 from conduix.config import payment_settings
 from conduix.errors import InvalidRequest, NotFound
 from conduix.money import format_credits
@@ -146,7 +146,7 @@ def plan_invoice_paid(obj: dict[str, Any], now: datetime) -> str:
     if plan.included_credits == 0:
         return "paid: the plan includes no credits"
     period = line.get("period") or {}
-    _, created = wallets.post_entry(
+    _, created = ledger.post_entry(
         org_id,
         kind="plan_credits",
         key=str(invoice["id"]),

@@ -14,7 +14,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from conduix import holds, key_limits, settles, wallets
+from conduix import holds, key_limits, ledger, settles, wallets
 from conduix.config import settings
 from conduix.dynamo import cancellation_reasons, client, error_code, retrying, write_if
 from conduix.errors import Conflict, NotFound
@@ -27,7 +27,7 @@ def wallets_with_holds(shard: str) -> list[str]:
     return wallets.orgs_in_index("by_sweep_shard", "sweep_shard", shard)
 
 
-def release_stuck_hold(org_id: str, request_id: str, now: datetime) -> tuple[holds.Hold, wallets.LedgerEntry]:
+def release_stuck_hold(org_id: str, request_id: str, now: datetime) -> tuple[holds.Hold, ledger.LedgerEntry]:
     """The operator frees one hold by hand, on the sweeper's condition (the hold still open
     with its amount), so a racing settle or sweep and this call close it exactly once. The same
     transaction appends a ledger entry that moves no money (`hold_release:<request id>`): the
@@ -36,7 +36,7 @@ def release_stuck_hold(org_id: str, request_id: str, now: datetime) -> tuple[hol
     hold = next((h for h in holds.open_holds(org_id) if h.request_id == request_id), None)
     if hold is None:
         raise NotFound(f"No open hold '{request_id}' for org '{org_id}'.")
-    marker, line = wallets.ledger_items(
+    marker, line = ledger.ledger_items(
         org_id,
         kind="hold_release",
         key=request_id,
@@ -95,7 +95,7 @@ def release_stuck_hold(org_id: str, request_id: str, now: datetime) -> tuple[hol
             ) from None
         raise
     wallets.moved(org_id, held=-hold.amount, holds=-1)
-    return hold, wallets.entry_from_item(marker)
+    return hold, ledger.entry_from_item(marker)
 
 
 def prune_rate_windows(org_id: str, now: datetime) -> int:
