@@ -691,13 +691,13 @@ def _lift_rate_limit(moto_url: str, org_ids: list[str]) -> str:
         BILLING_TABLE="BillingTable",
         CACHE_TABLE="CacheTable",
     )
-    from conduix import config, dynamo, plans, wallets
+    from conduix import config, dynamo, plans, wallet_settings
 
     config.settings.cache_clear()
     dynamo.reset_client()
     plan = max(plans.all_plans().values(), key=lambda p: p.requests_per_minute)
     for org_id in org_ids:
-        wallets.set_plan(org_id, plan)
+        wallet_settings.set_plan(org_id, plan)
     return f"{plan.id} ({plan.requests_per_minute} requests a minute per key)"
 
 

@@ -189,7 +189,7 @@ class Bench:
         return result
 
     def new_org(self, credits: str | None) -> tuple[str, str]:
-        from conduix import plans, wallets
+        from conduix import plans, wallet_settings
 
         created = self.admin_call("POST", "/admin/orgs", {"name": "Bench Org", "email": "bench@example.test"})
         assert created["statusCode"] == 201, created
@@ -201,7 +201,7 @@ class Bench:
         # The free plan allows 60 requests a minute per key; the bench sends more. The largest
         # shipped plan keeps the rate limit out of the way (its check rides on the hold's write).
         biggest = max(plans.all_plans().values(), key=lambda p: p.requests_per_minute)
-        wallets.set_plan(org_id, biggest)
+        wallet_settings.set_plan(org_id, biggest)
         return org_id, json.loads(key["body"])["api_key"]
 
     def grant(self, org_id: str, credits: str) -> dict[str, Any]:

@@ -174,7 +174,7 @@ def test_a_month_is_invoiced_once_after_a_failure_at_a_step_and_again_much_later
 
 @pytest.mark.usefixtures("store")
 def test_an_org_switched_back_to_prepaid_mid_month_is_still_invoiced(stack: Stack) -> None:
-    from conduix import wallets
+    from conduix import wallet_settings
 
     org_id, key = seed_invoice_month(stack)
     _, period = last_month()
@@ -185,7 +185,7 @@ def test_an_org_switched_back_to_prepaid_mid_month_is_still_invoiced(stack: Stac
     invoices = month_invoices(stack, key)
     assert [(i["status"], i["total"]) for i in invoices] == [("open", "2.00")]
     assert result.body["result"]["orgs"][org_id] == f"invoiced: {invoices[0]['id']}"
-    assert org_id in wallets.invoice_mode_orgs()  # this month's invoice-billed usage is next
+    assert org_id in wallet_settings.invoice_mode_orgs()  # this month's invoice-billed usage is next
 
 
 # ------------------------------------------------------------------ reversals

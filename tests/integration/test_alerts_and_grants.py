@@ -21,6 +21,7 @@ from conduix import (
     orgs,
     reconcile,
     settles,
+    wallet_settings,
     wallets,
 )
 from conduix.auth import Principal
@@ -210,7 +211,7 @@ def test_thresholds_set_elsewhere_refresh_the_view_a_hold_bills_under(org: str) 
 
 def test_a_cap_alert_fires_once_a_month(org: str, served_catalog: FakeUpstream) -> None:
     fund(org, "5")
-    wallets.write_spend_cap(org, 2 * C // 1000, NOW)  # 0.002
+    wallet_settings.write_spend_cap(org, 2 * C // 1000, NOW)  # 0.002
     billing.set_alerts(org, {"cap_used_percent": [50]})
     for i in range(16):
         ask(org, f"c{i}")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError
-from conduix import catalog, completion, dynamo, holds, ledger, metering, settles, sweeper, wallets
+from conduix import catalog, completion, dynamo, holds, ledger, metering, settles, sweeper, wallet_settings
 from conduix.auth import Principal
 from conduix.money import NANOS_PER_CREDIT as C
 from conduix.money import format_credits
@@ -199,7 +199,7 @@ def test_stripe_down_during_auto_reload_charges_nothing_and_keeps_the_org_due(
     orgs.attach_stripe_customer(org, "cus_test")
     orgs.save_card(org, orgs.Card("pm_test", "visa", "4242", 12, 2030))
     reloads.save_settings(org, enabled=True, threshold=5 * C, amount=25 * C)
-    assert wallets.mark_reload_due(org)  # balance 0 < threshold 5
+    assert wallet_settings.mark_reload_due(org)  # balance 0 < threshold 5
     try:
         assert autoreload.charge_due(NOW) == {"orgs": 1, "error": 1}
         w = assert_consistent(org)
@@ -294,7 +294,7 @@ def test_a_failure_after_the_settle_never_changes_the_answer(
     def broken(org_id: str) -> bool:
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(wallets, "mark_reload_due", broken)
+    monkeypatch.setattr(wallet_settings, "mark_reload_due", broken)
     served = serve(org, "r1")
     assert served.cost > 0 and json.loads(served.body)["usage"]["cost"] == format_credits(served.cost)
     assert usage_lines(org) == [("usage:r1", served.cost)]

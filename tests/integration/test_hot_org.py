@@ -19,6 +19,7 @@ from conduix import (
     schema,
     settles,
     sweeper,
+    wallet_settings,
     wallets,
 )
 from conduix.config import settings
@@ -34,7 +35,7 @@ IN_FLIGHT = 500
 
 def test_500_requests_in_flight_keep_every_item_small_and_never_overdraw(org: str) -> None:
     # Given an org on the plan with the most requests per minute, with credit for 450 holds
-    wallets.set_plan(org, plans.get("scale"))
+    wallet_settings.set_plan(org, plans.get("scale"))
     fund(org, "450")
     placed: list[str] = []
     refused: list[errors.InsufficientCredits] = []
@@ -127,7 +128,7 @@ def test_500_requests_in_flight_keep_every_item_small_and_never_overdraw(org: st
 
 def test_500_requests_in_flight_through_escrow_leases_are_all_served_and_billed_exactly(org: str) -> None:
     # Given a hot org (requests already in flight) with plenty of credit
-    wallets.set_plan(org, plans.get("scale"))
+    wallet_settings.set_plan(org, plans.get("scale"))
     fund(org, "2000")
     warm = [holds.reserve(org, f"warm-{i}", C, model="acme/fast", key_id="key_1", now=NOW) for i in range(8)]
     for i, _ in enumerate(warm):
@@ -207,7 +208,7 @@ def test_holds_that_keep_colliding_make_the_org_hot_in_this_environment(
 ) -> None:
     # Given a well-funded org whose wallet this environment sees with nothing in flight (each
     # environment's view counts only its own holds), while others' holds keep it busy
-    wallets.set_plan(org, plans.get("scale"))
+    wallet_settings.set_plan(org, plans.get("scale"))
     fund(org, "2000")
     real, tried = holds.reserve, []
 

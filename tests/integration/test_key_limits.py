@@ -22,6 +22,7 @@ from conduix import (
     settles,
     sweeper,
     upkeep,
+    wallet_settings,
     wallets,
 )
 from conduix.money import NANOS_PER_CREDIT as C
@@ -50,7 +51,7 @@ def at(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
 
 @pytest.fixture
 def two_keys(org: str) -> tuple[str, str]:
-    wallets.set_plan(org, plans.get("scale"))
+    wallet_settings.set_plan(org, plans.get("scale"))
     fund(org, "10")
     return keys.create_api_key(org, {})["key_id"], keys.create_api_key(org, {})["key_id"]
 

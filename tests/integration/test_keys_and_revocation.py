@@ -21,6 +21,7 @@ from conduix import (
     schema,
     settles,
     statements,
+    wallet_settings,
     wallets,
 )
 from conduix.money import NANOS_PER_CREDIT as C
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.integration
 def many_keys(request: pytest.FixtureRequest) -> None:
     """The Scale plan, whose key limit leaves room for the keys these tests make."""
     if "org" in request.fixturenames:
-        wallets.set_plan(request.getfixturevalue("org"), plans.get("scale"))
+        wallet_settings.set_plan(request.getfixturevalue("org"), plans.get("scale"))
 
 
 def bearer(secret: str) -> dict[str, str]:

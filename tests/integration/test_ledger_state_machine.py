@@ -50,6 +50,7 @@ from conduix import (
     schema,
     settles,
     sweeper,
+    wallet_settings,
     wallets,
 )
 from conduix.clock import limit_window, period_of
@@ -236,7 +237,9 @@ class LedgerMachine(RuleBasedStateMachine):
     @initialize(amount=grant_amounts, rpm_limit=st.integers(2, 8))
     def seed(self, amount: int, rpm_limit: int) -> None:
         # A plan with a small per-key rate limit, so that a few steps can reach it.
-        wallets.set_plan(self.org, dataclasses.replace(plans.get(plans.FREE), requests_per_minute=rpm_limit))
+        wallet_settings.set_plan(
+            self.org, dataclasses.replace(plans.get(plans.FREE), requests_per_minute=rpm_limit)
+        )
         self.model.rpm_limit = rpm_limit
         self._new_credit("grant", amount)
 
@@ -517,7 +520,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(limit=cap_limits)
     def set_spend_cap(self, limit: int | None) -> None:
-        wallets.write_spend_cap(self.org, limit, self.now)
+        wallet_settings.write_spend_cap(self.org, limit, self.now)
         m = self.model
         m.roll(self.now)
         m.capped, m.cap_limit = limit is not None, limit or 0
@@ -540,7 +543,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(invoice=st.booleans())
     def set_billing_mode(self, invoice: bool) -> None:
         """Invoice-mode wallets are not gated by their balance; caps still hold."""
-        wallets.set_billing_mode(self.org, "invoice" if invoice else "prepaid")
+        wallet_settings.set_billing_mode(self.org, "invoice" if invoice else "prepaid")
         self.model.invoice = invoice
 
     # ------------------------------------------------------------------ after every step

@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
-from conduix import errors, holds, invoicing, keys, metering, orgs, plans, settles, wallets
+from conduix import errors, holds, invoicing, keys, metering, orgs, plans, settles, wallet_settings
 from conduix.money import NANOS_PER_CREDIT as C
 
 from tests.integration.helpers import NOW, assert_consistent, fund
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 def test_requests_per_minute_are_counted_per_key_on_the_hold(org: str) -> None:
     fund(org, "100")
-    wallets.set_plan(org, replace(plans.get("free"), requests_per_minute=2))
+    wallet_settings.set_plan(org, replace(plans.get("free"), requests_per_minute=2))
     holds.reserve(org, "a", C, model="m", key_id="k1", now=NOW)
     holds.reserve(org, "b", C, model="m", key_id="k1", now=NOW)
     with pytest.raises(errors.RateLimited) as limited:
@@ -43,9 +43,9 @@ def test_live_keys_are_limited_by_the_plan(org: str) -> None:
 
 
 def test_invoice_mode_usage_is_what_the_month_invoices(org: str) -> None:
-    wallets.set_billing_mode(org, "invoice")
+    wallet_settings.set_billing_mode(org, "invoice")
     orgs.set_invoice_terms(org, "PO-123", 30)
-    assert wallets.invoice_mode_orgs() == [org]
+    assert wallet_settings.invoice_mode_orgs() == [org]
     r = holds.reserve(org, "a", 3 * C, model="m/one", key_id="k", now=NOW)
     settles.settle(
         org, "a", 3 * C, metering.Usage("m/one", "k", 10, 20, 1_234_567_891, r.wallet.billing_mode), NOW
@@ -55,10 +55,10 @@ def test_invoice_mode_usage_is_what_the_month_invoices(org: str) -> None:
         ("m/one", 1, 10, 20, 1_234_567_891)
     ]
     assert assert_consistent(org).balance == -1_234_567_891  # usage accrues until the invoice is paid
-    wallets.set_billing_mode(org, "prepaid", NOW)
+    wallet_settings.set_billing_mode(org, "prepaid", NOW)
     # Back in prepaid, the org stays listed until the month it left invoice mode is invoiced.
-    assert wallets.invoice_mode_orgs() == [org]
-    assert not wallets.forget_invoiced_org(org, "2026-10")
-    assert wallets.forget_invoiced_org(org, "2026-11")
-    assert wallets.invoice_mode_orgs() == []
+    assert wallet_settings.invoice_mode_orgs() == [org]
+    assert not wallet_settings.forget_invoiced_org(org, "2026-10")
+    assert wallet_settings.forget_invoiced_org(org, "2026-11")
+    assert wallet_settings.invoice_mode_orgs() == []
     assert orgs.get_org(org).po_number == "PO-123"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from conduix import dynamo, holds, ledger, metering, reconcile, settles, wallets
+from conduix import dynamo, holds, ledger, metering, reconcile, settles, wallet_settings, wallets
 from conduix.money import NANOS_PER_CREDIT as C
 
 from tests.integration.helpers import NOW, fund
@@ -62,7 +62,7 @@ def test_a_charge_above_its_hold_is_billed_exactly_and_reported_with_its_request
 
 def test_a_month_past_its_cap_is_reported_with_the_requests_that_passed_it(org: str) -> None:
     fund(org, "100")
-    wallets.write_spend_cap(org, 2 * C, NOW)
+    wallet_settings.write_spend_cap(org, 2 * C, NOW)
     holds.reserve(org, "fits", C, model="m", key_id="k", now=NOW)
     settles.settle(org, "fits", C, metering.Usage("m", "k", 1, 1, C), NOW)
     holds.reserve(org, "over", C, model="m", key_id="k", now=NOW)
@@ -79,7 +79,7 @@ def test_a_cap_set_below_the_spend_or_a_refund_below_zero_is_no_breach(org: str)
     holds.reserve(org, "a", 5 * C, model="m", key_id="k", now=NOW)
     settles.settle(org, "a", 5 * C, metering.Usage("m", "k", 1, 1, 4 * C), NOW)
     holds.reserve(org, "b", C, model="m", key_id="k", now=NOW)
-    wallets.write_spend_cap(org, C, NOW)  # below the 4 spent and 1 held: the hold may still settle
+    wallet_settings.write_spend_cap(org, C, NOW)  # below the 4 spent and 1 held: the hold may still settle
     settles.settle(org, "b", C, metering.Usage("m", "k", 1, 1, C), NOW)
     later = NOW + timedelta(seconds=1)
     ledger.post_entry(org, kind="reversal", key="r", amount=-8 * C, description="refund", now=later)

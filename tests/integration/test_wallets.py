@@ -7,7 +7,19 @@ from datetime import timedelta
 
 import pytest
 from botocore.exceptions import ClientError
-from conduix import clock, dynamo, errors, holds, ledger, metering, settles, sweeper, upkeep, wallets
+from conduix import (
+    clock,
+    dynamo,
+    errors,
+    holds,
+    ledger,
+    metering,
+    settles,
+    sweeper,
+    upkeep,
+    wallet_settings,
+    wallets,
+)
 from conduix.config import settings
 from conduix.money import NANOS_PER_CREDIT as C
 
@@ -73,7 +85,7 @@ def test_release_returns_the_hold_and_bills_nothing(org: str) -> None:
 
 def test_spend_cap_counts_spent_plus_held_and_refuses_beyond_it(org: str) -> None:
     fund(org, "100")
-    wallets.write_spend_cap(org, 10 * C, NOW)
+    wallet_settings.write_spend_cap(org, 10 * C, NOW)
     holds.reserve(org, "a", 6 * C, model="m", key_id="k", now=NOW)
     settles.settle(org, "a", 6 * C, usage(4 * C), NOW)  # spent 4
     holds.reserve(org, "b", 5 * C, model="m", key_id="k", now=NOW)  # held 5: committed 9
@@ -83,14 +95,14 @@ def test_spend_cap_counts_spent_plus_held_and_refuses_beyond_it(org: str) -> Non
     assert "Monthly spend cap of 10 credits reached for 2026-11" in refused.value.message
     w = assert_consistent(org)
     assert (w.committed, w.cap_remaining) == (9 * C, 1 * C)
-    wallets.write_spend_cap(org, None, NOW)
+    wallet_settings.write_spend_cap(org, None, NOW)
     holds.reserve(org, "c", 2 * C, model="m", key_id="k", now=NOW)
     assert_consistent(org)
 
 
 def test_a_new_month_resets_the_cap_but_keeps_open_holds(org: str) -> None:
     fund(org, "100")
-    wallets.write_spend_cap(org, 10 * C, NOW)
+    wallet_settings.write_spend_cap(org, 10 * C, NOW)
     holds.reserve(org, "a", 6 * C, model="m", key_id="k", now=NOW)
     settles.settle(org, "a", 6 * C, usage(5 * C), NOW)
     holds.reserve(org, "b", 3 * C, model="m", key_id="k", now=NOW)  # open across midnight
@@ -113,7 +125,7 @@ def test_invoice_mode_is_not_gated_by_balance_but_still_by_the_cap(org: str) -> 
         ExpressionAttributeValues={":m": {"S": "invoice"}},
     )
     holds.reserve(org, "a", 5 * C, model="m", key_id="k", now=NOW)
-    wallets.write_spend_cap(org, 6 * C, NOW)
+    wallet_settings.write_spend_cap(org, 6 * C, NOW)
     with pytest.raises(errors.SpendCapExceeded):
         holds.reserve(org, "b", 2 * C, model="m", key_id="k", now=NOW)
 

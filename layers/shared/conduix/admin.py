@@ -23,6 +23,7 @@ from conduix import (
     schema,
     settles,
     upkeep,
+    wallet_settings,
     wallets,
 )
 from conduix.billing import wallet_view
@@ -100,8 +101,10 @@ def set_billing(org_id: str, body: dict[str, Any]) -> dict[str, Any]:
     or {"mode": "prepaid"}."""
     resource_id(org_id, "org")
     mode = body.get("mode")
-    if mode not in wallets.BILLING_MODES:
-        raise InvalidRequest(f"'mode' must be one of {', '.join(wallets.BILLING_MODES)}.", param="mode")
+    if mode not in wallet_settings.BILLING_MODES:
+        raise InvalidRequest(
+            f"'mode' must be one of {', '.join(wallet_settings.BILLING_MODES)}.", param="mode"
+        )
     po_number = text_field(body, "po_number", required=False)
     days = body.get("net_terms_days", 30)
     if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 120:
@@ -118,7 +121,7 @@ def set_billing(org_id: str, body: dict[str, Any]) -> dict[str, Any]:
         reload_turned_off = reloads.turn_off(org_id, reason, now)
         if reload_turned_off:
             notices.auto_reload_turned_off(org, reason)
-    wallets.set_billing_mode(org_id, str(mode), now)
+    wallet_settings.set_billing_mode(org_id, str(mode), now)
     return {**org_view(org_id), "auto_reload_turned_off": reload_turned_off}
 
 

@@ -26,6 +26,7 @@ from conduix import (
     providers,
     settles,
     telemetry,
+    wallet_settings,
     wallets,
     web,
 )
@@ -591,7 +592,7 @@ def _after_settle(org_id: str, reservation: leases.Reservation, hold: int, cost:
     wallet = reservation.wallet
     reload = wallet.reload
     if reload.enabled and not reload.due and wallet.available + hold - cost < reload.threshold:
-        _best_effort("mark auto-reload due", wallets.mark_reload_due, org_id)  # once per episode
+        _best_effort("mark auto-reload due", wallet_settings.mark_reload_due, org_id)  # once per episode
 
 
 def _best_effort(what: str, work: Callable[..., Any], *args: Any) -> None:
@@ -608,8 +609,8 @@ def _ran_dry(org_id: str, refusal: InsufficientCredits, now: datetime) -> None:
     never hide the 402."""
     try:
         if refusal.reload_can_start:
-            wallets.mark_reload_due(org_id)
-        if not refusal.already_paused and wallets.mark_paused(org_id, now):
+            wallet_settings.mark_reload_due(org_id)
+        if not refusal.already_paused and wallet_settings.mark_paused(org_id, now):
             from conduix import notices, orgs  # rare path: keep it off the cold start
 
             org = orgs.get_org(org_id)

@@ -31,7 +31,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from conduix import alerts, clock, customers, invoice_records, ledger, orgs, schema, stripe_gateway, wallets
+from conduix import (
+    alerts,
+    clock,
+    customers,
+    invoice_records,
+    ledger,
+    orgs,
+    schema,
+    stripe_gateway,
+    wallet_settings,
+)
 from conduix.errors import InvalidRequest
 from conduix.items import Item, as_int, as_str, n, s
 from conduix.money import format_credits, parse_credits
@@ -220,10 +230,10 @@ def invoice_month(event: dict[str, Any], now: datetime) -> dict[str, Any]:
     if period >= clock.period_of(now):
         raise InvalidRequest(f"The month {period} has not ended yet.", param="period")
     results: dict[str, str] = {}
-    for org_id in wallets.invoice_mode_orgs():
+    for org_id in wallet_settings.invoice_mode_orgs():
         try:
             results[org_id] = invoice_org(org_id, period, now)
-            wallets.forget_invoiced_org(org_id, period)  # back in prepaid and invoiced up to date
+            wallet_settings.forget_invoiced_org(org_id, period)  # back in prepaid and invoiced up to date
         except Exception as exc:  # one org's trouble must not stop the others' invoices
             log.exception("invoicing failed for an org", extra={"org_id": org_id, "period": period})
             results[org_id] = f"failed: {type(exc).__name__}"

@@ -17,7 +17,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from conduix import clock, schema, wallets
+from conduix import clock, schema, wallet_settings, wallets
 from conduix.config import settings
 from conduix.dynamo import cancellation_reasons, client, error_code, retrying
 from conduix.errors import IdempotencyConflict, NotFound
@@ -184,7 +184,7 @@ def post_entry(
             raise
     wallets.moved(org_id, balance=amount)
     if amount > 0:
-        wallets.end_reload_episode(org_id)
+        wallet_settings.end_reload_episode(org_id)
     return entry_from_item(marker), True
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from conduix import holds, key_limits, ledger, settles, wallets
+from conduix import holds, key_limits, ledger, settles, wallet_settings, wallets
 from conduix.config import settings
 from conduix.dynamo import cancellation_reasons, client, error_code, retrying, write_if
 from conduix.errors import Conflict, NotFound
@@ -24,7 +24,7 @@ from conduix.money import format_credits
 
 def wallets_with_holds(shard: str) -> list[str]:
     """Org ids whose wallets may hold credits, from the sparse sweep index."""
-    return wallets.orgs_in_index("by_sweep_shard", "sweep_shard", shard)
+    return wallet_settings.orgs_in_index("by_sweep_shard", "sweep_shard", shard)
 
 
 def release_stuck_hold(org_id: str, request_id: str, now: datetime) -> tuple[holds.Hold, ledger.LedgerEntry]:
