@@ -1,8 +1,9 @@
 """The wallet against a pure-Python model of it, one random step at a time (Hypothesis stateful).
 
-Every rule calls the real data access (`conduix.wallets`, `conduix.sweeper`) on the locked moto
-server with tables from template.yaml, predicts the outcome with the model, and after EVERY step
-the store is checked against the model and against itself:
+Every rule calls the real data access (`conduix.holds`, `conduix.settles`, `conduix.ledger`,
+`conduix.key_limits`, `conduix.sweeper`...) on the locked moto server with tables from
+template.yaml, predicts the outcome with the model, and after EVERY step the store is checked
+against the model and against itself:
 
 - the wallet's balance equals the replay of its ledger, to the nano-credit;
 - `held` equals the sum of the open holds, and the holds are exactly the model's;
