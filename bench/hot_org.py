@@ -1,10 +1,11 @@
 """One hot org at 2,000 billed requests a second with 500 in flight: a model and a simulation.
 
 No machine here can send that load through moto, so the simulation runs the billing path's
-DynamoDB writes (the shapes `conduix.leases` and `conduix.wallets` make) through the stand-in's
-own model of DynamoDB (`conduix_local.dynamo_standin.Capacity`: per-item and per-partition-key
-throttling with split-for-heat) and a transaction-conflict model (a transaction holds its
-items for `TX_SECONDS`; another touching one of them is cancelled), on simulated time.
+DynamoDB writes (the shapes `conduix.leases`, `conduix.holds` and `conduix.settles` make)
+through the stand-in's own model of DynamoDB (`conduix_local.dynamo_standin.Capacity`: per-item
+and per-partition-key throttling with split-for-heat) and a transaction-conflict model (a
+transaction holds its items for `TX_SECONDS`; another touching one of them is cancelled), on
+simulated time.
 Open loop: requests arrive at the target rate whatever happens to earlier ones. Each request
 runs in a Lambda-like environment serving one request at a time; environments are created on
 demand (about 500: rate x latency). Writes that fail are retried with the product's backoff

@@ -325,7 +325,7 @@ def history_items(org_id: str, key_id: str, entries: int, now: datetime) -> Iter
     (marker and statement line each) over the year before this month, a top-up paying for
     every 1,000 of them (so the history nets to zero and the wallet stays equal to its ledger), and the
     per-day usage rows. Request ids start with HISTORY_PREFIX, so the checks can tell them."""
-    from conduix import wallets
+    from conduix import metering
 
     # The year before this month: this month's spend and usage rows stay the load's own.
     end = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
@@ -345,8 +345,8 @@ def history_items(org_id: str, key_id: str, entries: int, now: datetime) -> Iter
             cost = sum(1_000 * sum(tokens(j)) for j in block)
             yield from _top_up_items(org_id, f"{HISTORY_PREFIX}{i:08d}", cost, when(i) - timedelta(seconds=1))
         at = when(i)
-        usage = wallets.Usage(MODEL, key_id, prompt, completion, cost=1_000 * (prompt + completion))
-        yield from wallets.usage_ledger_items(org_id, f"{HISTORY_PREFIX}{i:08d}", usage, at)
+        usage = metering.Usage(MODEL, key_id, prompt, completion, cost=1_000 * (prompt + completion))
+        yield from metering.usage_ledger_items(org_id, f"{HISTORY_PREFIX}{i:08d}", usage, at)
         row = rows.setdefault(
             at.strftime("%Y-%m-%d"), {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "credits": 0}
         )
@@ -691,13 +691,13 @@ def _lift_rate_limit(moto_url: str, org_ids: list[str]) -> str:
         BILLING_TABLE="BillingTable",
         CACHE_TABLE="CacheTable",
     )
-    from conduix import config, dynamo, plans, wallets
+    from conduix import config, dynamo, plans, wallet_settings
 
     config.settings.cache_clear()
     dynamo.reset_client()
     plan = max(plans.all_plans().values(), key=lambda p: p.requests_per_minute)
     for org_id in org_ids:
-        wallets.set_plan(org_id, plan)
+        wallet_settings.set_plan(org_id, plan)
     return f"{plan.id} ({plan.requests_per_minute} requests a minute per key)"
 
 

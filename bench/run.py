@@ -189,7 +189,7 @@ class Bench:
         return result
 
     def new_org(self, credits: str | None) -> tuple[str, str]:
-        from conduix import plans, wallets
+        from conduix import plans, wallet_settings
 
         created = self.admin_call("POST", "/admin/orgs", {"name": "Bench Org", "email": "bench@example.test"})
         assert created["statusCode"] == 201, created
@@ -201,7 +201,7 @@ class Bench:
         # The free plan allows 60 requests a minute per key; the bench sends more. The largest
         # shipped plan keeps the rate limit out of the way (its check rides on the hold's write).
         biggest = max(plans.all_plans().values(), key=lambda p: p.requests_per_minute)
-        wallets.set_plan(org_id, biggest)
+        wallet_settings.set_plan(org_id, biggest)
         return org_id, json.loads(key["body"])["api_key"]
 
     def grant(self, org_id: str, credits: str) -> dict[str, Any]:
@@ -306,7 +306,7 @@ def count_path(
 
 
 def measure_paths(bench: Bench, n: int) -> list[PathResult]:
-    from conduix import clock, wallets
+    from conduix import clock, holds
 
     results = []
     log("counting: warm uncached billed request")
@@ -363,7 +363,7 @@ def measure_paths(bench: Bench, n: int) -> list[PathResult]:
 
     def expired_hold(i: int) -> None:
         past = clock.now() - timedelta(hours=1)
-        wallets.reserve(
+        holds.reserve(
             bench.funded_org, f"bench-dead-{uuid.uuid4()}", 10**6, model=MODEL, key_id="k", now=past
         )
 
@@ -399,7 +399,7 @@ def measure_paths(bench: Bench, n: int) -> list[PathResult]:
 
 def wallet_growth(bench: Bench) -> dict[str, Any]:
     """The wallet's size with k holds open (as many requests of one org in flight)."""
-    from conduix import clock, wallets
+    from conduix import clock, holds, wallets
 
     org, _ = bench.new_org("1000")
     key = bench.table_names["BillingTable"]
@@ -412,7 +412,7 @@ def wallet_growth(bench: Bench) -> dict[str, Any]:
 
     def hold() -> None:
         # A request id like API Gateway's (a UUID), the catalog's model id, a key id.
-        wallets.reserve(org, str(uuid.uuid4()), 10**6, model=MODEL, key_id="key_0123456789ab", now=now)
+        holds.reserve(org, str(uuid.uuid4()), 10**6, model=MODEL, key_id="key_0123456789ab", now=now)
 
     def reserve_cpu() -> float:
         """Median CPU of one more hold (placed, then released untimed) at the current size."""
@@ -420,9 +420,9 @@ def wallet_growth(bench: Bench) -> dict[str, Any]:
         for _ in range(15):
             rid = str(uuid.uuid4())
             cpu = time.process_time()
-            wallets.reserve(org, rid, 10**6, model=MODEL, key_id="key_0123456789ab", now=now)
+            holds.reserve(org, rid, 10**6, model=MODEL, key_id="key_0123456789ab", now=now)
             samples.append(time.process_time() - cpu)
-            wallets.release(org, rid, 10**6)
+            holds.release(org, rid, 10**6)
         return median(samples)
 
     sizes, cpu = {0: size()}, {0: reserve_cpu()}
@@ -445,7 +445,7 @@ def wallet_growth(bench: Bench) -> dict[str, Any]:
 
 
 def measure_cpu(bench: Bench, rounds: int, per_round: int) -> dict[str, Any]:
-    from conduix import clock, dynamo, leases, wallets
+    from conduix import clock, dynamo, holds, leases
 
     table = bench.table_names["BillingTable"]
     client = dynamo.client()
@@ -479,7 +479,7 @@ def measure_cpu(bench: Bench, rounds: int, per_round: int) -> dict[str, Any]:
     hot_org, hot_key = bench.new_org("1000000")
     others = [f"bench-other-{uuid.uuid4()}" for _ in range(leases.HOT_IN_FLIGHT)]
     for rid in others:
-        wallets.reserve(hot_org, rid, 10**6, model=MODEL, key_id="key_elsewhere", now=clock.now())
+        holds.reserve(hot_org, rid, 10**6, model=MODEL, key_id="key_elsewhere", now=clock.now())
     hot_calls: Counter[str] = Counter()
     counting = [False]
 
@@ -554,7 +554,7 @@ def measure_cpu(bench: Bench, rounds: int, per_round: int) -> dict[str, Any]:
         check(result)
     client.meta.events.unregister("before-call.dynamodb", count_call)
     for rid in others:
-        wallets.release(hot_org, rid, 10**6)
+        holds.release(hot_org, rid, 10**6)
     leases.close_all(clock.now())  # the lease folded back into the wallet, as a retiring environment does
     return {
         "rounds": per_round_results,
@@ -998,7 +998,7 @@ def render(
         )
     out.append("")
     out += para(
-        "The last column is this process's CPU for one `wallets.reserve` (a transaction: nothing comes ",
+        "The last column is this process's CPU for one `holds.reserve` (a transaction: nothing comes ",
         "back to parse).",
     )
     at200 = 4 * write_units(sizes.get(200, 0))

@@ -117,7 +117,7 @@ def last_month() -> tuple[datetime, str]:
 
 def seed_invoice_month(stack: Stack) -> tuple[str, str]:
     """An invoice-mode org with last month's usage (history the API cannot make today)."""
-    from conduix import keys, orgs, wallets
+    from conduix import holds, keys, metering, orgs, settles
 
     at, _ = last_month()
     org = orgs.create_org("Enterprise", f"ap-{uuid.uuid4().hex[:6]}@example.com", at)
@@ -126,9 +126,9 @@ def seed_invoice_month(stack: Stack) -> tuple[str, str]:
     assert stack.operator("PUT", f"/admin/orgs/{org.org_id}/billing", body).status == 200
     for i, cost in enumerate((1_234_567_891, 765_432_109)):
         rid = f"seed-{i}"
-        wallets.reserve(org.org_id, rid, cost, model="test/cheap", key_id="k", now=at + timedelta(hours=i))
-        usage = wallets.Usage("test/cheap", "k", 10, 20, cost, billed_by="invoice")
-        wallets.settle(org.org_id, rid, cost, usage, at + timedelta(hours=i))
+        holds.reserve(org.org_id, rid, cost, model="test/cheap", key_id="k", now=at + timedelta(hours=i))
+        usage = metering.Usage("test/cheap", "k", 10, 20, cost, billed_by="invoice")
+        settles.settle(org.org_id, rid, cost, usage, at + timedelta(hours=i))
     return org.org_id, key
 
 
@@ -174,7 +174,7 @@ def test_a_month_is_invoiced_once_after_a_failure_at_a_step_and_again_much_later
 
 @pytest.mark.usefixtures("store")
 def test_an_org_switched_back_to_prepaid_mid_month_is_still_invoiced(stack: Stack) -> None:
-    from conduix import wallets
+    from conduix import wallet_settings
 
     org_id, key = seed_invoice_month(stack)
     _, period = last_month()
@@ -185,7 +185,7 @@ def test_an_org_switched_back_to_prepaid_mid_month_is_still_invoiced(stack: Stac
     invoices = month_invoices(stack, key)
     assert [(i["status"], i["total"]) for i in invoices] == [("open", "2.00")]
     assert result.body["result"]["orgs"][org_id] == f"invoiced: {invoices[0]['id']}"
-    assert org_id in wallets.invoice_mode_orgs()  # this month's invoice-billed usage is next
+    assert org_id in wallet_settings.invoice_mode_orgs()  # this month's invoice-billed usage is next
 
 
 # ------------------------------------------------------------------ reversals
@@ -366,7 +366,7 @@ def _make_reconcile(stack: Stack) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.usefixtures("store")
 def test_reconcile_fails_on_a_payment_without_entry_and_an_entry_without_payment(stack: Stack) -> None:
-    from conduix import clock, wallets
+    from conduix import clock, ledger
 
     org_id, key = stack.new_org()
     session_id = top_up(stack, key, "10")
@@ -388,9 +388,7 @@ def test_reconcile_fails_on_a_payment_without_entry_and_an_entry_without_payment
     assert stack.operator("GET", f"/admin/orgs/{org_id}/reconcile").body["ok"] is True
 
     forged = f"cs_test_forged_{uuid.uuid4().hex[:8]}"  # a ledger entry no payment explains
-    wallets.post_entry(
-        org_id, kind="top_up", key=forged, amount=10 * C, description="forged", now=clock.now()
-    )
+    ledger.post_entry(org_id, kind="top_up", key=forged, amount=10 * C, description="forged", now=clock.now())
     try:
         report = stack.operator("GET", f"/admin/orgs/{org_id}/reconcile").body
         checks = [d["check"] for d in report["discrepancies"]]

@@ -100,7 +100,7 @@ def store(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_an_invoice_mode_month_is_invoiced_once_and_matches_the_ledger(stack: Stack, store: None) -> None:
-    from conduix import invoicing, keys, orgs, wallets
+    from conduix import holds, invoicing, keys, metering, orgs, settles
 
     now = datetime.now(UTC)
     last_month = (now.replace(day=1) - timedelta(days=1)).replace(day=15, hour=12)
@@ -119,9 +119,9 @@ def test_an_invoice_mode_month_is_invoiced_once_and_matches_the_ledger(stack: St
         for i, cost in enumerate(costs):
             request_id = f"seed-{model}-{i}"
             at = last_month + timedelta(hours=i)
-            wallets.reserve(org.org_id, request_id, cost, model=model, key_id="k", now=at)
-            usage = wallets.Usage(model, "k", 100 + i, 200 + i, cost, billed_by="invoice")
-            assert wallets.settle(org.org_id, request_id, cost, usage, at) is wallets.SettleOutcome.SETTLED
+            holds.reserve(org.org_id, request_id, cost, model=model, key_id="k", now=at)
+            usage = metering.Usage(model, "k", 100 + i, 200 + i, cost, billed_by="invoice")
+            assert settles.settle(org.org_id, request_id, cost, usage, at) is settles.SettleOutcome.SETTLED
 
     first = stack.run_job("MonthlyInvoicingFunction", {"period": period})
     second = stack.run_job("MonthlyInvoicingFunction", {"period": period})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from conduix import config, dynamo, wallets
+from conduix import config, dynamo, ledger, wallets
 
 NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 
@@ -13,7 +13,7 @@ NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 def fund(org_id: str, credits: str, key: str = "seed") -> None:
     from conduix.money import parse_credits
 
-    wallets.post_entry(
+    ledger.post_entry(
         org_id, kind="grant", key=key, amount=parse_credits(credits, field="x"), description="t", now=NOW
     )
 

@@ -9,7 +9,21 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
-from conduix import admin, alerts, billing, completion, grants, notices, orgs, reconcile, wallets
+from conduix import (
+    admin,
+    alerts,
+    billing,
+    completion,
+    grants,
+    holds,
+    metering,
+    notices,
+    orgs,
+    reconcile,
+    settles,
+    wallet_settings,
+    wallets,
+)
 from conduix.auth import Principal
 from conduix.errors import IdempotencyConflict, InvalidRequest
 from conduix.money import NANOS_PER_CREDIT as C
@@ -134,24 +148,24 @@ def test_the_settle_that_crosses_sends_the_alert_whatever_order_requests_held_in
     # interleaving a burst on the local stack produced, and the old estimate missed).
     fund(org, "8")
     billing.set_alerts(org, {"balance_below": ["5"]})
-    views = [wallets.reserve(org, f"h{i}", C, model="m", key_id="k", now=NOW).wallet for i in range(4)]
+    views = [holds.reserve(org, f"h{i}", C, model="m", key_id="k", now=NOW).wallet for i in range(4)]
     tripped = []
     for i in (1, 2, 3, 0):
         guard = alerts.guard(views[i], C)
         assert guard is not None  # armed: each settle carries the guard
-        usage = wallets.Usage("m", "k", 1, 1, C)
-        assert wallets.settle(org, f"h{i}", C, usage, NOW, alert_guard=guard) is wallets.SettleOutcome.SETTLED
+        usage = metering.Usage("m", "k", 1, 1, C)
+        assert settles.settle(org, f"h{i}", C, usage, NOW, alert_guard=guard) is settles.SettleOutcome.SETTLED
         tripped.append(guard.tripped)
         if guard.tripped:
             assert alerts.check(org, NOW) == 1
     assert tripped == [False, False, False, True]  # only the settle from 5 to 4 crosses
     assert len(sent(org, "balance_below")) == 1
     # Fired: the guard still rides on each settle, and the wallet's mark lets it pass
-    wallets.reserve(org, "h4", C, model="m", key_id="k", now=NOW)
+    holds.reserve(org, "h4", C, model="m", key_id="k", now=NOW)
     guard = alerts.guard(wallets.get_wallet(org), C)
     assert guard is not None
-    usage = wallets.Usage("m", "k", 1, 1, C)
-    assert wallets.settle(org, "h4", C, usage, NOW, alert_guard=guard) is wallets.SettleOutcome.SETTLED
+    usage = metering.Usage("m", "k", 1, 1, C)
+    assert settles.settle(org, "h4", C, usage, NOW, alert_guard=guard) is settles.SettleOutcome.SETTLED
     assert not guard.tripped and len(sent(org, "balance_below")) == 1
     assert_consistent(org)
 
@@ -162,11 +176,11 @@ def test_a_threshold_re_armed_elsewhere_fires_from_a_view_that_saw_it_fired(org:
     # re-arm went unnoticed until this environment's view expired).
     fund(org, "6")
     billing.set_alerts(org, {"balance_below": ["5"]})
-    usage = wallets.Usage("m", "k", 1, 1, C)
-    wallets.reserve(org, "a0", C, model="m", key_id="k", now=NOW)
-    wallets.reserve(org, "a1", C, model="m", key_id="k", now=NOW)
+    usage = metering.Usage("m", "k", 1, 1, C)
+    holds.reserve(org, "a0", C, model="m", key_id="k", now=NOW)
+    holds.reserve(org, "a1", C, model="m", key_id="k", now=NOW)
     for i in range(2):
-        wallets.settle(org, f"a{i}", C, usage, NOW, alert_guard=alerts.guard(wallets.get_wallet(org), C))
+        settles.settle(org, f"a{i}", C, usage, NOW, alert_guard=alerts.guard(wallets.get_wallet(org), C))
     assert alerts.check(org, NOW) == 1  # 6 -> 4: fired
     stale = wallets.get_wallet(org)
     assert stale.alerts_fired == {alerts.balance_key(5 * C)}
@@ -174,10 +188,10 @@ def test_a_threshold_re_armed_elsewhere_fires_from_a_view_that_saw_it_fired(org:
     alerts.after_credit(org)  # elsewhere: re-armed at 6
     assert wallets.get_wallet(org).alerts_fired == frozenset()
     for i in (2, 3):
-        wallets.reserve(org, f"a{i}", C, model="m", key_id="k", now=NOW)
+        holds.reserve(org, f"a{i}", C, model="m", key_id="k", now=NOW)
         guard = alerts.guard(stale, C)
         assert guard is not None
-        wallets.settle(org, f"a{i}", C, usage, NOW, alert_guard=guard)
+        settles.settle(org, f"a{i}", C, usage, NOW, alert_guard=guard)
         if guard.tripped:
             alerts.check(org, NOW)
     assert wallets.get_wallet(org).balance == 4 * C
@@ -191,13 +205,13 @@ def test_thresholds_set_elsewhere_refresh_the_view_a_hold_bills_under(org: str) 
     billing.set_alerts(org, {"balance_below": ["5"]})  # another environment's write...
     wallets.learn(org, before)  # ...which this environment's view has not seen
     assert wallets.known_wallet(org).balance_alerts == ()
-    reservation = wallets.reserve(org, "v0", C, model="m", key_id="k", now=NOW)
+    reservation = holds.reserve(org, "v0", C, model="m", key_id="k", now=NOW)
     assert reservation.wallet.balance_alerts == (5 * C,)  # the hold refused the stale view once
 
 
 def test_a_cap_alert_fires_once_a_month(org: str, served_catalog: FakeUpstream) -> None:
     fund(org, "5")
-    wallets.write_spend_cap(org, 2 * C // 1000, NOW)  # 0.002
+    wallet_settings.write_spend_cap(org, 2 * C // 1000, NOW)  # 0.002
     billing.set_alerts(org, {"cap_used_percent": [50]})
     for i in range(16):
         ask(org, f"c{i}")

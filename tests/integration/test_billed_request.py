@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import pytest
-from conduix import completion, idempotency, wallets
+from conduix import completion, idempotency, settles
 from conduix.auth import Principal
 from conduix.clock import now as clock_now
 from conduix.errors import IdempotencyConflict, InvalidRequest, RequestInProgress, UpstreamError
@@ -67,7 +67,7 @@ def test_images_and_tools_are_billed_at_the_providers_count_within_the_hold(
     cost = usage["prompt_tokens"] * 2000 + usage["completion_tokens"] * 8000
     assert served.cost == cost
     assert charged(org) == [("r1", usage["prompt_tokens"], usage["completion_tokens"], cost)]
-    assert not wallets.over_hold_incidents(org)
+    assert not settles.over_hold_incidents(org)
     assert assert_consistent(org).balance == C - cost
 
 
@@ -98,7 +98,7 @@ def test_a_provider_that_bills_above_the_hold_is_billed_exactly_and_leaves_an_in
     assert served.cost == cost and charged(org) == [
         ("r1", usage["prompt_tokens"], usage["completion_tokens"], cost)
     ]
-    (incident,) = wallets.over_hold_incidents(org)
+    (incident,) = settles.over_hold_incidents(org)
     assert (incident["request_id"]["S"], int(incident["cost"]["N"])) == ("r1", cost)
     assert int(incident["hold"]["N"]) < cost
     assert any(

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError
-from conduix import catalog, completion, dynamo, sweeper, wallets
+from conduix import catalog, completion, dynamo, holds, ledger, metering, settles, sweeper, wallet_settings
 from conduix.auth import Principal
 from conduix.money import NANOS_PER_CREDIT as C
 from conduix.money import format_credits
@@ -82,41 +82,41 @@ def faults(tables: dict[str, str]) -> Iterator[Faults]:
     events.unregister("after-call.dynamodb", unique_id="faults-after")
 
 
-def usage(cost: int) -> wallets.Usage:
-    return wallets.Usage("m", "k", 1, 1, cost)
+def usage(cost: int) -> metering.Usage:
+    return metering.Usage("m", "k", 1, 1, cost)
 
 
 def test_throttled_reserve_is_retried_and_holds_once(org: str, faults: Faults) -> None:
     fund(org, "5")
     faults.fail("Reserve", "ThrottlingException", "ProvisionedThroughputExceededException")
-    wallets.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
+    holds.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
     assert assert_consistent(org).held == 2 * C
 
 
 def test_a_hold_whose_answer_was_lost_is_recognised_not_doubled(org: str, faults: Faults) -> None:
     fund(org, "5")
     faults.fail("Reserve", "lost-response")
-    reservation = wallets.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
+    reservation = holds.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
     assert reservation.wallet.held == 2 * C
     assert assert_consistent(org).held == 2 * C
 
 
 def test_settle_conflicts_are_retried_without_a_double_debit(org: str, faults: Faults) -> None:
     fund(org, "5")
-    wallets.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
+    holds.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
     faults.fail("TransactWriteItems", "TransactionConflict", "TransactionConflict", "ThrottlingException")
-    assert wallets.settle(org, "a", 2 * C, usage(C), NOW) is wallets.SettleOutcome.SETTLED
+    assert settles.settle(org, "a", 2 * C, usage(C), NOW) is settles.SettleOutcome.SETTLED
     w = assert_consistent(org)
     assert (w.balance, w.held) == (4 * C, 0)
 
 
 def test_a_settle_whose_answer_was_lost_is_not_billed_twice(org: str, faults: Faults) -> None:
     fund(org, "5")
-    wallets.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
+    holds.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
     faults.calls.clear()
     faults.fail("TransactWriteItems", "lost-response")
     # The retry finds its own entry already written, and knows the debit happened.
-    assert wallets.settle(org, "a", 2 * C, usage(C), NOW) is wallets.SettleOutcome.ALREADY_SETTLED
+    assert settles.settle(org, "a", 2 * C, usage(C), NOW) is settles.SettleOutcome.ALREADY_SETTLED
     assert faults.calls["TransactWriteItems"] == 2
     assert assert_consistent(org).balance == 4 * C
     assert len([i for i in ledger_items(org) if i["entry_type"]["S"] == "usage"]) == 1
@@ -127,12 +127,12 @@ def test_a_credit_whose_answer_was_lost_is_still_this_call_s_credit(org: str, fa
     faults.calls.clear()
     faults.fail("TransactWriteItems", "lost-response")
     # The retry finds the marker its own first attempt wrote: created, credited once.
-    entry, created = wallets.post_entry(org, kind="grant", key="g1", amount=3 * C, description="g", now=NOW)
+    entry, created = ledger.post_entry(org, kind="grant", key="g1", amount=3 * C, description="g", now=NOW)
     assert created and entry.amount == 3 * C
     assert faults.calls["TransactWriteItems"] == 2
     assert assert_consistent(org).balance == 8 * C
     # Another call with the same key is the duplicate it is.
-    assert wallets.post_entry(org, kind="grant", key="g1", amount=3 * C, description="g", now=NOW)[1] is False
+    assert ledger.post_entry(org, kind="grant", key="g1", amount=3 * C, description="g", now=NOW)[1] is False
     assert assert_consistent(org).balance == 8 * C
 
 
@@ -140,10 +140,10 @@ def test_contention_that_never_clears_is_a_clean_busy_error(org: str, faults: Fa
     from conduix.errors import ServiceBusy
 
     fund(org, "5")
-    wallets.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
+    holds.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
     faults.fail("TransactWriteItems", *["TransactionConflict"] * 20)
     with pytest.raises(ServiceBusy):
-        wallets.settle(org, "a", 2 * C, usage(C), NOW)
+        settles.settle(org, "a", 2 * C, usage(C), NOW)
     faults.plan.clear()
     w = assert_consistent(org)
     assert (w.balance, w.held) == (5 * C, 2 * C)  # nothing debited; the hold awaits settle or sweep
@@ -151,7 +151,7 @@ def test_contention_that_never_clears_is_a_clean_busy_error(org: str, faults: Fa
 
 def test_a_request_that_died_after_its_hold_is_swept_and_costs_nothing(org: str) -> None:
     fund(org, "5")
-    wallets.reserve(org, "died", 2 * C, model="m", key_id="k", now=NOW)  # ...and the Lambda was killed
+    holds.reserve(org, "died", 2 * C, model="m", key_id="k", now=NOW)  # ...and the Lambda was killed
     assert sweeper.sweep(NOW)["holds_released"] == 0  # not expired yet
     from datetime import timedelta
 
@@ -199,7 +199,7 @@ def test_stripe_down_during_auto_reload_charges_nothing_and_keeps_the_org_due(
     orgs.attach_stripe_customer(org, "cus_test")
     orgs.save_card(org, orgs.Card("pm_test", "visa", "4242", 12, 2030))
     reloads.save_settings(org, enabled=True, threshold=5 * C, amount=25 * C)
-    assert wallets.mark_reload_due(org)  # balance 0 < threshold 5
+    assert wallet_settings.mark_reload_due(org)  # balance 0 < threshold 5
     try:
         assert autoreload.charge_due(NOW) == {"orgs": 1, "error": 1}
         w = assert_consistent(org)
@@ -233,19 +233,19 @@ def test_a_settle_that_cannot_land_is_kept_and_settled_once_by_the_sweeper(
     served = serve(org, "r1")
     assert served.cost > 0 and json.loads(served.body)["usage"]["cost"] == format_credits(served.cost)
     w = assert_consistent(org)
-    assert (w.balance, len(wallets.open_holds(org)), usage_lines(org)) == (
+    assert (w.balance, len(holds.open_holds(org)), usage_lines(org)) == (
         C,
         1,
         [],
     )  # not billed yet, hold kept
-    assert [p.request_id for p in wallets.pending_settles(org)] == ["r1"]
+    assert [p.request_id for p in settles.pending_settles(org)] == ["r1"]
 
     result = sweeper.sweep(NOW)
     assert (result["pending_settled"], result["holds_released"]) == (1, 0)
     assert sweeper.sweep(NOW + timedelta(minutes=10))["pending_settled"] == 0  # exactly once
     w = assert_consistent(org)
     assert (w.balance, w.held, usage_lines(org)) == (C - served.cost, 0, [("usage:r1", served.cost)])
-    assert wallets.pending_settles(org) == []
+    assert settles.pending_settles(org) == []
 
 
 def test_a_deferred_settle_that_had_landed_after_all_is_not_billed_twice(
@@ -255,11 +255,11 @@ def test_a_deferred_settle_that_had_landed_after_all_is_not_billed_twice(
     # The first attempt commits but its answer is lost; every retry then conflicts.
     faults.fail("TransactWriteItems", "lost-response", *["TransactionConflict"] * 5)
     served = serve(org, "r1")
-    assert [p.request_id for p in wallets.pending_settles(org)] == ["r1"]
+    assert [p.request_id for p in settles.pending_settles(org)] == ["r1"]
     assert sweeper.sweep(NOW)["pending_settled"] == 0  # found its ledger entry: nothing to do
     w = assert_consistent(org)
     assert (w.balance, w.held, usage_lines(org)) == (C - served.cost, 0, [("usage:r1", served.cost)])
-    assert wallets.pending_settles(org) == []
+    assert settles.pending_settles(org) == []
 
 
 def test_concurrent_requests_under_conflicts_end_exact(
@@ -294,7 +294,7 @@ def test_a_failure_after_the_settle_never_changes_the_answer(
     def broken(org_id: str) -> bool:
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(wallets, "mark_reload_due", broken)
+    monkeypatch.setattr(wallet_settings, "mark_reload_due", broken)
     served = serve(org, "r1")
     assert served.cost > 0 and json.loads(served.body)["usage"]["cost"] == format_credits(served.cost)
     assert usage_lines(org) == [("usage:r1", served.cost)]
@@ -324,7 +324,7 @@ def test_a_provider_billing_above_the_hold_under_conflicts_is_billed_once_and_re
     faults.fail("TransactWriteItems", "TransactionConflict", "ThrottlingException")
     served = serve(org, "r1", model="t/overbill")
     assert usage_lines(org) == [("usage:r1", served.cost)]
-    assert [i["request_id"]["S"] for i in wallets.over_hold_incidents(org)] == ["r1"]
+    assert [i["request_id"]["S"] for i in settles.over_hold_incidents(org)] == ["r1"]
     assert [d.check for d in reconcile.reconcile_org(org)] == ["charge within its hold"]
 
 
@@ -341,7 +341,7 @@ def test_a_deferred_settle_still_contended_keeps_its_expired_hold_for_the_next_r
     result = sweeper.sweep(later)
     assert (result["pending_settled"], result["holds_released"]) == (0, 0)
     assert_consistent(org)
-    assert len(wallets.open_holds(org)) == 1  # not released: it is owed
+    assert len(holds.open_holds(org)) == 1  # not released: it is owed
     assert sweeper.sweep(later)["pending_settled"] == 1
     w = assert_consistent(org)
     assert (w.balance, w.held, usage_lines(org)) == (C - served.cost, 0, [("usage:r1", served.cost)])

@@ -8,7 +8,20 @@ import threading
 from datetime import timedelta
 
 import pytest
-from conduix import dynamo, errors, leases, plans, reconcile, schema, sweeper, wallets
+from conduix import (
+    dynamo,
+    errors,
+    holds,
+    leases,
+    metering,
+    plans,
+    reconcile,
+    schema,
+    settles,
+    sweeper,
+    wallet_settings,
+    wallets,
+)
 from conduix.config import settings
 from conduix.money import NANOS_PER_CREDIT as C
 
@@ -22,7 +35,7 @@ IN_FLIGHT = 500
 
 def test_500_requests_in_flight_keep_every_item_small_and_never_overdraw(org: str) -> None:
     # Given an org on the plan with the most requests per minute, with credit for 450 holds
-    wallets.set_plan(org, plans.get("scale"))
+    wallet_settings.set_plan(org, plans.get("scale"))
     fund(org, "450")
     placed: list[str] = []
     refused: list[errors.InsufficientCredits] = []
@@ -37,7 +50,7 @@ def test_500_requests_in_flight_keep_every_item_small_and_never_overdraw(org: st
     def request(i: int) -> None:
         rid = f"req-{i:03d}"
         try:
-            wallets.reserve(org, rid, C, model="acme/fast", key_id="key_1", now=NOW)
+            holds.reserve(org, rid, C, model="acme/fast", key_id="key_1", now=NOW)
             with lock:
                 placed.append(rid)
         except errors.InsufficientCredits as refusal:
@@ -52,11 +65,11 @@ def test_500_requests_in_flight_keep_every_item_small_and_never_overdraw(org: st
             reserved.wait()
         settle_now.wait()
         if rid:  # as Completion does: a settle that cannot land now is kept for HoldSweeper
-            usage = wallets.Usage("acme/fast", "key_1", 10, 20, costs[i])
+            usage = metering.Usage("acme/fast", "key_1", 10, 20, costs[i])
             try:
-                outcomes.append(wallets.settle(org, rid, C, usage, NOW))
+                outcomes.append(settles.settle(org, rid, C, usage, NOW))
             except errors.ServiceBusy:
-                wallets.record_pending(org, rid, C, usage, NOW)
+                settles.record_pending(org, rid, C, usage, NOW)
                 outcomes.append("deferred")
 
     # When 500 requests hold at once
@@ -82,12 +95,16 @@ def test_500_requests_in_flight_keep_every_item_small_and_never_overdraw(org: st
     )["Items"]
     # (a hold whose answer was lost and whose retries then all conflicted is open but unused:
     # HoldSweeper releases it when it expires)
-    holds = [i for i in items if i["sk"]["S"].startswith("HOLD#")]
-    assert len(placed) <= len(holds) <= 450
+    org_holds = [i for i in items if i["sk"]["S"].startswith("HOLD#")]
+    assert len(placed) <= len(org_holds) <= 450
     assert max(item_size(i) for i in items) <= 2048
     assert not any("expires_at" in i for i in items if i["sk"]["S"].startswith("HOLD#"))  # the TTL's
     w = assert_consistent(org)
-    assert (w.held, w.available, w.hold_count) == (len(holds) * C, (450 - len(holds)) * C, len(holds))
+    assert (w.held, w.available, w.hold_count) == (
+        len(org_holds) * C,
+        (450 - len(org_holds)) * C,
+        len(org_holds),
+    )
 
     # And every settle lands exactly, with nothing overdrawn
     settle_now.set()
@@ -95,13 +112,13 @@ def test_500_requests_in_flight_keep_every_item_small_and_never_overdraw(org: st
         t.join()
     assert len(outcomes) == len(placed)
     # (already settled: a retry after an answer lost in the queue found its own entry)
-    assert set(outcomes) <= {wallets.SettleOutcome.SETTLED, wallets.SettleOutcome.ALREADY_SETTLED, "deferred"}
+    assert set(outcomes) <= {settles.SettleOutcome.SETTLED, settles.SettleOutcome.ALREADY_SETTLED, "deferred"}
     # (a hold whose first attempt sat in the store's queue past the client's timeout lands
     # after its request gave up: open, unused, released by HoldSweeper when it expires)
-    strays = [h for h in wallets.open_holds(org) if h.request_id not in set(placed)]
+    strays = [h for h in holds.open_holds(org) if h.request_id not in set(placed)]
     swept = sweeper.sweep(NOW + timedelta(minutes=10))
     # (a deferred settle whose first attempt had landed after all is dropped, not billed twice)
-    assert swept["pending_settled"] <= outcomes.count("deferred") and wallets.pending_settles(org) == []
+    assert swept["pending_settled"] <= outcomes.count("deferred") and settles.pending_settles(org) == []
     assert swept["holds_released"] == len(strays)
     w = assert_consistent(org)
     spent = sum(costs[int(rid.split("-")[1])] for rid in placed)
@@ -111,16 +128,14 @@ def test_500_requests_in_flight_keep_every_item_small_and_never_overdraw(org: st
 
 def test_500_requests_in_flight_through_escrow_leases_are_all_served_and_billed_exactly(org: str) -> None:
     # Given a hot org (requests already in flight) with plenty of credit
-    wallets.set_plan(org, plans.get("scale"))
+    wallet_settings.set_plan(org, plans.get("scale"))
     fund(org, "2000")
-    warm = [
-        wallets.reserve(org, f"warm-{i}", C, model="acme/fast", key_id="key_1", now=NOW) for i in range(8)
-    ]
+    warm = [holds.reserve(org, f"warm-{i}", C, model="acme/fast", key_id="key_1", now=NOW) for i in range(8)]
     for i, _ in enumerate(warm):
-        wallets.release(org, f"warm-{i}", C)
+        holds.release(org, f"warm-{i}", C)
     wallets.forget_views()
     for i in range(8):  # the environment has seen them in flight
-        wallets.reserve(org, f"seen-{i}", C, model="acme/fast", key_id="key_1", now=NOW)
+        holds.reserve(org, f"seen-{i}", C, model="acme/fast", key_id="key_1", now=NOW)
     served: list[str] = []
     failed: list[BaseException] = []
     reserved = threading.Barrier(IN_FLIGHT + 1)
@@ -140,13 +155,13 @@ def test_500_requests_in_flight_through_escrow_leases_are_all_served_and_billed_
             return
         reserved.wait()
         settle_now.wait()
-        usage = wallets.Usage("acme/fast", "key_1", 10, 20, costs[i])
+        usage = metering.Usage("acme/fast", "key_1", 10, 20, costs[i])
         try:
             outcome = leases.settle(org, rid, reservation, usage, NOW)
-            assert outcome in (wallets.SettleOutcome.SETTLED, wallets.SettleOutcome.ALREADY_SETTLED)
+            assert outcome in (settles.SettleOutcome.SETTLED, settles.SettleOutcome.ALREADY_SETTLED)
         except errors.ServiceBusy:  # as Completion does: kept, and charged by HoldSweeper
             lease_id = reservation.lease.lease_id if reservation.lease else ""
-            wallets.record_pending(org, rid, C, usage, NOW, lease_id=lease_id)
+            settles.record_pending(org, rid, C, usage, NOW, lease_id=lease_id)
         with lock:
             served.append(rid)
 
@@ -177,7 +192,7 @@ def test_500_requests_in_flight_through_escrow_leases_are_all_served_and_billed_
     assert failed == [] and len(served) == IN_FLIGHT
     leases.close_all(NOW)
     for i in range(8):
-        wallets.release(org, f"seen-{i}", C)
+        holds.release(org, f"seen-{i}", C)
     result = sweeper.sweep(NOW + timedelta(minutes=5))
     assert result["holds_released"] == 0
     w = assert_consistent(org)
@@ -193,17 +208,17 @@ def test_holds_that_keep_colliding_make_the_org_hot_in_this_environment(
 ) -> None:
     # Given a well-funded org whose wallet this environment sees with nothing in flight (each
     # environment's view counts only its own holds), while others' holds keep it busy
-    wallets.set_plan(org, plans.get("scale"))
+    wallet_settings.set_plan(org, plans.get("scale"))
     fund(org, "2000")
-    real, tried = wallets.reserve, []
+    real, tried = holds.reserve, []
 
-    def busy_once(*args: object, **kwargs: object) -> wallets.Reservation:
+    def busy_once(*args: object, **kwargs: object) -> holds.Reservation:
         tried.append(args[1])
         if len(tried) == 1:
             raise errors.ServiceBusy("The billing store is busy; please retry the request.")
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(wallets, "reserve", busy_once)
+    monkeypatch.setattr(holds, "reserve", busy_once)
     # When a hold cannot land for contention, the request is served from a lease instead of a 503
     first = leases.reserve(org, "r1", C, model="acme/fast", key_id="key_1", now=NOW)
     assert first.lease is not None and tried == ["r1"]
@@ -211,8 +226,8 @@ def test_holds_that_keep_colliding_make_the_org_hot_in_this_environment(
     second = leases.reserve(org, "r2", C, model="acme/fast", key_id="key_1", now=NOW)
     assert second.lease is first.lease and tried == ["r1"]
     for rid, reservation in (("r1", first), ("r2", second)):
-        usage = wallets.Usage("acme/fast", "key_1", 1, 1, C // 2)
-        assert leases.settle(org, rid, reservation, usage, NOW) is wallets.SettleOutcome.SETTLED
+        usage = metering.Usage("acme/fast", "key_1", 1, 1, C // 2)
+        assert leases.settle(org, rid, reservation, usage, NOW) is settles.SettleOutcome.SETTLED
     leases.close_all(NOW)
     w = assert_consistent(org)
     assert (w.balance, w.held, w.lease_count) == (2000 * C - C, 0, 0)
@@ -227,10 +242,10 @@ def test_an_org_that_may_not_lease_still_gets_the_busy_answer(
     fund(org, "2000")
     billing.set_alerts(org, {"balance_below": ["5"]})  # alerts keep per-request holds
 
-    def busy(*args: object, **kwargs: object) -> wallets.Reservation:
+    def busy(*args: object, **kwargs: object) -> holds.Reservation:
         raise errors.ServiceBusy("The billing store is busy; please retry the request.")
 
-    monkeypatch.setattr(wallets, "reserve", busy)
+    monkeypatch.setattr(holds, "reserve", busy)
     with pytest.raises(errors.ServiceBusy):
         leases.reserve(org, "r1", C, model="acme/fast", key_id="key_1", now=NOW)
     assert wallets.get_wallet(org).lease_count == 0

@@ -9,7 +9,22 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from conduix import auth, clock, errors, keys, plans, reconcile, sweeper, wallets
+from conduix import (
+    auth,
+    clock,
+    errors,
+    holds,
+    key_limits,
+    keys,
+    metering,
+    plans,
+    reconcile,
+    settles,
+    sweeper,
+    upkeep,
+    wallet_settings,
+    wallets,
+)
 from conduix.money import NANOS_PER_CREDIT as C
 
 from tests.integration.helpers import NOW, assert_consistent, fund
@@ -36,7 +51,7 @@ def at(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
 
 @pytest.fixture
 def two_keys(org: str) -> tuple[str, str]:
-    wallets.set_plan(org, plans.get("scale"))
+    wallet_settings.set_plan(org, plans.get("scale"))
     fund(org, "10")
     return keys.create_api_key(org, {})["key_id"], keys.create_api_key(org, {})["key_id"]
 
@@ -46,20 +61,20 @@ def limit(org: str, key_id: str, amount: str | None, period: str = "day") -> dic
     return keys.update_api_key(org, key_id, body)
 
 
-def hold(org: str, key_id: str, request_id: str, amount: int, now: datetime = NOW) -> wallets.Reservation:
-    return wallets.reserve(org, request_id, amount, model="m", key_id=key_id, now=now)
+def hold(org: str, key_id: str, request_id: str, amount: int, now: datetime = NOW) -> holds.Reservation:
+    return holds.reserve(org, request_id, amount, model="m", key_id=key_id, now=now)
 
 
 def bill(
-    org: str, key_id: str, request_id: str, held: wallets.Reservation, cost: int, now: datetime = NOW
+    org: str, key_id: str, request_id: str, held: holds.Reservation, cost: int, now: datetime = NOW
 ) -> None:
-    usage = wallets.Usage("m", key_id, 1, 1, cost)
-    outcome = wallets.settle(org, request_id, held.hold_nanos, usage, now, budget_key=held.budget_key)
-    assert outcome is wallets.SettleOutcome.SETTLED
+    usage = metering.Usage("m", key_id, 1, 1, cost)
+    outcome = settles.settle(org, request_id, held.hold_nanos, usage, now, budget_key=held.budget_key)
+    assert outcome is settles.SettleOutcome.SETTLED
 
 
 def budget(org: str, key_id: str) -> tuple[int, int, int]:
-    b = wallets.key_budget(org, key_id)
+    b = key_limits.key_budget(org, key_id)
     assert b is not None
     assert b.room == b.limit - b.spent - b.held  # the identity the condition relies on
     return b.spent, b.held, b.room
@@ -93,7 +108,7 @@ def test_a_key_at_its_daily_limit_is_refused_while_the_org_s_other_keys_go_on(
     message = refused.value.message
     assert "spend limit of 1 credits per day" in message and "2026-11-28T00:00:00Z" in message
     assert (refused.value.limit_nanos, refused.value.period) == (C, "day")
-    assert wallets.open_holds(org) == ()  # nothing held for the refused request
+    assert holds.open_holds(org) == ()  # nothing held for the refused request
     # Exactly up to the limit is allowed; the other key is not limited at all.
     hold(org, capped, "r3", 50 * CENT)
     hold(org, free, "r4", 5 * C)
@@ -134,11 +149,11 @@ def test_racing_requests_of_one_key_cannot_pass_its_limit(
         t.start()
     for t in threads:
         t.join()
-    holds = wallets.open_holds(org)
-    assert results.count("held") == len(holds) == 3  # 3 x 0.3 fits in 1; a fourth would not
+    org_holds = holds.open_holds(org)
+    assert results.count("held") == len(org_holds) == 3  # 3 x 0.3 fits in 1; a fourth would not
     assert results.count("refused") + results.count("busy") == 9 and results.count("refused") >= 1
     assert budget(org, capped) == (0, 90 * CENT, 10 * CENT)
-    assert all(h.key_budget for h in holds)
+    assert all(h.key_budget for h in org_holds)
     clean(org)
 
 
@@ -148,11 +163,11 @@ def test_failed_and_swept_requests_give_their_room_back_and_deferred_settles_cou
     capped, _ = two_keys
     limit(org, capped, "1")
     failed = hold(org, capped, "failed", 40 * CENT)
-    assert wallets.release(org, "failed", failed.hold_nanos, budget_key=failed.budget_key)
+    assert holds.release(org, "failed", failed.hold_nanos, budget_key=failed.budget_key)
     hold(org, capped, "dead", 40 * CENT)  # its environment dies: HoldSweeper releases it
     deferred = hold(org, capped, "deferred", 40 * CENT)
-    usage = wallets.Usage("m", capped, 1, 1, 30 * CENT)
-    wallets.record_pending(org, "deferred", deferred.hold_nanos, usage, NOW, budget_key=deferred.budget_key)
+    usage = metering.Usage("m", capped, 1, 1, 30 * CENT)
+    settles.record_pending(org, "deferred", deferred.hold_nanos, usage, NOW, budget_key=deferred.budget_key)
     assert budget(org, capped) == (0, 80 * CENT, 20 * CENT)
     result = sweeper.sweep(NOW + timedelta(hours=1))
     assert (result["pending_settled"], result["holds_released"]) == (1, 1)
@@ -166,7 +181,7 @@ def test_an_operator_release_of_a_stuck_hold_gives_its_room_back(
     capped, _ = two_keys
     limit(org, capped, "1")
     hold(org, capped, "stuck", 70 * CENT)
-    wallets.release_stuck_hold(org, "stuck", NOW)
+    upkeep.release_stuck_hold(org, "stuck", NOW)
     assert budget(org, capped) == (0, 0, C)
     clean(org)
 
@@ -211,11 +226,11 @@ def test_a_limit_set_while_a_warm_environment_remembers_the_wallet_counts_at_onc
     # Removing the limit: the open hold still closes against its budget item.
     limit(org, capped, None)
     hold(org, capped, "unlimited", 5 * C)
-    assert wallets.key_budget(org, capped) is not None
+    assert key_limits.key_budget(org, capped) is not None
     assert keys.list_keys(org)["data"][0]["spend_limit"] is None
-    held = {h.request_id: h for h in wallets.open_holds(org)}
+    held = {h.request_id: h for h in holds.open_holds(org)}
     assert held["fits"].key_budget and not held["unlimited"].key_budget
-    assert wallets.release(org, "fits", 20 * CENT, budget_key=capped)
+    assert holds.release(org, "fits", 20 * CENT, budget_key=capped)
     assert budget(org, capped)[1] == 0
     clean(org)
 
@@ -256,7 +271,7 @@ def test_a_bad_limit_is_refused_and_changes_nothing(
     with pytest.raises(errors.InvalidRequest) as refused:
         keys.update_api_key(org, two_keys[0], body)
     assert refused.value.param == param
-    assert wallets.key_budget(org, two_keys[0]) is None
+    assert key_limits.key_budget(org, two_keys[0]) is None
     assert not wallets.get_wallet(org).limited_keys
 
 

@@ -9,7 +9,21 @@ import threading
 from datetime import timedelta
 
 import pytest
-from conduix import auth, config, dynamo, errors, keys, plans, schema, statements, wallets
+from conduix import (
+    auth,
+    config,
+    dynamo,
+    errors,
+    holds,
+    keys,
+    metering,
+    plans,
+    schema,
+    settles,
+    statements,
+    wallet_settings,
+    wallets,
+)
 from conduix.money import NANOS_PER_CREDIT as C
 
 from tests.integration.helpers import NOW, assert_consistent, fund
@@ -21,7 +35,7 @@ pytestmark = pytest.mark.integration
 def many_keys(request: pytest.FixtureRequest) -> None:
     """The Scale plan, whose key limit leaves room for the keys these tests make."""
     if "org" in request.fixturenames:
-        wallets.set_plan(request.getfixturevalue("org"), plans.get("scale"))
+        wallet_settings.set_plan(request.getfixturevalue("org"), plans.get("scale"))
 
 
 def bearer(secret: str) -> dict[str, str]:
@@ -45,9 +59,9 @@ def test_a_revoked_key_is_refused_by_the_hold_although_the_cache_remembers_it(or
     assert auth.authenticate(bearer(doomed["api_key"]), "inference") == principal
     # ...but the hold's own conditional write refuses it, and nothing is held.
     with pytest.raises(errors.Unauthenticated, match="revoked"):
-        wallets.reserve(org, "r1", C, model="m", key_id=principal.key_id, now=NOW)
+        holds.reserve(org, "r1", C, model="m", key_id=principal.key_id, now=NOW)
     wallet = assert_consistent(org)
-    assert (wallet.balance, wallet.held, wallets.open_holds(org)) == (5 * C, 0, ())
+    assert (wallet.balance, wallet.held, holds.open_holds(org)) == (5 * C, 0, ())
     # The cache-hit path reads the balance for its header; the same read refuses the key.
     with pytest.raises(errors.Unauthenticated):
         wallets.get_balance(org, principal.key_id)
@@ -55,7 +69,7 @@ def test_a_revoked_key_is_refused_by_the_hold_although_the_cache_remembers_it(or
     with pytest.raises(errors.Unauthenticated):
         auth.authenticate(bearer(doomed["api_key"]), "billing", fresh=True)
     # The org's other keys are untouched.
-    wallets.reserve(org, "r2", C, model="m", key_id=other["key_id"], now=NOW)
+    holds.reserve(org, "r2", C, model="m", key_id=other["key_id"], now=NOW)
     assert wallets.get_balance(org, other["key_id"]) == 5 * C
 
 
@@ -92,7 +106,7 @@ def test_concurrent_revocations_on_a_wallet_without_marks_all_land(org: str) -> 
     assert set(marks(org)) == set(created)
     for i, key_id in enumerate(created):
         with pytest.raises(errors.Unauthenticated):
-            wallets.reserve(org, f"r{i}", 1, model="m", key_id=key_id, now=NOW)
+            holds.reserve(org, f"r{i}", 1, model="m", key_id=key_id, now=NOW)
     assert_consistent(org)
 
 
@@ -115,9 +129,9 @@ def test_a_key_grants_only_the_scopes_it_holds(org: str) -> None:
 def _two_pages(org: str) -> dict[str, object]:
     fund(org, "10")
     for i in range(3):
-        wallets.reserve(org, f"r{i}", C, model="m", key_id="k", now=NOW + timedelta(seconds=i + 1))
-        usage = wallets.Usage(model="m", key_id="k", prompt_tokens=1, completion_tokens=1, cost=C)
-        wallets.settle(org, f"r{i}", C, usage, NOW + timedelta(seconds=i + 1))
+        holds.reserve(org, f"r{i}", C, model="m", key_id="k", now=NOW + timedelta(seconds=i + 1))
+        usage = metering.Usage(model="m", key_id="k", prompt_tokens=1, completion_tokens=1, cost=C)
+        settles.settle(org, f"r{i}", C, usage, NOW + timedelta(seconds=i + 1))
     return statements.ledger_page(org, "2", None)
 
 

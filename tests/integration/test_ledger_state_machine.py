@@ -1,8 +1,9 @@
 """The wallet against a pure-Python model of it, one random step at a time (Hypothesis stateful).
 
-Every rule calls the real data access (`conduix.wallets`, `conduix.sweeper`) on the locked moto
-server with tables from template.yaml, predicts the outcome with the model, and after EVERY step
-the store is checked against the model and against itself:
+Every rule calls the real data access (`conduix.holds`, `conduix.settles`, `conduix.ledger`,
+`conduix.key_limits`, `conduix.sweeper`...) on the locked moto server with tables from
+template.yaml, predicts the outcome with the model, and after EVERY step the store is checked
+against the model and against itself:
 
 - the wallet's balance equals the replay of its ledger, to the nano-credit;
 - `held` equals the sum of the open holds, and the holds are exactly the model's;
@@ -38,7 +39,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conduix import config, dynamo, orgs, plans, schema, sweeper, wallets
+from conduix import (
+    config,
+    dynamo,
+    holds,
+    key_limits,
+    ledger,
+    metering,
+    orgs,
+    plans,
+    schema,
+    settles,
+    sweeper,
+    wallet_settings,
+    wallets,
+)
 from conduix.clock import limit_window, period_of
 from conduix.errors import (
     Conflict,
@@ -93,7 +108,7 @@ amounts = st.one_of(
 )
 grant_amounts = st.one_of(st.integers(1, 10 * C), st.sampled_from([C, 5 * C, 10 * C]))
 cap_limits = st.one_of(st.none(), st.integers(0, 15 * C), st.sampled_from([0, C, 5 * C]))
-key_limits = st.one_of(st.none(), st.integers(1, 6 * C), st.sampled_from([C, 3 * C]))
+limits = st.one_of(st.none(), st.integers(1, 6 * C), st.sampled_from([C, 3 * C]))
 
 
 def next_month(moment: datetime) -> datetime:
@@ -202,9 +217,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.model = Model(period=period_of(self.now), rpm_limit=plans.get(limit).requests_per_minute)
         self.seq = 0
         self.grants: dict[str, tuple[str, int]] = {}  # key -> (kind, amount)
-        self.settled: dict[str, tuple[int, wallets.Usage]] = {}  # rid -> (hold, usage)
+        self.settled: dict[str, tuple[int, metering.Usage]] = {}  # rid -> (hold, usage)
         self.closed: dict[str, int] = {}  # released or swept: rid -> hold
-        self.pending: dict[str, wallets.Usage] = {}  # deferred settles: rid -> usage
+        self.pending: dict[str, metering.Usage] = {}  # deferred settles: rid -> usage
         self.closed_budget: dict[str, str] = {}  # closed requests: rid -> the key budget it counted in
         self.over: set[str] = set()  # requests charged above their hold
         self.billed_requests = 0
@@ -223,13 +238,15 @@ class LedgerMachine(RuleBasedStateMachine):
     @initialize(amount=grant_amounts, rpm_limit=st.integers(2, 8))
     def seed(self, amount: int, rpm_limit: int) -> None:
         # A plan with a small per-key rate limit, so that a few steps can reach it.
-        wallets.set_plan(self.org, dataclasses.replace(plans.get(plans.FREE), requests_per_minute=rpm_limit))
+        wallet_settings.set_plan(
+            self.org, dataclasses.replace(plans.get(plans.FREE), requests_per_minute=rpm_limit)
+        )
         self.model.rpm_limit = rpm_limit
         self._new_credit("grant", amount)
 
     def _new_credit(self, kind: str, amount: int) -> None:
         key = self._next(kind)
-        entry, created = wallets.post_entry(
+        entry, created = ledger.post_entry(
             self.org, kind=kind, key=key, amount=amount, description="model", now=self.now
         )
         assert created and entry.amount == amount and entry.entry_id == f"{kind}:{key}"
@@ -252,7 +269,7 @@ class LedgerMachine(RuleBasedStateMachine):
         key = self._pick(data, self.grants, "reused key")
         kind, amount = self.grants[key]
         if what == "replay":  # the same key and amount: the original entry, nothing moves
-            entry, created = wallets.post_entry(
+            entry, created = ledger.post_entry(
                 self.org, kind=kind, key=key, amount=amount, description="replay", now=self.now
             )
             assert not created, "a replayed idempotency key moved money again"
@@ -261,7 +278,7 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         delta = data.draw(st.one_of(st.integers(1, 2 * C), st.integers(-2 * C, -1)), label="delta")
         with pytest.raises(IdempotencyConflict):
-            wallets.post_entry(
+            ledger.post_entry(
                 self.org, kind=kind, key=key, amount=amount + delta, description="changed", now=self.now
             )
         seen["conflict"] += 1
@@ -285,7 +302,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 seen["key-window-roll"] += 1
             refuse_key = m.key_limit[key] - m.budget[key][1] - m.key_held(key) < amount
         try:
-            r = wallets.reserve(self.org, rid, amount, model="acme/fast", key_id=key, now=self.now)
+            r = holds.reserve(self.org, rid, amount, model="acme/fast", key_id=key, now=self.now)
         except KeySpendLimitExceeded as exc:
             assert refuse_key, (
                 f"refused by the key's limit with {m.budget.get(key)} and {m.key_held(key)} held"
@@ -331,21 +348,21 @@ class LedgerMachine(RuleBasedStateMachine):
         seen["hold:invoice" if m.invoice else "hold"] += 1
         return True
 
-    def _usage(self, data: st.DataObject, hold: int) -> wallets.Usage:
+    def _usage(self, data: st.DataObject, hold: int) -> metering.Usage:
         """What the provider billed: now and then more than the hold (about one in ten)."""
         over = data.draw(st.integers(0, 9), label="over") == 0
         cost = hold + data.draw(st.integers(1, C)) if over else data.draw(st.integers(0, hold), label="cost")
-        return wallets.Usage("acme/fast", "key_1", data.draw(st.integers(0, 5000)), 7, cost)
+        return metering.Usage("acme/fast", "key_1", data.draw(st.integers(0, 5000)), 7, cost)
 
     def _settle(self, data: st.DataObject, rid: str) -> None:
         hold, _ = self.model.holds[rid]
         usage = self._usage(data, hold)
         budget_key = self.model.hold_budget.get(rid, "")
-        outcome = wallets.settle(self.org, rid, hold, usage, self.now, budget_key=budget_key)
-        assert outcome is wallets.SettleOutcome.SETTLED
+        outcome = settles.settle(self.org, rid, hold, usage, self.now, budget_key=budget_key)
+        assert outcome is settles.SettleOutcome.SETTLED
         self._settled(rid, usage)
 
-    def _settled(self, rid: str, usage: wallets.Usage) -> None:
+    def _settled(self, rid: str, usage: metering.Usage) -> None:
         m = self.model
         hold, _ = m.holds[rid]
         cost = usage.cost
@@ -374,7 +391,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def _release(self, rid: str) -> None:
         hold, _ = self.model.holds.pop(rid)
         budget_key = self.closed_budget[rid] = self.model.hold_budget.pop(rid, "")
-        assert wallets.release(self.org, rid, hold, budget_key=budget_key) is True
+        assert holds.release(self.org, rid, hold, budget_key=budget_key) is True
         self.closed[rid] = hold
         seen["release"] += 1
 
@@ -388,13 +405,13 @@ class LedgerMachine(RuleBasedStateMachine):
             held = self.model.holds[rid][0]
             self.model.roll(self.now)
             if data.draw(st.booleans(), label="same amount"):
-                r = wallets.reserve(self.org, rid, held, model="acme/fast", key_id=key, now=self.now)
+                r = holds.reserve(self.org, rid, held, model="acme/fast", key_id=key, now=self.now)
                 assert r.hold_nanos == held
                 seen["duplicate-hold:same"] += 1
             else:
                 with pytest.raises(Conflict):
                     other = amount if amount != held else held + 1
-                    wallets.reserve(self.org, rid, other, model="acme/fast", key_id=key, now=self.now)
+                    holds.reserve(self.org, rid, other, model="acme/fast", key_id=key, now=self.now)
                 seen["duplicate-hold:conflict"] += 1
             return
         self._reserve(self._next("req"), amount, key)
@@ -439,7 +456,7 @@ class LedgerMachine(RuleBasedStateMachine):
         rid = self._pick(data, self._in_flight(), "open hold")
         hold, _ = self.model.holds[rid]
         usage = self._usage(data, hold)
-        wallets.record_pending(
+        settles.record_pending(
             self.org, rid, hold, usage, self.now, budget_key=self.model.hold_budget.get(rid, "")
         )
         self.pending[rid] = usage
@@ -454,18 +471,18 @@ class LedgerMachine(RuleBasedStateMachine):
         if rid in self.settled:
             hold, usage = self.settled[rid]
         else:
-            hold, usage = self.closed[rid], wallets.Usage("acme/fast", "key_1", 1, 1, cost)
+            hold, usage = self.closed[rid], metering.Usage("acme/fast", "key_1", 1, 1, cost)
         budget_key = self.closed_budget.get(rid, "")
         if data.draw(st.booleans(), label="release instead"):
-            assert wallets.release(self.org, rid, hold, budget_key=budget_key) is False
+            assert holds.release(self.org, rid, hold, budget_key=budget_key) is False
             seen["release-again"] += 1
         elif rid in self.settled:
-            outcome = wallets.settle(self.org, rid, hold, usage, self.now, budget_key=budget_key)
-            assert outcome is wallets.SettleOutcome.ALREADY_SETTLED
+            outcome = settles.settle(self.org, rid, hold, usage, self.now, budget_key=budget_key)
+            assert outcome is settles.SettleOutcome.ALREADY_SETTLED
             seen["already-settled"] += 1
         else:
-            outcome = wallets.settle(self.org, rid, hold, usage, self.now, budget_key=budget_key)
-            assert outcome is wallets.SettleOutcome.HOLD_GONE
+            outcome = settles.settle(self.org, rid, hold, usage, self.now, budget_key=budget_key)
+            assert outcome is settles.SettleOutcome.HOLD_GONE
             seen["hold-gone"] += 1
 
     # ------------------------------------------------------------------ time, expiry, settings
@@ -504,18 +521,18 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(limit=cap_limits)
     def set_spend_cap(self, limit: int | None) -> None:
-        wallets.write_spend_cap(self.org, limit, self.now)
+        wallet_settings.write_spend_cap(self.org, limit, self.now)
         m = self.model
         m.roll(self.now)
         m.capped, m.cap_limit = limit is not None, limit or 0
         m.cap_debt = max(0, -m.cap_remaining) if m.capped else 0
 
-    @rule(key=st.sampled_from(KEYS), limit=key_limits)
+    @rule(key=st.sampled_from(KEYS), limit=limits)
     def set_key_limit(self, key: str, limit: int | None) -> None:
         """A daily spend limit on one key (or none). Changed in the same window, it keeps the
         spend counted so far; set anew, it starts from the figure given (here, none)."""
         m = self.model
-        wallets.set_key_limit(self.org, key, limit, "day", 0, self.now)
+        key_limits.set_key_limit(self.org, key, limit, "day", 0, self.now)
         if limit is None:
             m.key_limit.pop(key, None)
             return
@@ -527,7 +544,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(invoice=st.booleans())
     def set_billing_mode(self, invoice: bool) -> None:
         """Invoice-mode wallets are not gated by their balance; caps still hold."""
-        wallets.set_billing_mode(self.org, "invoice" if invoice else "prepaid")
+        wallet_settings.set_billing_mode(self.org, "invoice" if invoice else "prepaid")
         self.model.invoice = invoice
 
     # ------------------------------------------------------------------ after every step
@@ -539,13 +556,13 @@ class LedgerMachine(RuleBasedStateMachine):
         m = self.model
         w = wallets.get_wallet(self.org)
         lines = ledger_items(self.org)
-        ledger = {i["entry_id"]["S"]: int(i["amount"]["N"]) for i in lines}
-        assert len(ledger) == len(lines), "a ledger entry appears twice"
+        entries = {i["entry_id"]["S"]: int(i["amount"]["N"]) for i in lines}
+        assert len(entries) == len(lines), "a ledger entry appears twice"
 
         # The store against itself.
-        assert w.balance == sum(ledger.values()), "wallet != ledger replay"
-        holds = wallets.open_holds(self.org)
-        assert w.held == sum(h.amount for h in holds), "held != sum of open holds"
+        assert w.balance == sum(entries.values()), "wallet != ledger replay"
+        org_holds = holds.open_holds(self.org)
+        assert w.held == sum(h.amount for h in org_holds), "held != sum of open holds"
         assert w.available == w.balance - w.held
         assert w.committed == w.month_spent + w.held
         assert w.cap_remaining == w.cap_limit - w.committed
@@ -563,22 +580,22 @@ class LedgerMachine(RuleBasedStateMachine):
         assert incidents == self.over, "a charge above its hold left no incident (or one too many)"
         pending = {i["request_id"]["S"] for i in items if i["sk"]["S"].startswith("PENDING#")}
         assert pending == set(self.pending), "a deferred settle was lost or settled twice"
-        if holds:
+        if org_holds:
             wallet_item = next(i for i in items if i["sk"]["S"] == "WALLET")
             assert wallet_item.get("sweep_shard", {}).get("S") == wallets.sweep_shard(self.org), (
                 "a wallet with open holds is missing from the sweep index"
             )
 
         # The store against the model, exactly.
-        assert ledger == m.ledger
-        assert {h.request_id: (h.amount, h.expires_at) for h in holds} == m.holds
+        assert entries == m.ledger
+        assert {h.request_id: (h.amount, h.expires_at) for h in org_holds} == m.holds
         got = (w.balance, w.held, w.available, w.period, w.month_spent, w.committed)
         assert got == (m.balance, m.held, m.available, m.period, m.month_spent, m.committed)
         assert (w.capped, w.cap_limit, w.cap_remaining) == (m.capped, m.cap_limit, m.cap_remaining)
         assert w.billing_mode == ("invoice" if m.invoice else "prepaid")
 
         # Key budgets: the store's against the model's, and each against itself.
-        budgets = wallets.key_budgets(self.org)
+        budgets = key_limits.key_budgets(self.org)
         assert set(budgets) == set(m.budget)
         assert w.limited_keys == dict.fromkeys(m.key_limit, "day")
         for key, b in budgets.items():
@@ -589,7 +606,7 @@ class LedgerMachine(RuleBasedStateMachine):
             )
             assert b.held == m.key_held(key), "a key budget's held != its counted open holds"
             assert b.room == b.limit - b.spent - b.held
-        assert {h.request_id for h in holds if h.key_budget} == set(m.hold_budget)
+        assert {h.request_id for h in org_holds if h.key_budget} == set(m.hold_budget)
 
         # Holds never overdraw, and never pass the cap.
         if w.available < 0:
@@ -644,11 +661,11 @@ def test_the_rate_windows_on_the_wallet_stay_bounded(hold_ttl: None) -> None:
     400 KB DynamoDB refuses to write it at all. Reserves drop their key's previous minute;
     HoldSweeper drops what a paused key left behind."""
     org = orgs.create_org("Windows", "w@example.test", NOW).org_id
-    wallets.post_entry(org, kind="grant", key="seed", amount=100 * C, description="t", now=NOW)
+    ledger.post_entry(org, kind="grant", key="seed", amount=100 * C, description="t", now=NOW)
     for i in range(10):  # one request every third minute
         now = NOW + timedelta(minutes=3 * i)
-        wallets.reserve(org, f"req-{i}", 1, model="acme/fast", key_id="key_1", now=now)
-        wallets.release(org, f"req-{i}", 1)
+        holds.reserve(org, f"req-{i}", 1, model="acme/fast", key_id="key_1", now=now)
+        holds.release(org, f"req-{i}", 1)
         sweeper.sweep(now)  # HoldSweeper runs every minute over the wallets in use
     item = dynamo.client().get_item(
         TableName=config.settings().billing_table, Key=wallets.wallet_key(org), ConsistentRead=True

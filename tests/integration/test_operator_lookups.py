@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conduix import admin, errors, orgs, statements, wallets
+from conduix import admin, errors, holds, metering, orgs, settles, statements, upkeep, wallets
 from conduix.money import NANOS_PER_CREDIT as C
 
 from tests.integration.helpers import NOW, assert_consistent, fund
@@ -72,7 +72,7 @@ def test_bad_look_ups_are_a_400_naming_the_field(
 def test_releasing_a_stuck_hold_frees_it_once_with_an_audit_entry(org: str) -> None:
     # Given an org with a hold whose request died
     fund(org, "10")
-    wallets.reserve(org, "stuck-1", 3 * C, model="acme/fast", key_id="key_1", now=NOW)
+    holds.reserve(org, "stuck-1", 3 * C, model="acme/fast", key_id="key_1", now=NOW)
     listed = admin.list_holds(org)["data"]
     assert [(h["request_id"], h["amount"], h["model"], h["key_id"]) for h in listed] == [
         ("stuck-1", "3", "acme/fast", "key_1")
@@ -91,8 +91,8 @@ def test_releasing_a_stuck_hold_frees_it_once_with_an_audit_entry(org: str) -> N
     assert "released by the operator" in audit[0]["description"]
     assert_consistent(org)
     # A late settle of that request finds the hold gone and bills nothing; a second release is a 404
-    usage = wallets.Usage(model="acme/fast", key_id="key_1", prompt_tokens=1, completion_tokens=1, cost=C)
-    assert wallets.settle(org, "stuck-1", 3 * C, usage, NOW) is wallets.SettleOutcome.HOLD_GONE
+    usage = metering.Usage(model="acme/fast", key_id="key_1", prompt_tokens=1, completion_tokens=1, cost=C)
+    assert settles.settle(org, "stuck-1", 3 * C, usage, NOW) is settles.SettleOutcome.HOLD_GONE
     with pytest.raises(errors.NotFound):
         admin.release_hold(org, "stuck-1")
     assert wallets.get_wallet(org).balance == 10 * C
@@ -104,15 +104,15 @@ def test_a_settle_that_wins_the_race_leaves_the_release_nothing_to_do(
 ) -> None:
     # Given a hold the operator has just read...
     fund(org, "10")
-    wallets.reserve(org, "racing", 3 * C, model="acme/fast", key_id="key_1", now=NOW)
-    seen = wallets.open_holds(org)
+    holds.reserve(org, "racing", 3 * C, model="acme/fast", key_id="key_1", now=NOW)
+    seen = holds.open_holds(org)
     # ...and that the request settles before the operator's write lands
-    usage = wallets.Usage(model="acme/fast", key_id="key_1", prompt_tokens=1, completion_tokens=1, cost=C)
-    assert wallets.settle(org, "racing", 3 * C, usage, NOW) is wallets.SettleOutcome.SETTLED
-    monkeypatch.setattr(wallets, "open_holds", lambda _org: seen)
+    usage = metering.Usage(model="acme/fast", key_id="key_1", prompt_tokens=1, completion_tokens=1, cost=C)
+    assert settles.settle(org, "racing", 3 * C, usage, NOW) is settles.SettleOutcome.SETTLED
+    monkeypatch.setattr(holds, "open_holds", lambda _org: seen)
     # Then the release is refused, and writes neither money nor an audit entry
     with pytest.raises(errors.Conflict) as refused:
-        wallets.release_stuck_hold(org, "racing", NOW)
+        upkeep.release_stuck_hold(org, "racing", NOW)
     assert refused.value.code == "hold_closed"
     assert statements.ledger_page(org, None, None, {"type": "hold_release"})["data"] == []
     assert wallets.get_wallet(org).balance == 9 * C
@@ -129,18 +129,18 @@ def test_holds_of_an_unknown_org_are_a_404(tables: dict[str, str]) -> None:
 def test_a_served_hold_with_a_deferred_settle_is_billed_never_released(org: str) -> None:
     # Given a request that was served but whose settle could not land (its usage is recorded)
     fund(org, "10")
-    wallets.reserve(org, "served-1", 3 * C, model="acme/fast", key_id="key_1", now=NOW)
-    usage = wallets.Usage(
+    holds.reserve(org, "served-1", 3 * C, model="acme/fast", key_id="key_1", now=NOW)
+    usage = metering.Usage(
         model="acme/fast", key_id="key_1", prompt_tokens=2, completion_tokens=5, cost=C // 4
     )
-    wallets.record_pending(org, "served-1", 3 * C, usage, NOW)
+    settles.record_pending(org, "served-1", 3 * C, usage, NOW)
     # When the operator "releases" it
     answer = admin.release_hold(org, "served-1")
     # Then it is settled at its cost, as HoldSweeper would, and nothing is released
     assert (answer["action"], answer["outcome"], answer["cost"]) == ("settled", "settled", "0.25")
     assert (answer["wallet"]["balance"], answer["wallet"]["held"]) == ("9.75", "0")
     assert statements.ledger_page(org, None, None, {"type": "hold_release"})["data"] == []
-    assert wallets.pending_settles(org) == []
+    assert settles.pending_settles(org) == []
     assert_consistent(org)
 
 
@@ -149,14 +149,14 @@ def test_a_deferred_settle_recorded_during_the_release_cancels_it(
 ) -> None:
     # Given a hold the operator read before its request's usage was recorded
     fund(org, "10")
-    wallets.reserve(org, "late-1", 3 * C, model="acme/fast", key_id="key_1", now=NOW)
-    seen = wallets.open_holds(org)
-    usage = wallets.Usage(model="acme/fast", key_id="key_1", prompt_tokens=2, completion_tokens=5, cost=C)
-    wallets.record_pending(org, "late-1", 3 * C, usage, NOW)
-    monkeypatch.setattr(wallets, "open_holds", lambda _org: seen)
+    holds.reserve(org, "late-1", 3 * C, model="acme/fast", key_id="key_1", now=NOW)
+    seen = holds.open_holds(org)
+    usage = metering.Usage(model="acme/fast", key_id="key_1", prompt_tokens=2, completion_tokens=5, cost=C)
+    settles.record_pending(org, "late-1", 3 * C, usage, NOW)
+    monkeypatch.setattr(holds, "open_holds", lambda _org: seen)
     # Then the release is refused and changes nothing: the hold waits for its settle
     with pytest.raises(errors.Conflict) as refused:
-        wallets.release_stuck_hold(org, "late-1", NOW)
+        upkeep.release_stuck_hold(org, "late-1", NOW)
     assert refused.value.code == "hold_closed" and "settle is pending" in refused.value.message
     wallet = wallets.get_wallet(org)
     assert (wallet.balance, wallet.held) == (10 * C, 3 * C)

@@ -15,13 +15,18 @@ from conduix import (
     admin,
     autoreload,
     errors,
+    holds,
     invoice_records,
     invoicing,
+    ledger,
+    metering,
     orgs,
     payments,
     reconcile,
     reloads,
+    settles,
     stripe_gateway,
+    wallet_settings,
     wallets,
 )
 from conduix.money import NANOS_PER_CREDIT as C
@@ -67,8 +72,8 @@ def sdk(server: LocalStripe) -> stripe.StripeClient:
 
 
 def settle(org: str, rid: str, cost: int, at: Any = NOW, hint: int | None = None) -> None:
-    r = wallets.reserve(org, rid, cost, model="m/one", key_id="k", now=at)
-    usage = wallets.Usage(
+    r = holds.reserve(org, rid, cost, model="m/one", key_id="k", now=at)
+    usage = metering.Usage(
         "m/one",
         "k",
         10,
@@ -77,7 +82,7 @@ def settle(org: str, rid: str, cost: int, at: Any = NOW, hint: int | None = None
         billed_by=r.wallet.billing_mode,
         funds_hint=r.wallet.balance if hint is None else hint,
     )
-    assert wallets.settle(org, rid, cost, usage, at) is wallets.SettleOutcome.SETTLED
+    assert settles.settle(org, rid, cost, usage, at) is settles.SettleOutcome.SETTLED
 
 
 # ------------------------------------------------------------------ invoice mode
@@ -85,7 +90,7 @@ def settle(org: str, rid: str, cost: int, at: Any = NOW, hint: int | None = None
 
 def test_invoice_mode_draws_on_the_positive_balance_first(org: str) -> None:
     fund(org, "10")
-    wallets.set_billing_mode(org, "invoice")
+    wallet_settings.set_billing_mode(org, "invoice")
     settle(org, "a", 4 * C)  # all from the balance
     settle(org, "b", 8 * C)  # 6 from the balance, 2 invoiced
     settle(org, "c", 3 * C, hint=10 * C)  # a stale hint: the settle's condition redraws (0 left)
@@ -141,12 +146,12 @@ def invoice_org_once(org: str, server: LocalStripe) -> Any:
 
 def invoice_mode_month(org: str) -> None:
     fund(org, "1")
-    wallets.set_billing_mode(org, "invoice")
+    wallet_settings.set_billing_mode(org, "invoice")
     orgs.set_invoice_terms(org, "PO-7", 30)
     settle(org, "a", 1_234_567_891, at=IN_PERIOD)  # 1 from the balance, the rest invoiced
-    r = wallets.reserve(org, "b", 2 * C, model="m/two", key_id="k", now=IN_PERIOD)
-    usage = wallets.Usage("m/two", "k", 1, 2, 2 * C, billed_by="invoice", funds_hint=r.wallet.balance)
-    wallets.settle(org, "b", 2 * C, usage, IN_PERIOD)
+    r = holds.reserve(org, "b", 2 * C, model="m/two", key_id="k", now=IN_PERIOD)
+    usage = metering.Usage("m/two", "k", 1, 2, 2 * C, billed_by="invoice", funds_hint=r.wallet.balance)
+    settles.settle(org, "b", 2 * C, usage, IN_PERIOD)
 
 
 STEPS = {
@@ -225,11 +230,11 @@ def test_an_org_back_in_prepaid_is_invoiced_for_its_invoice_month(
     org: str, local_stripe: LocalStripe
 ) -> None:
     invoice_mode_month(org)
-    wallets.set_billing_mode(org, "prepaid", IN_PERIOD + timedelta(days=1))
+    wallet_settings.set_billing_mode(org, "prepaid", IN_PERIOD + timedelta(days=1))
     result = invoicing.invoice_month({"period": PERIOD}, NOW)
     invoice = invoice_org_once(org, local_stripe)
     assert result["orgs"][org] == f"invoiced: {invoice.id}"
-    assert wallets.invoice_mode_orgs() == []  # and then no longer listed
+    assert wallet_settings.invoice_mode_orgs() == []  # and then no longer listed
 
 
 # ------------------------------------------------------------------ auto-reload episodes
@@ -252,9 +257,9 @@ def test_a_charge_that_does_not_reach_the_threshold_ends_its_episode(
     card_org: str, local_stripe: LocalStripe
 ) -> None:
     org = card_org
-    wallets.post_entry(org, kind="refund", key="re_x", amount=-40 * C, description="t", now=NOW)
+    ledger.post_entry(org, kind="refund", key="re_x", amount=-40 * C, description="t", now=NOW)
     reloads.save_settings(org, enabled=True, threshold=5 * C, amount=25 * C)
-    assert wallets.mark_reload_due(org)
+    assert wallet_settings.mark_reload_due(org)
     assert autoreload.charge_due(NOW) == {"orgs": 1, "charged": 1}  # -40 + 25 = -15: still below
     w = assert_consistent(org)
     assert (w.balance, w.reload.episode, w.reload.due) == (-15 * C, 2, True)  # a new episode
@@ -275,7 +280,7 @@ def test_auto_reload_pauses_after_the_daily_limit(
     config.reload_daily_limit.cache_clear()
     org = card_org
     reloads.save_settings(org, enabled=True, threshold=1000 * C, amount=5 * C)
-    assert wallets.mark_reload_due(org)
+    assert wallet_settings.mark_reload_due(org)
     try:
         outcomes = [autoreload.charge_due(NOW) for _ in range(5)]
     finally:
@@ -323,7 +328,7 @@ def test_reconcile_names_a_payment_without_entry_and_an_entry_without_payment(
 ) -> None:
     org = card_org
     reloads.save_settings(org, enabled=True, threshold=5 * C, amount=25 * C)
-    assert wallets.mark_reload_due(org)
+    assert wallet_settings.mark_reload_due(org)
     assert autoreload.charge_due(NOW) == {"orgs": 1, "charged": 1}
     assert reconcile.report(org)["ok"] is True
 
@@ -338,7 +343,7 @@ def test_reconcile_names_a_payment_without_entry_and_an_entry_without_payment(
         metadata={"org_id": org, "credits": "10", "purpose": "auto_reload", "episode": "99"},
         idempotency_key="stray",
     )
-    wallets.post_entry(org, kind="top_up", key="cs_test_nothing", amount=5 * C, description="t", now=NOW)
+    ledger.post_entry(org, kind="top_up", key="cs_test_nothing", amount=5 * C, description="t", now=NOW)
     report = reconcile.report(org)
     checks = [d["check"] for d in report["discrepancies"]]
     assert report["ok"] is False
@@ -355,9 +360,9 @@ def test_reconcile_names_a_payment_without_entry_and_an_entry_without_payment(
 def test_a_prepaid_wallet_below_zero_must_name_its_reversal(org: str) -> None:
     from conduix import reconcile_stripe
 
-    wallets.post_entry(org, kind="refund", key="re_1", amount=-3 * C, description="t", now=NOW)
+    ledger.post_entry(org, kind="refund", key="re_1", amount=-3 * C, description="t", now=NOW)
     assert reconcile_stripe.check_org(org) == []
-    wallets.post_entry(org, kind="grant", key="g", amount=-2 * C, description="t", now=NOW)  # unnamed
+    ledger.post_entry(org, kind="grant", key="g", amount=-2 * C, description="t", now=NOW)  # unnamed
     found = reconcile_stripe.check_org(org)
     assert len(found) == 1 and "refund:re_1" in found[0].check and found[0].found == "-5"
 
@@ -430,7 +435,7 @@ def test_a_dispute_reverses_turns_auto_reload_off_once_and_a_win_restores(
 
     org = card_org
     reloads.save_settings(org, enabled=True, threshold=5 * C, amount=25 * C)
-    assert wallets.mark_reload_due(org)
+    assert wallet_settings.mark_reload_due(org)
     assert autoreload.charge_due(NOW) == {"orgs": 1, "charged": 1}
     client = sdk(local_stripe)
     intent = local_stripe.events("payment_intent.succeeded")[0]["data"]["object"]["id"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from conduix import dynamo, reconcile, wallets
+from conduix import dynamo, holds, ledger, metering, reconcile, settles, wallet_settings, wallets
 from conduix.money import NANOS_PER_CREDIT as C
 
 from tests.integration.helpers import NOW, fund
@@ -15,9 +15,9 @@ pytestmark = pytest.mark.integration
 
 def test_a_healthy_org_reconciles(org: str, capsys: pytest.CaptureFixture[str]) -> None:
     fund(org, "10")
-    wallets.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
-    wallets.settle(org, "a", 2 * C, wallets.Usage("m", "k", 1, 1, C), NOW)
-    wallets.reserve(org, "b", C, model="m", key_id="k", now=NOW)  # still open
+    holds.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
+    settles.settle(org, "a", 2 * C, metering.Usage("m", "k", 1, 1, C), NOW)
+    holds.reserve(org, "b", C, model="m", key_id="k", now=NOW)  # still open
     assert reconcile.reconcile_org(org) == []
     assert reconcile.report(org) == {"org_id": org, "ok": True, "discrepancies": []}
     assert reconcile.main() == 0
@@ -42,9 +42,9 @@ def test_a_charge_above_its_hold_is_billed_exactly_and_reported_with_its_request
     org: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fund(org, "2")
-    wallets.reserve(org, "over", 2 * C, model="m", key_id="k", now=NOW)
-    assert wallets.settle(org, "over", 2 * C, wallets.Usage("m", "k", 1, 1, 3 * C), NOW) is (
-        wallets.SettleOutcome.SETTLED
+    holds.reserve(org, "over", 2 * C, model="m", key_id="k", now=NOW)
+    assert settles.settle(org, "over", 2 * C, metering.Usage("m", "k", 1, 1, 3 * C), NOW) is (
+        settles.SettleOutcome.SETTLED
     )
     assert wallets.get_wallet(org).balance == -C  # billed exactly: the service was delivered
     found = {d.check: d for d in reconcile.reconcile_org(org)}
@@ -62,11 +62,11 @@ def test_a_charge_above_its_hold_is_billed_exactly_and_reported_with_its_request
 
 def test_a_month_past_its_cap_is_reported_with_the_requests_that_passed_it(org: str) -> None:
     fund(org, "100")
-    wallets.write_spend_cap(org, 2 * C, NOW)
-    wallets.reserve(org, "fits", C, model="m", key_id="k", now=NOW)
-    wallets.settle(org, "fits", C, wallets.Usage("m", "k", 1, 1, C), NOW)
-    wallets.reserve(org, "over", C, model="m", key_id="k", now=NOW)
-    wallets.settle(org, "over", C, wallets.Usage("m", "k", 1, 1, 4 * C), NOW)
+    wallet_settings.write_spend_cap(org, 2 * C, NOW)
+    holds.reserve(org, "fits", C, model="m", key_id="k", now=NOW)
+    settles.settle(org, "fits", C, metering.Usage("m", "k", 1, 1, C), NOW)
+    holds.reserve(org, "over", C, model="m", key_id="k", now=NOW)
+    settles.settle(org, "over", C, metering.Usage("m", "k", 1, 1, 4 * C), NOW)
     found = {d.check: d for d in reconcile.reconcile_org(org)}
     cap = found[f"spend of {NOW:%Y-%m} within its cap"]
     assert (cap.expected, cap.found, cap.request_ids) == ("at most 2", "5", ("over",))
@@ -76,12 +76,12 @@ def test_a_month_past_its_cap_is_reported_with_the_requests_that_passed_it(org: 
 
 def test_a_cap_set_below_the_spend_or_a_refund_below_zero_is_no_breach(org: str) -> None:
     fund(org, "10")
-    wallets.reserve(org, "a", 5 * C, model="m", key_id="k", now=NOW)
-    wallets.settle(org, "a", 5 * C, wallets.Usage("m", "k", 1, 1, 4 * C), NOW)
-    wallets.reserve(org, "b", C, model="m", key_id="k", now=NOW)
-    wallets.write_spend_cap(org, C, NOW)  # below the 4 spent and 1 held: the hold may still settle
-    wallets.settle(org, "b", C, wallets.Usage("m", "k", 1, 1, C), NOW)
+    holds.reserve(org, "a", 5 * C, model="m", key_id="k", now=NOW)
+    settles.settle(org, "a", 5 * C, metering.Usage("m", "k", 1, 1, 4 * C), NOW)
+    holds.reserve(org, "b", C, model="m", key_id="k", now=NOW)
+    wallet_settings.write_spend_cap(org, C, NOW)  # below the 4 spent and 1 held: the hold may still settle
+    settles.settle(org, "b", C, metering.Usage("m", "k", 1, 1, C), NOW)
     later = NOW + timedelta(seconds=1)
-    wallets.post_entry(org, kind="reversal", key="r", amount=-8 * C, description="refund", now=later)
+    ledger.post_entry(org, kind="reversal", key="r", amount=-8 * C, description="refund", now=later)
     assert wallets.get_wallet(org).balance == -3 * C
     assert reconcile.reconcile_org(org) == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from conduix import errors, statements, wallets
+from conduix import errors, holds, ledger, metering, settles, statements
 from conduix.money import NANOS_PER_CREDIT as C
 
 from tests.integration.helpers import NOW, fund
@@ -14,9 +14,9 @@ pytestmark = pytest.mark.integration
 
 
 def spend(org: str, request_id: str, cost: int, model: str = "acme/fast", key: str = "key_1", at=NOW) -> None:
-    wallets.reserve(org, request_id, cost, model=model, key_id=key, now=at)
-    usage = wallets.Usage(model=model, key_id=key, prompt_tokens=3, completion_tokens=4, cost=cost)
-    assert wallets.settle(org, request_id, cost, usage, at) is wallets.SettleOutcome.SETTLED
+    holds.reserve(org, request_id, cost, model=model, key_id=key, now=at)
+    usage = metering.Usage(model=model, key_id=key, prompt_tokens=3, completion_tokens=4, cost=cost)
+    assert settles.settle(org, request_id, cost, usage, at) is settles.SettleOutcome.SETTLED
 
 
 def test_the_statement_runs_newest_first_with_exact_balances_across_pages(org: str) -> None:
@@ -55,7 +55,7 @@ def test_usage_groups_by_model_day_and_key_with_cache_savings(org: str) -> None:
     spend(org, "a", 2 * C, model="m/one")
     spend(org, "b", 3 * C, model="m/two", key="key_2")
     spend(org, "c", 1 * C, model="m/one", at=NOW + timedelta(days=1))
-    wallets.record_cache_hit(org, "m/one", "key_1", 2 * C, NOW)
+    metering.record_cache_hit(org, "m/one", "key_1", 2 * C, NOW)
     report = statements.usage_report(org, {"from": "2026-11-27", "to": "2026-11-28", "group_by": "model"})
     assert report["data"] == [
         {
@@ -113,7 +113,7 @@ def test_the_type_filter_keeps_every_balance_exact_across_pages(org: str) -> Non
     # Given a grant, three usages and a second grant between them
     fund(org, "10")
     spend(org, "r0", C // 10, at=NOW + timedelta(seconds=1))
-    wallets.post_entry(
+    ledger.post_entry(
         org, kind="grant", key="g2", amount=2 * C, description="more", now=NOW + timedelta(seconds=2)
     )
     spend(org, "r1", C // 5, at=NOW + timedelta(seconds=3))
@@ -196,7 +196,7 @@ def test_the_usage_csv_has_the_json_rows_with_cache_hits_in_their_own_column(org
     fund(org, "10")
     spend(org, "a", 2 * C, model="m/one")
     spend(org, "b", 3 * C // 7, model="=cmd|' /C calc'!A0")
-    wallets.record_cache_hit(org, "m/one", "key_1", 2 * C, NOW)
+    metering.record_cache_hit(org, "m/one", "key_1", 2 * C, NOW)
     query = {"from": "2026-11-27", "to": "2026-11-27", "group_by": "model,day"}
     report = statements.usage_report(org, query)
     export = statements.usage_export(org, {**query, "format": "csv"})

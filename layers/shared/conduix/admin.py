@@ -10,7 +10,22 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from conduix import alerts, clock, grants, keys, notices, orgs, reloads, schema, wallets
+from conduix import (
+    alerts,
+    clock,
+    grants,
+    holds,
+    keys,
+    ledger,
+    notices,
+    orgs,
+    reloads,
+    schema,
+    settles,
+    upkeep,
+    wallet_settings,
+    wallets,
+)
 from conduix.billing import wallet_view
 from conduix.config import settings
 from conduix.errors import IdempotencyConflict, InvalidRequest
@@ -57,7 +72,7 @@ def grant_credits(org_id: str, body: dict[str, Any]) -> tuple[dict[str, Any], bo
     entry_id = f"grant:{key}"
     grant = grants.get(org_id, entry_id)
     if expires is not None:
-        if grant is None and wallets.ledger_entry(org_id, entry_id) is not None:
+        if grant is None and ledger.ledger_entry(org_id, entry_id) is not None:
             raise IdempotencyConflict(
                 f"The idempotency key '{key}' was already used for a grant without expiry."
             )
@@ -65,7 +80,7 @@ def grant_credits(org_id: str, body: dict[str, Any]) -> tuple[dict[str, Any], bo
         grant = grants.record(org_id, entry_id, amount, expires, now)
     elif grant is not None:
         raise IdempotencyConflict(f"The idempotency key '{key}' was already used for an expiring grant.")
-    entry, created = wallets.post_entry(
+    entry, created = ledger.post_entry(
         org_id, kind="grant", key=key, amount=amount, description=reason, now=now
     )
     if created:
@@ -86,8 +101,10 @@ def set_billing(org_id: str, body: dict[str, Any]) -> dict[str, Any]:
     or {"mode": "prepaid"}."""
     resource_id(org_id, "org")
     mode = body.get("mode")
-    if mode not in wallets.BILLING_MODES:
-        raise InvalidRequest(f"'mode' must be one of {', '.join(wallets.BILLING_MODES)}.", param="mode")
+    if mode not in wallet_settings.BILLING_MODES:
+        raise InvalidRequest(
+            f"'mode' must be one of {', '.join(wallet_settings.BILLING_MODES)}.", param="mode"
+        )
     po_number = text_field(body, "po_number", required=False)
     days = body.get("net_terms_days", 30)
     if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 120:
@@ -104,7 +121,7 @@ def set_billing(org_id: str, body: dict[str, Any]) -> dict[str, Any]:
         reload_turned_off = reloads.turn_off(org_id, reason, now)
         if reload_turned_off:
             notices.auto_reload_turned_off(org, reason)
-    wallets.set_billing_mode(org_id, str(mode), now)
+    wallet_settings.set_billing_mode(org_id, str(mode), now)
     return {**org_view(org_id), "auto_reload_turned_off": reload_turned_off}
 
 
@@ -170,7 +187,7 @@ def list_holds(org_id: str) -> dict[str, Any]:
     orgs.get_org(resource_id(org_id, "org"))
     now = int(clock.now().timestamp())
     ttl = settings().hold_ttl_seconds
-    holds = sorted(wallets.open_holds(org_id), key=lambda h: (h.expires_at, h.request_id))
+    org_holds = sorted(holds.open_holds(org_id), key=lambda h: (h.expires_at, h.request_id))
     return {
         "object": "list",
         "data": [
@@ -185,7 +202,7 @@ def list_holds(org_id: str) -> dict[str, Any]:
                 "age_seconds": max(now - (h.expires_at - ttl), 0),
                 "expired": h.expires_at <= now,
             }
-            for h in holds
+            for h in org_holds
         ],
         "unit": "credits",
     }
@@ -193,12 +210,12 @@ def list_holds(org_id: str) -> dict[str, Any]:
 
 def release_hold(org_id: str, request_id: str) -> dict[str, Any]:
     """DELETE /admin/orgs/{org_id}/holds/{request_id}: free one stuck hold (see
-    wallets.release_stuck_hold), with an audit entry in the org's ledger. A hold whose request
+    upkeep.release_stuck_hold), with an audit entry in the org's ledger. A hold whose request
     was served and waits for a deferred settle is billed instead, never released."""
     orgs.get_org(resource_id(org_id, "org"))
     resource_id(request_id, "hold")
     now = clock.now()
-    settled = wallets.settle_pending_hold(org_id, request_id, now)
+    settled = settles.settle_pending_hold(org_id, request_id, now)
     if settled is not None:
         pending, outcome = settled
         return {
@@ -208,7 +225,7 @@ def release_hold(org_id: str, request_id: str) -> dict[str, Any]:
             "cost": format_credits(pending.usage.cost),
             "wallet": wallet_view(wallets.get_wallet(org_id)),
         }
-    hold, entry = wallets.release_stuck_hold(org_id, request_id, now)
+    hold, entry = upkeep.release_stuck_hold(org_id, request_id, now)
     return {
         "request_id": hold.request_id,
         "action": "released",

@@ -4,14 +4,14 @@ The thresholds live on the wallet item (`alert_balance_below`, `alert_cap_percen
 does whether each has fired: the map `alert_fired`, keyed `b<nanos>` for a balance alert and
 `c<YYYY-MM>-<percent>` for a month's cap alert (a new month is a new key: it re-arms by itself).
 The environment's view of the wallet therefore knows, with no request, which thresholds are
-set: a change of them bumps `alert_rev`, which every hold compares (wallets.same_settings), so
+set: a change of them bumps `alert_rev`, which every hold compares (holds.same_settings), so
 a stale view is refused once and refreshed. Whether each is armed, the settle's write reads.
 
 Which settle crosses a threshold is decided by the settle's own write, not by arithmetic on a
 view that concurrent requests (or other environments) make stale: a settle of an org with
 thresholds carries a guard in its condition (per threshold: the balance stays at or above it,
 or the month's spend below the cap percent, unless the wallet marks it fired), and the one
-settle whose guard fails is the crossing (see wallets.AlertGuard). It then claims the
+settle whose guard fails is the crossing (see settles.AlertGuard). It then claims the
 threshold with a conditional update that sets its key only if absent, and only if the wallet
 is past it, so however many requests see the same crossing at once, one wins and one email
 goes out. A credit re-arms what the balance rose back above. A request that crosses nothing
@@ -24,7 +24,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from conduix import clock, wallets
+from conduix import clock, settles, wallets
 from conduix.errors import InvalidRequest, NotFound
 from conduix.items import Item, as_str, n, s
 from conduix.money import format_credits, parse_credits
@@ -137,7 +137,7 @@ def _cap_reached(spent: int, limit: int, percent: int) -> bool:
     return limit > 0 and spent >= _cap_amount(limit, percent)
 
 
-def guard(wallet: wallets.Wallet, cost: int) -> wallets.AlertGuard | None:
+def guard(wallet: wallets.Wallet, cost: int) -> settles.AlertGuard | None:
     """What a settle of `cost` must keep true to cross no armed threshold (None: no thresholds,
     so no condition). Every threshold set is guarded, fired or not: whether one is armed is
     read by the settle's own write from the wallet's marks, never from this view, which
@@ -150,7 +150,7 @@ def guard(wallet: wallets.Wallet, cost: int) -> wallets.AlertGuard | None:
         )
     if not (floors or ceilings):
         return None
-    return wallets.AlertGuard(balance_floors=floors, spent_ceilings=ceilings, period=wallet.period)
+    return settles.AlertGuard(balance_floors=floors, spent_ceilings=ceilings, period=wallet.period)
 
 
 def check(org_id: str, now: datetime, *, silent: bool = False) -> int:

@@ -16,7 +16,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from conduix import alerts, notices, orgs, reloads, wallets
+from conduix import alerts, ledger, notices, orgs, reloads, wallet_settings, wallets
 from conduix.config import payment_settings, reload_daily_limit
 from conduix.errors import Conflict, InvalidRequest
 from conduix.money import format_credits, parse_credits
@@ -67,7 +67,7 @@ def charge_idempotency_key(org_id: str, episode: int) -> str:
 
 def land(org_id: str, payment_intent_id: str, amount: int, episode: int, now: datetime) -> bool:
     """Credit a successful reload charge (once, whoever gets here first) and note it."""
-    _, created = wallets.post_entry(
+    _, created = ledger.post_entry(
         org_id,
         kind="auto_reload",
         key=payment_intent_id,
@@ -77,7 +77,7 @@ def land(org_id: str, payment_intent_id: str, amount: int, episode: int, now: da
     )
     if reloads.record_success(org_id, episode, f"Added {format_credits(amount)} credits.", now):
         # The episode is over; still below the threshold, a new one starts (with a new key).
-        wallets.mark_reload_due(org_id)
+        wallet_settings.mark_reload_due(org_id)
     if created:
         alerts.after_credit(org_id, now)
         org = orgs.get_org(org_id)
@@ -100,7 +100,7 @@ def reload_org(org_id: str, now: datetime) -> str:
     if not settings.enabled or not settings.due or wallet.billing_mode == "invoice":
         return "not_due"  # (in invoice mode the invoice pays, never the card)
     if wallet.available >= settings.threshold:
-        wallets.end_reload_episode(org_id)
+        wallet_settings.end_reload_episode(org_id)
         return "above_threshold"
     org = orgs.get_org(org_id)
     if org.card is None or org.stripe_customer_id is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from conduix import alerts, clock, grants, leases, notices, orgs, plans, wallets
+from conduix import alerts, clock, grants, leases, notices, orgs, plans, wallet_settings, wallets
 from conduix.catalog import catalog
 from conduix.config import payment_settings
 from conduix.errors import InvalidRequest
@@ -95,7 +95,7 @@ def set_spend_cap(org_id: str, body: dict[str, Any]) -> dict[str, Any]:
         )
     raw = body["monthly_limit"]
     limit = None if raw is None else parse_credits(raw, field="monthly_limit", allow_zero=True)
-    wallets.write_spend_cap(org_id, limit, clock.now())
+    wallet_settings.write_spend_cap(org_id, limit, clock.now())
     return billing_view(org_id)
 
 

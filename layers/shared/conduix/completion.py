@@ -15,7 +15,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from conduix import cache, chat, clock, leases, plans, pricing, providers, telemetry, wallets, web
+from conduix import (
+    cache,
+    chat,
+    clock,
+    leases,
+    metering,
+    plans,
+    pricing,
+    providers,
+    settles,
+    telemetry,
+    wallet_settings,
+    wallets,
+    web,
+)
 from conduix.auth import Principal
 from conduix.catalog import Model, catalog
 from conduix.clock import Seconds
@@ -224,7 +238,7 @@ def _serve(
             usage = hit.get("usage") or {}
             saved = parse_credits(str(usage.get("cost", "0")), field="cost", allow_zero=True)
             try:
-                wallets.record_cache_hit(org_id, str(hit.get("model")), principal.key_id, saved, now)
+                metering.record_cache_hit(org_id, str(hit.get("model")), principal.key_id, saved, now)
             except Exception:  # statistics only: never fail a free answer over them
                 log.warning("could not count a cache hit", exc_info=True)
             balance = wallets.get_balance(org_id, principal.key_id)
@@ -371,7 +385,7 @@ def _bill(
             "charge_above_hold", request_id=request_id, org_id=org_id, hold=hold, cost=cost, model=model.id
         )
     served, whole = render(cost)
-    usage_record = wallets.Usage(
+    usage_record = metering.Usage(
         model.id,
         principal.key_id,
         tokens[0],
@@ -383,7 +397,7 @@ def _bill(
     # The answer to an Idempotency-Key is kept by the same write that bills it.
     also = [_answer_action(claim, served, request_id)] if claim else []
     outcome = _settle(org_id, request_id, reservation, usage_record, also)
-    if outcome is wallets.SettleOutcome.HOLD_GONE:  # HoldSweeper released it first
+    if outcome is settles.SettleOutcome.HOLD_GONE:  # HoldSweeper released it first
         served, whole = render(0)
         if claim:
             _keep(claim, served, request_id)
@@ -524,9 +538,9 @@ def _settle(
     org_id: str,
     request_id: str,
     reservation: leases.Reservation,
-    usage: wallets.Usage,
+    usage: metering.Usage,
     also: list[dict[str, Any]],
-) -> wallets.SettleOutcome:
+) -> settles.SettleOutcome:
     """Bill a served request. When the settle cannot land now (contention, throttling, a lost
     answer), keep what the request used, and its hold, for HoldSweeper to settle exactly once.
     Only if even that fails does the client get no answer (a 503); the hold is then released
@@ -541,7 +555,7 @@ def _settle(
         log.warning("settle deferred", exc_info=True, extra={"request_id": request_id})
         try:
             lease_id = reservation.lease.lease_id if reservation.lease else ""  # charged, not settled
-            wallets.record_pending(
+            settles.record_pending(
                 org_id,
                 request_id,
                 hold,
@@ -555,8 +569,8 @@ def _settle(
             log.exception("could not record a deferred settle", extra={"request_id": request_id})
             raise ServiceBusy("The billing store is busy; please retry the request.") from None
         telemetry.settle_incident("settle_deferred", request_id=request_id, org_id=org_id, cost=usage.cost)
-        return wallets.SettleOutcome.SETTLED
-    if outcome is wallets.SettleOutcome.HOLD_GONE:
+        return settles.SettleOutcome.SETTLED
+    if outcome is settles.SettleOutcome.HOLD_GONE:
         telemetry.settle_incident("served_unbilled", request_id=request_id, org_id=org_id, cost=usage.cost)
     if guard is not None and guard.tripped:
         from conduix import alerts
@@ -565,7 +579,7 @@ def _settle(
     return outcome
 
 
-def _alert_guard(wallet: wallets.Wallet, cost: int) -> wallets.AlertGuard | None:
+def _alert_guard(wallet: wallets.Wallet, cost: int) -> settles.AlertGuard | None:
     if not (wallet.balance_alerts or wallet.cap_alerts):
         return None
     from conduix import alerts  # only orgs with alerts pay for the import
@@ -578,7 +592,7 @@ def _after_settle(org_id: str, reservation: leases.Reservation, hold: int, cost:
     wallet = reservation.wallet
     reload = wallet.reload
     if reload.enabled and not reload.due and wallet.available + hold - cost < reload.threshold:
-        _best_effort("mark auto-reload due", wallets.mark_reload_due, org_id)  # once per episode
+        _best_effort("mark auto-reload due", wallet_settings.mark_reload_due, org_id)  # once per episode
 
 
 def _best_effort(what: str, work: Callable[..., Any], *args: Any) -> None:
@@ -595,8 +609,8 @@ def _ran_dry(org_id: str, refusal: InsufficientCredits, now: datetime) -> None:
     never hide the 402."""
     try:
         if refusal.reload_can_start:
-            wallets.mark_reload_due(org_id)
-        if not refusal.already_paused and wallets.mark_paused(org_id, now):
+            wallet_settings.mark_reload_due(org_id)
+        if not refusal.already_paused and wallet_settings.mark_paused(org_id, now):
             from conduix import notices, orgs  # rare path: keep it off the cold start
 
             org = orgs.get_org(org_id)

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from conduix import cache, clock, idempotency, leases, plans, pricing, providers, wallets
+from conduix import cache, clock, idempotency, leases, metering, plans, pricing, providers, settles, wallets
 from conduix.auth import Principal
 from conduix.catalog import Model, catalog
 from conduix.clock import Seconds
@@ -211,7 +211,7 @@ def _serve(
         saved = parse_credits(str(usage.get("cost", "0")), field="cost", allow_zero=True)
         _best_effort(
             "count a cache hit",
-            wallets.record_cache_hit,
+            metering.record_cache_hit,
             org_id,
             str(hit["model"]),
             principal.key_id,
@@ -275,7 +275,7 @@ def _serve(
         telemetry.settle_incident(
             "charge_above_hold", request_id=request_id, org_id=org_id, hold=hold, cost=cost, model=model.id
         )
-    usage = wallets.Usage(
+    usage = metering.Usage(
         model.id,
         principal.key_id,
         reply.prompt_tokens,
@@ -285,7 +285,7 @@ def _serve(
         funds_hint=reservation.wallet.balance,
     )
     also = [idempotency.answer_action(claim, _answer(served, request_id))] if claim else []
-    if _settle(org_id, request_id, reservation, usage, also) is wallets.SettleOutcome.HOLD_GONE:
+    if _settle(org_id, request_id, reservation, usage, also) is settles.SettleOutcome.HOLD_GONE:
         served, whole = render(0)
         if claim:
             _best_effort("keep the idempotent answer", idempotency.keep, claim, _answer(served, request_id))

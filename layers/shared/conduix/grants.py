@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from conduix import clock, schema, wallets
+from conduix import clock, ledger, schema, wallets
 from conduix.config import settings
 from conduix.dynamo import client, write_if
 from conduix.errors import IdempotencyConflict, InvalidRequest
@@ -231,15 +231,15 @@ def expire(org_id: str, entry_id: str, now: datetime) -> int | None:
     if grant is None or grant.expired or grant.expires_at > clock.iso(now):
         return None
     key = entry_id
-    entry = wallets.ledger_entry(org_id, f"expiry:{key}")
-    if entry is None and wallets.ledger_entry(org_id, entry_id) is None:
+    entry = ledger.ledger_entry(org_id, f"expiry:{key}")
+    if entry is None and ledger.ledger_entry(org_id, entry_id) is None:
         amount = 0  # its credit never landed (the grant call failed after recording it)
     elif entry is None:
         left = remaining(org_id, grant.expires_at, grants)[entry_id]
         balance = wallets.get_wallet(org_id).balance
         amount = max(0, min(left, balance))
         try:
-            entry, _ = wallets.post_entry(
+            entry, _ = ledger.post_entry(
                 org_id,
                 kind="expiry",
                 key=key,
@@ -251,7 +251,7 @@ def expire(org_id: str, entry_id: str, now: datetime) -> int | None:
                 now=now,
             )
         except IdempotencyConflict:  # a concurrent run landed it first, with its own figures
-            entry = wallets.ledger_entry(org_id, f"expiry:{key}")
+            entry = ledger.ledger_entry(org_id, f"expiry:{key}")
         amount = -entry.amount if entry else amount
     else:
         amount = -entry.amount

@@ -31,7 +31,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from conduix import alerts, clock, customers, invoice_records, orgs, schema, stripe_gateway, wallets
+from conduix import (
+    alerts,
+    clock,
+    customers,
+    invoice_records,
+    ledger,
+    orgs,
+    schema,
+    stripe_gateway,
+    wallet_settings,
+)
 from conduix.errors import InvalidRequest
 from conduix.items import Item, as_int, as_str, n, s
 from conduix.money import format_credits, parse_credits
@@ -64,7 +74,7 @@ def previous_month(now: datetime) -> str:
 def month_usage(org_id: str, period: str) -> list[ModelUsage]:
     """The month's invoice-billed usage per model, from the ledger (the source of truth)."""
     by_model: dict[str, ModelUsage] = {}
-    for item in wallets.query_prefix(org_id, f"{schema.LEDGER}{period}-"):
+    for item in ledger.query_prefix(org_id, f"{schema.LEDGER}{period}-"):
         if as_str(item, "entry_type") != "usage" or as_str(item, "billed_by") != "invoice":
             continue
         usage = by_model.setdefault(as_str(item, "model"), ModelUsage(as_str(item, "model")))
@@ -220,10 +230,10 @@ def invoice_month(event: dict[str, Any], now: datetime) -> dict[str, Any]:
     if period >= clock.period_of(now):
         raise InvalidRequest(f"The month {period} has not ended yet.", param="period")
     results: dict[str, str] = {}
-    for org_id in wallets.invoice_mode_orgs():
+    for org_id in wallet_settings.invoice_mode_orgs():
         try:
             results[org_id] = invoice_org(org_id, period, now)
-            wallets.forget_invoiced_org(org_id, period)  # back in prepaid and invoiced up to date
+            wallet_settings.forget_invoiced_org(org_id, period)  # back in prepaid and invoiced up to date
         except Exception as exc:  # one org's trouble must not stop the others' invoices
             log.exception("invoicing failed for an org", extra={"org_id": org_id, "period": period})
             results[org_id] = f"failed: {type(exc).__name__}"
@@ -240,7 +250,7 @@ def usage_invoice_paid(obj: dict[str, Any], now: datetime) -> str:
     if invoice.get("status") != "paid":
         return "waiting: not paid"
     amount = parse_credits(str(metadata["credits"]), field="credits")
-    _, created = wallets.post_entry(
+    _, created = ledger.post_entry(
         str(metadata["org_id"]),
         kind="invoice_payment",
         key=str(invoice["id"]),

@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from conduix import clock, orgs, plans, wallets
+from conduix import clock, key_limits, orgs, plans, wallets
 from conduix.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from conduix.money import format_credits, parse_credits
 from conduix.validation import resource_id, text_field
 
 
 def key_view(
-    key: orgs.ApiKey, budget: wallets.KeyBudget | None = None, now: datetime | None = None
+    key: orgs.ApiKey, budget: key_limits.KeyBudget | None = None, now: datetime | None = None
 ) -> dict[str, Any]:
     return {
         "key_id": key.key_id,
@@ -24,7 +24,7 @@ def key_view(
     }
 
 
-def limit_view(budget: wallets.KeyBudget | None, now: datetime) -> dict[str, Any] | None:
+def limit_view(budget: key_limits.KeyBudget | None, now: datetime) -> dict[str, Any] | None:
     """A key's limit and its spend in the current window (null: no limit)."""
     if budget is None or not budget.limit:
         return None
@@ -78,7 +78,7 @@ def revoke_api_key(org_id: str, key_id: str) -> dict[str, Any]:
 
 def list_keys(org_id: str) -> dict[str, Any]:
     resource_id(org_id, "org")
-    budgets, now = wallets.key_budgets(org_id), clock.now()
+    budgets, now = key_limits.key_budgets(org_id), clock.now()
     return {
         "object": "list",
         "data": [key_view(k, budgets.get(k.key_id), now) for k in orgs.list_api_keys(org_id)],
@@ -114,7 +114,7 @@ def update_api_key(org_id: str, key_id: str, body: dict[str, Any]) -> dict[str, 
     now = clock.now()
     value = body["spend_limit"]
     if value is None:
-        wallets.set_key_limit(org_id, key_id, None, "day", 0, now)
+        key_limits.set_key_limit(org_id, key_id, None, "day", 0, now)
         return key_view(key, None, now)
     if not isinstance(value, dict) or set(value) - {"amount", "period"}:
         raise InvalidRequest(
@@ -127,6 +127,6 @@ def update_api_key(org_id: str, key_id: str, body: dict[str, Any]) -> dict[str, 
             f"'spend_limit.period' must be one of {', '.join(clock.LIMIT_PERIODS)}.",
             param="spend_limit.period",
         )
-    spent = wallets.key_usage_spend(org_id, key_id, _window_start(period, now))
-    budget = wallets.set_key_limit(org_id, key_id, amount, period, spent, now)
+    spent = key_limits.key_usage_spend(org_id, key_id, _window_start(period, now))
+    budget = key_limits.set_key_limit(org_id, key_id, amount, period, spent, now)
     return key_view(key, budget, now)

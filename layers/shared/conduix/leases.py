@@ -47,7 +47,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from conduix import clock, plans, schema, wallets
+from conduix import clock, holds, ledger, metering, plans, schema, settles, wallets
 from conduix.config import settings
 from conduix.dynamo import cancellation_reasons, client, error_code, retrying
 from conduix.errors import Conflict, ServiceBusy
@@ -77,7 +77,7 @@ class Spend:
     request_id: str
     cost: int
     created_at: str
-    usage: wallets.Usage
+    usage: metering.Usage
     lease_id: str = ""
 
 
@@ -132,7 +132,7 @@ def acquire(org_id: str, key_id: str, amount: int, requests: int, now: datetime)
     if use_until - at < 5:
         return None  # too close to the minute's end to be worth a lease
     expires = use_until + SETTLE_MARGIN_SECONDS
-    same, same_values = wallets.same_settings(known)
+    same, same_values = holds.same_settings(known)
     table = settings().billing_table
     actions: list[Any] = [
         {
@@ -204,15 +204,15 @@ def record(
     lease: Lease,
     request_id: str,
     hold_amount: int,
-    usage: wallets.Usage,
+    usage: metering.Usage,
     now: datetime,
     *,
     also: Sequence[dict[str, Any]] = (),
-) -> wallets.SettleOutcome:
+) -> settles.SettleOutcome:
     """Bill one request of a lease: its ledger entry and its spend record, in one transaction
     of items no other request writes. The debit lands with the lease's fold."""
     org_id, c = lease.org_id, usage.cost
-    marker, line = wallets.usage_ledger_items(org_id, request_id, usage, now)
+    marker, line = metering.usage_ledger_items(org_id, request_id, usage, now)
     line["lease_id"] = marker["lease_id"] = s(lease.lease_id)
     spend = {
         **spend_key(org_id, lease.lease_id, request_id),
@@ -247,11 +247,11 @@ def record(
             {
                 "Put": {
                     "TableName": table,
-                    "Item": wallets.over_hold_item(org_id, request_id, hold_amount, usage, now),
+                    "Item": settles.over_hold_item(org_id, request_id, hold_amount, usage, now),
                 }
             }
         )
-    outcome = wallets.SettleOutcome.SETTLED
+    outcome = settles.SettleOutcome.SETTLED
     try:
         retrying(lambda: client().transact_write_items(TransactItems=items))
     except ClientError as exc:
@@ -259,7 +259,7 @@ def record(
         if error_code(exc) != "TransactionCanceledException" or len(reasons) != len(items):
             raise
         if reasons[0].get("Code") == "ConditionalCheckFailed":
-            outcome = wallets.SettleOutcome.ALREADY_SETTLED  # a retry after a lost answer: it landed
+            outcome = settles.SettleOutcome.ALREADY_SETTLED  # a retry after a lost answer: it landed
         elif reasons[3].get("Code") == "ConditionalCheckFailed":
             raise Conflict("The request's lease was folded before it could be billed.") from None
         else:
@@ -276,7 +276,7 @@ def _spend_from_item(item: Item) -> Spend:
         request_id=as_str(item, "request_id"),
         cost=as_int(item, "cost"),
         created_at=as_str(item, "created_at"),
-        usage=wallets.Usage(
+        usage=metering.Usage(
             as_str(item, "model"),
             as_str(item, "key_id"),
             as_int(item, "prompt_tokens"),
@@ -358,7 +358,7 @@ def fold(
         for (day, model, key), counts in rows.items():
             at = datetime.fromisoformat(f"{day}T00:00:00+00:00")
             actions.append(
-                {"Update": {"TableName": table, **wallets.usage_update(org_id, at, model, key, counts)}}
+                {"Update": {"TableName": table, **metering.usage_update(org_id, at, model, key, counts)}}
             )
         try:
             retrying(lambda: client().transact_write_items(TransactItems=actions))  # noqa: B023
@@ -402,7 +402,7 @@ def open_leases(org_id: str) -> list[OpenLease]:
             as_int(i, "minute"),
             as_int(i, "lease_expires"),
         )
-        for i in wallets.query_prefix(org_id, schema.LEASE)
+        for i in ledger.query_prefix(org_id, schema.LEASE)
     ]
 
 
@@ -410,8 +410,7 @@ def open_spends(org_id: str, leases: Sequence[OpenLease]) -> dict[str, list[Spen
     """The spend records of open leases (not folded yet), by lease id."""
     return {
         lease.lease_id: [
-            _spend_from_item(i)
-            for i in wallets.query_prefix(org_id, f"{schema.LEASE_SPEND}{lease.lease_id}#")
+            _spend_from_item(i) for i in ledger.query_prefix(org_id, f"{schema.LEASE_SPEND}{lease.lease_id}#")
         ]
         for lease in leases
     }
@@ -450,11 +449,11 @@ def sweep(org_id: str, now: datetime) -> int:
     return folded
 
 
-def charge_pending(org_id: str, pending: wallets.PendingSettle, now: datetime) -> wallets.SettleOutcome:
+def charge_pending(org_id: str, pending: settles.PendingSettle, now: datetime) -> settles.SettleOutcome:
     """Bill a lease's request whose spend could not be written (a pending settle with no
     hold): its ledger entry and the debit in one transaction, once (the ledger marker)."""
     usage = pending.usage
-    marker, line = wallets.usage_ledger_items(org_id, pending.request_id, usage, now)
+    marker, line = metering.usage_ledger_items(org_id, pending.request_id, usage, now)
     c = usage.cost
     table = settings().billing_table
     period = clock.period_of(now)
@@ -475,8 +474,8 @@ def charge_pending(org_id: str, pending: wallets.PendingSettle, now: datetime) -
                     "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                 }
             },
-            wallets.billed_usage_update(org_id, now, usage),
-            {"Delete": {"TableName": table, "Key": wallets.pending_key(org_id, pending.request_id)}},
+            metering.billed_usage_update(org_id, now, usage),
+            {"Delete": {"TableName": table, "Key": settles.pending_key(org_id, pending.request_id)}},
         ]
         try:
             retrying(lambda: client().transact_write_items(TransactItems=actions))  # noqa: B023
@@ -485,14 +484,14 @@ def charge_pending(org_id: str, pending: wallets.PendingSettle, now: datetime) -
             if error_code(exc) != "TransactionCanceledException" or len(reasons) != len(actions):
                 raise
             if reasons[0].get("Code") == "ConditionalCheckFailed":
-                return wallets.SettleOutcome.ALREADY_SETTLED  # its spend had landed after all
+                return settles.SettleOutcome.ALREADY_SETTLED  # its spend had landed after all
             month = wallets.catch_up_period(org_id, as_str(reasons[2].get("Item") or {}, "period"), period)
             if month is None:
                 raise
             period = month
             continue
         wallets.moved(org_id, balance=-c, spent=c)
-        return wallets.SettleOutcome.SETTLED
+        return settles.SettleOutcome.SETTLED
     raise Conflict("The wallet kept changing while charging a deferred settle; please retry.")
 
 
@@ -533,7 +532,7 @@ def reserve(
         # Balance and cap alerts are judged by each settle's own guard; under a lease the
         # debit lands at the fold, so an org with alerts keeps per-request holds (for now).
         not (known.balance_alerts or known.cap_alerts)
-        # A key with a spend limit is checked by each request's own hold (see wallets.reserve).
+        # A key with a spend limit is checked by each request's own hold (see holds.reserve).
         and key_id not in known.limited_keys
         # A lease expires SETTLE_MARGIN_SECONDS after its last reservation: a request that may
         # run longer (a long streamed answer) takes a hold that outlives it instead.
@@ -582,7 +581,7 @@ def reserve(
         if fresh is not None:
             return Reservation(amount, known, fresh)
     try:
-        held = wallets.reserve(
+        held = holds.reserve(
             org_id, request_id, amount, model=model, key_id=key_id, now=now, runs_for=runs_for
         )
     except ServiceBusy:
@@ -609,7 +608,7 @@ def _done(lease: Lease, amount: int, now: datetime) -> None:
 def release(org_id: str, request_id: str, reservation: Reservation, now: datetime) -> None:
     """The request failed: nothing billed. A lease's reservation is given back in memory."""
     if reservation.lease is None:
-        wallets.release(org_id, request_id, reservation.hold_nanos, budget_key=reservation.budget_key)
+        holds.release(org_id, request_id, reservation.hold_nanos, budget_key=reservation.budget_key)
         return
     _done(reservation.lease, reservation.hold_nanos, now)
 
@@ -618,14 +617,14 @@ def settle(
     org_id: str,
     request_id: str,
     reservation: Reservation,
-    usage: wallets.Usage,
+    usage: metering.Usage,
     now: datetime,
     *,
     also: Sequence[dict[str, Any]] = (),
-    alert_guard: wallets.AlertGuard | None = None,
-) -> wallets.SettleOutcome:
+    alert_guard: settles.AlertGuard | None = None,
+) -> settles.SettleOutcome:
     if reservation.lease is None:
-        return wallets.settle(
+        return settles.settle(
             org_id,
             request_id,
             reservation.hold_nanos,

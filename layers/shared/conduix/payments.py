@@ -22,12 +22,12 @@ from conduix import (
     autoreload,
     customers,
     invoicing,
+    ledger,
     notices,
     orgs,
     reloads,
     stripe_gateway,
     subscriptions,
-    wallets,
     webhook_log,
 )
 from conduix.config import payment_settings
@@ -125,7 +125,7 @@ def _land_checkout(session_id: str, now: datetime) -> str:
                 exp_year=int(card.get("exp_year") or 0),
             ),
         )
-    _, created = wallets.post_entry(
+    _, created = ledger.post_entry(
         org_id,
         kind="top_up",
         key=session_id,
@@ -231,7 +231,7 @@ def purchase_of(intent_id: str) -> Purchase | None:
         return None
     if not org_id:
         return None
-    entry = wallets.ledger_entry(str(org_id), f"{kind}:{invoice['id']}")
+    entry = ledger.ledger_entry(str(org_id), f"{kind}:{invoice['id']}")
     if entry is None or entry.amount <= 0:
         return None  # it credited nothing (yet): there is nothing to take back
     return Purchase(str(org_id), entry.entry_id, entry.amount, int(invoice.get("amount_paid") or paid))
@@ -273,7 +273,7 @@ def dispute_reversal(dispute: dict[str, Any], purchase: Purchase) -> int:
 def _take_back(purchase: Purchase, kind: str, key: str, nanos: int, what: str, now: datetime) -> bool:
     """One reversing entry, once per Stripe object (the balance may go negative: prepaid
     requests are then refused until it is positive again)."""
-    _, created = wallets.post_entry(
+    _, created = ledger.post_entry(
         purchase.org_id,
         kind=kind,
         key=key,
@@ -336,9 +336,9 @@ def _dispute_closed(obj: dict[str, Any], now: datetime) -> str:
     purchase, outcome = _dispute_reversed(dispute, now)  # made if the created event was missed
     if purchase is None or dispute.get("status") != "won":
         return f"{outcome}; dispute {dispute.get('status')}"
-    reversal = wallets.ledger_entry(purchase.org_id, f"dispute:{dispute['id']}")
+    reversal = ledger.ledger_entry(purchase.org_id, f"dispute:{dispute['id']}")
     nanos = -reversal.amount if reversal else 0
-    _, created = wallets.post_entry(
+    _, created = ledger.post_entry(
         purchase.org_id,
         kind="dispute_won",
         key=str(dispute["id"]),

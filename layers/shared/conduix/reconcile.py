@@ -18,14 +18,14 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from conduix import reconcile_stripe, schema, wallets
+from conduix import ledger, reconcile_stripe, schema, wallets
 from conduix.discrepancy import Discrepancy
 from conduix.items import Item, as_bool, as_int, as_str
 from conduix.money import format_credits
 
 
 def reconcile_org(org_id: str) -> list[Discrepancy]:
-    items = wallets.org_items(org_id)
+    items = ledger.org_items(org_id)
     wallet = wallets.get_wallet(org_id)
     lines = [i for i in items if as_str(i, "sk").startswith(schema.LEDGER)]
     markers = {as_str(i, "entry_id"): i for i in items if as_str(i, "sk").startswith(schema.ENTRY)}
@@ -191,7 +191,7 @@ def report(org_id: str) -> dict[str, Any]:
 
 
 def main() -> int:
-    org_ids = wallets.all_org_ids()
+    org_ids = ledger.all_org_ids()
     problems = [d for org_id in org_ids for d in reconcile_org(org_id) + reconcile_stripe.check_org(org_id)]
     for problem in problems:
         print(problem)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conduix import config, orgs, plans, schema, wallets
+from conduix import config, ledger, orgs, plans, schema, wallets
 from conduix.discrepancy import Discrepancy
 from conduix.errors import NotFound
 from conduix.items import Item, as_int, as_str
@@ -226,7 +226,7 @@ def _below_zero(org_id: str, items: list[Item]) -> list[Discrepancy]:
 
 
 def check_org(org_id: str) -> list[Discrepancy]:
-    items = wallets.org_items(org_id)
+    items = ledger.org_items(org_id)
     found = _below_zero(org_id, items)
     if not configured():
         return found

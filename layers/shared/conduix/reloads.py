@@ -1,6 +1,6 @@
 """Auto-reload settings and charge results on the wallet item (data access).
 
-The due flag itself (`wallets.mark_reload_due` / `end_reload_episode`) lives with the money
+The due flag itself (`wallet_settings.mark_reload_due` / `end_reload_episode`) lives with the money
 writes that raise and clear it.
 """
 
@@ -13,7 +13,8 @@ from conduix import clock
 from conduix.config import settings
 from conduix.dynamo import client, write_if
 from conduix.items import as_int, as_str, n, s
-from conduix.wallets import conditional_update, orgs_in_index, wallet_key
+from conduix.wallet_settings import orgs_in_index
+from conduix.wallets import conditional_update, wallet_key
 
 MAX_FAILURES = 3
 # Only the first run to report on an episode notes it (and sends its email).

@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from conduix import alerts, customers, orgs, plans, stripe_gateway, wallets
+from conduix import alerts, customers, ledger, orgs, plans, stripe_gateway, wallet_settings
 from conduix.config import payment_settings
 from conduix.errors import InvalidRequest, NotFound
 from conduix.money import format_credits
@@ -95,7 +95,7 @@ def subscription_changed(obj: dict[str, Any], now: datetime) -> str:
     status = str(sub.get("status"))
     if status not in LIVE or plan is None:
         orgs.forget_subscription(org_id, str(sub["id"]))
-        wallets.set_plan(org_id, plans.get(plans.FREE))
+        wallet_settings.set_plan(org_id, plans.get(plans.FREE))
         return f"plan free ({status})"
     items = (sub.get("items") or {}).get("data") or []
     orgs.save_subscription(
@@ -109,7 +109,7 @@ def subscription_changed(obj: dict[str, Any], now: datetime) -> str:
             last_payment_failed=status == "past_due",
         ),
     )
-    wallets.set_plan(org_id, plan)
+    wallet_settings.set_plan(org_id, plan)
     return f"plan {plan.id} ({status})"
 
 
@@ -146,7 +146,7 @@ def plan_invoice_paid(obj: dict[str, Any], now: datetime) -> str:
     if plan.included_credits == 0:
         return "paid: the plan includes no credits"
     period = line.get("period") or {}
-    _, created = wallets.post_entry(
+    _, created = ledger.post_entry(
         org_id,
         kind="plan_credits",
         key=str(invoice["id"]),

@@ -7,7 +7,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from conduix import alerts, leases, telemetry, wallets
+from conduix import alerts, holds, leases, settles, telemetry, upkeep, wallets
 from conduix.errors import ServiceBusy
 from conduix.money import format_credits
 
@@ -23,16 +23,16 @@ def sweep(now: datetime) -> dict[str, Any]:
     released_nanos = settled_nanos = 0
     leases_folded = 0
     for shard in range(wallets.SWEEP_SHARDS):
-        for org_id in wallets.wallets_with_holds(str(shard)):
+        for org_id in upkeep.wallets_with_holds(str(shard)):
             checked += 1
             waiting = set()  # deferred settles still contended: their holds are not released
             landed = 0
-            for pending in wallets.pending_settles(org_id):
+            for pending in settles.pending_settles(org_id):
                 try:
                     if pending.lease_id:  # billed under a lease: no hold to close, a debit of its own
                         outcome = leases.charge_pending(org_id, pending, now)
                     else:
-                        outcome = wallets.settle(
+                        outcome = settles.settle(
                             org_id,
                             pending.request_id,
                             pending.hold_amount,
@@ -47,20 +47,20 @@ def sweep(now: datetime) -> dict[str, Any]:
                     )
                     waiting.add(pending.request_id)
                     continue
-                if outcome is wallets.SettleOutcome.SETTLED:
+                if outcome is settles.SettleOutcome.SETTLED:
                     settled += 1
                     landed += 1
                     settled_nanos += pending.usage.cost
                 else:  # its first settle had landed after all (or, never, its hold was released)
-                    wallets.drop_pending(org_id, pending.request_id)
+                    settles.drop_pending(org_id, pending.request_id)
                 log.warning(
                     "settled a deferred settle",
                     extra={"org_id": org_id, "request_id": pending.request_id, "outcome": outcome.value},
                 )
             if landed:
                 _alerts_after_deferred(org_id, now)
-            holds = wallets.open_holds(org_id)
-            for hold in holds:
+            org_holds = holds.open_holds(org_id)
+            for hold in org_holds:
                 if hold.request_id in waiting or hold.expires_at > cutoff:
                     continue
                 if _release(org_id, hold):
@@ -75,9 +75,9 @@ def sweep(now: datetime) -> dict[str, Any]:
                         },
                     )
             leases_folded += leases.sweep(org_id, now)  # expired escrow leases, from their spends
-            wallets.prune_rate_windows(org_id, now)
-            if all(h.expires_at <= cutoff for h in holds):
-                wallets.forget_if_idle(org_id)
+            upkeep.prune_rate_windows(org_id, now)
+            if all(h.expires_at <= cutoff for h in org_holds):
+                upkeep.forget_if_idle(org_id)
     telemetry.holds_released(released)
     return {
         "wallets_checked": checked,
@@ -89,11 +89,11 @@ def sweep(now: datetime) -> dict[str, Any]:
     }
 
 
-def _release(org_id: str, hold: wallets.Hold) -> bool:
+def _release(org_id: str, hold: holds.Hold) -> bool:
     """Release an expired hold; one whose wallet stays busy past the retries waits for the
     next run instead of ending this one for every other org."""
     try:
-        return wallets.release(
+        return holds.release(
             org_id, hold.request_id, hold.amount, budget_key=hold.key_id if hold.key_budget else ""
         )
     except ServiceBusy:
