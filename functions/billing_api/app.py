@@ -8,9 +8,10 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
-from conduix import api, billing, config, dashboard, keys, statements
+from conduix import api, billing, config, dashboard, errors, keys, schemas, statements, views
 from conduix.auth import Principal, authenticate
 from conduix.errors import NotFound
+from conduix.web import error_result
 
 logger = Logger()
 # The shared package logs through the standard library; give its loggers the same JSON output.
@@ -19,16 +20,15 @@ app = api.resolver()
 
 
 def _principal() -> Principal:
-    # Read fresh on every call: a revoked key is refused at once here, and these routes are
-    # not the billed path whose cache the wallet's revocation marks cover.
-    return authenticate(api.headers(app), "billing", fresh=True)
+    principal: Principal = app.context["principal"]  # set by lambda_handler, before validation
+    return principal
 
 
 def _org_id() -> str:
     return _principal().org_id
 
 
-@app.get("/v1/billing")
+@app.get("/v1/billing", responses=api.answers(views.BillingView))
 def get_billing() -> dict[str, Any]:
     return billing.billing_view(_org_id())
 
@@ -50,7 +50,7 @@ def _json(body: dict[str, Any]) -> Response[Any]:
 
 
 # JSON by default, CSV with format=csv (one annotation for both, so OpenAPI can describe it).
-@app.get("/v1/billing/ledger")
+@app.get("/v1/billing/ledger", responses=views.with_csv(views.LedgerPage))
 def get_ledger() -> Response[Any]:
     query = app.current_event.query_string_parameters or {}
     if statements.wants_csv(query):
@@ -58,7 +58,7 @@ def get_ledger() -> Response[Any]:
     return _json(statements.ledger_page(_org_id(), query.get("limit"), query.get("cursor"), query))
 
 
-@app.get("/v1/usage")
+@app.get("/v1/usage", responses=views.with_csv(views.UsageReport))
 def get_usage() -> Response[Any]:
     query = app.current_event.query_string_parameters or {}
     if statements.wants_csv(query):
@@ -66,90 +66,89 @@ def get_usage() -> Response[Any]:
     return _json(statements.usage_report(_org_id(), query))
 
 
-@app.get("/v1/billing/notices")
+@app.get("/v1/billing/notices", responses=api.answers(views.NoticeList))
 def get_notices() -> dict[str, Any]:
     query = app.current_event.query_string_parameters or {}
     return billing.notices_view(_org_id(), query.get("limit"))
 
 
-@app.get("/v1/billing/alerts")
+@app.get("/v1/billing/alerts", responses=api.answers(views.AlertsView))
 def get_alerts() -> dict[str, Any]:
     return billing.alerts_view(_org_id())
 
 
-@app.put("/v1/billing/alerts")
-def put_alerts() -> dict[str, Any]:
-    org_id = _org_id()
-    return billing.set_alerts(org_id, api.json_body(app))
+@app.put("/v1/billing/alerts", responses=api.answers(views.AlertsView))
+def put_alerts(settings: schemas.AlertsRequest) -> dict[str, Any]:
+    return billing.set_alerts(_org_id(), settings)
 
 
-@app.get("/v1/billing/api-keys")
+@app.get("/v1/billing/api-keys", responses=api.answers(views.KeyList))
 def get_api_keys() -> dict[str, Any]:
     return keys.list_keys(_org_id())
 
 
-@app.post("/v1/billing/api-keys")
-def post_api_key() -> Response[dict[str, Any]]:
+@app.post(
+    "/v1/billing/api-keys", responses=api.answers(views.CreatedKey, 201, "Created (the key is shown once)")
+)
+def post_api_key(asked: schemas.ApiKeyRequest) -> Response[dict[str, Any]]:
     principal = _principal()
-    created = keys.create_api_key(principal.org_id, api.json_body(app), principal.scopes)
+    created = keys.create_api_key(principal.org_id, asked, principal.scopes)
     return Response(status_code=201, content_type=content_types.APPLICATION_JSON, body=created)
 
 
-@app.patch("/v1/billing/api-keys/<key_id>")
-def patch_api_key(key_id: str) -> dict[str, Any]:
-    return keys.update_api_key(_org_id(), key_id, api.json_body(app))
+@app.patch("/v1/billing/api-keys/<key_id>", responses=api.answers(views.KeyView))
+def patch_api_key(key_id: str, change: schemas.ApiKeyUpdate) -> dict[str, Any]:
+    return keys.update_api_key(_org_id(), key_id, change)
 
 
-@app.delete("/v1/billing/api-keys/<key_id>")
+@app.delete("/v1/billing/api-keys/<key_id>", responses=api.answers(views.KeyView))
 def delete_api_key(key_id: str) -> dict[str, Any]:
     return keys.revoke_api_key(_org_id(), key_id)
 
 
-@app.put("/v1/billing/spend-cap")
-def put_spend_cap() -> dict[str, Any]:
-    org_id = _org_id()
-    return billing.set_spend_cap(org_id, api.json_body(app))
+@app.put("/v1/billing/spend-cap", responses=api.answers(views.BillingView))
+def put_spend_cap(cap: schemas.SpendCapRequest) -> dict[str, Any]:
+    return billing.set_spend_cap(_org_id(), cap.monthly_limit)
 
 
-@app.put("/v1/billing/auto-reload")
-def put_auto_reload() -> dict[str, Any]:
+@app.put("/v1/billing/auto-reload", responses=api.answers(views.BillingView))
+def put_auto_reload(reload: schemas.AutoReloadRequest) -> dict[str, Any]:
     from conduix import autoreload
 
     org_id = _org_id()
-    autoreload.configure(org_id, api.json_body(app))
+    autoreload.configure(org_id, reload)
     return billing.billing_view(org_id)
 
 
-@app.post("/v1/billing/top-ups")
-def post_top_up() -> Response[dict[str, Any]]:
+@app.post("/v1/billing/top-ups", responses=api.answers(views.CheckoutSession, 201, "Checkout started"))
+def post_top_up(top_up: schemas.TopUpRequest) -> Response[dict[str, Any]]:
     from conduix import payments  # imports stripe: only the routes that need it pay for it
 
     org_id = _org_id()
-    session = payments.start_top_up(org_id, api.json_body(app), api.idempotency_key(app))
+    session = payments.start_top_up(org_id, top_up.amount, api.idempotency_key(app))
     return Response(status_code=201, content_type=content_types.APPLICATION_JSON, body=session)
 
 
-@app.post("/v1/billing/subscription")
-def post_subscription() -> dict[str, Any]:
+@app.post("/v1/billing/subscription", responses=api.answers(views.SubscriptionChange))
+def post_subscription(choice: schemas.SubscriptionRequest) -> dict[str, Any]:
     from conduix import subscriptions
 
-    org_id = _org_id()
-    return subscriptions.choose(org_id, api.json_body(app), api.idempotency_key(app))
+    return subscriptions.choose(_org_id(), choice.plan, api.idempotency_key(app))
 
 
-@app.delete("/v1/billing/subscription")
+@app.delete("/v1/billing/subscription", responses=api.answers(views.SubscriptionChange))
 def delete_subscription() -> dict[str, Any]:
     from conduix import subscriptions
 
     return subscriptions.cancel(_org_id())
 
 
-@app.get("/v1/pricing")
+@app.get("/v1/pricing", responses=api.answers(views.Pricing))
 def get_pricing() -> dict[str, Any]:
     return billing.pricing()
 
 
-@app.get("/v1/billing/invoices")
+@app.get("/v1/billing/invoices", responses=api.answers(views.InvoiceList))
 def get_invoices() -> dict[str, Any]:
     from conduix import payments
 
@@ -207,7 +206,20 @@ def get_pricing_page() -> Response[str]:
     return _page("pricing")
 
 
+def _private(path: str) -> bool:
+    return path in ("/v1/billing", "/v1/usage") or path.startswith("/v1/billing/")
+
+
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     config.learn_public_url(event)  # Checkout returns to the dashboard at this URL
-    return app.resolve(event, context)
+    if _private(event.get("path") or ""):
+        # Who is calling comes before what they sent: a stranger gets 401, not a body check.
+        # Read fresh on every call: a revoked key is refused at once here, and these routes
+        # are not the billed path whose cache the wallet's revocation marks cover.
+        headers = {k.lower(): v for k, v in (event.get("headers") or {}).items() if v is not None}
+        try:
+            app.append_context(principal=authenticate(headers, "billing", fresh=True))
+        except errors.ConduixError as exc:
+            return error_result(exc)
+    return api.resolve(app, event, context)

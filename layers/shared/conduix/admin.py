@@ -8,7 +8,7 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conduix import (
     alerts,
@@ -30,16 +30,16 @@ from conduix.billing import wallet_view
 from conduix.config import settings
 from conduix.errors import IdempotencyConflict, InvalidRequest
 from conduix.items import s
-from conduix.money import format_credits, parse_credits
-from conduix.validation import resource_id, text_field
+from conduix.money import format_credits
+from conduix.validation import resource_id
+
+if TYPE_CHECKING:
+    from conduix.schemas import BillingModeRequest, GrantRequest
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
-def register_org(body: dict[str, Any]) -> dict[str, Any]:
-    name = text_field(body, "name", required=True)
-    email = text_field(body, "email", required=True)
-    assert name and email
+def register_org(name: str, email: str) -> dict[str, Any]:
     if not _EMAIL.match(email):
         raise InvalidRequest("'email' is not an email address.", param="email")
     org = orgs.create_org(name, email, clock.now())
@@ -59,15 +59,13 @@ def org_view(org_id: str) -> dict[str, Any]:
     }
 
 
-def grant_credits(org_id: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+def grant_credits(org_id: str, grant_asked: GrantRequest) -> tuple[dict[str, Any], bool]:
     """Add credits by hand. Returns the ledger entry and whether this call created it."""
     resource_id(org_id, "org")
-    amount = parse_credits(body.get("amount"), field="amount")
-    reason = text_field(body, "reason", required=True)
-    key = text_field(body, "idempotency_key", required=True)
-    assert reason and key
+    amount, reason, key = grant_asked.amount, grant_asked.reason, grant_asked.idempotency_key
     now = clock.now()
-    expires = grants.parse_expiry(body["expires_at"], now) if body.get("expires_at") is not None else None
+    asked_expiry = grant_asked.expires_at
+    expires = grants.parse_expiry(asked_expiry, now) if asked_expiry is not None else None
     orgs.get_org(org_id)  # a 404 for an unknown org, before anything moves
     entry_id = f"grant:{key}"
     grant = grants.get(org_id, entry_id)
@@ -96,21 +94,11 @@ def grant_credits(org_id: str, body: dict[str, Any]) -> tuple[dict[str, Any], bo
     }, created
 
 
-def set_billing(org_id: str, body: dict[str, Any]) -> dict[str, Any]:
+def set_billing(org_id: str, asked: BillingModeRequest) -> dict[str, Any]:
     """PUT /admin/orgs/{org_id}/billing: {"mode": "invoice", "po_number": "PO-123", "net_terms_days": 30}
     or {"mode": "prepaid"}."""
     resource_id(org_id, "org")
-    mode = body.get("mode")
-    if mode not in wallet_settings.BILLING_MODES:
-        raise InvalidRequest(
-            f"'mode' must be one of {', '.join(wallet_settings.BILLING_MODES)}.", param="mode"
-        )
-    po_number = text_field(body, "po_number", required=False)
-    days = body.get("net_terms_days", 30)
-    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 120:
-        raise InvalidRequest(
-            "'net_terms_days' must be a whole number of days from 1 to 120.", param="net_terms_days"
-        )
+    mode, po_number, days = asked.mode, asked.po_number, asked.net_terms_days
     org = orgs.get_org(org_id)
     now = clock.now()
     reload_turned_off = False

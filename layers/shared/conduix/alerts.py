@@ -25,9 +25,9 @@ from datetime import datetime
 from typing import Any
 
 from conduix import clock, settles, wallets
-from conduix.errors import InvalidRequest, NotFound
+from conduix.errors import NotFound
 from conduix.items import Item, as_str, n, s
-from conduix.money import format_credits, parse_credits
+from conduix.money import format_credits
 
 log = logging.getLogger(__name__)
 
@@ -35,28 +35,6 @@ MAX_THRESHOLDS = 10  # of each kind: a few levels are useful, more is noise
 
 
 # ------------------------------------------------------------------ settings
-
-
-def parse_settings(body: dict[str, Any]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """`{"balance_below": ["20", "5"], "cap_used_percent": [80, 95]}`: the whole set (a PUT)."""
-    unknown = sorted(set(body) - {"balance_below", "cap_used_percent"})
-    if unknown:
-        raise InvalidRequest(
-            f"Unknown field '{unknown[0]}': send balance_below and cap_used_percent.", param=unknown[0]
-        )
-    balances, percents = body.get("balance_below", []), body.get("cap_used_percent", [])
-    for name, value in (("balance_below", balances), ("cap_used_percent", percents)):
-        if not isinstance(value, list):
-            raise InvalidRequest(f"'{name}' must be a list.", param=name)
-        if len(value) > MAX_THRESHOLDS:
-            raise InvalidRequest(f"'{name}' takes at most {MAX_THRESHOLDS} thresholds.", param=name)
-    amounts = {parse_credits(v, field="balance_below", allow_zero=True) for v in balances}
-    for p in percents:
-        if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 100:
-            raise InvalidRequest(
-                "'cap_used_percent' holds whole percents from 1 to 100.", param="cap_used_percent"
-            )
-    return tuple(sorted(amounts, reverse=True)), tuple(sorted(set(percents)))
 
 
 def save_settings(org_id: str, balances: tuple[int, ...], percents: tuple[int, ...], now: datetime) -> None:

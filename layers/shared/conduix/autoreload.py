@@ -14,21 +14,22 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conduix import alerts, ledger, notices, orgs, reloads, wallet_settings, wallets
 from conduix.config import payment_settings, reload_daily_limit
 from conduix.errors import Conflict, InvalidRequest
-from conduix.money import format_credits, parse_credits
+from conduix.money import format_credits
+
+if TYPE_CHECKING:
+    from conduix.schemas import AutoReloadRequest
 
 log = logging.getLogger(__name__)
 
 
-def configure(org_id: str, body: dict[str, Any]) -> None:
+def configure(org_id: str, asked: AutoReloadRequest) -> None:
     """PUT /v1/billing/auto-reload: {"enabled": true, "threshold": "5", "amount": "25"}."""
-    enabled = body.get("enabled")
-    if not isinstance(enabled, bool):
-        raise InvalidRequest("'enabled' must be true or false.", param="enabled")
+    enabled = asked.enabled
     wallet = wallets.get_wallet(org_id)
     if enabled and wallet.billing_mode == "invoice":
         raise Conflict(
@@ -37,12 +38,14 @@ def configure(org_id: str, body: dict[str, Any]) -> None:
         )
     current = wallet.reload
     # A field left out keeps its saved value; turning on needs both to be known.
-    threshold = current.threshold
-    if "threshold" in body or (enabled and not threshold):
-        threshold = parse_credits(body.get("threshold"), field="threshold")
+    threshold = current.threshold if asked.threshold is None else asked.threshold
+    if enabled and not threshold:
+        raise InvalidRequest("'threshold' is required to turn auto-reload on.", param="threshold")
     amount = current.amount
-    if "amount" in body or (enabled and not amount):
-        amount = parse_credits(body.get("amount"), field="amount")
+    if asked.amount is None and enabled and not amount:
+        raise InvalidRequest("'amount' is required to turn auto-reload on.", param="amount")
+    if asked.amount is not None:
+        amount = asked.amount
         config = payment_settings()
         if amount not in config.top_up_tiers and not config.reload_min <= amount <= config.reload_max:
             tiers = ", ".join(format_credits(t) for t in config.top_up_tiers)

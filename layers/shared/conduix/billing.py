@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conduix import alerts, clock, grants, leases, notices, orgs, plans, wallet_settings, wallets
 from conduix.catalog import catalog
 from conduix.config import payment_settings
 from conduix.errors import InvalidRequest
-from conduix.money import format_credits, parse_credits
+from conduix.money import format_credits
+
+if TYPE_CHECKING:
+    from conduix.schemas import AlertsRequest
 
 
 def wallet_view(wallet: wallets.Wallet) -> dict[str, Any]:
@@ -87,20 +90,16 @@ def billing_view(org_id: str) -> dict[str, Any]:
     }
 
 
-def set_spend_cap(org_id: str, body: dict[str, Any]) -> dict[str, Any]:
-    if "monthly_limit" not in body:
-        raise InvalidRequest(
-            'Send {"monthly_limit": "100"} to set the monthly cap, or null to remove it.',
-            param="monthly_limit",
-        )
-    raw = body["monthly_limit"]
-    limit = None if raw is None else parse_credits(raw, field="monthly_limit", allow_zero=True)
+def set_spend_cap(org_id: str, limit: int | None) -> dict[str, Any]:
+    """The monthly cap in nano-credits (None removes it)."""
     wallet_settings.write_spend_cap(org_id, limit, clock.now())
     return billing_view(org_id)
 
 
-def set_alerts(org_id: str, body: dict[str, Any]) -> dict[str, Any]:
-    balances, percents = alerts.parse_settings(body)
+def set_alerts(org_id: str, settings: AlertsRequest) -> dict[str, Any]:
+    """The whole set of thresholds (a PUT); a repeated one counts once."""
+    balances = tuple(sorted(set(settings.balance_below), reverse=True))
+    percents = tuple(sorted(set(settings.cap_used_percent)))
     alerts.save_settings(org_id, balances, percents, clock.now())
     return alerts.view(org_id)
 

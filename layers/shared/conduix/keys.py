@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conduix import clock, key_limits, orgs, plans, wallets
-from conduix.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
-from conduix.money import format_credits, parse_credits
-from conduix.validation import resource_id, text_field
+from conduix.errors import Conflict, NotFound, PermissionDenied
+from conduix.money import format_credits
+from conduix.validation import resource_id
+
+if TYPE_CHECKING:
+    from conduix.schemas import ApiKeyRequest, ApiKeyUpdate
 
 
 def key_view(
@@ -42,21 +45,13 @@ def limit_view(budget: key_limits.KeyBudget | None, now: datetime) -> dict[str, 
 
 
 def create_api_key(
-    org_id: str, body: dict[str, Any], granted: tuple[str, ...] = orgs.SCOPES
+    org_id: str, asked: ApiKeyRequest, granted: tuple[str, ...] = orgs.SCOPES
 ) -> dict[str, Any]:
     """Mint a key with the scopes asked for (by default, all of `granted`). A key may create
     keys only with scopes it holds itself (`granted`); the operator holds them all."""
     resource_id(org_id, "org")
-    name = text_field(body, "name", required=False) or "default"
-    scopes = body.get("scopes", [s for s in orgs.SCOPES if s in granted])
-    if (
-        not isinstance(scopes, list)
-        or not scopes
-        or not all(isinstance(x, str) and x in orgs.SCOPES for x in scopes)
-    ):
-        raise InvalidRequest(
-            f"'scopes' must be a non-empty list of {', '.join(orgs.SCOPES)}.", param="scopes"
-        )
+    name = asked.name or "default"
+    scopes = [s for s in orgs.SCOPES if s in granted] if asked.scopes is None else list(asked.scopes)
     beyond = sorted(set(scopes) - set(granted))
     if beyond:
         raise PermissionDenied(
@@ -91,42 +86,23 @@ def _window_start(period: str, now: datetime) -> str | None:
     return None if period == "total" else window if period != "month" else f"{window}-01"
 
 
-def update_api_key(org_id: str, key_id: str, body: dict[str, Any]) -> dict[str, Any]:
+def update_api_key(org_id: str, key_id: str, change: ApiKeyUpdate) -> dict[str, Any]:
     """PATCH /v1/billing/api-keys/{key_id}: {"spend_limit": {"amount": "5", "period": "day"}}
     sets the key's spend limit (day, week, month: UTC, weeks from Monday; or total), null
     removes it. What the key already spent in the current window counts at once."""
     resource_id(org_id, "org")
     resource_id(key_id, "API key")
-    unknown = sorted(set(body) - {"spend_limit"})
-    if unknown:
-        raise InvalidRequest(
-            f"Unknown field '{unknown[0]}': only 'spend_limit' can be changed.", param=unknown[0]
-        )
-    if "spend_limit" not in body:
-        raise InvalidRequest(
-            "'spend_limit' is required (an object, or null to remove it).", param="spend_limit"
-        )
     key = next((k for k in orgs.list_api_keys(org_id) if k.key_id == key_id), None)
     if key is None:
         raise NotFound(f"No API key '{key_id}' in this org.")
     if key.revoked:
         raise Conflict("This API key is revoked; a revoked key cannot spend.", code="key_revoked")
     now = clock.now()
-    value = body["spend_limit"]
-    if value is None:
+    limit = change.spend_limit
+    if limit is None:
         key_limits.set_key_limit(org_id, key_id, None, "day", 0, now)
         return key_view(key, None, now)
-    if not isinstance(value, dict) or set(value) - {"amount", "period"}:
-        raise InvalidRequest(
-            '\'spend_limit\' must be {"amount": "5", "period": "day"} or null.', param="spend_limit"
-        )
-    amount = parse_credits(value.get("amount"), field="spend_limit.amount")
-    period = value.get("period")
-    if period not in clock.LIMIT_PERIODS:
-        raise InvalidRequest(
-            f"'spend_limit.period' must be one of {', '.join(clock.LIMIT_PERIODS)}.",
-            param="spend_limit.period",
-        )
+    amount, period = limit.amount, limit.period
     spent = key_limits.key_usage_spend(org_id, key_id, _window_start(period, now))
     budget = key_limits.set_key_limit(org_id, key_id, amount, period, spent, now)
     return key_view(key, budget, now)

@@ -1,9 +1,11 @@
 """The OpenAPI document of the public API, generated from the code.
 
-BillingApi's routes come from its Powertools resolver; the request bodies those routes read
-are the pydantic models below; the two Completion routes (which use no resolver, to keep
-that function's cold start small) are described from the same models. Served at
-GET /openapi.json; schemathesis drives the local stack with it in the tests.
+BillingApi's (and Admin's) routes, with their request bodies and answers, come from the
+Powertools resolver: the handlers' parameters name the models of `conduix.schemas` it
+validates with, and their `responses` the models of `conduix.views`. The Completion routes
+(which use no resolver, to keep that function's cold start small) are described from the
+models below. Served at GET /openapi.json (and the operator's at GET /admin/openapi.json);
+schemathesis drives the local stack with it in the tests.
 """
 
 from __future__ import annotations
@@ -62,41 +64,68 @@ class EmbeddingRequest(_Body):
     user: str | None = None
 
 
-class AlertsRequest(_Body):
-    balance_below: list[Credits] = Field(default_factory=list, max_length=10)
-    cap_used_percent: list[Annotated[int, Field(ge=1, le=100)]] = Field(default_factory=list, max_length=10)
+class ChatMessage(_Body):
+    role: Literal["assistant"]
+    content: str | None
 
 
-class TopUpRequest(_Body):
-    amount: Credits = Field(description="One of the operator's top-up tiers.")
+class Choice(_Body):
+    index: int
+    message: ChatMessage
+    finish_reason: str | None
 
 
-class SpendCapRequest(_Body):
-    monthly_limit: Credits | None = Field(description="The monthly cap; null removes it.")
+class Usage(_Body):
+    prompt_tokens: int
+    completion_tokens: int = 0
+    total_tokens: int
 
 
-class AutoReloadRequest(_Body):
-    enabled: bool
-    threshold: Credits | None = None
-    amount: Credits | None = None
+class ChatCompletion(_Body):
+    """OpenAI's chat completion, as the model's provider answered it (its other fields pass through)."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
 
 
-class SubscriptionRequest(_Body):
-    plan: str = Field(examples=["builder"])
+class Embedding(_Body):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str = Field(description="Floats, or base64 with encoding_format base64")
 
 
-class ApiKeyRequest(_Body):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    scopes: list[Literal["inference", "billing"]] | None = Field(default=None, min_length=1)
+class EmbeddingList(_Body):
+    object: Literal["list"]
+    data: list[Embedding] = Field(description="One per input, in order")
+    model: str
+    usage: Usage
 
 
-class SpendLimit(_Body):
-    amount: Credits
-    period: Literal["day", "week", "month", "total"] = Field(description="UTC; weeks start on Monday.")
+class ModelPricing(BaseModel):
+    input_per_million: str
+    output_per_million: str
+    unit: Literal["credits"]
 
 
-class ApiKeyUpdate(_Body):
-    spend_limit: SpendLimit | None = Field(description="The key's own spend limit; null removes it.")
+class CatalogModel(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    kind: str
+    max_output_tokens: int | None = None
+    dimensions: int | None = None
+    fallbacks: list[str]
+    pricing: ModelPricing
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[CatalogModel]
 
 
 class ErrorDetail(BaseModel):
@@ -110,16 +139,11 @@ class Error(BaseModel):
     error: ErrorDetail
 
 
+# Completion's bodies (it validates by hand, for its cold start); the resolvers' bodies come
+# from their handlers' parameters (conduix.schemas).
 REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("post", "/v1/chat/completions"): ChatCompletionRequest,
     ("post", "/v1/embeddings"): EmbeddingRequest,
-    ("put", "/v1/billing/alerts"): AlertsRequest,
-    ("post", "/v1/billing/top-ups"): TopUpRequest,
-    ("put", "/v1/billing/spend-cap"): SpendCapRequest,
-    ("put", "/v1/billing/auto-reload"): AutoReloadRequest,
-    ("post", "/v1/billing/subscription"): SubscriptionRequest,
-    ("post", "/v1/billing/api-keys"): ApiKeyRequest,
-    ("patch", "/v1/billing/api-keys/{key_id}"): ApiKeyUpdate,
 }
 QUERY_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("get", "/v1/billing/ledger"): [
@@ -191,7 +215,7 @@ def _completion_paths(components: dict[str, Any]) -> dict[str, Any]:
                     "200": {
                         "description": "The completion (JSON, or server-sent events when stream is true)",
                         "content": {
-                            "application/json": {"schema": {"type": "object"}},
+                            "application/json": {"schema": _schema_of(ChatCompletion, components)},
                             "text/event-stream": {"schema": {"type": "string"}},
                         },
                     }
@@ -218,7 +242,7 @@ def _completion_paths(components: dict[str, Any]) -> dict[str, Any]:
                 "responses": {
                     "200": {
                         "description": "One embedding per input, in order, and the usage with its cost",
-                        "content": {"application/json": {"schema": {"type": "object"}}},
+                        "content": {"application/json": {"schema": _schema_of(EmbeddingList, components)}},
                     }
                 },
             }
@@ -231,7 +255,7 @@ def _completion_paths(components: dict[str, Any]) -> dict[str, Any]:
                 "responses": {
                     "200": {
                         "description": "The catalog",
-                        "content": {"application/json": {"schema": {"type": "object"}}},
+                        "content": {"application/json": {"schema": _schema_of(ModelList, components)}},
                     }
                 },
             }
@@ -239,20 +263,12 @@ def _completion_paths(components: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def document(billing_app: Any, version: str = "1.0.0") -> dict[str, Any]:
-    generated = billing_app.get_openapi_schema(
-        title="Conduix API",
-        version=version,
-        summary="OpenAI-compatible completions billed in credits, and the billing API behind the dashboard.",
-    )
-    doc: dict[str, Any] = json.loads(generated.model_dump_json(by_alias=True, exclude_none=True))
-    components: dict[str, Any] = doc.setdefault("components", {}).setdefault("schemas", {})
-    doc["paths"] = {**_completion_paths(components), **doc.get("paths", {})}
+def _finish(doc: dict[str, Any], components: dict[str, Any]) -> dict[str, Any]:
+    """Our error answers on every operation, in place of Powertools' 422 (which we never send:
+    a validation error is our 400)."""
     error_ref = _schema_of(Error, components)
-    doc["components"]["securitySchemes"] = {
-        "apiKey": {"type": "http", "scheme": "bearer", "description": "An org API key (cdx_...)."}
-    }
-    doc["security"] = [{"apiKey": []}]
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
     for path, operations in doc["paths"].items():
         for method, operation in operations.items():
             model = REQUEST_BODIES.get((method, path))
@@ -265,9 +281,44 @@ def document(billing_app: Any, version: str = "1.0.0") -> dict[str, Any]:
                 operation.setdefault("parameters", []).extend(QUERY_PARAMETERS[(method, path)])
             if (method, path) in PUBLIC:
                 operation["security"] = []
+            operation["responses"].pop("422", None)
             for status, description in _ERRORS.items():
                 operation["responses"].setdefault(
                     status,
                     {"description": description, "content": {"application/json": {"schema": error_ref}}},
                 )
     return doc
+
+
+def _generated(app: Any, title: str, version: str, summary: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    generated = app.get_openapi_schema(title=title, version=version, summary=summary)
+    doc: dict[str, Any] = json.loads(generated.model_dump_json(by_alias=True, exclude_none=True))
+    components: dict[str, Any] = doc.setdefault("components", {}).setdefault("schemas", {})
+    return doc, components
+
+
+def document(billing_app: Any, version: str = "1.0.0") -> dict[str, Any]:
+    doc, components = _generated(
+        billing_app,
+        "Conduix API",
+        version,
+        "OpenAI-compatible completions billed in credits, and the billing API behind the dashboard.",
+    )
+    doc["paths"] = {**_completion_paths(components), **doc.get("paths", {})}
+    doc["components"]["securitySchemes"] = {
+        "apiKey": {"type": "http", "scheme": "bearer", "description": "An org API key (cdx_...)."}
+    }
+    doc["security"] = [{"apiKey": []}]
+    return _finish(doc, components)
+
+
+def admin_document(admin_app: Any, version: str = "1.0.0") -> dict[str, Any]:
+    """The operator's API (served to the operator only, at /admin/openapi.json)."""
+    doc, components = _generated(
+        admin_app, "Conduix operator API", version, "Orgs, their keys, holds, grants and billing modes."
+    )
+    doc["components"]["securitySchemes"] = {
+        "operatorKey": {"type": "http", "scheme": "bearer", "description": "The operator key."}
+    }
+    doc["security"] = [{"operatorKey": []}]
+    return _finish(doc, components)

@@ -42,11 +42,11 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------ top-ups
 
 
-def start_top_up(org_id: str, body: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:
-    """POST /v1/billing/top-ups: a Checkout Session for one of the operator's tiers."""
+def start_top_up(org_id: str, amount: int, idempotency_key: str | None) -> dict[str, Any]:
+    """POST /v1/billing/top-ups: a Checkout Session for one of the operator's tiers (`amount`
+    in nano-credits)."""
     config = payment_settings()
     tiers = ", ".join(format_credits(t) for t in config.top_up_tiers)
-    amount = parse_credits(body.get("amount"), field="amount")
     if amount not in config.top_up_tiers:
         raise InvalidRequest(f"'amount' must be one of the top-up tiers: {tiers} credits.", param="amount")
     org = orgs.get_org(org_id)

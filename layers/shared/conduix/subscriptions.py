@@ -26,12 +26,11 @@ def _price(plan: plans.Plan) -> str:
     )
 
 
-def choose(org_id: str, body: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:
+def choose(org_id: str, plan_id: str, idempotency_key: str | None) -> dict[str, Any]:
     """POST /v1/billing/subscription {"plan": "builder"}: Checkout for a first subscription,
     a price change for an existing one, a cancellation for "free"."""
-    plan_id = body.get("plan")
     known = plans.all_plans()
-    if not isinstance(plan_id, str) or plan_id not in known:
+    if plan_id not in known:
         raise InvalidRequest(f"'plan' must be one of: {', '.join(known)}.", param="plan")
     plan = known[plan_id]
     org = orgs.get_org(org_id)

@@ -12,7 +12,7 @@ import base64
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +70,34 @@ def error_body(exc: errors.ConduixError) -> tuple[int, dict[str, Any], dict[str,
         inner["period"] = exc.period
         inner["resets_at"] = exc.resets_at
     return status, {"error": inner}, headers
+
+
+def invalid_request_from(problems: Sequence[Mapping[str, Any]]) -> errors.InvalidRequest:
+    """The first of pydantic's validation errors (as `ValidationError.errors()` or Powertools'
+    RequestValidationError lists them) as our InvalidRequest, naming the field. Plain dicts
+    in: Completion, which validates by hand, never loads pydantic for this."""
+    if not problems:
+        return errors.InvalidRequest("The request is not valid.")
+    first = problems[0]
+    loc = list(first.get("loc") or ())
+    if loc and loc[0] in ("body", "query", "path", "header"):
+        loc = loc[1:]
+    names = [part for part in loc if isinstance(part, str)]  # list indexes name no field
+    param = ".".join(names) or None
+    ctx = first.get("ctx") or {}
+    if first.get("type") == "conduix":  # ours (conduix.schemas.refuse): the message is final
+        message = str(ctx.get("message"))
+        if ctx.get("param"):
+            param = str(ctx["param"])
+        elif len(names) > 1:  # a shared check names the field by its own name only
+            message = message.replace(f"'{names[-1]}'", f"'{param}'", 1)
+        return errors.InvalidRequest(message, param=param, code=ctx.get("code") or None)
+    if first.get("type") == "missing":
+        return errors.InvalidRequest(f"'{param}' is required.", param=param)
+    detail = str(first.get("msg") or "is not valid")
+    if param is None:
+        return errors.InvalidRequest(f"The request body is not valid: {detail}.")
+    return errors.InvalidRequest(f"'{param}': {detail}.", param=param)
 
 
 def internal_error_body() -> dict[str, Any]:
