@@ -18,6 +18,8 @@ from typing import Any
 
 import boto3
 import pytest
+from conduix import schemas
+from conduix.schemas import parse
 
 from tests.e2e.test_money_in import deliver, signed, top_up
 from tests.e2e.test_plans_and_invoicing import cycle, store  # noqa: F401 - the store fixture
@@ -121,7 +123,7 @@ def seed_invoice_month(stack: Stack) -> tuple[str, str]:
 
     at, _ = last_month()
     org = orgs.create_org("Enterprise", f"ap-{uuid.uuid4().hex[:6]}@example.com", at)
-    key = keys.create_api_key(org.org_id, {"name": "prod"})["api_key"]
+    key = keys.create_api_key(org.org_id, parse(schemas.ApiKeyRequest, {"name": "prod"}))["api_key"]
     body = {"mode": "invoice", "po_number": "PO-9", "net_terms_days": 15}
     assert stack.operator("PUT", f"/admin/orgs/{org.org_id}/billing", body).status == 200
     for i, cost in enumerate((1_234_567_891, 765_432_109)):

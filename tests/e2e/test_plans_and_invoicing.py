@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
+from conduix import schemas
+from conduix.schemas import parse
 
 from tests.support.stack import Stack, wait_until
 
@@ -106,7 +108,7 @@ def test_an_invoice_mode_month_is_invoiced_once_and_matches_the_ledger(stack: St
     last_month = (now.replace(day=1) - timedelta(days=1)).replace(day=15, hour=12)
     period = last_month.strftime("%Y-%m")
     org = orgs.create_org("Enterprise Co", f"ap-{uuid.uuid4().hex[:6]}@example.com", last_month)
-    key = keys.create_api_key(org.org_id, {"name": "prod"})["api_key"]
+    key = keys.create_api_key(org.org_id, parse(schemas.ApiKeyRequest, {"name": "prod"}))["api_key"]
     mode = stack.operator(
         "PUT",
         f"/admin/orgs/{org.org_id}/billing",

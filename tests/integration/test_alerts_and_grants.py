@@ -20,6 +20,7 @@ from conduix import (
     notices,
     orgs,
     reconcile,
+    schemas,
     settles,
     wallet_settings,
     wallets,
@@ -28,6 +29,7 @@ from conduix.auth import Principal
 from conduix.errors import IdempotencyConflict, InvalidRequest
 from conduix.money import NANOS_PER_CREDIT as C
 from conduix.money import format_credits
+from conduix.schemas import parse
 from conduix_local.upstream import FakeUpstream
 
 from tests.integration.helpers import NOW, assert_consistent, fund, ledger_items
@@ -65,13 +67,15 @@ def sent(org: str, kind: str) -> list[dict[str, object]]:
 )
 def test_bad_alert_settings_are_refused(org: str, body: dict[str, object]) -> None:
     with pytest.raises(InvalidRequest):
-        billing.set_alerts(org, body)
+        billing.set_alerts(org, parse(schemas.AlertsRequest, body))
     assert wallets.get_wallet(org).balance_alerts == ()
 
 
 def test_alert_settings_round_trip(org: str) -> None:
     fund(org, "10")
-    view = billing.set_alerts(org, {"balance_below": ["5", "20", "5"], "cap_used_percent": [95, 80]})
+    view = billing.set_alerts(
+        org, parse(schemas.AlertsRequest, {"balance_below": ["5", "20", "5"], "cap_used_percent": [95, 80]})
+    )
     assert view["balance_below"] == ["20", "5"] and view["cap_used_percent"] == [80, 95]
     # 10 < 20 already when set: counted as fired, silently (nothing crossed)
     assert [f["threshold"] for f in view["fired"]] == ["20"]
@@ -81,8 +85,11 @@ def test_alert_settings_round_trip(org: str) -> None:
 
 def test_a_threshold_no_longer_set_forgets_that_it_fired(org: str) -> None:
     fund(org, "10")
-    assert [f["threshold"] for f in billing.set_alerts(org, {"balance_below": ["20"]})["fired"]] == ["20"]
-    view = billing.set_alerts(org, {"balance_below": ["5"]})
+    assert [
+        f["threshold"]
+        for f in billing.set_alerts(org, parse(schemas.AlertsRequest, {"balance_below": ["20"]}))["fired"]
+    ] == ["20"]
+    view = billing.set_alerts(org, parse(schemas.AlertsRequest, {"balance_below": ["5"]}))
     assert view["balance_below"] == ["5"] and view["fired"] == []
     assert wallets.get_wallet(org).alerts_fired == frozenset()
 
@@ -102,7 +109,7 @@ def test_a_balance_alert_fires_once_per_crossing_and_re_arms_when_credits_land(
     org: str, served_catalog: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fund(org, "0.001")
-    billing.set_alerts(org, {"balance_below": ["0.0008"]})
+    billing.set_alerts(org, parse(schemas.AlertsRequest, {"balance_below": ["0.0008"]}))
     calls: list[object] = []
     original = alerts.check
 
@@ -134,7 +141,7 @@ def test_a_concurrent_burst_across_a_threshold_sends_one_email(
     # (Funded well past what the burst spends: a settle deferred by contention keeps its hold
     # until HoldSweeper, and must not starve the burst's last requests.)
     fund(org, "0.003")
-    billing.set_alerts(org, {"balance_below": ["0.0025"]})
+    billing.set_alerts(org, parse(schemas.AlertsRequest, {"balance_below": ["0.0025"]}))
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda i: ask(org, f"b{i}"), range(16)))
     assert wallets.get_wallet(org).balance < 25 * C // 10000
@@ -147,7 +154,7 @@ def test_the_settle_that_crosses_sends_the_alert_whatever_order_requests_held_in
     # request that settles last held first, when the wallet still looked far from 5 (the
     # interleaving a burst on the local stack produced, and the old estimate missed).
     fund(org, "8")
-    billing.set_alerts(org, {"balance_below": ["5"]})
+    billing.set_alerts(org, parse(schemas.AlertsRequest, {"balance_below": ["5"]}))
     views = [holds.reserve(org, f"h{i}", C, model="m", key_id="k", now=NOW).wallet for i in range(4)]
     tripped = []
     for i in (1, 2, 3, 0):
@@ -175,7 +182,7 @@ def test_a_threshold_re_armed_elsewhere_fires_from_a_view_that_saw_it_fired(org:
     # environment's credit re-armed it since (the CI failure of session 2: the crossing after a
     # re-arm went unnoticed until this environment's view expired).
     fund(org, "6")
-    billing.set_alerts(org, {"balance_below": ["5"]})
+    billing.set_alerts(org, parse(schemas.AlertsRequest, {"balance_below": ["5"]}))
     usage = metering.Usage("m", "k", 1, 1, C)
     holds.reserve(org, "a0", C, model="m", key_id="k", now=NOW)
     holds.reserve(org, "a1", C, model="m", key_id="k", now=NOW)
@@ -202,7 +209,9 @@ def test_a_threshold_re_armed_elsewhere_fires_from_a_view_that_saw_it_fired(org:
 def test_thresholds_set_elsewhere_refresh_the_view_a_hold_bills_under(org: str) -> None:
     fund(org, "10")
     before = wallets.wallet_item(org)
-    billing.set_alerts(org, {"balance_below": ["5"]})  # another environment's write...
+    billing.set_alerts(
+        org, parse(schemas.AlertsRequest, {"balance_below": ["5"]})
+    )  # another environment's write...
     wallets.learn(org, before)  # ...which this environment's view has not seen
     assert wallets.known_wallet(org).balance_alerts == ()
     reservation = holds.reserve(org, "v0", C, model="m", key_id="k", now=NOW)
@@ -212,7 +221,7 @@ def test_thresholds_set_elsewhere_refresh_the_view_a_hold_bills_under(org: str) 
 def test_a_cap_alert_fires_once_a_month(org: str, served_catalog: FakeUpstream) -> None:
     fund(org, "5")
     wallet_settings.write_spend_cap(org, 2 * C // 1000, NOW)  # 0.002
-    billing.set_alerts(org, {"cap_used_percent": [50]})
+    billing.set_alerts(org, parse(schemas.AlertsRequest, {"cap_used_percent": [50]}))
     for i in range(16):
         ask(org, f"c{i}")
     assert wallets.get_wallet(org).month_spent >= C // 1000
@@ -241,7 +250,7 @@ def grant(org: str, amount: str, key: str, expires: object = None) -> dict[str, 
     body: dict[str, object] = {"amount": amount, "reason": "promo", "idempotency_key": key}
     if expires is not None:
         body["expires_at"] = expires
-    return admin.grant_credits(org, body)[0]
+    return admin.grant_credits(org, parse(schemas.GrantRequest, body))[0]
 
 
 def test_attribution_draws_on_the_earliest_expiry_first() -> None:

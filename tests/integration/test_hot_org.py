@@ -17,6 +17,7 @@ from conduix import (
     plans,
     reconcile,
     schema,
+    schemas,
     settles,
     sweeper,
     wallet_settings,
@@ -24,6 +25,7 @@ from conduix import (
 )
 from conduix.config import settings
 from conduix.money import NANOS_PER_CREDIT as C
+from conduix.schemas import parse
 
 from bench.meter import item_size
 from tests.integration.helpers import NOW, assert_consistent, fund, ledger_items
@@ -240,7 +242,9 @@ def test_an_org_that_may_not_lease_still_gets_the_busy_answer(
     from conduix import billing
 
     fund(org, "2000")
-    billing.set_alerts(org, {"balance_below": ["5"]})  # alerts keep per-request holds
+    billing.set_alerts(
+        org, parse(schemas.AlertsRequest, {"balance_below": ["5"]})
+    )  # alerts keep per-request holds
 
     def busy(*args: object, **kwargs: object) -> holds.Reservation:
         raise errors.ServiceBusy("The billing store is busy; please retry the request.")

@@ -19,6 +19,7 @@ from conduix import (
     metering,
     plans,
     reconcile,
+    schemas,
     settles,
     sweeper,
     upkeep,
@@ -26,6 +27,7 @@ from conduix import (
     wallets,
 )
 from conduix.money import NANOS_PER_CREDIT as C
+from conduix.schemas import parse
 
 from tests.integration.helpers import NOW, assert_consistent, fund
 
@@ -53,12 +55,14 @@ def at(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
 def two_keys(org: str) -> tuple[str, str]:
     wallet_settings.set_plan(org, plans.get("scale"))
     fund(org, "10")
-    return keys.create_api_key(org, {})["key_id"], keys.create_api_key(org, {})["key_id"]
+    return keys.create_api_key(org, parse(schemas.ApiKeyRequest, {}))["key_id"], keys.create_api_key(
+        org, parse(schemas.ApiKeyRequest, {})
+    )["key_id"]
 
 
 def limit(org: str, key_id: str, amount: str | None, period: str = "day") -> dict[str, Any]:
     body = {"spend_limit": None if amount is None else {"amount": amount, "period": period}}
-    return keys.update_api_key(org, key_id, body)
+    return keys.update_api_key(org, key_id, parse(schemas.ApiKeyUpdate, body))
 
 
 def hold(org: str, key_id: str, request_id: str, amount: int, now: datetime = NOW) -> holds.Reservation:
@@ -269,7 +273,7 @@ def test_a_bad_limit_is_refused_and_changes_nothing(
     org: str, two_keys: tuple[str, str], at: Clock, body: dict[str, Any], param: str
 ) -> None:
     with pytest.raises(errors.InvalidRequest) as refused:
-        keys.update_api_key(org, two_keys[0], body)
+        keys.update_api_key(org, two_keys[0], parse(schemas.ApiKeyUpdate, body))
     assert refused.value.param == param
     assert key_limits.key_budget(org, two_keys[0]) is None
     assert not wallets.get_wallet(org).limited_keys

@@ -19,12 +19,14 @@ from conduix import (
     metering,
     plans,
     schema,
+    schemas,
     settles,
     statements,
     wallet_settings,
     wallets,
 )
 from conduix.money import NANOS_PER_CREDIT as C
+from conduix.schemas import parse
 
 from tests.integration.helpers import NOW, assert_consistent, fund
 
@@ -51,7 +53,10 @@ def marks(org: str) -> dict[str, int]:
 
 def test_a_revoked_key_is_refused_by_the_hold_although_the_cache_remembers_it(org: str) -> None:
     fund(org, "5")
-    doomed, other = keys.create_api_key(org, {}), keys.create_api_key(org, {})
+    doomed, other = (
+        keys.create_api_key(org, parse(schemas.ApiKeyRequest, {})),
+        keys.create_api_key(org, parse(schemas.ApiKeyRequest, {})),
+    )
     principal = auth.authenticate(bearer(doomed["api_key"]), "inference")  # now warm
     keys.revoke_api_key(org, doomed["key_id"])
 
@@ -74,13 +79,16 @@ def test_a_revoked_key_is_refused_by_the_hold_although_the_cache_remembers_it(or
 
 
 def test_marks_outlive_the_key_cache_and_are_then_pruned(org: str) -> None:
-    first, second = keys.create_api_key(org, {}), keys.create_api_key(org, {})
+    first, second = (
+        keys.create_api_key(org, parse(schemas.ApiKeyRequest, {})),
+        keys.create_api_key(org, parse(schemas.ApiKeyRequest, {})),
+    )
     from conduix import orgs
 
     orgs.mark_key_revoked(org, first["key_id"], NOW)
     orgs.mark_key_revoked(org, second["key_id"], NOW + timedelta(seconds=30))
     assert set(marks(org)) == {first["key_id"], second["key_id"]}  # within the cache lifetime
-    third = keys.create_api_key(org, {})
+    third = keys.create_api_key(org, parse(schemas.ApiKeyRequest, {}))
     later = NOW + timedelta(seconds=config.settings().key_cache_seconds + 61)
     orgs.mark_key_revoked(org, third["key_id"], later)
     assert set(marks(org)) == {second["key_id"], third["key_id"]}  # the first is no longer needed
@@ -97,7 +105,9 @@ def test_concurrent_revocations_on_a_wallet_without_marks_all_land(org: str) -> 
         UpdateExpression="REMOVE revoked_keys",
     )
     fund(org, "1")
-    created = [keys.create_api_key(org, {"name": f"k{i}"})["key_id"] for i in range(6)]
+    created = [
+        keys.create_api_key(org, parse(schemas.ApiKeyRequest, {"name": f"k{i}"}))["key_id"] for i in range(6)
+    ]
     threads = [threading.Thread(target=keys.revoke_api_key, args=(org, key_id)) for key_id in created]
     for t in threads:
         t.start()
@@ -113,16 +123,22 @@ def test_concurrent_revocations_on_a_wallet_without_marks_all_land(org: str) -> 
 def test_a_key_grants_only_the_scopes_it_holds(org: str) -> None:
     billing_only = ("billing",)
     with pytest.raises(errors.PermissionDenied, match="'inference'"):
-        keys.create_api_key(org, {"scopes": ["inference"]}, billing_only)
+        keys.create_api_key(org, parse(schemas.ApiKeyRequest, {"scopes": ["inference"]}), billing_only)
     with pytest.raises(errors.PermissionDenied):
-        keys.create_api_key(org, {"scopes": ["billing", "inference"]}, billing_only)
-    assert keys.create_api_key(org, {}, billing_only)["scopes"] == ["billing"]  # the default: its own
-    assert keys.create_api_key(org, {"scopes": ["billing"]}, billing_only)["scopes"] == ["billing"]
+        keys.create_api_key(
+            org, parse(schemas.ApiKeyRequest, {"scopes": ["billing", "inference"]}), billing_only
+        )
+    assert keys.create_api_key(org, parse(schemas.ApiKeyRequest, {}), billing_only)["scopes"] == [
+        "billing"
+    ]  # the default: its own
+    assert keys.create_api_key(org, parse(schemas.ApiKeyRequest, {"scopes": ["billing"]}), billing_only)[
+        "scopes"
+    ] == ["billing"]
     # A key holding both, and the operator, may grant either.
-    assert keys.create_api_key(org, {"scopes": ["inference"]}, ("billing", "inference"))["scopes"] == [
-        "inference"
-    ]
-    assert keys.create_api_key(org, {})["scopes"] == ["billing", "inference"]
+    assert keys.create_api_key(
+        org, parse(schemas.ApiKeyRequest, {"scopes": ["inference"]}), ("billing", "inference")
+    )["scopes"] == ["inference"]
+    assert keys.create_api_key(org, parse(schemas.ApiKeyRequest, {}))["scopes"] == ["billing", "inference"]
     assert len(keys.list_keys(org)["data"]) == 4  # the refused ones were never created
 
 

@@ -24,12 +24,14 @@ from conduix import (
     payments,
     reconcile,
     reloads,
+    schemas,
     settles,
     stripe_gateway,
     wallet_settings,
     wallets,
 )
 from conduix.money import NANOS_PER_CREDIT as C
+from conduix.schemas import parse
 from conduix_local.stripe_local import API_KEY, LocalStripe
 
 from tests.integration.helpers import NOW, assert_consistent, fund, ledger_items
@@ -109,14 +111,18 @@ def test_invoice_mode_refuses_auto_reload_and_switching_turns_it_off(
 ) -> None:
     orgs.save_card(org, orgs.Card("pm_x", "visa", "4242", 12, 2034))
     reloads.save_settings(org, enabled=True, threshold=5 * C, amount=25 * C)
-    switched = admin.set_billing(org, {"mode": "invoice", "po_number": "PO-9"})
+    switched = admin.set_billing(
+        org, parse(schemas.BillingModeRequest, {"mode": "invoice", "po_number": "PO-9"})
+    )
     assert switched["auto_reload_turned_off"] is True
     assert wallets.get_wallet(org).reload.enabled is False
     assert sent == [("billing@acme.test", "Conduix: auto-reload is turned off")]
     with pytest.raises(errors.Conflict) as refused:
-        autoreload.configure(org, {"enabled": True, "threshold": "5", "amount": "25"})
+        autoreload.configure(
+            org, parse(schemas.AutoReloadRequest, {"enabled": True, "threshold": "5", "amount": "25"})
+        )
     assert refused.value.code == "invoice_billing_mode" and "invoice billing mode" in refused.value.message
-    again = admin.set_billing(org, {"mode": "invoice"})
+    again = admin.set_billing(org, parse(schemas.BillingModeRequest, {"mode": "invoice"}))
     assert again["auto_reload_turned_off"] is False and len(sent) == 1  # nothing left to turn off
 
 

@@ -6,8 +6,9 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
-from conduix import errors, holds, invoicing, keys, metering, orgs, plans, settles, wallet_settings
+from conduix import errors, holds, invoicing, keys, metering, orgs, plans, schemas, settles, wallet_settings
 from conduix.money import NANOS_PER_CREDIT as C
+from conduix.schemas import parse
 
 from tests.integration.helpers import NOW, assert_consistent, fund
 
@@ -30,16 +31,16 @@ def test_requests_per_minute_are_counted_per_key_on_the_hold(org: str) -> None:
 
 def test_live_keys_are_limited_by_the_plan(org: str) -> None:
     assert plans.get("free").max_api_keys == 2
-    first = keys.create_api_key(org, {"name": "one"})
-    keys.create_api_key(org, {"name": "two"})
+    first = keys.create_api_key(org, parse(schemas.ApiKeyRequest, {"name": "one"}))
+    keys.create_api_key(org, parse(schemas.ApiKeyRequest, {"name": "two"}))
     with pytest.raises(errors.Conflict) as refused:
-        keys.create_api_key(org, {"name": "three"})
+        keys.create_api_key(org, parse(schemas.ApiKeyRequest, {"name": "three"}))
     assert refused.value.code == "api_key_limit_reached"
     keys.revoke_api_key(org, first["key_id"])
     keys.revoke_api_key(org, first["key_id"])  # twice frees one slot only
-    keys.create_api_key(org, {"name": "three"})
+    keys.create_api_key(org, parse(schemas.ApiKeyRequest, {"name": "three"}))
     with pytest.raises(errors.Conflict):
-        keys.create_api_key(org, {"name": "four"})
+        keys.create_api_key(org, parse(schemas.ApiKeyRequest, {"name": "four"}))
 
 
 def test_invoice_mode_usage_is_what_the_month_invoices(org: str) -> None:
