@@ -78,6 +78,7 @@ def _positive_int(body: dict[str, Any], name: str) -> int | None:
     return value
 
 
+# Parsed by hand, not by pydantic (conduix.schemas): Completion's cold start stays without it.
 def parse_request(raw: bytes) -> ChatRequest:
     """Validate a client's body; every refusal names the parameter at fault."""
     if len(raw) > MAX_BODY_BYTES:
