@@ -1006,8 +1006,10 @@ def render(
         "In flight = rate x time per request (Little's law). An org sending 100 req/s to a model that ",
         f"answers in 2 s has about 200 holds open: its wallet is still {sizes.get(200, 0)} bytes, and each ",
         f"request costs {at200} WRU on it (two transactional writes), whatever the concurrency. What ",
-        "caps a hot org now is the wallet item's 1,000 WRU a second and DynamoDB's transaction conflicts ",
-        "on it, not its size.",
+        "caps an org on per-request holds is the wallet item's 1,000 WRU a second and DynamoDB's ",
+        "transaction conflicts on it, not its size; a hot org therefore bills through escrow leases, ",
+        "whose model and simulation at 2,000 billed req/s are in `docs/hot-org.md` ",
+        "(`python -m bench.hot_org`).",
     )
     if billed:
         org_wru = sum(v for k, v in billed.wru_per_item.items() if "|ORG#" in k)

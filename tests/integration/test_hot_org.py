@@ -253,3 +253,94 @@ def test_an_org_that_may_not_lease_still_gets_the_busy_answer(
     with pytest.raises(errors.ServiceBusy):
         leases.reserve(org, "r1", C, model="acme/fast", key_id="key_1", now=NOW)
     assert wallets.get_wallet(org).lease_count == 0
+
+
+def _hot(org: str) -> None:
+    """A well-funded org this environment already knows is hot (a hold collided here)."""
+    wallet_settings.set_plan(org, plans.get("scale"))
+    fund(org, "2000")
+    leases._contended_until[org] = float("inf")
+
+
+def _windows(org: str) -> dict[str, int]:
+    item = dynamo.client().get_item(
+        TableName=settings().billing_table, Key=wallets.wallet_key(org), ConsistentRead=True
+    )["Item"]
+    return {k: int(v["N"]) for k, v in item.get("rpm", {}).get("M", {}).items()}
+
+
+def _serve(org: str, rid: str, at: object) -> leases.Reservation:
+    reservation = leases.reserve(org, rid, C, model="acme/fast", key_id="key_1", now=at)  # type: ignore[arg-type]
+    usage = metering.Usage("acme/fast", "key_1", 1, 1, C // 2)
+    assert leases.settle(org, rid, reservation, usage, at) is settles.SettleOutcome.SETTLED  # type: ignore[arg-type]
+    return reservation
+
+
+def test_a_lease_outlives_the_minute_it_was_taken_in_and_counts_there(org: str) -> None:
+    # Given a lease taken two seconds before the minute turns
+    _hot(org)
+    late = NOW + timedelta(seconds=58)
+    first = _serve(org, "r1", late)
+    assert first.lease is not None
+    window = f"key_1@{int(late.timestamp()) // 60}"
+    assert _windows(org)[window] == first.lease.requests
+    # When the minute turns, the same lease keeps serving (no renewal at the minute's edge)
+    after = late + timedelta(seconds=20)
+    second = _serve(org, "r2", after)
+    assert second.lease is first.lease
+    # And once it is folded in the next minute, its unused requests are not written back into
+    # the minute that ended (it would come back on the wallet)
+    leases.close_all(after)
+    w = assert_consistent(org)
+    assert (w.balance, w.held, w.lease_count) == (2000 * C - C, 0, 0)
+    assert _windows(org).get(window) == first.lease.requests  # counted where it was taken
+    assert reconcile.reconcile_org(org) == []
+
+
+def test_a_lease_is_sized_by_what_the_environment_served_under_its_last(org: str) -> None:
+    _hot(org)
+    # The first lease of a key is small
+    first = _serve(org, "r0", NOW)
+    assert first.lease is not None and first.lease.requests == leases.FIRST_LEASE_REQUESTS
+    for i in range(1, leases.FIRST_LEASE_REQUESTS):
+        assert _serve(org, f"r{i}", NOW).lease is first.lease
+    # one used up at once asks for its rate over a whole lease (here more than the plan allows
+    # a lease: 1/16 of the key's 6,000 a minute)
+    most = plans.get("scale").requests_per_minute // leases.SLICE_FRACTION
+    second = _serve(org, "r-next", NOW)
+    assert second.lease is not None and second.lease.requests == most == 375
+    # the slice follows the requests, at most 1/16 of the credit available (2,000 less the first
+    # lease's 16 still held: it is folded once the new one is taken)
+    assert second.lease.amount == min(most * C, (2000 - 16) * C // leases.SLICE_FRACTION) == 124 * C
+    # and one that served little over its whole time gives the smallest again
+    later = NOW + timedelta(seconds=settings().key_cache_seconds + 1)
+    third = _serve(org, "r-later", later)
+    assert third.lease is not None and third.lease.requests == leases.FIRST_LEASE_REQUESTS
+    leases.close_all(later)
+    w = assert_consistent(org)
+    assert (w.balance, w.held, w.lease_count) == (2000 * C - 18 * (C // 2), 0, 0)
+
+
+def test_a_hot_org_whose_lease_cannot_land_is_answered_busy_without_a_hold(
+    org: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a hot org whose environment holds a spent lease
+    _hot(org)
+    spent = _serve(org, "r1", NOW)
+    assert spent.lease is not None
+    later = NOW + timedelta(seconds=settings().key_cache_seconds + 1)
+    holds_tried: list[object] = []
+    monkeypatch.setattr(holds, "reserve", lambda *a, **k: holds_tried.append(a))
+
+    def busy(*args: object, **kwargs: object) -> None:
+        raise errors.ServiceBusy("The billing store is busy; please retry the request.")
+
+    monkeypatch.setattr(leases, "acquire", busy)
+    # When its next lease cannot land for contention, the request is answered busy, and no
+    # per-request hold adds to the wallet's contention
+    with pytest.raises(errors.ServiceBusy):
+        leases.reserve(org, "r2", C, model="acme/fast", key_id="key_1", now=later)
+    assert holds_tried == []
+    # while the spent lease is still folded back
+    w = assert_consistent(org)
+    assert (w.balance, w.held, w.lease_count) == (2000 * C - C // 2, 0, 0)

@@ -1,13 +1,26 @@
 """Escrow leases: the wallet write taken off the per-request path of a hot org.
 
 A warm environment leases a slice of an org's available credit and spend cap, and a block of
-one key's requests for the current minute, with one transaction (the wallet's sums, and a
+one key's requests, counted in the minute it is taken, with one transaction (the wallet's sums, and a
 `LEASE#<id>` item). It then reserves each request against the slice in memory, and bills
 each request with one transaction of items of its own (the ledger entry's marker and line,
 and a `LSPEND#<lease>#<request>` record), none of them hot. When the slice is spent, the
-minute turns or the lease nears its end, the environment folds the lease back into the wallet
+lease reaches its end, the environment folds the lease back into the wallet
 in one transaction: the spends debited, the slice returned, the lease's usage added to the
-per-day usage rows, the unused requests given back to the key's minute.
+per-day usage rows, the unused requests given back to the key's minute (while it lasts).
+
+Sizing, and why no lease waits for the minute to turn (`bench/hot_org.py` measured both):
+- A lease's requests are sized by this environment's rate under its previous one, over a
+  whole lease with `HEADROOM` (from `FIRST_LEASE_REQUESTS`, at most `REQUESTS_PER_LEASE` and
+  1/`SLICE_FRACTION` of the key's minute: `next_requests`), and its slice by its requests.
+  Hundreds of environments of one org then reserve about what they serve, not a fixed block
+  each: the key's minute and the org's credit are not stranded in idle slices.
+- A lease lasts `key_cache_seconds` from when it is taken, whatever the minute: its requests
+  count in the minute it was taken, so a key may serve, in one calendar minute, its limit plus
+  what leases of the previous minute had left. Leases bound to the minute all ended at once,
+  and every environment of a hot org renewed on the wallet in the same second.
+- A hot org's lease that cannot land for contention answers 503 busy: a per-request hold would
+  write the same wallet item, and holds from every environment kept it saturated.
 
 Invariants (reconcile checks them):
 - held = open holds + open leases; committed = month spend + held;
@@ -36,6 +49,7 @@ Failure cases:
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import threading
 import time
@@ -56,6 +70,8 @@ from conduix.items import Item, as_int, as_str, n, s
 log = logging.getLogger(__name__)
 
 REQUESTS_PER_LEASE = 1000  # at most; and at most 1/SLICE_FRACTION of the key's requests a minute
+FIRST_LEASE_REQUESTS = 16  # an environment's first lease of a key; then sized by its rate
+HEADROOM = 1.5  # a lease asks this much more than the last one's rate would use
 MAX_FOLD_ACTIONS = 96  # a fold (lease, wallet, one usage row per day and model) is one transaction
 SLICE_FRACTION = 16  # a slice is at most this fraction of the available credit when taken
 MIN_HOLDS = 64  # leases only while the available credit covers this many holds
@@ -87,9 +103,10 @@ class Lease:
     key_id: str
     lease_id: str
     amount: int
-    requests: int  # of `key_id` in `minute`
+    requests: int  # of `key_id`, counted in `minute` (when the lease was taken)
     minute: int
     use_until: float  # epoch seconds: no new reservation after this
+    taken_at: float  # epoch seconds
     expires_at: int  # epoch seconds: HoldSweeper folds it after this
     reserved: int = 0  # in flight
     inflight: int = 0
@@ -104,7 +121,6 @@ class Lease:
         return (
             not self.retired
             and now < self.use_until
-            and int(now) // 60 == self.minute
             and self.reserved + self.spent + amount <= self.amount
             and used < self.requests
             and len(self.rows) + 3 <= MAX_FOLD_ACTIONS
@@ -115,7 +131,7 @@ class Lease:
 
 
 def acquire(org_id: str, key_id: str, amount: int, requests: int, now: datetime) -> Lease | None:
-    """Lease `amount` and `requests` of `key_id`'s current minute in one transaction, or None
+    """Lease `amount` and `requests` of `key_id` (counted in the current minute) in one transaction, or None
     when the wallet cannot spare them (the caller takes a per-request hold, which refuses
     precisely)."""
     known = wallets.known_wallet(org_id)
@@ -126,11 +142,9 @@ def acquire(org_id: str, key_id: str, amount: int, requests: int, now: datetime)
     minute = at // 60
     window = f"{key_id}@{minute}"
     lease_id = secrets.token_hex(8)
-    # Reserve until the key's minute ends, and no longer than a warm function may trust a key;
-    # a request reserved by then has settled SETTLE_MARGIN_SECONDS later, when it expires.
-    use_until = min((minute + 1) * 60, at + settings().key_cache_seconds)
-    if use_until - at < 5:
-        return None  # too close to the minute's end to be worth a lease
+    # Reserve no longer than a warm function may trust a key; a request reserved by then has
+    # settled SETTLE_MARGIN_SECONDS later, when the lease expires.
+    use_until = at + settings().key_cache_seconds
     expires = use_until + SETTLE_MARGIN_SECONDS
     same, same_values = holds.same_settings(known)
     table = settings().billing_table
@@ -197,7 +211,9 @@ def acquire(org_id: str, key_id: str, amount: int, requests: int, now: datetime)
             wallets.learn(org_id, old)  # whatever refused it, the view is fresh for the fallback
         return None
     wallets.moved(org_id, held=amount)
-    return Lease(org_id, key_id, lease_id, amount, requests, minute, float(use_until), expires)
+    return Lease(
+        org_id, key_id, lease_id, amount, requests, minute, float(use_until), now.timestamp(), expires
+    )
 
 
 def record(
@@ -322,7 +338,9 @@ def fold(
             "cap_remaining :cap, lease_count :minus"
         )
         values[":minus"] = n(-1)
-        if unused_requests:
+        # Given back only while the lease's minute lasts: a past window is gone (or going) from
+        # the wallet, and adding to it would bring it back.
+        if unused_requests and int(now.timestamp()) // 60 == minute:
             names["#win"] = f"{key_id}@{minute}"
             values[":unused"] = n(-unused_requests)
             update += ", rpm.#win :unused"
@@ -500,6 +518,19 @@ def charge_pending(org_id: str, pending: settles.PendingSettle, now: datetime) -
 
 _leases: dict[tuple[str, str], Lease] = {}
 _contended_until: dict[str, float] = {}  # org id -> monotonic time
+# (org, key) -> requests reserved under this environment's last lease, and over how long
+_last_served: dict[tuple[str, str], tuple[int, float]] = {}
+
+
+def next_requests(served: int, seconds: float, most: int, lease_seconds: float) -> int:
+    """A lease's requests: the last lease's rate over a whole lease, with headroom. A lease
+    used up in 4 s asks for 7.5x as many; one that ran its time asks 1.5x what it served."""
+    if served <= 0:
+        return min(most, FIRST_LEASE_REQUESTS)
+    wanted = math.ceil(HEADROOM * served * lease_seconds / max(seconds, 1.0))
+    return min(most, max(FIRST_LEASE_REQUESTS, wanted))
+
+
 _lock = threading.Lock()
 
 
@@ -508,6 +539,7 @@ def forget() -> None:
     with _lock:
         _leases.clear()
         _contended_until.clear()
+        _last_served.clear()
 
 
 @dataclass(frozen=True)
@@ -551,6 +583,7 @@ def reserve(
     if hot and eligible:
         at = now.timestamp()
         retire: Lease | None = None
+        busy: ServiceBusy | None = None
         with _lock:
             lease = _leases.get((org_id, key_id))
             if lease is not None and lease.room(amount, at):
@@ -562,7 +595,12 @@ def reserve(
                 del _leases[(org_id, key_id)]
                 if lease.inflight == 0:
                     retire = lease
-            requests = min(REQUESTS_PER_LEASE, plans.get(known.plan).requests_per_minute // SLICE_FRACTION)
+                if len(_last_served) >= 10_000:
+                    _last_served.clear()
+                _last_served[(org_id, key_id)] = (len(lease.spends) + lease.inflight, at - lease.taken_at)
+            most = min(REQUESTS_PER_LEASE, plans.get(known.plan).requests_per_minute // SLICE_FRACTION)
+            served, seconds = _last_served.get((org_id, key_id), (0, 0.0))
+            requests = next_requests(served, seconds, most, settings().key_cache_seconds)
             slice_ = min(known.available // SLICE_FRACTION, amount * requests)
             if known.capped:
                 slice_ = min(slice_, known.cap_remaining // SLICE_FRACTION)
@@ -570,14 +608,18 @@ def reserve(
             if slice_ >= amount and requests >= 2:
                 try:
                     fresh = acquire(org_id, key_id, slice_, requests, now)
-                except ServiceBusy:  # the wallet is contended right now: a hold retries on its own
-                    fresh = None
+                except ServiceBusy as exc:
+                    # Answered busy (503): a hold would write the same wallet item, adding to
+                    # what keeps it busy (bench/hot_org.py: the fallback cost a fifth of the rate).
+                    busy = exc
             if fresh is not None:
                 fresh.reserved += amount
                 fresh.inflight += 1
                 _leases[(org_id, key_id)] = fresh
         if retire is not None:
             close(retire, now)
+        if busy is not None:
+            raise busy
         if fresh is not None:
             return Reservation(amount, known, fresh)
     try:
