@@ -29,6 +29,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from conduix.leases import REQUESTS_PER_LEASE, SLICE_FRACTION, next_requests
 from conduix_local.dynamo_standin import Capacity
@@ -51,17 +52,23 @@ LEASE_SECONDS = 30.0  # CONDUIX_KEY_CACHE_SECONDS: how long a lease is used
 
 
 @dataclass
+class Held:
+    """An environment's lease of one key."""
+
+    name: str
+    left: int
+    until: float
+    since: float
+    used: int = 0
+
+
+@dataclass
 class Env:
     number: int
-    lease: str = ""
-    lease_left: int = 0
-    lease_until: float = 0.0
-    lease_used: int = 0
-    lease_size: int = 0
-    lease_from: float = 0.0
-    arrived: float = 0.0  # the request it serves
-    last_used: int = 0  # requests served under this environment's previous lease
-    last_seconds: float = 0.0  # ...and over how long
+    arrived: float = 0.0  # the request it serves...
+    key: int = 0  # ...and that request's key
+    leases: dict[int, Held] = field(default_factory=dict)
+    last: dict[int, tuple[int, float]] = field(default_factory=dict)  # key -> (served, seconds)
 
 
 @dataclass
@@ -72,7 +79,7 @@ class Store:
     counts: Counter[str] = field(default_factory=Counter)
     available: int = CREDIT
     min_available: int = CREDIT
-    rpm: Counter[int] = field(default_factory=Counter)
+    rpm: Counter[tuple[int, int]] = field(default_factory=Counter)  # (key, minute)
 
     def attempt(self, items: list[tuple[str, str]], t: float, transactional: bool = True) -> str:
         """One attempt of a write of (item class, sort key) pairs at time t: 'ok', 'conflict'
@@ -100,9 +107,12 @@ class Simulation:
         leases: bool,
         seed: int = 2000,
         split_after: float = SPLIT_AFTER,
+        keys: int = 1,
+        rpm_limit: int = RPM_LIMIT,
         **design: bool,
     ) -> None:
         self.rate, self.duration, self.ramp, self.leases = rate, duration, ramp, leases
+        self.keys, self.rpm_limit = keys, rpm_limit
         self.design = design
         self.store = Store(Capacity(split_after=split_after))
         self.rng = random.Random(seed)
@@ -146,12 +156,13 @@ class Simulation:
 
     def arrive(self, t: float) -> None:
         env = self.idle.pop() if self.idle else self.new_env()
-        env.arrived = t
+        env.arrived, env.key = t, self.rng.randrange(self.keys)  # the org's traffic spread over its keys
         if not self.leases:
             self.hold(env, t)
             return
-        if env.lease and env.lease_left > 0 and t < env.lease_until:
-            self.reserve_leased(env, t)
+        held = env.leases.get(env.key)
+        if held and held.left > 0 and t < held.until:
+            self.reserve_leased(env, held, t)
             return
         self.renew(env, t)
 
@@ -162,11 +173,13 @@ class Simulation:
     def renew(self, env: Env, t: float) -> None:
         """As `leases.reserve`: the spent lease is retired, a new one sized by this environment's
         use of the last is taken (one wallet transaction), then the old one is folded."""
-        old = env.lease if env.lease else ""
-        if old:
-            env.last_used, env.last_seconds = env.lease_used, t - env.lease_from
-        cap = min(REQUESTS_PER_LEASE, RPM_LIMIT // SLICE_FRACTION)
-        size = next_requests(env.last_used, env.last_seconds, cap, LEASE_SECONDS)
+        key = env.key
+        old_lease = env.leases.pop(key, None)
+        old = old_lease.name if old_lease else ""
+        if old_lease:
+            env.last[key] = (old_lease.used, t - old_lease.since)
+        cap = min(REQUESTS_PER_LEASE, self.rpm_limit // SLICE_FRACTION)
+        size = next_requests(*env.last.get(key, (0, 0.0)), cap, LEASE_SECONDS)
         if self.design.get("fixed_size", False):
             size = cap
         slice_ = min(self.store.available // SLICE_FRACTION, HOLD * size)
@@ -174,31 +187,28 @@ class Simulation:
         lease = f"LEASE#{env.number}.{self.seq}"
 
         def taken(t2: float, ok: bool) -> None:
-            if not ok or self.store.rpm[minute] + size > RPM_LIMIT:
+            if not ok or self.store.rpm[(key, minute)] + size > self.rpm_limit:
                 self.count("lease refused (busy)" if not ok else "lease refused (rate)", t2)
-                env.lease = ""
                 if ok or self.design.get("hold_fallback", False):
                     self.hold(env, t2)  # a per-request hold refuses precisely (or, before, on busy)
                 else:
                     self.count("503 busy (lease could not land)", t2, env)
                     self.idle.append(env)
             else:
-                self.store.rpm[minute] += size
+                self.store.rpm[(key, minute)] += size
                 self.store.available -= slice_
                 self.store.min_available = min(self.store.min_available, self.store.available)
                 self.slices[lease] = [slice_, 0]
                 until = t2 + LEASE_SECONDS
                 if self.design.get("minute_bound", False):
                     until = min(until, (minute + 1) * 60.0)
-                env.lease, env.lease_left, env.lease_until = lease, size, until
-                env.lease_used, env.lease_size, env.lease_from = 0, size, t2
+                held = env.leases[key] = Held(lease, size, until, t2)
                 self.count("leases", t2)
-                self.reserve_leased(env, t2)
+                self.reserve_leased(env, held, t2)
             if old:
                 self.fold(old, t2)
 
         if self.design.get("minute_bound", False) and (minute + 1) * 60.0 - t < 5:
-            env.lease = ""
             self.count("no lease (minute ending)", t)
             self.hold(env, t)
             if old:
@@ -218,17 +228,16 @@ class Simulation:
 
         self.write([("lease", lease), ("wallet", "WALLET"), ("usage", "USAGE#day")], t, folded)
 
-    def reserve_leased(self, env: Env, t: float) -> None:
-        env.lease_left -= 1
-        env.lease_used += 1
+    def reserve_leased(self, env: Env, held: Held, t: float) -> None:
+        held.left -= 1
+        held.used += 1
         self.started(t)
-        lease = env.lease
-        self.at(t + LATENCY, lambda t2: self.bill(env, lease, t2))
+        self.at(t + LATENCY, lambda t2: self.bill(env, held.name, t2))
 
     def hold(self, env: Env, t: float) -> None:
         rid = f"{env.number}.{self.seq}"
         minute = int(t) // 60
-        if self.leases and self.store.rpm[minute] >= RPM_LIMIT:  # the hold's own rate condition
+        if self.leases and self.store.rpm[(env.key, minute)] >= self.rpm_limit:  # the hold's own
             self.count("429 rate limited", t, env)
             self.idle.append(env)
             return
@@ -239,7 +248,7 @@ class Simulation:
                 self.idle.append(env)
                 return
             self.store.available -= HOLD
-            self.store.rpm[minute] += 1
+            self.store.rpm[(env.key, minute)] += 1
             self.store.min_available = min(self.store.min_available, self.store.available)
             self.started(t2)
             self.at(t2 + LATENCY, lambda t3: self.settle(env, rid, t3))
@@ -342,26 +351,31 @@ def simulate(
     leases: bool = True,
     ramp: float = RAMP,
     split_after: float = SPLIT_AFTER,
+    keys: int = 1,
+    rpm_limit: int = RPM_LIMIT,
     **design: bool,
 ) -> dict[str, object]:
     """`design` switches back what this product changed, for comparison: `minute_bound` (a
     lease ends with its minute; none in a minute's last 5 s), `hold_fallback` (a lease refused
     for contention falls back to a per-request hold), `fixed_size` (every lease takes the most
     requests a lease may)."""
-    return Simulation(rate, duration, ramp, leases, split_after=split_after, **design).run()
+    sim = Simulation(
+        rate, duration, ramp, leases, split_after=split_after, keys=keys, rpm_limit=rpm_limit, **design
+    )
+    return sim.run()
 
 
-VARIANTS: list[tuple[str, bool, dict[str, bool]]] = [
-    ("**the product**: leases sized by use, lasting their own 30 s, busy answered 503", True, {}),
-    ("leases end with their minute (none in its last 5 s)", True, {"minute_bound": True}),
-    ("a lease refused for contention falls back to a hold", True, {"hold_fallback": True}),
-    ("every lease takes the most requests (1,000)", True, {"fixed_size": True}),
+VARIANTS: list[tuple[str, dict[str, Any]]] = [
+    ("**the product**: leases sized by use, lasting their own 30 s, busy answered 503", {}),
+    ("leases end with their minute (none in its last 5 s)", {"minute_bound": True}),
+    ("a lease refused for contention falls back to a hold", {"hold_fallback": True}),
+    ("every lease takes the most requests (1,000)", {"fixed_size": True}),
+    ("all three (the design before)", {"minute_bound": True, "hold_fallback": True, "fixed_size": True}),
+    ("per-request holds only (no leases)", {"leases": False}),
     (
-        "all three (the design before)",
-        True,
-        {"minute_bound": True, "hold_fallback": True, "fixed_size": True},
+        "the product, with the traffic spread over 20 keys of 6,000 a minute (the Scale plan)",
+        {"keys": 20, "rpm_limit": 6000},
     ),
-    ("per-request holds only (no leases)", False, {}),
 ]
 
 
@@ -448,7 +462,7 @@ def render(results: list[dict[str, object]], splits: list[dict[str, object]]) ->
         "| conflicts | environments |",
         "|---|---|---|---|---|---|---|",
     ]
-    for (label, _, _), r in zip(VARIANTS, results, strict=True):
+    for (label, _), r in zip(VARIANTS, results, strict=True):
         lines.append(
             f"| {label} | {r['steady_billed_per_second']:,.0f} | {_busy(r, 'steady'):,} | "
             f"{_n(r, 'steady', '429 rate limited'):,} | "
@@ -488,7 +502,7 @@ def render(results: list[dict[str, object]], splits: list[dict[str, object]]) ->
 
 
 def main() -> int:
-    results = [simulate(leases=leases, **design) for _, leases, design in VARIANTS]
+    results = [simulate(**kwargs) for _, kwargs in VARIANTS]
     splits = [simulate(split_after=split) for split in SPLITS]
     text = render(results, splits)
     path = Path(__file__).resolve().parent.parent / "docs" / "hot-org.md"
