@@ -1,7 +1,7 @@
 """One hot org at 2,000 billed requests a second with 500 in flight: a model and a simulation.
 
 No machine here can send that load through moto, so the simulation runs the billing path's
-DynamoDB writes (the shapes `conduix.leases`, `conduix.holds` and `conduix.settles` make)
+DynamoDB writes (the shapes `conduix.ledger.leases`, `conduix.ledger.holds` and `conduix.ledger.settles` make)
 through the stand-in's own model of DynamoDB (`conduix_local.dynamo_standin.Capacity`: per-item
 and per-partition-key throttling with split-for-heat) and a transaction-conflict model (a
 transaction holds its items for `TX_SECONDS`; another touching one of them is cancelled), on
@@ -33,7 +33,7 @@ SPLIT_AFTER = 10.0  # seconds of sustained heat before a partition key splits (a
 TX_SECONDS = 0.015  # how long a transaction holds its items
 HOLD = 1_000_000  # nano-credits held per request
 CREDIT = 10**15  # the org's balance: large against its requests (a hot, well-funded org)
-# As conduix.leases: requests per lease = the plan's 6,000 a minute / 16; a lease is used 30 s.
+# As conduix.ledger.leases: requests per lease = the plan's 6,000 a minute / 16; a lease is used 30 s.
 REQUESTS_PER_LEASE, SLICE_FRACTION, LEASE_SECONDS = 375, 16, 30.0
 UNIT = {"tx": 2.0, "single": 1.0}  # WCU of a write of an item under 1 KB
 PK = "ORG#hot"

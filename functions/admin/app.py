@@ -8,13 +8,14 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
-from conduix import admin, api, keys
-from conduix.auth import require_operator
+from conduix.accounts import keys
+from conduix.accounts.auth import require_operator
+from conduix.api import admin, resolver
 
 logger = Logger()
 # The shared package logs through the standard library; give its loggers the same JSON output.
 copy_config_to_registered_loggers(source_logger=logger, include={"conduix"})
-app = api.resolver()
+app = resolver.resolver()
 
 
 def _json(status: int, body: dict[str, Any]) -> Response[dict[str, Any]]:
@@ -23,7 +24,7 @@ def _json(status: int, body: dict[str, Any]) -> Response[dict[str, Any]]:
 
 @app.post("/admin/orgs")
 def create_org() -> Response[dict[str, Any]]:
-    return _json(201, admin.register_org(api.json_body(app)))
+    return _json(201, admin.register_org(resolver.json_body(app)))
 
 
 @app.get("/admin/orgs")
@@ -48,7 +49,7 @@ def get_org(org_id: str) -> dict[str, Any]:
 
 @app.post("/admin/orgs/<org_id>/api-keys")
 def create_api_key(org_id: str) -> Response[dict[str, Any]]:
-    return _json(201, keys.create_api_key(org_id, api.json_body(app)))
+    return _json(201, keys.create_api_key(org_id, resolver.json_body(app)))
 
 
 @app.delete("/admin/orgs/<org_id>/api-keys/<key_id>")
@@ -58,7 +59,7 @@ def revoke_api_key(org_id: str, key_id: str) -> dict[str, Any]:
 
 @app.get("/admin/orgs/<org_id>/reconcile")
 def reconcile_org(org_id: str) -> dict[str, Any]:
-    from conduix import reconcile
+    from conduix.audit import reconcile
 
     admin.org_view(org_id)  # 404 for an unknown org
     return reconcile.report(org_id)
@@ -66,16 +67,16 @@ def reconcile_org(org_id: str) -> dict[str, Any]:
 
 @app.put("/admin/orgs/<org_id>/billing")
 def set_billing(org_id: str) -> dict[str, Any]:
-    return admin.set_billing(org_id, api.json_body(app))
+    return admin.set_billing(org_id, resolver.json_body(app))
 
 
 @app.post("/admin/orgs/<org_id>/credits")
 def grant_credits(org_id: str) -> Response[dict[str, Any]]:
-    entry, created = admin.grant_credits(org_id, api.json_body(app))
+    entry, created = admin.grant_credits(org_id, resolver.json_body(app))
     return _json(201 if created else 200, entry)
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     # The operator check comes before routing, so an unknown /admin path tells nothing to strangers.
-    return api.guarded(app, event, context, require_operator)
+    return resolver.guarded(app, event, context, require_operator)

@@ -8,20 +8,24 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
-from conduix import api, billing, config, dashboard, keys, statements
-from conduix.auth import Principal, authenticate
-from conduix.errors import NotFound
+from conduix.accounts import keys
+from conduix.accounts.auth import Principal, authenticate
+from conduix.api import billing, resolver
+from conduix.core import config
+from conduix.core.errors import NotFound
+from conduix.ledger import statements
+from conduix.web import dashboard
 
 logger = Logger()
 # The shared package logs through the standard library; give its loggers the same JSON output.
 copy_config_to_registered_loggers(source_logger=logger, include={"conduix"})
-app = api.resolver()
+app = resolver.resolver()
 
 
 def _principal() -> Principal:
     # Read fresh on every call: a revoked key is refused at once here, and these routes are
     # not the billed path whose cache the wallet's revocation marks cover.
-    return authenticate(api.headers(app), "billing", fresh=True)
+    return authenticate(resolver.headers(app), "billing", fresh=True)
 
 
 def _org_id() -> str:
@@ -80,7 +84,7 @@ def get_alerts() -> dict[str, Any]:
 @app.put("/v1/billing/alerts")
 def put_alerts() -> dict[str, Any]:
     org_id = _org_id()
-    return billing.set_alerts(org_id, api.json_body(app))
+    return billing.set_alerts(org_id, resolver.json_body(app))
 
 
 @app.get("/v1/billing/api-keys")
@@ -91,13 +95,13 @@ def get_api_keys() -> dict[str, Any]:
 @app.post("/v1/billing/api-keys")
 def post_api_key() -> Response[dict[str, Any]]:
     principal = _principal()
-    created = keys.create_api_key(principal.org_id, api.json_body(app), principal.scopes)
+    created = keys.create_api_key(principal.org_id, resolver.json_body(app), principal.scopes)
     return Response(status_code=201, content_type=content_types.APPLICATION_JSON, body=created)
 
 
 @app.patch("/v1/billing/api-keys/<key_id>")
 def patch_api_key(key_id: str) -> dict[str, Any]:
-    return keys.update_api_key(_org_id(), key_id, api.json_body(app))
+    return keys.update_api_key(_org_id(), key_id, resolver.json_body(app))
 
 
 @app.delete("/v1/billing/api-keys/<key_id>")
@@ -108,38 +112,38 @@ def delete_api_key(key_id: str) -> dict[str, Any]:
 @app.put("/v1/billing/spend-cap")
 def put_spend_cap() -> dict[str, Any]:
     org_id = _org_id()
-    return billing.set_spend_cap(org_id, api.json_body(app))
+    return billing.set_spend_cap(org_id, resolver.json_body(app))
 
 
 @app.put("/v1/billing/auto-reload")
 def put_auto_reload() -> dict[str, Any]:
-    from conduix import autoreload
+    from conduix.payments import autoreload
 
     org_id = _org_id()
-    autoreload.configure(org_id, api.json_body(app))
+    autoreload.configure(org_id, resolver.json_body(app))
     return billing.billing_view(org_id)
 
 
 @app.post("/v1/billing/top-ups")
 def post_top_up() -> Response[dict[str, Any]]:
-    from conduix import payments  # imports stripe: only the routes that need it pay for it
+    from conduix.payments import topups  # imports stripe: only the routes that need it pay for it
 
     org_id = _org_id()
-    session = payments.start_top_up(org_id, api.json_body(app), api.idempotency_key(app))
+    session = topups.start_top_up(org_id, resolver.json_body(app), resolver.idempotency_key(app))
     return Response(status_code=201, content_type=content_types.APPLICATION_JSON, body=session)
 
 
 @app.post("/v1/billing/subscription")
 def post_subscription() -> dict[str, Any]:
-    from conduix import subscriptions
+    from conduix.payments import subscriptions
 
     org_id = _org_id()
-    return subscriptions.choose(org_id, api.json_body(app), api.idempotency_key(app))
+    return subscriptions.choose(org_id, resolver.json_body(app), resolver.idempotency_key(app))
 
 
 @app.delete("/v1/billing/subscription")
 def delete_subscription() -> dict[str, Any]:
-    from conduix import subscriptions
+    from conduix.payments import subscriptions
 
     return subscriptions.cancel(_org_id())
 
@@ -151,12 +155,12 @@ def get_pricing() -> dict[str, Any]:
 
 @app.get("/v1/billing/invoices")
 def get_invoices() -> dict[str, Any]:
-    from conduix import payments
+    from conduix.payments import topups
 
-    return payments.invoices_view(_org_id())
+    return topups.invoices_view(_org_id())
 
 
-# ---- dashboard pages (static HTML/CSS/JS from conduix.dashboard; no auth: the pages call the API)
+# ---- dashboard pages (static HTML/CSS/JS from conduix.web.dashboard; no auth: the pages call the API)
 
 
 def _static(content_type: str, text: str, cache_control: str) -> Response[str]:
@@ -173,7 +177,7 @@ def _page(name: str) -> Response[str]:
 
 @app.get("/openapi.json", include_in_schema=False)
 def get_openapi() -> dict[str, Any]:
-    from conduix import openapi
+    from conduix.api import openapi
 
     return openapi.document(app)
 

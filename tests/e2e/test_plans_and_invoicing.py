@@ -81,7 +81,8 @@ def test_plan_features_are_enforced(stack: Stack) -> None:
 def store(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The product's own data access, pointed at the stack's DynamoDB stand-in, for seeding
     history the API cannot create today: last month's usage."""
-    from conduix import config, dynamo
+    from conduix.core import config
+    from conduix.store import dynamo
 
     for name, value in {
         "AWS_ENDPOINT_URL": stack.moto,
@@ -100,7 +101,9 @@ def store(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_an_invoice_mode_month_is_invoiced_once_and_matches_the_ledger(stack: Stack, store: None) -> None:
-    from conduix import holds, invoicing, keys, metering, orgs, settles
+    from conduix.accounts import keys, orgs
+    from conduix.ledger import holds, metering, settles
+    from conduix.payments import invoicing
 
     now = datetime.now(UTC)
     last_month = (now.replace(day=1) - timedelta(days=1)).replace(day=15, hour=12)

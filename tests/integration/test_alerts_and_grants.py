@@ -9,25 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
-from conduix import (
-    admin,
-    alerts,
-    billing,
-    completion,
-    grants,
-    holds,
-    metering,
-    notices,
-    orgs,
-    reconcile,
-    settles,
-    wallet_settings,
-    wallets,
-)
-from conduix.auth import Principal
-from conduix.errors import IdempotencyConflict, InvalidRequest
-from conduix.money import NANOS_PER_CREDIT as C
-from conduix.money import format_credits
+from conduix.accounts import alerts, grants, notices, orgs
+from conduix.accounts.auth import Principal
+from conduix.api import admin, billing
+from conduix.audit import reconcile
+from conduix.core.errors import IdempotencyConflict, InvalidRequest
+from conduix.core.money import NANOS_PER_CREDIT as C
+from conduix.core.money import format_credits
+from conduix.inference import answers, completion
+from conduix.ledger import holds, metering, settles, wallet_settings, wallets
 from conduix_local.upstream import FakeUpstream
 
 from tests.integration.helpers import NOW, assert_consistent, fund, ledger_items
@@ -35,7 +25,7 @@ from tests.integration.helpers import NOW, assert_consistent, fund, ledger_items
 pytestmark = pytest.mark.integration
 
 
-def ask(org: str, request_id: str, max_tokens: int = 8) -> completion.Served:
+def ask(org: str, request_id: str, max_tokens: int = 8) -> answers.Served:
     body = {"model": "t/text", "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens}
     principal = Principal(org_id=org, key_id="key_1", scopes=("inference",))
     return completion.serve(principal, json.dumps(body).encode(), request_id, time.monotonic() + 20)
@@ -265,7 +255,7 @@ def test_bad_expiries_are_refused(org: str, expires: object) -> None:
 def test_an_expiring_grant_is_spent_first_and_its_remainder_expires_once(
     org: str, served_catalog: FakeUpstream
 ) -> None:
-    from conduix import clock
+    from conduix.core import clock
 
     now = clock.now()
     fund(org, "1")  # never expires

@@ -9,11 +9,12 @@ import time
 from typing import Any
 
 import pytest
-from conduix import completion, idempotency, settles
-from conduix.auth import Principal
-from conduix.clock import now as clock_now
-from conduix.errors import IdempotencyConflict, InvalidRequest, RequestInProgress, UpstreamError
-from conduix.money import NANOS_PER_CREDIT as C
+from conduix.accounts.auth import Principal
+from conduix.core.clock import now as clock_now
+from conduix.core.errors import IdempotencyConflict, InvalidRequest, RequestInProgress, UpstreamError
+from conduix.core.money import NANOS_PER_CREDIT as C
+from conduix.inference import answers, completion, idempotency
+from conduix.ledger import settles
 from conduix_local.upstream import FakeUpstream, png_data_url
 
 from tests.integration.helpers import assert_consistent, fund, ledger_items
@@ -32,7 +33,7 @@ def ask(model: str, *, images: int = 0, tools: bool = False, **extra: Any) -> by
     return json.dumps(body).encode()
 
 
-def serve(org: str, body: bytes, request_id: str, key: str | None = None) -> completion.Served:
+def serve(org: str, body: bytes, request_id: str, key: str | None = None) -> answers.Served:
     principal = Principal(org_id=org, key_id="key_1", scopes=("inference",))
     served = completion.serve(principal, body, request_id, time.monotonic() + 20, key)
     if served.live is None:
@@ -89,7 +90,7 @@ def test_a_provider_that_bills_above_the_hold_is_billed_exactly_and_leaves_an_in
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from conduix import reconcile
+    from conduix.audit import reconcile
 
     fund(org, "1")
     served = serve(org, ask("t/overbill", max_tokens=5), "r1")
@@ -132,7 +133,7 @@ def test_the_same_key_and_body_replays_the_first_answer_billed_once(
     assert assert_consistent(org).balance == C - first.cost
 
     # Keys are per org: another org's same key is another request.
-    from conduix import orgs
+    from conduix.accounts import orgs
 
     from tests.integration.helpers import NOW
 
@@ -172,7 +173,7 @@ def test_a_stream_is_replayed_as_the_same_stream(org: str, served_catalog: FakeU
 
 def test_a_request_that_failed_unbilled_gives_its_key_back(org: str, served_catalog: FakeUpstream) -> None:
     fund(org, "0.00001")  # too little for the hold: 402, nothing billed
-    from conduix.errors import InsufficientCredits
+    from conduix.core.errors import InsufficientCredits
 
     with pytest.raises(InsufficientCredits):
         serve(org, ask("t/text"), "r1", key="k")
@@ -184,7 +185,7 @@ def test_a_request_that_failed_unbilled_gives_its_key_back(org: str, served_cata
 def test_an_upstream_failure_gives_the_key_back(
     org: str, served_catalog: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conduix import providers
+    from conduix.inference import providers
 
     fund(org, "1")
 

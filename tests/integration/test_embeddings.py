@@ -12,11 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conduix import catalog, completion, config, embeddings, wallets
-from conduix.auth import Principal
-from conduix.errors import InsufficientCredits, InvalidRequest
-from conduix.money import NANOS_PER_CREDIT as C
-from conduix.money import cost_nanos
+from conduix.accounts.auth import Principal
+from conduix.core import config
+from conduix.core.errors import InsufficientCredits, InvalidRequest
+from conduix.core.money import NANOS_PER_CREDIT as C
+from conduix.core.money import cost_nanos
+from conduix.inference import answers, completion, embeddings
+from conduix.ledger import wallets
+from conduix.pricing import catalog
 from conduix_local.upstream import FakeUpstream, embedding_tokens
 
 from tests.integration.helpers import assert_consistent, fund, ledger_items
@@ -53,7 +56,7 @@ def embed_catalog(
     catalog.catalog.cache_clear()
 
 
-def embed(org: str, body: dict[str, Any], request_id: str) -> completion.Served:
+def embed(org: str, body: dict[str, Any], request_id: str) -> answers.Served:
     principal = Principal(org_id=org, key_id="key_1", scopes=("inference",))
     return embeddings.serve(principal, json.dumps(body).encode(), request_id, time.monotonic() + 20)
 

@@ -12,10 +12,13 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError
-from conduix import catalog, completion, dynamo, holds, ledger, metering, settles, sweeper, wallet_settings
-from conduix.auth import Principal
-from conduix.money import NANOS_PER_CREDIT as C
-from conduix.money import format_credits
+from conduix.accounts.auth import Principal
+from conduix.core.money import NANOS_PER_CREDIT as C
+from conduix.core.money import format_credits
+from conduix.inference import answers, completion, sweeper
+from conduix.ledger import entries, holds, metering, settles, wallet_settings
+from conduix.pricing import catalog
+from conduix.store import dynamo
 from conduix_local.upstream import FakeUpstream
 
 from tests.integration.helpers import NOW, assert_consistent, fund, ledger_items
@@ -127,17 +130,17 @@ def test_a_credit_whose_answer_was_lost_is_still_this_call_s_credit(org: str, fa
     faults.calls.clear()
     faults.fail("TransactWriteItems", "lost-response")
     # The retry finds the marker its own first attempt wrote: created, credited once.
-    entry, created = ledger.post_entry(org, kind="grant", key="g1", amount=3 * C, description="g", now=NOW)
+    entry, created = entries.post_entry(org, kind="grant", key="g1", amount=3 * C, description="g", now=NOW)
     assert created and entry.amount == 3 * C
     assert faults.calls["TransactWriteItems"] == 2
     assert assert_consistent(org).balance == 8 * C
     # Another call with the same key is the duplicate it is.
-    assert ledger.post_entry(org, kind="grant", key="g1", amount=3 * C, description="g", now=NOW)[1] is False
+    assert entries.post_entry(org, kind="grant", key="g1", amount=3 * C, description="g", now=NOW)[1] is False
     assert assert_consistent(org).balance == 8 * C
 
 
 def test_contention_that_never_clears_is_a_clean_busy_error(org: str, faults: Faults) -> None:
-    from conduix.errors import ServiceBusy
+    from conduix.core.errors import ServiceBusy
 
     fund(org, "5")
     holds.reserve(org, "a", 2 * C, model="m", key_id="k", now=NOW)
@@ -163,7 +166,7 @@ def test_a_request_that_died_after_its_hold_is_swept_and_costs_nothing(org: str)
 def test_a_failing_cache_table_serves_and_bills_as_a_miss(
     org: str, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conduix import config
+    from conduix.core import config
 
     fund(org, "5")
     monkeypatch.setenv("CACHE_TABLE", "NoSuchTable")
@@ -188,7 +191,8 @@ def test_stripe_down_during_auto_reload_charges_nothing_and_keeps_the_org_due(
 ) -> None:
     import socket
 
-    from conduix import autoreload, orgs, reloads, stripe_gateway
+    from conduix.accounts import orgs
+    from conduix.payments import autoreload, reloads, stripe_gateway
 
     with socket.socket() as closed:  # a port nothing listens on: Stripe unreachable
         closed.bind(("127.0.0.1", 0))
@@ -211,7 +215,7 @@ def test_stripe_down_during_auto_reload_charges_nothing_and_keeps_the_org_due(
 # ------------------------------------------------------------------ the served request under faults
 
 
-def serve(org: str, request_id: str, model: str = "t/text", key: str | None = None) -> completion.Served:
+def serve(org: str, request_id: str, model: str = "t/text", key: str | None = None) -> answers.Served:
     principal = Principal(org_id=org, key_id="key_1", scopes=("inference",))
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8})
     return completion.serve(principal, body.encode(), request_id, time.monotonic() + 20, key)
@@ -269,7 +273,7 @@ def test_concurrent_requests_under_conflicts_end_exact(
 
     fund(org, "1")
     faults.fail("TransactWriteItems", *["TransactionConflict"] * 9)  # some settles defer, some land
-    results: list[completion.Served] = []
+    results: list[answers.Served] = []
     threads = [threading.Thread(target=lambda i=i: results.append(serve(org, f"r{i}"))) for i in range(6)]
     for t in threads:
         t.start()
@@ -284,7 +288,8 @@ def test_concurrent_requests_under_conflicts_end_exact(
 def test_a_failure_after_the_settle_never_changes_the_answer(
     org: str, served_catalog: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conduix import orgs, reloads
+    from conduix.accounts import orgs
+    from conduix.payments import reloads
 
     fund(org, "1")
     orgs.attach_stripe_customer(org, "cus_test")
@@ -318,7 +323,7 @@ def test_an_idempotent_answer_survives_a_deferred_settle(
 def test_a_provider_billing_above_the_hold_under_conflicts_is_billed_once_and_reported(
     org: str, served_catalog: FakeUpstream, faults: Faults
 ) -> None:
-    from conduix import reconcile
+    from conduix.audit import reconcile
 
     fund(org, "1")
     faults.fail("TransactWriteItems", "TransactionConflict", "ThrottlingException")
@@ -331,7 +336,7 @@ def test_a_provider_billing_above_the_hold_under_conflicts_is_billed_once_and_re
 def test_a_deferred_settle_still_contended_keeps_its_expired_hold_for_the_next_run(
     org: str, served_catalog: FakeUpstream, faults: Faults
 ) -> None:
-    from conduix import clock
+    from conduix.core import clock
 
     fund(org, "1")
     faults.fail("TransactWriteItems", *["TransactionConflict"] * 6)

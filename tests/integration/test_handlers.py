@@ -11,8 +11,10 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
-from conduix import catalog, clock, invoicing
-from conduix.money import format_credits
+from conduix.core import clock
+from conduix.core.money import format_credits
+from conduix.payments import invoicing
+from conduix.pricing import catalog
 from conduix_local.upstream import FakeUpstream
 
 pytestmark = pytest.mark.integration
@@ -56,7 +58,7 @@ def env(tables: dict[str, str], upstream: FakeUpstream, monkeypatch: pytest.Monk
     monkeypatch.setenv("OPENAI_API_KEY", "unused-by-the-fake")
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
     monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_handler_tests")
-    from conduix import config
+    from conduix.core import config
 
     config.operator_key_sha256.cache_clear()
     catalog.catalog.cache_clear()
@@ -183,7 +185,7 @@ def test_completions_log_one_line_and_emit_metrics_per_request(
 def test_a_settle_incident_is_counted_and_telemetry_never_fails_a_request(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conduix import errors, telemetry
+    from conduix.core import errors, telemetry
 
     telemetry.settle_incident("settle_failed", request_id="r1")
     assert _emf(_json_lines(capsys.readouterr().out), "SettleIncidents")[0]["SettleIncidents"] == [1.0]

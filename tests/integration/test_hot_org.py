@@ -8,22 +8,14 @@ import threading
 from datetime import timedelta
 
 import pytest
-from conduix import (
-    dynamo,
-    errors,
-    holds,
-    leases,
-    metering,
-    plans,
-    reconcile,
-    schema,
-    settles,
-    sweeper,
-    wallet_settings,
-    wallets,
-)
-from conduix.config import settings
-from conduix.money import NANOS_PER_CREDIT as C
+from conduix.audit import reconcile
+from conduix.core import errors
+from conduix.core.config import settings
+from conduix.core.money import NANOS_PER_CREDIT as C
+from conduix.inference import sweeper
+from conduix.ledger import holds, leases, metering, settles, wallet_settings, wallets
+from conduix.pricing import plans
+from conduix.store import dynamo, schema
 
 from bench.meter import item_size
 from tests.integration.helpers import NOW, assert_consistent, fund, ledger_items
@@ -237,7 +229,7 @@ def test_holds_that_keep_colliding_make_the_org_hot_in_this_environment(
 def test_an_org_that_may_not_lease_still_gets_the_busy_answer(
     org: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conduix import billing
+    from conduix.api import billing
 
     fund(org, "2000")
     billing.set_alerts(org, {"balance_below": ["5"]})  # alerts keep per-request holds

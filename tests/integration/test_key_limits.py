@@ -9,23 +9,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from conduix import (
-    auth,
-    clock,
-    errors,
-    holds,
-    key_limits,
-    keys,
-    metering,
-    plans,
-    reconcile,
-    settles,
-    sweeper,
-    upkeep,
-    wallet_settings,
-    wallets,
-)
-from conduix.money import NANOS_PER_CREDIT as C
+from conduix.accounts import auth, keys
+from conduix.audit import reconcile
+from conduix.core import clock, errors
+from conduix.core.money import NANOS_PER_CREDIT as C
+from conduix.inference import sweeper
+from conduix.ledger import holds, key_limits, metering, settles, upkeep, wallet_settings, wallets
+from conduix.pricing import plans
 
 from tests.integration.helpers import NOW, assert_consistent, fund
 
@@ -238,7 +228,7 @@ def test_a_limit_set_while_a_warm_environment_remembers_the_wallet_counts_at_onc
 def test_a_limited_key_never_bills_through_an_escrow_lease(
     org: str, two_keys: tuple[str, str], at: Clock
 ) -> None:
-    from conduix import leases
+    from conduix.ledger import leases
 
     capped, free = two_keys
     limit(org, capped, "5", "month")

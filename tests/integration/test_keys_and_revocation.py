@@ -9,22 +9,12 @@ import threading
 from datetime import timedelta
 
 import pytest
-from conduix import (
-    auth,
-    config,
-    dynamo,
-    errors,
-    holds,
-    keys,
-    metering,
-    plans,
-    schema,
-    settles,
-    statements,
-    wallet_settings,
-    wallets,
-)
-from conduix.money import NANOS_PER_CREDIT as C
+from conduix.accounts import auth, keys
+from conduix.core import config, errors
+from conduix.core.money import NANOS_PER_CREDIT as C
+from conduix.ledger import holds, metering, settles, statements, wallet_settings, wallets
+from conduix.pricing import plans
+from conduix.store import dynamo, schema
 
 from tests.integration.helpers import NOW, assert_consistent, fund
 
@@ -75,17 +65,17 @@ def test_a_revoked_key_is_refused_by_the_hold_although_the_cache_remembers_it(or
 
 def test_marks_outlive_the_key_cache_and_are_then_pruned(org: str) -> None:
     first, second = keys.create_api_key(org, {}), keys.create_api_key(org, {})
-    from conduix import orgs
+    from conduix.accounts import key_records
 
-    orgs.mark_key_revoked(org, first["key_id"], NOW)
-    orgs.mark_key_revoked(org, second["key_id"], NOW + timedelta(seconds=30))
+    key_records.mark_key_revoked(org, first["key_id"], NOW)
+    key_records.mark_key_revoked(org, second["key_id"], NOW + timedelta(seconds=30))
     assert set(marks(org)) == {first["key_id"], second["key_id"]}  # within the cache lifetime
     third = keys.create_api_key(org, {})
     later = NOW + timedelta(seconds=config.settings().key_cache_seconds + 61)
-    orgs.mark_key_revoked(org, third["key_id"], later)
+    key_records.mark_key_revoked(org, third["key_id"], later)
     assert set(marks(org)) == {second["key_id"], third["key_id"]}  # the first is no longer needed
     # Revoking again (a retried call) marks again, and changes nothing else.
-    assert orgs.mark_key_revoked(org, third["key_id"], later).revoked is True
+    assert key_records.mark_key_revoked(org, third["key_id"], later).revoked is True
     assert marks(org)[third["key_id"]] == int(later.timestamp())
 
 
@@ -144,7 +134,7 @@ def test_a_tampered_cursor_is_refused(org: str) -> None:
     data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     forged = base64.urlsafe_b64encode(json.dumps({**data, "b": 1_000_000 * C}).encode()).decode().rstrip("=")
     other_org = schema.org_pk("x")  # any other org: the signature is bound to the org
-    from conduix import orgs
+    from conduix.accounts import orgs
 
     stranger = orgs.create_org("Other", "o@example.com", NOW).org_id
     for bad in (f"{forged}.{mac}", payload, f"{payload}.", f"{payload}.{mac[:-2]}", "\ud800", other_org):

@@ -1,7 +1,7 @@
 """The wallet against a pure-Python model of it, one random step at a time (Hypothesis stateful).
 
-Every rule calls the real data access (`conduix.holds`, `conduix.settles`, `conduix.ledger`,
-`conduix.key_limits`, `conduix.sweeper`...) on the locked moto server with tables from
+Every rule calls the real data access (`conduix.ledger.holds`, `conduix.ledger.settles`, `conduix.ledger`,
+`conduix.ledger.key_limits`, `conduix.inference.sweeper`...) on the locked moto server with tables from
 template.yaml, predicts the outcome with the model, and after EVERY step the store is checked
 against the model and against itself:
 
@@ -39,23 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conduix import (
-    config,
-    dynamo,
-    holds,
-    key_limits,
-    ledger,
-    metering,
-    orgs,
-    plans,
-    schema,
-    settles,
-    sweeper,
-    wallet_settings,
-    wallets,
-)
-from conduix.clock import limit_window, period_of
-from conduix.errors import (
+from conduix.accounts import orgs
+from conduix.core import config
+from conduix.core.clock import limit_window, period_of
+from conduix.core.errors import (
     Conflict,
     IdempotencyConflict,
     InsufficientCredits,
@@ -63,8 +50,12 @@ from conduix.errors import (
     RateLimited,
     SpendCapExceeded,
 )
-from conduix.money import NANOS_PER_CREDIT as C
-from conduix.money import format_credits
+from conduix.core.money import NANOS_PER_CREDIT as C
+from conduix.core.money import format_credits
+from conduix.inference import sweeper
+from conduix.ledger import entries, holds, key_limits, metering, settles, wallet_settings, wallets
+from conduix.pricing import plans
+from conduix.store import dynamo, schema
 from conduix_local.moto_server import LockedMotoServer
 from conduix_local.tables import create_tables
 from conduix_local.template import load_template
@@ -246,7 +237,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def _new_credit(self, kind: str, amount: int) -> None:
         key = self._next(kind)
-        entry, created = ledger.post_entry(
+        entry, created = entries.post_entry(
             self.org, kind=kind, key=key, amount=amount, description="model", now=self.now
         )
         assert created and entry.amount == amount and entry.entry_id == f"{kind}:{key}"
@@ -269,7 +260,7 @@ class LedgerMachine(RuleBasedStateMachine):
         key = self._pick(data, self.grants, "reused key")
         kind, amount = self.grants[key]
         if what == "replay":  # the same key and amount: the original entry, nothing moves
-            entry, created = ledger.post_entry(
+            entry, created = entries.post_entry(
                 self.org, kind=kind, key=key, amount=amount, description="replay", now=self.now
             )
             assert not created, "a replayed idempotency key moved money again"
@@ -278,7 +269,7 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         delta = data.draw(st.one_of(st.integers(1, 2 * C), st.integers(-2 * C, -1)), label="delta")
         with pytest.raises(IdempotencyConflict):
-            ledger.post_entry(
+            entries.post_entry(
                 self.org, kind=kind, key=key, amount=amount + delta, description="changed", now=self.now
             )
         seen["conflict"] += 1
@@ -661,7 +652,7 @@ def test_the_rate_windows_on_the_wallet_stay_bounded(hold_ttl: None) -> None:
     400 KB DynamoDB refuses to write it at all. Reserves drop their key's previous minute;
     HoldSweeper drops what a paused key left behind."""
     org = orgs.create_org("Windows", "w@example.test", NOW).org_id
-    ledger.post_entry(org, kind="grant", key="seed", amount=100 * C, description="t", now=NOW)
+    entries.post_entry(org, kind="grant", key="seed", amount=100 * C, description="t", now=NOW)
     for i in range(10):  # one request every third minute
         now = NOW + timedelta(minutes=3 * i)
         holds.reserve(org, f"req-{i}", 1, model="acme/fast", key_id="key_1", now=now)

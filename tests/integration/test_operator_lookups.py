@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from conduix import admin, errors, holds, metering, orgs, settles, statements, upkeep, wallets
-from conduix.money import NANOS_PER_CREDIT as C
+from conduix.accounts import orgs
+from conduix.api import admin
+from conduix.core import errors
+from conduix.core.money import NANOS_PER_CREDIT as C
+from conduix.ledger import holds, metering, settles, statements, upkeep, wallets
 
 from tests.integration.helpers import NOW, assert_consistent, fund
 

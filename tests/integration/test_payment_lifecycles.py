@@ -11,25 +11,13 @@ from typing import Any
 
 import pytest
 import stripe
-from conduix import (
-    admin,
-    autoreload,
-    errors,
-    holds,
-    invoice_records,
-    invoicing,
-    ledger,
-    metering,
-    orgs,
-    payments,
-    reconcile,
-    reloads,
-    settles,
-    stripe_gateway,
-    wallet_settings,
-    wallets,
-)
-from conduix.money import NANOS_PER_CREDIT as C
+from conduix.accounts import orgs
+from conduix.api import admin
+from conduix.audit import reconcile
+from conduix.core import errors
+from conduix.core.money import NANOS_PER_CREDIT as C
+from conduix.ledger import entries, holds, metering, settles, wallet_settings, wallets
+from conduix.payments import autoreload, invoice_records, invoicing, reloads, stripe_gateway, webhooks
 from conduix_local.stripe_local import API_KEY, LocalStripe
 
 from tests.integration.helpers import NOW, assert_consistent, fund, ledger_items
@@ -42,7 +30,7 @@ IN_PERIOD = NOW.replace(month=10, day=20)
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """The notices sent, as (to, subject)."""
-    from conduix import notices
+    from conduix.accounts import notices
 
     mail: list[tuple[str, str]] = []
     monkeypatch.setattr(
@@ -257,7 +245,7 @@ def test_a_charge_that_does_not_reach_the_threshold_ends_its_episode(
     card_org: str, local_stripe: LocalStripe
 ) -> None:
     org = card_org
-    ledger.post_entry(org, kind="refund", key="re_x", amount=-40 * C, description="t", now=NOW)
+    entries.post_entry(org, kind="refund", key="re_x", amount=-40 * C, description="t", now=NOW)
     reloads.save_settings(org, enabled=True, threshold=5 * C, amount=25 * C)
     assert wallet_settings.mark_reload_due(org)
     assert autoreload.charge_due(NOW) == {"orgs": 1, "charged": 1}  # -40 + 25 = -15: still below
@@ -274,7 +262,7 @@ def test_a_charge_that_does_not_reach_the_threshold_ends_its_episode(
 def test_auto_reload_pauses_after_the_daily_limit(
     card_org: str, local_stripe: LocalStripe, monkeypatch: pytest.MonkeyPatch, sent: list[tuple[str, str]]
 ) -> None:
-    from conduix import config
+    from conduix.core import config
 
     monkeypatch.setenv("CONDUIX_RELOAD_DAILY_LIMIT", "3")
     config.reload_daily_limit.cache_clear()
@@ -310,10 +298,10 @@ def test_auto_reload_pauses_after_the_daily_limit(
 def test_partial_reversals_round_down_on_the_running_total(
     credits: int, paid: int, refunds: list[int]
 ) -> None:
-    purchase = payments.Purchase("org", "x", credits, paid)
+    purchase = webhooks.Purchase("org", "x", credits, paid)
     shares, before = [], 0
     for cents in refunds:
-        shares.append(payments.reversal_share(purchase, before, cents))
+        shares.append(webhooks.reversal_share(purchase, before, cents))
         before += cents
     assert sum(shares) == credits * before // paid
     if before == paid:
@@ -343,7 +331,7 @@ def test_reconcile_names_a_payment_without_entry_and_an_entry_without_payment(
         metadata={"org_id": org, "credits": "10", "purpose": "auto_reload", "episode": "99"},
         idempotency_key="stray",
     )
-    ledger.post_entry(org, kind="top_up", key="cs_test_nothing", amount=5 * C, description="t", now=NOW)
+    entries.post_entry(org, kind="top_up", key="cs_test_nothing", amount=5 * C, description="t", now=NOW)
     report = reconcile.report(org)
     checks = [d["check"] for d in report["discrepancies"]]
     assert report["ok"] is False
@@ -358,11 +346,11 @@ def test_reconcile_names_a_payment_without_entry_and_an_entry_without_payment(
 
 
 def test_a_prepaid_wallet_below_zero_must_name_its_reversal(org: str) -> None:
-    from conduix import reconcile_stripe
+    from conduix.audit import reconcile_stripe
 
-    ledger.post_entry(org, kind="refund", key="re_1", amount=-3 * C, description="t", now=NOW)
+    entries.post_entry(org, kind="refund", key="re_1", amount=-3 * C, description="t", now=NOW)
     assert reconcile_stripe.check_org(org) == []
-    ledger.post_entry(org, kind="grant", key="g", amount=-2 * C, description="t", now=NOW)  # unnamed
+    entries.post_entry(org, kind="grant", key="g", amount=-2 * C, description="t", now=NOW)  # unnamed
     found = reconcile_stripe.check_org(org)
     assert len(found) == 1 and "refund:re_1" in found[0].check and found[0].found == "-5"
 
@@ -384,14 +372,14 @@ def test_a_refunded_usage_invoice_takes_back_what_its_payment_credited(
         assert redirect.code == 303
     before = wallets.get_wallet(org).balance
     paid = {"type": "invoice.paid", "data": {"object": client.v1.invoices.retrieve(invoice_id).to_dict()}}
-    assert payments.handle_event(paid, NOW) == "credited"
+    assert webhooks.handle_event(paid, NOW) == "credited"
     assert wallets.get_wallet(org).balance == before + 2_234_567_891  # exactly what it billed
     intent = client.v1.invoice_payments.list(params={"invoice": invoice_id}).data[0].payment.payment_intent
     refund = client.v1.refunds.create(params={"payment_intent": intent, "amount": 100})  # $1 of $2.23
     charge = client.v1.charges.retrieve(refund.charge).to_dict()
     event = {"type": "charge.refunded", "data": {"object": charge}}
-    assert payments.handle_event(event, NOW) == "reversed"
-    assert payments.handle_event(event, NOW) == "already reversed"  # keyed by the refund
+    assert webhooks.handle_event(event, NOW) == "reversed"
+    assert webhooks.handle_event(event, NOW) == "already reversed"  # keyed by the refund
     after = wallets.get_wallet(org).balance
     assert after == before + 2_234_567_891 - 2_234_567_891 * 100 // 223
     assert after == sum(int(i["amount"]["N"]) for i in ledger_items(org))
@@ -411,8 +399,8 @@ def test_a_refund_keeps_its_share_when_a_later_one_comes_in_the_same_second(
         idempotency_key="k",
     )
     assert charge.payment_intent_id
-    purchase = payments.purchase_of(charge.payment_intent_id)
-    assert purchase == payments.Purchase(card_org, f"auto_reload:{charge.payment_intent_id}", 25 * C, 2900)
+    purchase = webhooks.purchase_of(charge.payment_intent_id)
+    assert purchase == webhooks.Purchase(card_org, f"auto_reload:{charge.payment_intent_id}", 25 * C, 2900)
     client = sdk(local_stripe)
     ch = client.v1.charges.retrieve(
         client.v1.payment_intents.retrieve(charge.payment_intent_id).latest_charge
@@ -420,9 +408,9 @@ def test_a_refund_keeps_its_share_when_a_later_one_comes_in_the_same_second(
     shares_then: list[tuple[str, int]] = []
     for _ in range(10):  # ids are random: whatever they are, the first share stays
         first = client.v1.refunds.create(params={"charge": ch.id, "amount": 10})
-        shares_then.append((first.id, dict(payments.refund_reversals(ch.to_dict(), purchase))[first.id]))
+        shares_then.append((first.id, dict(webhooks.refund_reversals(ch.to_dict(), purchase))[first.id]))
     client.v1.refunds.create(params={"charge": ch.id})  # the rest, within the same second or so
-    now_shares = dict(payments.refund_reversals(ch.to_dict(), purchase))
+    now_shares = dict(webhooks.refund_reversals(ch.to_dict(), purchase))
     assert all(now_shares[rid] == share for rid, share in shares_then)
     assert sum(now_shares.values()) == 25 * C
 
@@ -444,8 +432,8 @@ def test_a_dispute_reverses_turns_auto_reload_off_once_and_a_win_restores(
     urllib.request.urlopen(hook, timeout=10).close()
     opened = client.v1.disputes.list(params={"payment_intent": intent}).data[0]
     created = {"type": "charge.dispute.created", "data": {"object": opened.to_dict()}}
-    assert payments.handle_event(created, NOW) == "reversed"
-    assert payments.handle_event(created, NOW) == "already reversed"  # keyed by the dispute
+    assert webhooks.handle_event(created, NOW) == "reversed"
+    assert webhooks.handle_event(created, NOW) == "already reversed"  # keyed by the dispute
     w = assert_consistent(org)
     assert (w.balance, w.reload.enabled, w.reload.last_status) == (0, False, "turned_off")
     assert [s for _, s in sent].count("Conduix: auto-reload is turned off") == 1
@@ -453,6 +441,6 @@ def test_a_dispute_reverses_turns_auto_reload_off_once_and_a_win_restores(
     client.v1.disputes.update(opened.id, params=evidence)
     closed = local_stripe.wait_for_event("charge.dispute.closed", timeout=3)
     event = {"type": "charge.dispute.closed", "data": {"object": closed["data"]["object"]}}
-    assert payments.handle_event(event, NOW) == "restored"
-    assert payments.handle_event(event, NOW) == "already restored"
+    assert webhooks.handle_event(event, NOW) == "restored"
+    assert webhooks.handle_event(event, NOW) == "already restored"
     assert assert_consistent(org).balance == 25 * C

@@ -6,8 +6,12 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
-from conduix import errors, holds, invoicing, keys, metering, orgs, plans, settles, wallet_settings
-from conduix.money import NANOS_PER_CREDIT as C
+from conduix.accounts import keys, orgs
+from conduix.core import errors
+from conduix.core.money import NANOS_PER_CREDIT as C
+from conduix.ledger import holds, metering, settles, wallet_settings
+from conduix.payments import invoicing
+from conduix.pricing import plans
 
 from tests.integration.helpers import NOW, assert_consistent, fund
 

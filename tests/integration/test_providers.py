@@ -1,4 +1,4 @@
-"""conduix.providers against the fake upstream: kept-alive connections, one overall deadline
+"""conduix.inference.providers against the fake upstream: kept-alive connections, one overall deadline
 per exchange, streams read as they come, and fallbacks only before the first chunk."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conduix import providers
-from conduix.catalog import Model, Pricing, Upstream
-from conduix.errors import UpstreamError, UpstreamTimeout
-from conduix.pricing import Attempt
+from conduix.core.errors import UpstreamError, UpstreamTimeout
+from conduix.inference import connections, providers
+from conduix.pricing.catalog import Model, Pricing, Upstream
+from conduix.pricing.costs import Attempt
 from conduix_local.upstream import FakeUpstream, count_tokens, reply_text
 
 HELLO = [{"role": "user", "content": "Hello there"}]
@@ -32,10 +32,10 @@ def payload(stream: bool) -> Any:
 
 @pytest.fixture
 def fresh(upstream: FakeUpstream) -> Iterator[FakeUpstream]:
-    providers.reset_pool()
+    connections.reset_pool()
     upstream.reset_calls()
     yield upstream
-    providers.reset_pool()
+    connections.reset_pool()
 
 
 def test_warm_calls_reuse_one_kept_alive_connection(fresh: FakeUpstream) -> None:

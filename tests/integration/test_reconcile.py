@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from conduix import dynamo, holds, ledger, metering, reconcile, settles, wallet_settings, wallets
-from conduix.money import NANOS_PER_CREDIT as C
+from conduix.audit import reconcile
+from conduix.core.money import NANOS_PER_CREDIT as C
+from conduix.ledger import entries, holds, metering, settles, wallet_settings, wallets
+from conduix.store import dynamo
 
 from tests.integration.helpers import NOW, fund
 
@@ -82,6 +84,6 @@ def test_a_cap_set_below_the_spend_or_a_refund_below_zero_is_no_breach(org: str)
     wallet_settings.write_spend_cap(org, C, NOW)  # below the 4 spent and 1 held: the hold may still settle
     settles.settle(org, "b", C, metering.Usage("m", "k", 1, 1, C), NOW)
     later = NOW + timedelta(seconds=1)
-    ledger.post_entry(org, kind="reversal", key="r", amount=-8 * C, description="refund", now=later)
+    entries.post_entry(org, kind="reversal", key="r", amount=-8 * C, description="refund", now=later)
     assert wallets.get_wallet(org).balance == -3 * C
     assert reconcile.reconcile_org(org) == []

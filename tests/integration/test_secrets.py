@@ -9,8 +9,8 @@ from typing import Any
 import boto3
 import pytest
 from aws_lambda_powertools.utilities import parameters
-from conduix import config
-from conduix.errors import ConfigurationError
+from conduix.core import config
+from conduix.core.errors import ConfigurationError
 from conduix_local.moto_server import LockedMotoServer
 
 pytestmark = pytest.mark.integration

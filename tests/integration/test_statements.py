@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from conduix import errors, holds, ledger, metering, settles, statements
-from conduix.money import NANOS_PER_CREDIT as C
+from conduix.core import errors
+from conduix.core.money import NANOS_PER_CREDIT as C
+from conduix.ledger import entries, holds, metering, settles, statements
 
 from tests.integration.helpers import NOW, fund
 
@@ -113,7 +114,7 @@ def test_the_type_filter_keeps_every_balance_exact_across_pages(org: str) -> Non
     # Given a grant, three usages and a second grant between them
     fund(org, "10")
     spend(org, "r0", C // 10, at=NOW + timedelta(seconds=1))
-    ledger.post_entry(
+    entries.post_entry(
         org, kind="grant", key="g2", amount=2 * C, description="more", now=NOW + timedelta(seconds=2)
     )
     spend(org, "r1", C // 5, at=NOW + timedelta(seconds=3))

@@ -7,21 +7,12 @@ from datetime import timedelta
 
 import pytest
 from botocore.exceptions import ClientError
-from conduix import (
-    clock,
-    dynamo,
-    errors,
-    holds,
-    ledger,
-    metering,
-    settles,
-    sweeper,
-    upkeep,
-    wallet_settings,
-    wallets,
-)
-from conduix.config import settings
-from conduix.money import NANOS_PER_CREDIT as C
+from conduix.core import clock, errors
+from conduix.core.config import settings
+from conduix.core.money import NANOS_PER_CREDIT as C
+from conduix.inference import sweeper
+from conduix.ledger import entries, holds, metering, settles, upkeep, wallet_settings, wallets
+from conduix.store import dynamo
 
 from tests.integration.helpers import NOW, assert_consistent, fund, ledger_items
 
@@ -116,7 +107,7 @@ def test_a_new_month_resets_the_cap_but_keeps_open_holds(org: str) -> None:
 
 
 def test_invoice_mode_is_not_gated_by_balance_but_still_by_the_cap(org: str) -> None:
-    from conduix import dynamo
+    from conduix.store import dynamo
 
     dynamo.client().update_item(
         TableName="BillingTable",
@@ -131,11 +122,11 @@ def test_invoice_mode_is_not_gated_by_balance_but_still_by_the_cap(org: str) -> 
 
 
 def test_grants_are_idempotent_and_a_changed_amount_is_a_conflict(org: str) -> None:
-    entry, created = ledger.post_entry(org, kind="grant", key="k1", amount=C, description="x", now=NOW)
-    again, created_again = ledger.post_entry(org, kind="grant", key="k1", amount=C, description="x", now=NOW)
+    entry, created = entries.post_entry(org, kind="grant", key="k1", amount=C, description="x", now=NOW)
+    again, created_again = entries.post_entry(org, kind="grant", key="k1", amount=C, description="x", now=NOW)
     assert (created, created_again, again.entry_id) == (True, False, entry.entry_id)
     with pytest.raises(errors.IdempotencyConflict):
-        ledger.post_entry(org, kind="grant", key="k1", amount=2 * C, description="x", now=NOW)
+        entries.post_entry(org, kind="grant", key="k1", amount=2 * C, description="x", now=NOW)
     assert assert_consistent(org).balance == C
 
 

@@ -4,9 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conduix.catalog import DEFAULT_CATALOG, PromptBounds, load_catalog, parse_catalog
-from conduix.errors import ConfigurationError, ModelNotFound
-from conduix.pricing import (
+from conduix.core.errors import ConfigurationError, ModelNotFound
+from conduix.pricing.catalog import DEFAULT_CATALOG, PromptBounds, load_catalog, parse_catalog
+from conduix.pricing.costs import (
     PromptShape,
     accepts,
     charge_nanos,
@@ -178,7 +178,7 @@ def test_charge_is_exact() -> None:
 
 @pytest.mark.parametrize("available", [0, 8_000, 8_999, 9_000, 11_999, 12_000, 1_200_000, 10**12])
 def test_the_largest_max_tokens_is_the_exact_edge_of_the_balance(available: int) -> None:
-    from conduix.pricing import Attempt, largest_max_tokens
+    from conduix.pricing.costs import Attempt, largest_max_tokens
 
     # prompt 1000 tokens at 8/M = 8,000 nanos; each output token costs 1,000 nanos (two choices)
     catalog = parse_catalog([entry("acme/a", "0.008", "0.5", max_output_tokens=1000)], "t")
@@ -196,7 +196,7 @@ def test_the_largest_max_tokens_is_the_exact_edge_of_the_balance(available: int)
 
 
 def test_hold_advice_names_the_hold_the_field_and_the_largest_budget() -> None:
-    from conduix.pricing import hold_advice
+    from conduix.pricing.costs import hold_advice
 
     catalog = parse_catalog([entry("acme/a", "0", "1000", max_output_tokens=4096)], "t")
     attempts = plan_attempts(catalog.chain("acme/a"), requested_max_tokens=4000, choices=1)
@@ -246,8 +246,8 @@ def _embedding_entry(**extra: object) -> dict[str, object]:
 
 
 def test_embedding_entries_are_marked_and_checked() -> None:
-    from conduix.catalog import parse_catalog
-    from conduix.errors import ConfigurationError
+    from conduix.core.errors import ConfigurationError
+    from conduix.pricing.catalog import parse_catalog
 
     model = parse_catalog([_embedding_entry(dimensions_adjustable=True)], "t").get("e/one")
     assert (model.kind, model.dimensions, model.adjustable_dimensions) == ("embedding", 1536, True)
@@ -267,7 +267,7 @@ def test_embedding_entries_are_marked_and_checked() -> None:
 
 
 def test_the_default_catalog_has_real_embedding_models() -> None:
-    from conduix.catalog import DEFAULT_CATALOG, load_catalog
+    from conduix.pricing.catalog import DEFAULT_CATALOG, load_catalog
 
     models = {m.id: m for m in load_catalog(str(DEFAULT_CATALOG)) if m.kind == "embedding"}
     assert models["openai/text-embedding-3-small"].pricing.input_per_million == 20_000_000  # $0.02 / M

@@ -3,9 +3,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from conduix import errors
-from conduix.chat import assemble, completion_chunks, event_stream, parse_request
-from conduix.web import error_body
+from conduix.core import errors
+from conduix.inference.chat import assemble, completion_chunks, event_stream, parse_request
+from conduix.web.responses import error_body
 
 
 def body(**fields: object) -> bytes:
@@ -158,9 +158,9 @@ def test_what_the_hold_cannot_bound_is_refused_by_name(raw: bytes, param: str, c
 
 
 def test_only_allowed_fields_go_upstream() -> None:
-    from conduix.catalog import parse_catalog
-    from conduix.chat import FORWARDED_FIELDS, upstream_payload
-    from conduix.pricing import plan_attempts
+    from conduix.inference.chat import FORWARDED_FIELDS, upstream_payload
+    from conduix.pricing.catalog import parse_catalog
+    from conduix.pricing.costs import plan_attempts
 
     ordinary = dict(
         temperature=0.2,

@@ -15,22 +15,23 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from conduix import errors, providers, telemetry
+from conduix.core import errors, telemetry
+from conduix.inference import connections
 
 ROOT = Path(__file__).resolve().parents[2]
 
 # Modules the Completion function must not load when it starts: Stripe never (only
-# stripe_gateway talks to it, and Completion never does); Powertools, and the modules only some
+# payments talks to it, and Completion never does); Powertools, and the modules only some
 # requests need (an Idempotency-Key, the embeddings route, alerts, notices), load where used.
 NOT_AT_COLD_START = (
     "stripe",
-    "conduix.stripe_gateway",
+    "conduix.payments",
     "aws_lambda_powertools",
     "pydantic",
-    "conduix.idempotency",
-    "conduix.embeddings",
-    "conduix.alerts",
-    "conduix.notices",
+    "conduix.inference.idempotency",
+    "conduix.inference.embeddings",
+    "conduix.accounts.alerts",
+    "conduix.accounts.notices",
 )
 
 
@@ -56,7 +57,12 @@ def test_the_completion_functions_import_loads_only_what_every_request_needs() -
     modules = set(loaded["modules"])
     pulled = sorted(m for m in modules for lazy in NOT_AT_COLD_START if m == lazy or m.startswith(lazy + "."))
     assert pulled == []
-    assert {"app", "conduix.completion", "conduix.leases", "boto3"} <= modules  # it did import
+    assert {
+        "app",
+        "conduix.inference.completion",
+        "conduix.ledger.leases",
+        "boto3",
+    } <= modules  # it did import
     # The garbage collector, paused during the import, runs again, with the import's objects frozen.
     assert loaded["gc"] is True and loaded["frozen"] > 0
 
@@ -138,11 +144,11 @@ def _response() -> Any:
 
 def test_one_watchdog_thread_ends_reads_at_their_deadlines_and_ignores_cancelled_ones() -> None:
     due, cancelled = _response(), _response()
-    late = providers._Watchdog(cancelled, time.monotonic() + 0.2)
-    soon = providers._Watchdog(due, time.monotonic() + 0.05)
+    late = connections.Watchdog(cancelled, time.monotonic() + 0.2)
+    soon = connections.Watchdog(due, time.monotonic() + 0.05)
     late.cancel()
     threads = threading.active_count()
-    more = [providers._Watchdog(_response(), time.monotonic() + 60) for _ in range(50)]
+    more = [connections.Watchdog(_response(), time.monotonic() + 60) for _ in range(50)]
     assert threading.active_count() == threads  # no thread per watchdog
     assert due._connection.sock.shut.wait(5) and soon.fired
     time.sleep(0.4)

@@ -5,9 +5,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conduix import plans
-from conduix.errors import ConfigurationError
-from conduix.invoicing import cents_by_line, previous_month
+from conduix.core.errors import ConfigurationError
+from conduix.payments.invoicing import cents_by_line, previous_month
+from conduix.pricing import plans
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from conduix.errors import InvalidRequest
-from conduix.money import cost_nanos, format_credits, parse_credits
+from conduix.core.errors import InvalidRequest
+from conduix.core.money import cost_nanos, format_credits, parse_credits
 
 
 @pytest.mark.parametrize(

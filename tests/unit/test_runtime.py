@@ -1,4 +1,4 @@
-"""conduix.runtime against a stand-in of Lambda's Runtime API: a response goes out in streaming
+"""conduix.web.runtime against a stand-in of Lambda's Runtime API: a response goes out in streaming
 mode, in the format API Gateway's STREAM integration reads, each piece as it is written."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from conduix import runtime
+from conduix.web import runtime
 
 
 class _RuntimeApi(ThreadingHTTPServer):

@@ -4,8 +4,8 @@ never an exception that would become a 5xx."""
 from __future__ import annotations
 
 import pytest
-from conduix.errors import InvalidRequest, NotFound
-from conduix.validation import idempotency_key, parse_json, parse_json_object, resource_id, text_field
+from conduix.core.errors import InvalidRequest, NotFound
+from conduix.core.validation import idempotency_key, parse_json, parse_json_object, resource_id, text_field
 
 
 @pytest.mark.parametrize(
