@@ -18,7 +18,7 @@ import pytest
 from conduix.core import errors, telemetry
 from conduix.inference import connections
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 # Modules the Completion function must not load when it starts: Stripe never (only
 # payments talks to it, and Completion never does); Powertools, and the modules only some
