@@ -1134,7 +1134,8 @@ def render(
         "Idempotency-Key, embeddings, alerts and notices modules load where used), runs with the garbage ",
         "collector paused (the import's objects live as long as the process; they are then frozen out of ",
         "later collections), and loads boto3 before the rest of the package, which measured about 25 ms ",
-        "faster here than loading it midway. `tests/unit/inference/test_completion_cold_start.py` keeps the list. ",
+        "faster here than loading it midway. `tests/unit/inference/test_completion_cold_start.py` keeps ",
+        "the list. ",
         "Bytecode: this run caches it, as the method says; a Lambda file system is read-only, so a layer ",
         "whose build ships only source compiles the package's modules at every cold start.",
     )

@@ -61,7 +61,7 @@ def test_an_invoice_mode_org_with_a_saved_card_is_never_charged_by_auto_reload(s
     reload = stack.billing(key)["auto_reload"]
     assert reload["enabled"] is False and reload["last_result"]["status"] == "turned_off"
     assert "monthly invoice" in reload["last_result"]["message"]
-    # (The notices themselves are counted in tests/integration/test_payment_lifecycles.py:
+    # (The notices themselves are counted in tests/integration/payments/test_payment_lifecycles.py:
     # moto's data dump, the one way to read sent mail, grows too slow late in a session.)
     refused = stack.call("PUT", "/v1/billing/auto-reload", on, key=key)
     assert (refused.status, refused.body["error"]["code"]) == (409, "invoice_billing_mode")

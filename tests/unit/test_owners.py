@@ -11,6 +11,7 @@ import pytest
 from conduix.store import schema
 
 PACKAGE = Path(__file__).resolve().parents[2] / "layers" / "shared" / "conduix"
+MODULES = sorted(PACKAGE.rglob("*.py"))  # every module of every subpackage
 PREFIX = re.compile(r"(?<![A-Za-z_])[A-Z][A-Z_]{2,}#")
 
 
@@ -37,7 +38,7 @@ def _prefixes_spelled(path: Path) -> list[str]:
     )
 
 
-@pytest.mark.parametrize("path", sorted(p for p in PACKAGE.rglob("*.py") if p != PACKAGE / "store" / "schema.py"), ids=str)
+@pytest.mark.parametrize("path", [p for p in MODULES if p != PACKAGE / "store" / "schema.py"], ids=str)
 def test_no_module_but_schema_spells_a_key_prefix(path: Path) -> None:
     assert _prefixes_spelled(path) == []
 
@@ -74,7 +75,7 @@ def _environment_reads(path: Path) -> list[str]:
     )
 
 
-@pytest.mark.parametrize("path", sorted(p for p in PACKAGE.rglob("*.py") if p != PACKAGE / "core" / "config.py"), ids=str)
+@pytest.mark.parametrize("path", [p for p in MODULES if p != PACKAGE / "core" / "config.py"], ids=str)
 def test_no_module_but_config_reads_the_environment(path: Path) -> None:
     assert _environment_reads(path) == []
 

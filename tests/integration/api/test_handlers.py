@@ -19,7 +19,7 @@ from conduix_local.upstream import FakeUpstream
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 OPERATOR_KEY = "cdx_op_handler_tests"
 
 
