@@ -13,12 +13,12 @@ STAMP  := $(VENV)/.installed
 install: $(STAMP)
 
 # Re-installs whenever the project's dependencies change.
-$(STAMP): pyproject.toml layers/shared/requirements.txt
+$(STAMP): pyproject.toml local/pyproject.toml layers/shared/requirements.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found; install Python 3.11 or newer (or pass PYTHON=...)" >&2; exit 1; }
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || { echo "make: $(PYTHON) is older than 3.11; pass PYTHON=python3.11 (or newer)" >&2; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { echo "make: could not create $(VENV) (on Debian: apt-get install python3-venv)" >&2; exit 1; }
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev]' -e ./local
 	@touch $(STAMP)
 
 run: $(STAMP)

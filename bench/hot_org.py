@@ -1,8 +1,8 @@
 """One hot org at 2,000 billed requests a second with 500 in flight: a model and a simulation.
 
 No machine here can send that load through moto, so the simulation runs the billing path's
-DynamoDB writes (the shapes `conduix.leases`, `conduix.holds` and `conduix.settles` make, with
-the product's lease sizing, retries and fallbacks) through the stand-in's own models of
+DynamoDB writes (the shapes `conduix.ledger.leases`, `holds` and `settles` make, with the
+product's lease sizing, retries and fallbacks) through the stand-in's own models of
 DynamoDB, on simulated time:
 
 - `conduix_local.dynamo_standin.Capacity`: 1,000 WCU/s per item, 1,000 per partition of a
@@ -13,7 +13,7 @@ DynamoDB, on simulated time:
 
 Open loop: requests arrive at the target rate whatever happens to earlier ones. Each runs in a
 Lambda-like environment serving one request at a time; environments are created on demand.
-Every write that fails is retried as `conduix.dynamo.retrying` does (6 attempts, capped
+Every write that fails is retried as `conduix.store.dynamo.retrying` does (6 attempts, capped
 exponential backoff with full jitter), each attempt at its own simulated time; a bill that
 still fails is kept as a pending settle (one put), and only if that fails too is the answer
 lost (503).
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conduix.leases import REQUESTS_PER_LEASE, SLICE_FRACTION, next_requests
+from conduix.ledger.leases import REQUESTS_PER_LEASE, SLICE_FRACTION, next_requests
 from conduix_local.dynamo_standin import Capacity
 
 RATE = 2000.0  # billed requests per second
@@ -47,7 +47,7 @@ CREDIT = 10**15  # the org's balance: large against its requests (a hot, well-fu
 RPM_LIMIT = 300_000  # the key's requests a minute: one key at 2,000/s needs a custom plan
 UNIT_TX, UNIT_SINGLE = 2.0, 1.0  # WCU of a write of an item under 1 KB
 PK = "ORG#hot"
-ATTEMPTS, BASE_DELAY = 6, 0.02  # conduix.dynamo.retrying
+ATTEMPTS, BASE_DELAY = 6, 0.02  # conduix.store.dynamo.retrying
 LEASE_SECONDS = 30.0  # CONDUIX_KEY_CACHE_SECONDS: how long a lease is used
 
 
@@ -420,7 +420,7 @@ def render(results: list[dict[str, object]], splits: list[dict[str, object]]) ->
         f"{SPLIT_AFTER:.0f} s above 80%) and its conflict rule (a landed transaction holds its items",
         f"{TX_SECONDS * 1000:.0f} ms; a write touching one meanwhile is cancelled), with the product's",
         "retries (6 attempts, jittered backoff), each attempt at its own time. Lease sizes come from",
-        "`conduix.leases.next_requests` itself. Items are under 1 KB: a transactional write is 2 WCU.",
+        "`conduix.ledger.leases.next_requests` itself. Items are under 1 KB: a transactional write is 2 WCU.",
         f"The org has one API key whose plan allows {RPM_LIMIT:,} requests a minute (the Scale plan's",
         '6,000 could not carry one key at this rate; see README, "One hot org") and credit far above',
         "its spend.",

@@ -259,11 +259,12 @@ def check_org(moto_url: str, org_id: str, granted: Decimal, tally: Tally) -> tup
     """The org's money, read from the stand-in itself, against what the clients were told.
 
     The ledger's own identities (balance = the ledger and the spends a lease has not folded
-    yet, held = open holds + open leases...) are `conduix.reconcile`'s; here: no overdraft,
+    yet, held = open holds + open leases...) are `conduix.audit.reconcile`'s; here: no overdraft,
     and every answered request billed once at the cost its headers said, either as a usage
     entry or as a settle deferred to HoldSweeper. Only this month's lines are read back here:
     the seeded history is older, and reconcile reads all of it."""
-    from conduix import dynamo, reconcile
+    from conduix.audit import reconcile
+    from conduix.store import dynamo
 
     wallet = org_items(moto_url, org_id, "WALLET")[0]
     month = datetime.now(UTC).strftime("%Y-%m")
@@ -325,7 +326,7 @@ def history_items(org_id: str, key_id: str, entries: int, now: datetime) -> Iter
     (marker and statement line each) over the year before this month, a top-up paying for
     every 1,000 of them (so the history nets to zero and the wallet stays equal to its ledger), and the
     per-day usage rows. Request ids start with HISTORY_PREFIX, so the checks can tell them."""
-    from conduix import metering
+    from conduix.ledger import metering
 
     # The year before this month: this month's spend and usage rows stay the load's own.
     end = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
@@ -691,7 +692,10 @@ def _lift_rate_limit(moto_url: str, org_ids: list[str]) -> str:
         BILLING_TABLE="BillingTable",
         CACHE_TABLE="CacheTable",
     )
-    from conduix import config, dynamo, plans, wallet_settings
+    from conduix.core import config
+    from conduix.ledger import wallet_settings
+    from conduix.pricing import plans
+    from conduix.store import dynamo
 
     config.settings.cache_clear()
     dynamo.reset_client()

@@ -139,7 +139,7 @@ class Bench:
             }
         )
         import boto3
-        from conduix import dynamo
+        from conduix.store import dynamo
         from conduix_local.tables import create_tables
         from conduix_local.template import load_template
 
@@ -189,7 +189,8 @@ class Bench:
         return result
 
     def new_org(self, credits: str | None) -> tuple[str, str]:
-        from conduix import plans, wallet_settings
+        from conduix.ledger import wallet_settings
+        from conduix.pricing import plans
 
         created = self.admin_call("POST", "/admin/orgs", {"name": "Bench Org", "email": "bench@example.test"})
         assert created["statusCode"] == 201, created
@@ -306,7 +307,8 @@ def count_path(
 
 
 def measure_paths(bench: Bench, n: int) -> list[PathResult]:
-    from conduix import clock, holds
+    from conduix.core import clock
+    from conduix.ledger import holds
 
     results = []
     log("counting: warm uncached billed request")
@@ -399,7 +401,8 @@ def measure_paths(bench: Bench, n: int) -> list[PathResult]:
 
 def wallet_growth(bench: Bench) -> dict[str, Any]:
     """The wallet's size with k holds open (as many requests of one org in flight)."""
-    from conduix import clock, holds, wallets
+    from conduix.core import clock
+    from conduix.ledger import holds, wallets
 
     org, _ = bench.new_org("1000")
     key = bench.table_names["BillingTable"]
@@ -445,7 +448,9 @@ def wallet_growth(bench: Bench) -> dict[str, Any]:
 
 
 def measure_cpu(bench: Bench, rounds: int, per_round: int) -> dict[str, Any]:
-    from conduix import clock, dynamo, holds, leases
+    from conduix.core import clock
+    from conduix.ledger import holds, leases
+    from conduix.store import dynamo
 
     table = bench.table_names["BillingTable"]
     client = dynamo.client()
@@ -474,7 +479,7 @@ def measure_cpu(bench: Bench, rounds: int, per_round: int) -> dict[str, Any]:
             json.loads(response.read())
 
     # A hot org: other requests of it are in flight (HOT_IN_FLIGHT holds, as other environments
-    # would have), so this environment reserves against an escrow lease (conduix.leases). The
+    # would have), so this environment reserves against an escrow lease (conduix.ledger.leases). The
     # funded org sends one request at a time, so each of its requests takes a hold of its own.
     hot_org, hot_key = bench.new_org("1000000")
     others = [f"bench-other-{uuid.uuid4()}" for _ in range(leases.HOT_IN_FLIGHT)]
@@ -903,7 +908,7 @@ def render(
     out += ["## DynamoDB per request", ""]
     counted = next((p.summary.requests for p in paths if p.summary), 0)
     out += para(
-        "Counted with botocore event hooks on the shared DynamoDB client (`conduix.dynamo.client()`), ",
+        "Counted with botocore event hooks on the shared DynamoDB client (`conduix.store.dynamo.client()`), ",
         f"over {counted} requests per path after a warm-up (the API key is cached, the clients exist). ",
         "Figures are per request. *Index WRU* are the writes DynamoDB makes to the table's global ",
         "secondary indexes on top of the table's.",
@@ -1131,7 +1136,8 @@ def render(
         "Idempotency-Key, embeddings, alerts and notices modules load where used), runs with the garbage ",
         "collector paused (the import's objects live as long as the process; they are then frozen out of ",
         "later collections), and loads boto3 before the rest of the package, which measured about 25 ms ",
-        "faster here than loading it midway. `tests/unit/test_completion_cold_start.py` keeps the list. ",
+        "faster here than loading it midway. `tests/unit/inference/test_completion_cold_start.py` keeps ",
+        "the list. ",
         "Bytecode: this run caches it, as the method says; a Lambda file system is read-only, so a layer ",
         "whose build ships only source compiles the package's modules at every cold start.",
     )

@@ -13,7 +13,7 @@ from conduix_local.upstream import FakeUpstream
 from tests.support.stack import stack  # noqa: F401 - one stack per session for e2e and browser tests
 
 # The tests, like the local stack, have no Secrets Manager: a function's secrets are read from
-# the environment variables of their names (conduix.config.secret).
+# the environment variables of their names (conduix.core.config.secret).
 os.environ.setdefault("CONDUIX_SECRETS_FROM_ENV", "1")
 for _variable in ("PROVIDER_KEYS_SECRET_ID", "STRIPE_API_KEY_SECRET_ID", "STRIPE_WEBHOOK_SECRET_ID"):
     os.environ.setdefault(_variable, "local")

@@ -8,15 +8,19 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
-from conduix import api, billing, config, dashboard, errors, keys, schemas, statements, views
-from conduix.auth import Principal, authenticate
-from conduix.errors import NotFound
-from conduix.web import error_result
+from conduix.accounts import keys
+from conduix.accounts.auth import Principal, authenticate
+from conduix.api import billing, resolver, views
+from conduix.core import bodies, config, errors
+from conduix.core.errors import NotFound
+from conduix.ledger import statements
+from conduix.web import dashboard
+from conduix.web.responses import error_result
 
 logger = Logger()
 # The shared package logs through the standard library; give its loggers the same JSON output.
 copy_config_to_registered_loggers(source_logger=logger, include={"conduix"})
-app = api.resolver()
+app = resolver.resolver()
 
 
 def _principal() -> Principal:
@@ -28,7 +32,7 @@ def _org_id() -> str:
     return _principal().org_id
 
 
-@app.get("/v1/billing", responses=api.answers(views.BillingView))
+@app.get("/v1/billing", responses=resolver.answers(views.BillingView))
 def get_billing() -> dict[str, Any]:
     return billing.billing_view(_org_id())
 
@@ -66,96 +70,97 @@ def get_usage() -> Response[Any]:
     return _json(statements.usage_report(_org_id(), query))
 
 
-@app.get("/v1/billing/notices", responses=api.answers(views.NoticeList))
+@app.get("/v1/billing/notices", responses=resolver.answers(views.NoticeList))
 def get_notices() -> dict[str, Any]:
     query = app.current_event.query_string_parameters or {}
     return billing.notices_view(_org_id(), query.get("limit"))
 
 
-@app.get("/v1/billing/alerts", responses=api.answers(views.AlertsView))
+@app.get("/v1/billing/alerts", responses=resolver.answers(views.AlertsView))
 def get_alerts() -> dict[str, Any]:
     return billing.alerts_view(_org_id())
 
 
-@app.put("/v1/billing/alerts", responses=api.answers(views.AlertsView))
-def put_alerts(settings: schemas.AlertsRequest) -> dict[str, Any]:
+@app.put("/v1/billing/alerts", responses=resolver.answers(views.AlertsView))
+def put_alerts(settings: bodies.AlertsRequest) -> dict[str, Any]:
     return billing.set_alerts(_org_id(), settings)
 
 
-@app.get("/v1/billing/api-keys", responses=api.answers(views.KeyList))
+@app.get("/v1/billing/api-keys", responses=resolver.answers(views.KeyList))
 def get_api_keys() -> dict[str, Any]:
     return keys.list_keys(_org_id())
 
 
 @app.post(
-    "/v1/billing/api-keys", responses=api.answers(views.CreatedKey, 201, "Created (the key is shown once)")
+    "/v1/billing/api-keys",
+    responses=resolver.answers(views.CreatedKey, 201, "Created (the key is shown once)"),
 )
-def post_api_key(asked: schemas.ApiKeyRequest) -> Response[dict[str, Any]]:
+def post_api_key(asked: bodies.ApiKeyRequest) -> Response[dict[str, Any]]:
     principal = _principal()
     created = keys.create_api_key(principal.org_id, asked, principal.scopes)
     return Response(status_code=201, content_type=content_types.APPLICATION_JSON, body=created)
 
 
-@app.patch("/v1/billing/api-keys/<key_id>", responses=api.answers(views.KeyView))
-def patch_api_key(key_id: str, change: schemas.ApiKeyUpdate) -> dict[str, Any]:
+@app.patch("/v1/billing/api-keys/<key_id>", responses=resolver.answers(views.KeyView))
+def patch_api_key(key_id: str, change: bodies.ApiKeyUpdate) -> dict[str, Any]:
     return keys.update_api_key(_org_id(), key_id, change)
 
 
-@app.delete("/v1/billing/api-keys/<key_id>", responses=api.answers(views.KeyView))
+@app.delete("/v1/billing/api-keys/<key_id>", responses=resolver.answers(views.KeyView))
 def delete_api_key(key_id: str) -> dict[str, Any]:
     return keys.revoke_api_key(_org_id(), key_id)
 
 
-@app.put("/v1/billing/spend-cap", responses=api.answers(views.BillingView))
-def put_spend_cap(cap: schemas.SpendCapRequest) -> dict[str, Any]:
+@app.put("/v1/billing/spend-cap", responses=resolver.answers(views.BillingView))
+def put_spend_cap(cap: bodies.SpendCapRequest) -> dict[str, Any]:
     return billing.set_spend_cap(_org_id(), cap.monthly_limit)
 
 
-@app.put("/v1/billing/auto-reload", responses=api.answers(views.BillingView))
-def put_auto_reload(reload: schemas.AutoReloadRequest) -> dict[str, Any]:
-    from conduix import autoreload
+@app.put("/v1/billing/auto-reload", responses=resolver.answers(views.BillingView))
+def put_auto_reload(reload: bodies.AutoReloadRequest) -> dict[str, Any]:
+    from conduix.payments import autoreload
 
     org_id = _org_id()
     autoreload.configure(org_id, reload)
     return billing.billing_view(org_id)
 
 
-@app.post("/v1/billing/top-ups", responses=api.answers(views.CheckoutSession, 201, "Checkout started"))
-def post_top_up(top_up: schemas.TopUpRequest) -> Response[dict[str, Any]]:
-    from conduix import payments  # imports stripe: only the routes that need it pay for it
+@app.post("/v1/billing/top-ups", responses=resolver.answers(views.CheckoutSession, 201, "Checkout started"))
+def post_top_up(top_up: bodies.TopUpRequest) -> Response[dict[str, Any]]:
+    from conduix.payments import topups  # imports stripe: only the routes that need it pay for it
 
     org_id = _org_id()
-    session = payments.start_top_up(org_id, top_up.amount, api.idempotency_key(app))
+    session = topups.start_top_up(org_id, top_up.amount, resolver.idempotency_key(app))
     return Response(status_code=201, content_type=content_types.APPLICATION_JSON, body=session)
 
 
-@app.post("/v1/billing/subscription", responses=api.answers(views.SubscriptionChange))
-def post_subscription(choice: schemas.SubscriptionRequest) -> dict[str, Any]:
-    from conduix import subscriptions
+@app.post("/v1/billing/subscription", responses=resolver.answers(views.SubscriptionChange))
+def post_subscription(choice: bodies.SubscriptionRequest) -> dict[str, Any]:
+    from conduix.payments import subscriptions
 
-    return subscriptions.choose(_org_id(), choice.plan, api.idempotency_key(app))
+    return subscriptions.choose(_org_id(), choice.plan, resolver.idempotency_key(app))
 
 
-@app.delete("/v1/billing/subscription", responses=api.answers(views.SubscriptionChange))
+@app.delete("/v1/billing/subscription", responses=resolver.answers(views.SubscriptionChange))
 def delete_subscription() -> dict[str, Any]:
-    from conduix import subscriptions
+    from conduix.payments import subscriptions
 
     return subscriptions.cancel(_org_id())
 
 
-@app.get("/v1/pricing", responses=api.answers(views.Pricing))
+@app.get("/v1/pricing", responses=resolver.answers(views.Pricing))
 def get_pricing() -> dict[str, Any]:
     return billing.pricing()
 
 
-@app.get("/v1/billing/invoices", responses=api.answers(views.InvoiceList))
+@app.get("/v1/billing/invoices", responses=resolver.answers(views.InvoiceList))
 def get_invoices() -> dict[str, Any]:
-    from conduix import payments
+    from conduix.payments import topups
 
-    return payments.invoices_view(_org_id())
+    return topups.invoices_view(_org_id())
 
 
-# ---- dashboard pages (static HTML/CSS/JS from conduix.dashboard; no auth: the pages call the API)
+# ---- dashboard pages (static HTML/CSS/JS from conduix.web.dashboard; no auth: the pages call the API)
 
 
 def _static(content_type: str, text: str, cache_control: str) -> Response[str]:
@@ -172,7 +177,7 @@ def _page(name: str) -> Response[str]:
 
 @app.get("/openapi.json", include_in_schema=False)
 def get_openapi() -> dict[str, Any]:
-    from conduix import openapi
+    from conduix.api import openapi
 
     return openapi.document(app)
 
@@ -222,4 +227,4 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             app.append_context(principal=authenticate(headers, "billing", fresh=True))
         except errors.ConduixError as exc:
             return error_result(exc)
-    return api.resolve(app, event, context)
+    return resolver.resolve(app, event, context)

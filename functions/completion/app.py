@@ -1,7 +1,7 @@
 """Completion: POST /v1/chat/completions, POST /v1/embeddings and GET /v1/models (wiring only).
 
 No Powertools here (neither resolver nor Logger): three routes don't need a resolver, and
-the standard library's logging with a JSON formatter (conduix.telemetry) writes the same
+the standard library's logging with a JSON formatter (conduix.core.telemetry) writes the same
 structured lines. The import time saved is cold-start time on the hottest function, and the
 CPU saved is on every billed request (docs/benchmarks.md).
 """
@@ -21,10 +21,12 @@ from typing import Any  # noqa: E402
 
 # The data-access client module first: measured, the whole import is about 25 ms faster when
 # boto3 loads before the rest of the package than when it loads midway through it.
-import conduix.dynamo  # noqa: E402, F401
-from conduix import completion, telemetry, web  # noqa: E402
-from conduix.auth import authenticate  # noqa: E402
-from conduix.errors import MethodNotAllowed, NotFound  # noqa: E402
+import conduix.store.dynamo  # noqa: E402, F401
+from conduix.accounts.auth import authenticate  # noqa: E402
+from conduix.core import telemetry  # noqa: E402
+from conduix.core.errors import MethodNotAllowed, NotFound  # noqa: E402
+from conduix.inference import answers, completion  # noqa: E402
+from conduix.web import responses  # noqa: E402
 
 # The shared package logs through the standard library: one JSON line per record on stdout.
 telemetry.json_logging("conduix")
@@ -37,11 +39,11 @@ _BUFFERED_SECONDS = 29.0
 _BILLED = ("/v1/chat/completions", "/v1/embeddings")
 
 
-def _route(request: web.Request, context: Any) -> dict[str, Any]:
+def _route(request: responses.Request, context: Any) -> dict[str, Any]:
     if request.path == "/v1/models":
         if request.method != "GET":
             raise MethodNotAllowed(f"{request.method} is not allowed on /v1/models.", ["GET"])
-        return web.json_result(200, completion.list_models())
+        return responses.json_result(200, completion.list_models())
     if request.path not in _BILLED:
         raise NotFound(f"Unknown route: {request.method} {request.path}")
     if request.method != "POST":
@@ -52,7 +54,7 @@ def _route(request: web.Request, context: Any) -> dict[str, Any]:
         remaining = context.get_remaining_time_in_millis() / 1000
         deadline = time.monotonic() + remaining - _SETTLE_MARGIN_SECONDS
         if request.path == "/v1/embeddings":
-            from conduix import embeddings  # only the embeddings route pays for the import
+            from conduix.inference import embeddings  # only the embeddings route pays for the import
 
             serve = embeddings.serve
             deadline = min(deadline, time.monotonic() + _BUFFERED_SECONDS - _SETTLE_MARGIN_SECONDS)
@@ -67,17 +69,17 @@ def _route(request: web.Request, context: Any) -> dict[str, Any]:
         raise
     if served.live is not None:
         events = _logged(served.live, request.request_id, principal.org_id, principal.key_id)
-        return web.stream_result(200, events, served.headers(), content_type=served.content_type)
+        return responses.stream_result(200, events, served.headers(), content_type=served.content_type)
     telemetry.completion_served(
         request_id=request.request_id, org_id=principal.org_id, key_id=principal.key_id, served=served
     )
     headers = served.headers()
     if served.replay_of is not None:
         headers["Idempotent-Replayed"] = "true"
-    return web.proxy_result(200, served.body, headers, content_type=served.content_type)
+    return responses.proxy_result(200, served.body, headers, content_type=served.content_type)
 
 
-def _logged(live: completion.LiveStream, request_id: str, org_id: str, key_id: str) -> Iterator[str]:
+def _logged(live: answers.LiveStream, request_id: str, org_id: str, key_id: str) -> Iterator[str]:
     """A live stream's events; its log line and metrics once it has ended, billed or not."""
     try:
         yield from live
@@ -90,9 +92,9 @@ def _logged(live: completion.LiveStream, request_id: str, org_id: str, key_id: s
 
 
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    request = web.parse_event(event)
+    request = responses.parse_event(event)
     telemetry.invocation(context, request_id=request.request_id)
-    return web.answer(lambda: _route(request, context), request.request_id)
+    return responses.answer(lambda: _route(request, context), request.request_id)
 
 
 gc.enable()

@@ -6,7 +6,9 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
-from conduix import clock, grants, sweeper
+from conduix.accounts import grants
+from conduix.core import clock
+from conduix.inference import sweeper
 
 logger = Logger()
 # The shared package logs through the standard library; give its loggers the same JSON output.

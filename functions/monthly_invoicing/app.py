@@ -7,7 +7,8 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
-from conduix import clock, invoicing
+from conduix.core import clock
+from conduix.payments import invoicing
 
 logger = Logger()
 # The shared package logs through the standard library; give its loggers the same JSON output.

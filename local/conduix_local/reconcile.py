@@ -82,9 +82,9 @@ def main() -> int:
     os.environ.setdefault("CACHE_TABLE", "unused-by-reconciliation")
     if os.environ.get("STRIPE_API_KEY"):
         # Functions read the key from Secrets Manager; this command, run by an operator, from
-        # the environment (conduix.config.secret).
+        # the environment (conduix.core.config.secret).
         os.environ.update(CONDUIX_SECRETS_FROM_ENV="1", STRIPE_API_KEY_SECRET_ID="STRIPE_API_KEY")
-    from conduix import reconcile
+    from conduix.audit import reconcile
 
     return reconcile.main()
 

@@ -252,8 +252,8 @@ class Stack:
     @staticmethod
     def _check_catalog(models_file: str | None, env: dict[str, str]) -> None:
         """An invalid catalog stops the start, naming the entry and field, before anything serves."""
-        from conduix.catalog import load_catalog
-        from conduix.errors import ConfigurationError
+        from conduix.core.errors import ConfigurationError
+        from conduix.pricing.catalog import load_catalog
 
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)

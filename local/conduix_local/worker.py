@@ -11,7 +11,7 @@ Logger, Metrics, print) writes to stdout and must not corrupt the protocol.
   worker -> parent:        {"type": "result", "requestId", "result": any}
                          | {"type": "error", "requestId", "errorType", "errorMessage", "stackTrace"}
   or, for a streamed response (a proxy result whose body is an iterator of str, as
-  conduix.runtime streams it on AWS), as the handler writes it:
+  conduix.web.runtime streams it on AWS), as the handler writes it:
                            {"type": "head", "requestId", "result": the result without its body}
                            {"type": "chunk", "requestId", "data": str} ...
                            {"type": "end", "requestId"} | an "error" message (mid-stream)

@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import pytest
-from conduix import dashboard
+from conduix.web import dashboard
 
 PAGES = ("billing", "usage", "settings", "pricing")
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import boto3
 import pytest
-from conduix import schemas
-from conduix.schemas import parse
+from conduix.core import bodies
+from conduix.core.bodies import parse
 
 from tests.e2e.test_money_in import deliver, signed, top_up
 from tests.e2e.test_plans_and_invoicing import cycle, store  # noqa: F401 - the store fixture
@@ -63,7 +63,7 @@ def test_an_invoice_mode_org_with_a_saved_card_is_never_charged_by_auto_reload(s
     reload = stack.billing(key)["auto_reload"]
     assert reload["enabled"] is False and reload["last_result"]["status"] == "turned_off"
     assert "monthly invoice" in reload["last_result"]["message"]
-    # (The notices themselves are counted in tests/integration/test_payment_lifecycles.py:
+    # (The notices themselves are counted in tests/integration/payments/test_payment_lifecycles.py:
     # moto's data dump, the one way to read sent mail, grows too slow late in a session.)
     refused = stack.call("PUT", "/v1/billing/auto-reload", on, key=key)
     assert (refused.status, refused.body["error"]["code"]) == (409, "invoice_billing_mode")
@@ -81,7 +81,8 @@ def test_an_invoice_mode_org_with_a_saved_card_is_never_charged_by_auto_reload(s
 
 @pytest.mark.usefixtures("store")
 def test_an_invoice_mode_org_spends_its_plan_credits_before_anything_is_invoiced(stack: Stack) -> None:
-    from conduix import clock, invoicing
+    from conduix.core import clock
+    from conduix.payments import invoicing
 
     org_id, key = stack.new_org()
     chosen = stack.call("POST", "/v1/billing/subscription", {"plan": "builder"}, key=key)
@@ -119,11 +120,12 @@ def last_month() -> tuple[datetime, str]:
 
 def seed_invoice_month(stack: Stack) -> tuple[str, str]:
     """An invoice-mode org with last month's usage (history the API cannot make today)."""
-    from conduix import holds, keys, metering, orgs, settles
+    from conduix.accounts import keys, orgs
+    from conduix.ledger import holds, metering, settles
 
     at, _ = last_month()
     org = orgs.create_org("Enterprise", f"ap-{uuid.uuid4().hex[:6]}@example.com", at)
-    key = keys.create_api_key(org.org_id, parse(schemas.ApiKeyRequest, {"name": "prod"}))["api_key"]
+    key = keys.create_api_key(org.org_id, parse(bodies.ApiKeyRequest, {"name": "prod"}))["api_key"]
     body = {"mode": "invoice", "po_number": "PO-9", "net_terms_days": 15}
     assert stack.operator("PUT", f"/admin/orgs/{org.org_id}/billing", body).status == 200
     for i, cost in enumerate((1_234_567_891, 765_432_109)):
@@ -176,7 +178,7 @@ def test_a_month_is_invoiced_once_after_a_failure_at_a_step_and_again_much_later
 
 @pytest.mark.usefixtures("store")
 def test_an_org_switched_back_to_prepaid_mid_month_is_still_invoiced(stack: Stack) -> None:
-    from conduix import wallet_settings
+    from conduix.ledger import wallet_settings
 
     org_id, key = seed_invoice_month(stack)
     _, period = last_month()
@@ -368,7 +370,8 @@ def _make_reconcile(stack: Stack) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.usefixtures("store")
 def test_reconcile_fails_on_a_payment_without_entry_and_an_entry_without_payment(stack: Stack) -> None:
-    from conduix import clock, ledger
+    from conduix.core import clock
+    from conduix.ledger import entries
 
     org_id, key = stack.new_org()
     session_id = top_up(stack, key, "10")
@@ -390,7 +393,9 @@ def test_reconcile_fails_on_a_payment_without_entry_and_an_entry_without_payment
     assert stack.operator("GET", f"/admin/orgs/{org_id}/reconcile").body["ok"] is True
 
     forged = f"cs_test_forged_{uuid.uuid4().hex[:8]}"  # a ledger entry no payment explains
-    ledger.post_entry(org_id, kind="top_up", key=forged, amount=10 * C, description="forged", now=clock.now())
+    entries.post_entry(
+        org_id, kind="top_up", key=forged, amount=10 * C, description="forged", now=clock.now()
+    )
     try:
         report = stack.operator("GET", f"/admin/orgs/{org_id}/reconcile").body
         checks = [d["check"] for d in report["discrepancies"]]

@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
-from conduix import schemas
-from conduix.schemas import parse
+from conduix.core import bodies
+from conduix.core.bodies import parse
 
 from tests.support.stack import Stack, wait_until
 
@@ -83,7 +83,8 @@ def test_plan_features_are_enforced(stack: Stack) -> None:
 def store(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The product's own data access, pointed at the stack's DynamoDB stand-in, for seeding
     history the API cannot create today: last month's usage."""
-    from conduix import config, dynamo
+    from conduix.core import config
+    from conduix.store import dynamo
 
     for name, value in {
         "AWS_ENDPOINT_URL": stack.moto,
@@ -102,13 +103,15 @@ def store(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_an_invoice_mode_month_is_invoiced_once_and_matches_the_ledger(stack: Stack, store: None) -> None:
-    from conduix import holds, invoicing, keys, metering, orgs, settles
+    from conduix.accounts import keys, orgs
+    from conduix.ledger import holds, metering, settles
+    from conduix.payments import invoicing
 
     now = datetime.now(UTC)
     last_month = (now.replace(day=1) - timedelta(days=1)).replace(day=15, hour=12)
     period = last_month.strftime("%Y-%m")
     org = orgs.create_org("Enterprise Co", f"ap-{uuid.uuid4().hex[:6]}@example.com", last_month)
-    key = keys.create_api_key(org.org_id, parse(schemas.ApiKeyRequest, {"name": "prod"}))["api_key"]
+    key = keys.create_api_key(org.org_id, parse(bodies.ApiKeyRequest, {"name": "prod"}))["api_key"]
     mode = stack.operator(
         "PUT",
         f"/admin/orgs/{org.org_id}/billing",

@@ -9,7 +9,11 @@ from pathlib import Path
 
 import boto3
 import pytest
-from conduix import auth, catalog, config, dynamo, leases, orgs, wallets
+from conduix.accounts import auth, orgs
+from conduix.core import config
+from conduix.ledger import leases, wallets
+from conduix.pricing import catalog
+from conduix.store import dynamo
 from conduix_local.moto_server import LockedMotoServer
 from conduix_local.tables import create_tables
 from conduix_local.template import load_template

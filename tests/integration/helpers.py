@@ -5,15 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from conduix import config, dynamo, ledger, wallets
+from conduix.core import config
+from conduix.ledger import entries, wallets
+from conduix.store import dynamo
 
 NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 
 
 def fund(org_id: str, credits: str, key: str = "seed") -> None:
-    from conduix.money import parse_credits
+    from conduix.core.money import parse_credits
 
-    ledger.post_entry(
+    entries.post_entry(
         org_id, kind="grant", key=key, amount=parse_credits(credits, field="x"), description="t", now=NOW
     )
 

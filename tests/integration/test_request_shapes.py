@@ -1,5 +1,5 @@
-"""One set of models for BillingApi's and Admin's requests and answers (conduix.schemas,
-conduix.views): the resolver validates with them, and /openapi.json is generated from them.
+"""One set of models for BillingApi's and Admin's requests and answers (conduix.core.bodies,
+conduix.api.views): the resolver validates with them, and /openapi.json is generated from them.
 
 Bad input on every body route is our 400 naming the field (never Powertools' 422), who is
 calling is checked before what was sent, and real answers validate against the document's
@@ -13,7 +13,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-from conduix import openapi
+from conduix.api import openapi
 
 from tests.integration.test_handlers import OPERATOR_KEY, context, env, event, handler  # noqa: F401
 

@@ -87,7 +87,7 @@ def test_every_function_imports_from_its_built_package_alone(packages: dict[str,
         proc = _run_in(package, _PROBE, json.dumps(own), module, env=specs[logical_id].env)
         assert proc.returncode == 0, f"{logical_id} cannot import from its built package:\n{proc.stderr}"
         report = json.loads(proc.stdout.strip().splitlines()[-1])
-        assert "conduix.stripe_gateway" in report["imported"]
+        assert "conduix.payments.stripe_gateway" in report["imported"]
         assert report["origins"]["conduix"].startswith(str(package.layer_dirs[0]))
         assert report["origins"]["boto3"].startswith(str(package.runtime_dir))
         assert not [p for p in report["path"] if "site-packages" in p or ".venv" in p], report["path"]

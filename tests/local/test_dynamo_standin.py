@@ -145,10 +145,10 @@ def test_concurrent_transactions_on_one_item_conflict(ddb: tuple[Any, StandIn]) 
 def test_the_billing_client_waits_out_a_transaction_in_flight_for_a_single_write(
     ddb: tuple[Any, StandIn],
 ) -> None:
-    from conduix.dynamo import wait_out_transactions
+    from conduix.store.dynamo import wait_out_transactions
 
     client, standin = ddb
-    wait_out_transactions(client)  # as conduix.dynamo.client() does
+    wait_out_transactions(client)  # as conduix.store.dynamo.client() does
     held = ("T", '{"S": "ORG#hot"}', '{"S": "wallet"}')
     before = standin.conflicts.cancelled
     # Given a transaction holding the wallet for a moment (a top-up landing)

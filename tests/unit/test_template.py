@@ -65,7 +65,7 @@ def _assert_completions_stream(resources: dict[str, Any]) -> None:
     wrapper = completion["Environment"]["Variables"]["AWS_LAMBDA_EXEC_WRAPPER"]
     script = ROOT / "functions/completion" / Path(wrapper).name
     assert wrapper == "/var/task/stream-runtime" and os.access(script, os.X_OK)
-    assert "-m conduix.runtime" in script.read_text()
+    assert "-m conduix.web.runtime" in script.read_text()
 
 
 def _assert_no_circular_dependency(resources: dict[str, Any]) -> None:
@@ -93,7 +93,7 @@ def _assert_no_circular_dependency(resources: dict[str, Any]) -> None:
 
 
 def test_learn_public_url_defaults_to_the_apis_own_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    from conduix import config
+    from conduix.core import config
 
     monkeypatch.setenv("CONDUIX_PUBLIC_URL", "")
     stage = {"requestContext": {"domainName": "abc.execute-api.eu-west-1.amazonaws.com", "stage": "api"}}
@@ -201,7 +201,7 @@ def test_keys_come_from_secrets_that_only_their_functions_may_read() -> None:
     assert readers == named
     assert named["StripeWebhookSigningSecret"] == {"StripeWebhookFunction"}
     assert named["ProviderKeysSecret"] == {"CompletionFunction"}
-    config_source = (ROOT / "layers" / "shared" / "conduix" / "config.py").read_text()
+    config_source = (ROOT / "layers" / "shared" / "conduix" / "core" / "config.py").read_text()
     for variable in {
         name for env in _functions_env().values() for name in env if name.endswith("_SECRET_ID")
     }:
@@ -227,7 +227,7 @@ def test_alarms_watch_what_an_operator_must_act_on() -> None:
     queue = alarms["ScheduledJobFailuresAlarm"]["Properties"]
     assert queue["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["ScheduledJobFailures", "QueueName"]}
     # The custom metrics are spelled as telemetry.py emits them, with its dimensions.
-    from conduix import telemetry
+    from conduix.core import telemetry
 
     source = Path(telemetry.__file__).read_text()
     settle = alarms["SettleIncidentsAlarm"]["Properties"]
@@ -239,7 +239,7 @@ def test_alarms_watch_what_an_operator_must_act_on() -> None:
         "service": "stripe-webhook",
         "outcome": "invalid_signature",
     }
-    from conduix.errors import InvalidSignature
+    from conduix.core.errors import InvalidSignature
 
     assert InvalidSignature.code == "invalid_signature"  # what StripeWebhook reports as its outcome
     rate = alarms["Api5xxRateAlarm"]["Properties"]
@@ -266,11 +266,11 @@ def test_completion_memory_is_what_the_published_benchmark_chose() -> None:
 def test_the_runbook_subscribes_the_webhook_to_exactly_the_handled_events() -> None:
     import re
 
-    from conduix import payments
+    from conduix.payments import webhooks
 
     readme = (ROOT / "README.md").read_text()
     subscribed = re.findall(r'enabled_events\[\]=([a-z_.]+)"', readme)
-    assert sorted(subscribed) == sorted(payments.HANDLERS)
+    assert sorted(subscribed) == sorted(webhooks.HANDLERS)
 
 
 def test_the_stage_throttle_comes_from_parameters_sized_to_the_account() -> None:

@@ -81,7 +81,7 @@ class Front(Started):
         self._fired_lock = threading.Lock()
         self._stopping = threading.Event()
         # The test clock: stack time = real time + offset, shared with the workers through
-        # clock_file (conduix.clock reads it). It only moves forward.
+        # clock_file (conduix.core.clock reads it). It only moves forward.
         self.clock_file = clock_file
         self._offset = timedelta(0)
         self._clock_lock = threading.Lock()

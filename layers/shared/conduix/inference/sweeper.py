@@ -1,0 +1,111 @@
+"""Settling what Completion served but could not bill at once, and releasing holds whose
+request died before it could settle or release them."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from conduix.accounts import alerts
+from conduix.core import telemetry
+from conduix.core.errors import ServiceBusy
+from conduix.core.money import format_credits
+from conduix.ledger import holds, leases, settles, upkeep, wallets
+
+log = logging.getLogger(__name__)
+
+
+def sweep(now: datetime) -> dict[str, Any]:
+    """Settle every pending settle, then release every expired hold. Safe to run concurrently
+    with settles and with itself: closing a hold is conditional on it still being open, and a
+    ledger entry on its key not existing yet, so exactly one closer wins and bills once."""
+    cutoff = int(now.timestamp())
+    checked = released = settled = 0
+    released_nanos = settled_nanos = 0
+    leases_folded = 0
+    for shard in range(wallets.SWEEP_SHARDS):
+        for org_id in upkeep.wallets_with_holds(str(shard)):
+            checked += 1
+            waiting = set()  # deferred settles still contended: their holds are not released
+            landed = 0
+            for pending in settles.pending_settles(org_id):
+                try:
+                    if pending.lease_id:  # billed under a lease: no hold to close, a debit of its own
+                        outcome = leases.charge_pending(org_id, pending, now)
+                    else:
+                        outcome = settles.settle(
+                            org_id,
+                            pending.request_id,
+                            pending.hold_amount,
+                            pending.usage,
+                            now,
+                            from_pending=True,
+                            budget_key=pending.budget_key,
+                        )
+                except Exception:  # still contended: the record and its hold wait for the next run
+                    log.exception(
+                        "could not settle a deferred settle", extra={"request_id": pending.request_id}
+                    )
+                    waiting.add(pending.request_id)
+                    continue
+                if outcome is settles.SettleOutcome.SETTLED:
+                    settled += 1
+                    landed += 1
+                    settled_nanos += pending.usage.cost
+                else:  # its first settle had landed after all (or, never, its hold was released)
+                    settles.drop_pending(org_id, pending.request_id)
+                log.warning(
+                    "settled a deferred settle",
+                    extra={"org_id": org_id, "request_id": pending.request_id, "outcome": outcome.value},
+                )
+            if landed:
+                _alerts_after_deferred(org_id, now)
+            org_holds = holds.open_holds(org_id)
+            for hold in org_holds:
+                if hold.request_id in waiting or hold.expires_at > cutoff:
+                    continue
+                if _release(org_id, hold):
+                    released += 1
+                    released_nanos += hold.amount
+                    log.warning(
+                        "released an expired hold",
+                        extra={
+                            "org_id": org_id,
+                            "request_id": hold.request_id,
+                            "amount": format_credits(hold.amount),
+                        },
+                    )
+            leases_folded += leases.sweep(org_id, now)  # expired escrow leases, from their spends
+            upkeep.prune_rate_windows(org_id, now)
+            if all(h.expires_at <= cutoff for h in org_holds):
+                upkeep.forget_if_idle(org_id)
+    telemetry.holds_released(released)
+    return {
+        "wallets_checked": checked,
+        "pending_settled": settled,
+        "credits_settled": format_credits(settled_nanos),
+        "holds_released": released,
+        "credits_released": format_credits(released_nanos),
+        "leases_folded": leases_folded,
+    }
+
+
+def _release(org_id: str, hold: holds.Hold) -> bool:
+    """Release an expired hold; one whose wallet stays busy past the retries waits for the
+    next run instead of ending this one for every other org."""
+    try:
+        return holds.release(
+            org_id, hold.request_id, hold.amount, budget_key=hold.key_id if hold.key_budget else ""
+        )
+    except ServiceBusy:
+        log.warning("an expired hold waits for the next sweep", extra={"request_id": hold.request_id})
+        return False
+
+
+def _alerts_after_deferred(org_id: str, now: datetime) -> None:
+    """Deferred settles carry no alert guard: check the org's thresholds once they landed."""
+    try:
+        alerts.check(org_id, now)
+    except Exception:  # the next settle's guard finds a crossing still unsent
+        log.exception("could not check alerts after deferred settles", extra={"org_id": org_id})

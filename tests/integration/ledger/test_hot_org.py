@@ -1,0 +1,337 @@
+"""One hot org: 500 requests in flight at once. Holds are items of their own, so no item grows
+with the org's concurrency; the hold's condition still never lets the org overdraw."""
+
+from __future__ import annotations
+
+import random
+import threading
+from datetime import timedelta
+
+import pytest
+from conduix.audit import reconcile
+from conduix.core import bodies, errors
+from conduix.core.bodies import parse
+from conduix.core.config import settings
+from conduix.core.money import NANOS_PER_CREDIT as C
+from conduix.inference import sweeper
+from conduix.ledger import holds, leases, metering, settles, wallet_settings, wallets
+from conduix.pricing import plans
+from conduix.store import dynamo, schema
+
+from bench.meter import item_size
+from tests.integration.helpers import NOW, assert_consistent, fund, ledger_items
+
+pytestmark = pytest.mark.integration
+
+IN_FLIGHT = 500
+
+
+def test_500_requests_in_flight_keep_every_item_small_and_never_overdraw(org: str) -> None:
+    # Given an org on the plan with the most requests per minute, with credit for 450 holds
+    wallet_settings.set_plan(org, plans.get("scale"))
+    fund(org, "450")
+    placed: list[str] = []
+    refused: list[errors.InsufficientCredits] = []
+    busy: list[errors.ServiceBusy] = []  # transaction conflicts on the wallet outlasted the retries
+    reserved = threading.Barrier(IN_FLIGHT + 1)
+    settle_now = threading.Event()
+    lock = threading.Lock()
+    rng = random.Random(14)
+    costs = [rng.randint(0, C) for _ in range(IN_FLIGHT)]
+    outcomes: list[object] = []
+
+    def request(i: int) -> None:
+        rid = f"req-{i:03d}"
+        try:
+            holds.reserve(org, rid, C, model="acme/fast", key_id="key_1", now=NOW)
+            with lock:
+                placed.append(rid)
+        except errors.InsufficientCredits as refusal:
+            with lock:
+                refused.append(refusal)
+            rid = ""
+        except errors.ServiceBusy as contended:
+            with lock:
+                busy.append(contended)
+            rid = ""
+        finally:
+            reserved.wait()
+        settle_now.wait()
+        if rid:  # as Completion does: a settle that cannot land now is kept for HoldSweeper
+            usage = metering.Usage("acme/fast", "key_1", 10, 20, costs[i])
+            try:
+                outcomes.append(settles.settle(org, rid, C, usage, NOW))
+            except errors.ServiceBusy:
+                settles.record_pending(org, rid, C, usage, NOW)
+                outcomes.append("deferred")
+
+    # When 500 requests hold at once
+    threads = [threading.Thread(target=request, args=(i,)) for i in range(IN_FLIGHT)]
+    for t in threads:
+        t.start()
+    reserved.wait(timeout=600)
+
+    # Then, with every hold open: at most the 450 the credit covers; a 402 only once all of it is
+    # held (per-request holds all write the one wallet item, so DynamoDB's transaction conflicts
+    # turn some requests away as busy: escrow leases take the wallet off that path); and no
+    # item of the org larger than 2 KB
+    assert len(placed) + len(refused) + len(busy) == IN_FLIGHT
+    assert len(placed) <= 450
+    assert all(r.available_nanos < C for r in refused)
+    if refused:
+        assert len(placed) == 450, "a 402 while the org still had credit"
+    items = dynamo.client().query(
+        TableName=settings().billing_table,
+        KeyConditionExpression="pk = :pk",
+        ExpressionAttributeValues={":pk": {"S": schema.org_pk(org)}},
+        ConsistentRead=True,
+    )["Items"]
+    # (a hold whose answer was lost and whose retries then all conflicted is open but unused:
+    # HoldSweeper releases it when it expires)
+    org_holds = [i for i in items if i["sk"]["S"].startswith("HOLD#")]
+    assert len(placed) <= len(org_holds) <= 450
+    assert max(item_size(i) for i in items) <= 2048
+    assert not any("expires_at" in i for i in items if i["sk"]["S"].startswith("HOLD#"))  # the TTL's
+    w = assert_consistent(org)
+    assert (w.held, w.available, w.hold_count) == (
+        len(org_holds) * C,
+        (450 - len(org_holds)) * C,
+        len(org_holds),
+    )
+
+    # And every settle lands exactly, with nothing overdrawn
+    settle_now.set()
+    for t in threads:
+        t.join()
+    assert len(outcomes) == len(placed)
+    # (already settled: a retry after an answer lost in the queue found its own entry)
+    assert set(outcomes) <= {settles.SettleOutcome.SETTLED, settles.SettleOutcome.ALREADY_SETTLED, "deferred"}
+    # (a hold whose first attempt sat in the store's queue past the client's timeout lands
+    # after its request gave up: open, unused, released by HoldSweeper when it expires)
+    strays = [h for h in holds.open_holds(org) if h.request_id not in set(placed)]
+    swept = sweeper.sweep(NOW + timedelta(minutes=10))
+    # (a deferred settle whose first attempt had landed after all is dropped, not billed twice)
+    assert swept["pending_settled"] <= outcomes.count("deferred") and settles.pending_settles(org) == []
+    assert swept["holds_released"] == len(strays)
+    w = assert_consistent(org)
+    spent = sum(costs[int(rid.split("-")[1])] for rid in placed)
+    assert (w.balance, w.held, w.available) == (450 * C - spent, 0, 450 * C - spent)
+    assert len([i for i in ledger_items(org) if i["entry_type"]["S"] == "usage"]) == len(placed)
+
+
+def test_500_requests_in_flight_through_escrow_leases_are_all_served_and_billed_exactly(org: str) -> None:
+    # Given a hot org (requests already in flight) with plenty of credit
+    wallet_settings.set_plan(org, plans.get("scale"))
+    fund(org, "2000")
+    warm = [holds.reserve(org, f"warm-{i}", C, model="acme/fast", key_id="key_1", now=NOW) for i in range(8)]
+    for i, _ in enumerate(warm):
+        holds.release(org, f"warm-{i}", C)
+    wallets.forget_views()
+    for i in range(8):  # the environment has seen them in flight
+        holds.reserve(org, f"seen-{i}", C, model="acme/fast", key_id="key_1", now=NOW)
+    served: list[str] = []
+    failed: list[BaseException] = []
+    reserved = threading.Barrier(IN_FLIGHT + 1)
+    settle_now = threading.Event()
+    lock = threading.Lock()
+    rng = random.Random(15)
+    costs = [rng.randint(0, C) for _ in range(IN_FLIGHT)]
+
+    def request(i: int) -> None:
+        rid = f"req-{i:03d}"
+        try:
+            reservation = leases.reserve(org, rid, C, model="acme/fast", key_id="key_1", now=NOW)
+        except BaseException as exc:
+            with lock:
+                failed.append(exc)
+            reserved.wait()
+            return
+        reserved.wait()
+        settle_now.wait()
+        usage = metering.Usage("acme/fast", "key_1", 10, 20, costs[i])
+        try:
+            outcome = leases.settle(org, rid, reservation, usage, NOW)
+            assert outcome in (settles.SettleOutcome.SETTLED, settles.SettleOutcome.ALREADY_SETTLED)
+        except errors.ServiceBusy:  # as Completion does: kept, and charged by HoldSweeper
+            lease_id = reservation.lease.lease_id if reservation.lease else ""
+            settles.record_pending(org, rid, C, usage, NOW, lease_id=lease_id)
+        with lock:
+            served.append(rid)
+
+    # When 500 requests are in flight at once
+    threads = [threading.Thread(target=request, args=(i,)) for i in range(IN_FLIGHT)]
+    for t in threads:
+        t.start()
+    reserved.wait(timeout=600)
+
+    # Then none was refused or turned away busy, and every item stays small
+    assert failed == []
+    items = dynamo.client().query(
+        TableName=settings().billing_table,
+        KeyConditionExpression="pk = :pk",
+        ExpressionAttributeValues={":pk": {"S": schema.org_pk(org)}},
+        ConsistentRead=True,
+    )["Items"]
+    assert max(item_size(i) for i in items) <= 2048
+    w = wallets.get_wallet(org)
+    assert w.lease_count >= 1 and w.available >= 0
+    assert w.held >= (IN_FLIGHT + 8) * C  # every request in flight is covered by a hold or a slice
+
+    # And once they are billed and the leases folded (by their environment, or HoldSweeper
+    # once they expire), the wallet is exactly the ledger's replay
+    settle_now.set()
+    for t in threads:
+        t.join()
+    assert failed == [] and len(served) == IN_FLIGHT
+    leases.close_all(NOW)
+    for i in range(8):
+        holds.release(org, f"seen-{i}", C)
+    result = sweeper.sweep(NOW + timedelta(minutes=5))
+    assert result["holds_released"] == 0
+    w = assert_consistent(org)
+    spent = sum(costs)
+    assert (w.balance, w.held, w.available, w.lease_count) == (2000 * C - spent, 0, 2000 * C - spent, 0)
+    assert len([i for i in ledger_items(org) if i["entry_type"]["S"] == "usage"]) == IN_FLIGHT
+    assert ledger_items(org, "LEASE#") == []  # folded (spend records stay as history, with a TTL)
+    assert reconcile.reconcile_org(org) == []
+
+
+def test_holds_that_keep_colliding_make_the_org_hot_in_this_environment(
+    org: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a well-funded org whose wallet this environment sees with nothing in flight (each
+    # environment's view counts only its own holds), while others' holds keep it busy
+    wallet_settings.set_plan(org, plans.get("scale"))
+    fund(org, "2000")
+    real, tried = holds.reserve, []
+
+    def busy_once(*args: object, **kwargs: object) -> holds.Reservation:
+        tried.append(args[1])
+        if len(tried) == 1:
+            raise errors.ServiceBusy("The billing store is busy; please retry the request.")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(holds, "reserve", busy_once)
+    # When a hold cannot land for contention, the request is served from a lease instead of a 503
+    first = leases.reserve(org, "r1", C, model="acme/fast", key_id="key_1", now=NOW)
+    assert first.lease is not None and tried == ["r1"]
+    # and the org stays hot here: the next request takes no hold at all
+    second = leases.reserve(org, "r2", C, model="acme/fast", key_id="key_1", now=NOW)
+    assert second.lease is first.lease and tried == ["r1"]
+    for rid, reservation in (("r1", first), ("r2", second)):
+        usage = metering.Usage("acme/fast", "key_1", 1, 1, C // 2)
+        assert leases.settle(org, rid, reservation, usage, NOW) is settles.SettleOutcome.SETTLED
+    leases.close_all(NOW)
+    w = assert_consistent(org)
+    assert (w.balance, w.held, w.lease_count) == (2000 * C - C, 0, 0)
+    assert reconcile.reconcile_org(org) == []
+
+
+def test_an_org_that_may_not_lease_still_gets_the_busy_answer(
+    org: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conduix.api import billing
+
+    fund(org, "2000")
+    billing.set_alerts(
+        org, parse(bodies.AlertsRequest, {"balance_below": ["5"]})
+    )  # alerts keep per-request holds
+
+    def busy(*args: object, **kwargs: object) -> holds.Reservation:
+        raise errors.ServiceBusy("The billing store is busy; please retry the request.")
+
+    monkeypatch.setattr(holds, "reserve", busy)
+    with pytest.raises(errors.ServiceBusy):
+        leases.reserve(org, "r1", C, model="acme/fast", key_id="key_1", now=NOW)
+    assert wallets.get_wallet(org).lease_count == 0
+
+
+def _hot(org: str) -> None:
+    """A well-funded org this environment already knows is hot (a hold collided here)."""
+    wallet_settings.set_plan(org, plans.get("scale"))
+    fund(org, "2000")
+    leases._contended_until[org] = float("inf")
+
+
+def _windows(org: str) -> dict[str, int]:
+    item = dynamo.client().get_item(
+        TableName=settings().billing_table, Key=wallets.wallet_key(org), ConsistentRead=True
+    )["Item"]
+    return {k: int(v["N"]) for k, v in item.get("rpm", {}).get("M", {}).items()}
+
+
+def _serve(org: str, rid: str, at: object) -> leases.Reservation:
+    reservation = leases.reserve(org, rid, C, model="acme/fast", key_id="key_1", now=at)  # type: ignore[arg-type]
+    usage = metering.Usage("acme/fast", "key_1", 1, 1, C // 2)
+    assert leases.settle(org, rid, reservation, usage, at) is settles.SettleOutcome.SETTLED  # type: ignore[arg-type]
+    return reservation
+
+
+def test_a_lease_outlives_the_minute_it_was_taken_in_and_counts_there(org: str) -> None:
+    # Given a lease taken two seconds before the minute turns
+    _hot(org)
+    late = NOW + timedelta(seconds=58)
+    first = _serve(org, "r1", late)
+    assert first.lease is not None
+    window = f"key_1@{int(late.timestamp()) // 60}"
+    assert _windows(org)[window] == first.lease.requests
+    # When the minute turns, the same lease keeps serving (no renewal at the minute's edge)
+    after = late + timedelta(seconds=20)
+    second = _serve(org, "r2", after)
+    assert second.lease is first.lease
+    # And once it is folded in the next minute, its unused requests are not written back into
+    # the minute that ended (it would come back on the wallet)
+    leases.close_all(after)
+    w = assert_consistent(org)
+    assert (w.balance, w.held, w.lease_count) == (2000 * C - C, 0, 0)
+    assert _windows(org).get(window) == first.lease.requests  # counted where it was taken
+    assert reconcile.reconcile_org(org) == []
+
+
+def test_a_lease_is_sized_by_what_the_environment_served_under_its_last(org: str) -> None:
+    _hot(org)
+    # The first lease of a key is small
+    first = _serve(org, "r0", NOW)
+    assert first.lease is not None and first.lease.requests == leases.FIRST_LEASE_REQUESTS
+    for i in range(1, leases.FIRST_LEASE_REQUESTS):
+        assert _serve(org, f"r{i}", NOW).lease is first.lease
+    # one used up at once asks for its rate over a whole lease (here more than the plan allows
+    # a lease: 1/16 of the key's 6,000 a minute)
+    most = plans.get("scale").requests_per_minute // leases.SLICE_FRACTION
+    second = _serve(org, "r-next", NOW)
+    assert second.lease is not None and second.lease.requests == most == 375
+    # the slice follows the requests, at most 1/16 of the credit available (2,000 less the first
+    # lease's 16 still held: it is folded once the new one is taken)
+    assert second.lease.amount == min(most * C, (2000 - 16) * C // leases.SLICE_FRACTION) == 124 * C
+    # and one that served little over its whole time gives the smallest again
+    later = NOW + timedelta(seconds=settings().key_cache_seconds + 1)
+    third = _serve(org, "r-later", later)
+    assert third.lease is not None and third.lease.requests == leases.FIRST_LEASE_REQUESTS
+    leases.close_all(later)
+    w = assert_consistent(org)
+    assert (w.balance, w.held, w.lease_count) == (2000 * C - 18 * (C // 2), 0, 0)
+
+
+def test_a_hot_org_whose_lease_cannot_land_is_answered_busy_without_a_hold(
+    org: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a hot org whose environment holds a spent lease
+    _hot(org)
+    spent = _serve(org, "r1", NOW)
+    assert spent.lease is not None
+    later = NOW + timedelta(seconds=settings().key_cache_seconds + 1)
+    holds_tried: list[object] = []
+    monkeypatch.setattr(holds, "reserve", lambda *a, **k: holds_tried.append(a))
+
+    def busy(*args: object, **kwargs: object) -> None:
+        raise errors.ServiceBusy("The billing store is busy; please retry the request.")
+
+    monkeypatch.setattr(leases, "acquire", busy)
+    # When its next lease cannot land for contention, the request is answered busy, and no
+    # per-request hold adds to the wallet's contention
+    with pytest.raises(errors.ServiceBusy):
+        leases.reserve(org, "r2", C, model="acme/fast", key_id="key_1", now=later)
+    assert holds_tried == []
+    # while the spent lease is still folded back
+    w = assert_consistent(org)
+    assert (w.balance, w.held, w.lease_count) == (2000 * C - C // 2, 0, 0)

@@ -1,0 +1,665 @@
+"""The wallet against a pure-Python model of it, one random step at a time (Hypothesis stateful).
+
+Every rule calls the real data access (`conduix.ledger.holds`, `conduix.ledger.settles`, `conduix.ledger`,
+`conduix.ledger.key_limits`, `conduix.inference.sweeper`...) on the locked moto server with tables from
+template.yaml, predicts the outcome with the model, and after EVERY step the store is checked
+against the model and against itself:
+
+- the wallet's balance equals the replay of its ledger, to the nano-credit;
+- `held` equals the sum of the open holds, and the holds are exactly the model's;
+- available = balance - held, committed = month_spent + held, cap_remaining = cap_limit - committed;
+- month_spent equals the month's usage entries in the ledger, and the usage aggregates add up;
+- holds never overdraw: available only goes below zero by negative credits, cost > hold or
+  holds of an invoice-mode wallet, and a capped wallet only passes its cap by cost > hold or a
+  cap set below what is committed;
+- every charge above its hold (the provider billed more than the hold bounded) left exactly one
+  incident item, and nothing else did;
+- a settle deferred (it could not land at once) keeps its hold until HoldSweeper settles it,
+  exactly once, instead of releasing it;
+- a wallet with an open hold is in the sweep index, or HoldSweeper would never find it;
+- each key budget (per-key daily spend limit) holds exactly the key's counted open holds, its
+  window's spend, and room = limit - spent - held.
+
+A reserve must be refused (rate limit, then cap, then balance, then the key's limit) exactly
+when the model says so.
+
+Profiles (deterministic, no example database):
+  default                  short, part of the normal test run
+  CONDUIX_PROFILE=long     at least 10,000 steps in total (minutes)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conduix.accounts import orgs
+from conduix.core import config
+from conduix.core.clock import limit_window, period_of
+from conduix.core.errors import (
+    Conflict,
+    IdempotencyConflict,
+    InsufficientCredits,
+    KeySpendLimitExceeded,
+    RateLimited,
+    SpendCapExceeded,
+)
+from conduix.core.money import NANOS_PER_CREDIT as C
+from conduix.core.money import format_credits
+from conduix.inference import sweeper
+from conduix.ledger import entries, holds, key_limits, metering, settles, wallet_settings, wallets
+from conduix.pricing import plans
+from conduix.store import dynamo, schema
+from conduix_local.moto_server import LockedMotoServer
+from conduix_local.tables import create_tables
+from conduix_local.template import load_template
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from tests.integration.helpers import NOW, ledger_items
+
+pytestmark = pytest.mark.integration
+
+_COMMON: dict[str, Any] = {
+    "derandomize": True,  # the same examples on every run: CI is never flaky
+    "database": None,  # and no .hypothesis directory
+    "deadline": None,  # moto is slow; time is not what is under test
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+    "print_blob": False,
+}
+# Each example starts from empty tables (moto's transactions slow down as a table grows).
+settings.register_profile("conduix-ledger-short", max_examples=15, stateful_step_count=40, **_COMMON)
+settings.register_profile("conduix-ledger-long", max_examples=300, stateful_step_count=50, **_COMMON)
+PROFILE = "conduix-ledger-long" if os.environ.get("CONDUIX_PROFILE") == "long" else "conduix-ledger-short"
+LONG_RUN_MIN_STEPS = 10_000
+
+HOLD_TTL = 300  # CONDUIX_HOLD_TTL_SECONDS, set by the test
+KEYS = ("key_1", "key_2")
+_TEMPLATE = load_template()
+
+amounts = st.one_of(
+    st.integers(1, 3 * C),
+    st.integers(1, 1_000),  # a few nano-credits: rounding shows up here
+    st.sampled_from([C, 2 * C, 5 * C]),
+)
+grant_amounts = st.one_of(st.integers(1, 10 * C), st.sampled_from([C, 5 * C, 10 * C]))
+cap_limits = st.one_of(st.none(), st.integers(0, 15 * C), st.sampled_from([0, C, 5 * C]))
+limits = st.one_of(st.none(), st.integers(1, 6 * C), st.sampled_from([C, 3 * C]))
+
+
+def next_month(moment: datetime) -> datetime:
+    first = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return (first + timedelta(days=32)).replace(day=1)
+
+
+def minute_of(moment: datetime) -> int:
+    return int(moment.timestamp()) // 60
+
+
+@dataclass
+class Model:
+    """What the wallet must be, computed in plain Python."""
+
+    period: str
+    rpm_limit: int
+    balance: int = 0
+    holds: dict[str, tuple[int, int]] = field(default_factory=dict)  # rid -> (amount, expires_at)
+    month_spent: int = 0
+    capped: bool = False
+    cap_limit: int = 0
+    invoice: bool = False
+    rpm: Counter[tuple[str, int]] = field(default_factory=Counter)  # holds per (key, minute)
+    ledger: dict[str, int] = field(default_factory=dict)  # entry_id -> amount
+    # How far below zero `available` (and `cap_remaining`) may legitimately be: what negative
+    # credits, cost > hold, invoice-mode holds and a cap set below the committed spend account
+    # for. Prepaid holds never do.
+    debt: int = 0
+    cap_debt: int = 0
+    # Per-key daily spend limits: the limit of each limited key, each budget item's [window,
+    # spent] (kept after a limit is removed), and the key whose budget each open hold counts in.
+    key_limit: dict[str, int] = field(default_factory=dict)
+    budget: dict[str, list[Any]] = field(default_factory=dict)
+    hold_budget: dict[str, str] = field(default_factory=dict)
+
+    def key_held(self, key: str) -> int:
+        return sum(self.holds[rid][0] for rid, k in self.hold_budget.items() if k == key)
+
+    @property
+    def held(self) -> int:
+        return sum(a for a, _ in self.holds.values())
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.held
+
+    @property
+    def committed(self) -> int:
+        return self.month_spent + self.held
+
+    @property
+    def cap_remaining(self) -> int:
+        return self.cap_limit - self.committed
+
+    def roll(self, now: datetime) -> None:
+        """What a write that checks the period does first when the month has changed."""
+        if period_of(now) > self.period:
+            seen["month-roll"] += 1
+            self.period = period_of(now)
+            self.month_spent = 0
+            self.cap_debt = max(0, -self.cap_remaining) if self.capped else 0
+
+
+steps_run = 0  # checked states of every example (one after each example's start, one per step)
+examples_run = 0
+# The paths worth reaching, counted so a run shows that it reached them.
+seen: Counter[str] = Counter()
+MUST_SEE = (
+    "refused:rate",
+    "refused:cap",
+    "refused:balance",
+    "hold",
+    "hold:invoice",
+    "settle:within",
+    "settle:over",
+    "settle:after-roll",
+    "already-settled",
+    "hold-gone",
+    "release",
+    "sweep:released",
+    "month-roll",
+    "negative-available",
+    "conflict",
+    "idempotent-replay",
+    "duplicate-hold:same",
+    "duplicate-hold:conflict",
+    "settle:deferred",
+    "sweep:settled-deferred",
+    "refused:key-limit",
+    "hold:key-limit",
+    "key-window-roll",
+)
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    def __init__(self, moto: LockedMotoServer) -> None:
+        super().__init__()
+        global examples_run
+        examples_run += 1
+        moto.reset()
+        create_tables(dynamo.client(), _TEMPLATE)
+        self.now = NOW
+        self.org = orgs.create_org("Model Org", "model@example.test", self.now).org_id
+        limit = wallets.get_wallet(self.org).plan  # the plan a new org starts on
+        self.model = Model(period=period_of(self.now), rpm_limit=plans.get(limit).requests_per_minute)
+        self.seq = 0
+        self.grants: dict[str, tuple[str, int]] = {}  # key -> (kind, amount)
+        self.settled: dict[str, tuple[int, metering.Usage]] = {}  # rid -> (hold, usage)
+        self.closed: dict[str, int] = {}  # released or swept: rid -> hold
+        self.pending: dict[str, metering.Usage] = {}  # deferred settles: rid -> usage
+        self.closed_budget: dict[str, str] = {}  # closed requests: rid -> the key budget it counted in
+        self.over: set[str] = set()  # requests charged above their hold
+        self.billed_requests = 0
+        self.billed_credits = 0
+
+    def _next(self, prefix: str) -> str:
+        self.seq += 1
+        return f"{prefix}-{self.seq}"
+
+    def _pick(self, data: st.DataObject, keys: Any, label: str) -> str:
+        choice: str = data.draw(st.sampled_from(sorted(keys)), label=label)
+        return choice
+
+    # ------------------------------------------------------------------ credits in (and out)
+
+    @initialize(amount=grant_amounts, rpm_limit=st.integers(2, 8))
+    def seed(self, amount: int, rpm_limit: int) -> None:
+        # A plan with a small per-key rate limit, so that a few steps can reach it.
+        wallet_settings.set_plan(
+            self.org, dataclasses.replace(plans.get(plans.FREE), requests_per_minute=rpm_limit)
+        )
+        self.model.rpm_limit = rpm_limit
+        self._new_credit("grant", amount)
+
+    def _new_credit(self, kind: str, amount: int) -> None:
+        key = self._next(kind)
+        entry, created = entries.post_entry(
+            self.org, kind=kind, key=key, amount=amount, description="model", now=self.now
+        )
+        assert created and entry.amount == amount and entry.entry_id == f"{kind}:{key}"
+        self.grants[key] = (kind, amount)
+        self.model.ledger[entry.entry_id] = amount
+        self.model.balance += amount
+        if amount < 0:
+            self.model.debt += -amount
+        seen["credit" if amount > 0 else "negative-credit"] += 1
+
+    @rule(data=st.data(), what=st.sampled_from(["grant", "grant", "grant", "reversal", "replay", "conflict"]))
+    def credit(self, data: st.DataObject, what: str) -> None:
+        """Grants, refund reversals (money taken back, even below zero) and replayed keys."""
+        if what == "grant":
+            self._new_credit("grant", data.draw(grant_amounts, label="amount"))
+            return
+        if what == "reversal" or not self.grants:
+            self._new_credit("reversal", -data.draw(st.integers(1, 4 * C), label="amount"))
+            return
+        key = self._pick(data, self.grants, "reused key")
+        kind, amount = self.grants[key]
+        if what == "replay":  # the same key and amount: the original entry, nothing moves
+            entry, created = entries.post_entry(
+                self.org, kind=kind, key=key, amount=amount, description="replay", now=self.now
+            )
+            assert not created, "a replayed idempotency key moved money again"
+            assert (entry.entry_id, entry.amount) == (f"{kind}:{key}", amount)
+            seen["idempotent-replay"] += 1
+            return
+        delta = data.draw(st.one_of(st.integers(1, 2 * C), st.integers(-2 * C, -1)), label="delta")
+        with pytest.raises(IdempotencyConflict):
+            entries.post_entry(
+                self.org, kind=kind, key=key, amount=amount + delta, description="changed", now=self.now
+            )
+        seen["conflict"] += 1
+
+    # ------------------------------------------------------------------ a request's hold
+
+    def _reserve(self, rid: str, amount: int, key: str) -> bool:
+        """Reserve, with the outcome the model predicts; True if the hold was placed."""
+        m = self.model
+        m.roll(self.now)  # reserve rolls the month first, whether or not it then refuses
+        window = (key, minute_of(self.now))
+        refuse_rate = m.rpm[window] >= m.rpm_limit
+        refuse_cap = m.capped and m.cap_remaining < amount
+        refuse_balance = not m.invoice and m.available < amount
+        limited = key in m.key_limit
+        today = limit_window("day", self.now)
+        refuse_key = False
+        if limited and not (refuse_rate or refuse_cap or refuse_balance):
+            if m.budget[key][0] < today:  # the hold rolls the window first
+                m.budget[key] = [today, 0]
+                seen["key-window-roll"] += 1
+            refuse_key = m.key_limit[key] - m.budget[key][1] - m.key_held(key) < amount
+        try:
+            r = holds.reserve(self.org, rid, amount, model="acme/fast", key_id=key, now=self.now)
+        except KeySpendLimitExceeded as exc:
+            assert refuse_key, (
+                f"refused by the key's limit with {m.budget.get(key)} and {m.key_held(key)} held"
+            )
+            assert (exc.limit_nanos, exc.period) == (m.key_limit[key], "day")
+            seen["refused:key-limit"] += 1
+            return False
+        except RateLimited:
+            assert refuse_rate, f"rate-limited after {m.rpm[window]} of {m.rpm_limit} requests this minute"
+            seen["refused:rate"] += 1
+            return False
+        except SpendCapExceeded as exc:
+            assert not refuse_rate, "the rate limit should have refused first"
+            assert refuse_cap, f"refused by the cap with {format_credits(m.cap_remaining)} remaining"
+            assert (exc.limit_nanos, exc.committed_nanos, exc.period) == (m.cap_limit, m.committed, m.period)
+            seen["refused:cap"] += 1
+            return False
+        except InsufficientCredits as exc:
+            assert not refuse_rate and not refuse_cap, "the rate limit or the cap should have refused first"
+            assert refuse_balance, f"refused with {format_credits(m.available)} available"
+            assert exc.available_nanos == m.available
+            assert (
+                exc.message
+                == f"Insufficient credits. Current balance: {format_credits(m.available)} credits."
+            )
+            seen["refused:balance"] += 1
+            return False
+        assert not refuse_rate, f"a hold past the rate limit ({m.rpm_limit} per minute per key)"
+        assert not refuse_cap, "a hold went past the spend cap"
+        assert not refuse_balance, "a hold overdrew the wallet"
+        assert not refuse_key, "a hold went past its key's spend limit"
+        assert r.budget_key == (key if limited else "")
+        if limited:
+            m.hold_budget[rid] = key
+            seen["hold:key-limit"] += 1
+        m.holds[rid] = (amount, int(self.now.timestamp()) + HOLD_TTL)
+        m.rpm[window] += 1
+        assert (r.hold_nanos, r.balance) == (amount, m.balance)
+        assert m.invoice or m.available >= 0, "a hold left the wallet overdrawn"
+        assert not m.capped or m.cap_remaining >= 0, "a hold left the wallet past its cap"
+        if m.invoice:
+            m.debt = max(m.debt, -m.available)
+        seen["hold:invoice" if m.invoice else "hold"] += 1
+        return True
+
+    def _usage(self, data: st.DataObject, hold: int) -> metering.Usage:
+        """What the provider billed: now and then more than the hold (about one in ten)."""
+        over = data.draw(st.integers(0, 9), label="over") == 0
+        cost = hold + data.draw(st.integers(1, C)) if over else data.draw(st.integers(0, hold), label="cost")
+        return metering.Usage("acme/fast", "key_1", data.draw(st.integers(0, 5000)), 7, cost)
+
+    def _settle(self, data: st.DataObject, rid: str) -> None:
+        hold, _ = self.model.holds[rid]
+        usage = self._usage(data, hold)
+        budget_key = self.model.hold_budget.get(rid, "")
+        outcome = settles.settle(self.org, rid, hold, usage, self.now, budget_key=budget_key)
+        assert outcome is settles.SettleOutcome.SETTLED
+        self._settled(rid, usage)
+
+    def _settled(self, rid: str, usage: metering.Usage) -> None:
+        m = self.model
+        hold, _ = m.holds[rid]
+        cost = usage.cost
+        seen["settle:over" if cost > hold else "settle:within"] += 1
+        if cost > hold:
+            self.over.add(rid)
+        if period_of(self.now) > m.period:
+            seen["settle:after-roll"] += 1
+        m.roll(self.now)
+        del m.holds[rid]
+        budget_key = m.hold_budget.pop(rid, "")
+        if budget_key:
+            m.budget[budget_key][1] += cost  # in the window the budget item is at
+        self.closed_budget[rid] = budget_key
+        m.balance -= cost
+        m.month_spent += cost
+        m.ledger[f"usage:{rid}"] = -cost
+        if cost > hold:
+            m.debt += cost - hold
+            m.cap_debt += cost - hold
+        self.settled[rid] = (hold, usage)
+        self.pending.pop(rid, None)
+        self.billed_requests += 1
+        self.billed_credits += cost
+
+    def _release(self, rid: str) -> None:
+        hold, _ = self.model.holds.pop(rid)
+        budget_key = self.closed_budget[rid] = self.model.hold_budget.pop(rid, "")
+        assert holds.release(self.org, rid, hold, budget_key=budget_key) is True
+        self.closed[rid] = hold
+        seen["release"] += 1
+
+    @rule(data=st.data(), amount=amounts, key=st.sampled_from(KEYS))
+    def reserve(self, data: st.DataObject, amount: int, key: str) -> None:
+        """A hold left open (the request is in flight, or its Lambda died). Now and then with
+        the id of a hold still open: the same amount is a retry and changes nothing, another
+        amount is a conflict."""
+        if self.model.holds and data.draw(st.integers(0, 7), label="duplicate id") == 0:
+            rid = self._pick(data, self.model.holds, "open hold")
+            held = self.model.holds[rid][0]
+            self.model.roll(self.now)
+            if data.draw(st.booleans(), label="same amount"):
+                r = holds.reserve(self.org, rid, held, model="acme/fast", key_id=key, now=self.now)
+                assert r.hold_nanos == held
+                seen["duplicate-hold:same"] += 1
+            else:
+                with pytest.raises(Conflict):
+                    other = amount if amount != held else held + 1
+                    holds.reserve(self.org, rid, other, model="acme/fast", key_id=key, now=self.now)
+                seen["duplicate-hold:conflict"] += 1
+            return
+        self._reserve(self._next("req"), amount, key)
+
+    @rule(data=st.data(), amount=amounts, key=st.sampled_from(KEYS), fails=st.booleans())
+    def request(self, data: st.DataObject, amount: int, key: str, fails: bool) -> None:
+        """A whole request: hold, then settle (the provider answered) or release (it failed)."""
+        rid = self._next("req")
+        if self._reserve(rid, amount, key):
+            if fails:
+                self._release(rid)
+            else:
+                self._settle(data, rid)
+
+    def _in_flight(self) -> set[str]:
+        """Open holds whose request still runs (a deferred settle's request has answered)."""
+        return set(self.model.holds) - set(self.pending)
+
+    @precondition(lambda self: self._in_flight())
+    @rule(data=st.data())
+    def settle(self, data: st.DataObject) -> None:
+        self._settle(data, self._pick(data, self._in_flight(), "open hold"))
+
+    @precondition(lambda self: self._in_flight())
+    @rule(data=st.data(), seconds=st.integers(0, 30))
+    def settle_across_midnight(self, data: st.DataObject, seconds: int) -> None:
+        """A request in flight when the UTC month turns: held last month, settled in the new one
+        (the settle rolls the wallet's month; the hold counted last month, the cost counts now)."""
+        self.now = next_month(self.now) + timedelta(seconds=seconds)
+        self._settle(data, self._pick(data, self._in_flight(), "open hold"))
+
+    @precondition(lambda self: self._in_flight())
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        self._release(self._pick(data, self._in_flight(), "open hold"))
+
+    @precondition(lambda self: self._in_flight())
+    @rule(data=st.data())
+    def settle_deferred(self, data: st.DataObject) -> None:
+        """The provider answered but the settle could not land (contention): the usage is kept
+        in an item of its own and the hold stays, until HoldSweeper settles it."""
+        rid = self._pick(data, self._in_flight(), "open hold")
+        hold, _ = self.model.holds[rid]
+        usage = self._usage(data, hold)
+        settles.record_pending(
+            self.org, rid, hold, usage, self.now, budget_key=self.model.hold_budget.get(rid, "")
+        )
+        self.pending[rid] = usage
+        seen["settle:deferred"] += 1
+
+    @precondition(lambda self: self.settled or self.closed)
+    @rule(data=st.data(), cost=st.integers(0, 3 * C))
+    def close_again(self, data: st.DataObject, cost: int) -> None:
+        """A retried settle bills once; a settle after release or sweep bills nothing (HOLD_GONE);
+        releasing a closed hold does nothing."""
+        rid = self._pick(data, {**self.settled, **self.closed}, "closed request")
+        if rid in self.settled:
+            hold, usage = self.settled[rid]
+        else:
+            hold, usage = self.closed[rid], metering.Usage("acme/fast", "key_1", 1, 1, cost)
+        budget_key = self.closed_budget.get(rid, "")
+        if data.draw(st.booleans(), label="release instead"):
+            assert holds.release(self.org, rid, hold, budget_key=budget_key) is False
+            seen["release-again"] += 1
+        elif rid in self.settled:
+            outcome = settles.settle(self.org, rid, hold, usage, self.now, budget_key=budget_key)
+            assert outcome is settles.SettleOutcome.ALREADY_SETTLED
+            seen["already-settled"] += 1
+        else:
+            outcome = settles.settle(self.org, rid, hold, usage, self.now, budget_key=budget_key)
+            assert outcome is settles.SettleOutcome.HOLD_GONE
+            seen["hold-gone"] += 1
+
+    # ------------------------------------------------------------------ time, expiry, settings
+
+    @rule(
+        seconds=st.one_of(st.integers(1, 120), st.integers(HOLD_TTL - 5, HOLD_TTL + 5)),
+        new_month=st.integers(0, 4),
+        offset=st.integers(0, 3 * 86_400),
+    )
+    def time_passes(self, seconds: int, new_month: int, offset: int) -> None:
+        """Seconds or minutes (holds expire, rate windows turn), or into the next UTC month (the
+        wallet rolls on its next write that checks the period)."""
+        if new_month == 0:
+            self.now = next_month(self.now) + timedelta(seconds=offset)
+        else:
+            self.now += timedelta(seconds=seconds)
+
+    @rule()
+    def sweep(self) -> None:
+        cutoff = int(self.now.timestamp())
+        deferred = dict(self.pending)
+        expired = {rid: a for rid, (a, x) in self.model.holds.items() if x <= cutoff and rid not in deferred}
+        result = sweeper.sweep(self.now)
+        assert result["pending_settled"] == len(deferred), "a deferred settle was not settled once"
+        assert result["credits_settled"] == format_credits(sum(u.cost for u in deferred.values()))
+        assert result["holds_released"] == len(expired)
+        assert result["credits_released"] == format_credits(sum(expired.values()))
+        for rid, usage in deferred.items():
+            self._settled(rid, usage)
+            seen["sweep:settled-deferred"] += 1
+        for rid, amount in expired.items():
+            del self.model.holds[rid]
+            self.closed[rid] = amount
+            self.closed_budget[rid] = self.model.hold_budget.pop(rid, "")
+        seen["sweep:released"] += len(expired)
+
+    @rule(limit=cap_limits)
+    def set_spend_cap(self, limit: int | None) -> None:
+        wallet_settings.write_spend_cap(self.org, limit, self.now)
+        m = self.model
+        m.roll(self.now)
+        m.capped, m.cap_limit = limit is not None, limit or 0
+        m.cap_debt = max(0, -m.cap_remaining) if m.capped else 0
+
+    @rule(key=st.sampled_from(KEYS), limit=limits)
+    def set_key_limit(self, key: str, limit: int | None) -> None:
+        """A daily spend limit on one key (or none). Changed in the same window, it keeps the
+        spend counted so far; set anew, it starts from the figure given (here, none)."""
+        m = self.model
+        key_limits.set_key_limit(self.org, key, limit, "day", 0, self.now)
+        if limit is None:
+            m.key_limit.pop(key, None)
+            return
+        today = limit_window("day", self.now)
+        if key not in m.key_limit or m.budget[key][0] != today:  # else: keeps its spend
+            m.budget[key] = [today, 0]
+        m.key_limit[key] = limit
+
+    @rule(invoice=st.booleans())
+    def set_billing_mode(self, invoice: bool) -> None:
+        """Invoice-mode wallets are not gated by their balance; caps still hold."""
+        wallet_settings.set_billing_mode(self.org, "invoice" if invoice else "prepaid")
+        self.model.invoice = invoice
+
+    # ------------------------------------------------------------------ after every step
+
+    @invariant()
+    def store_matches_model_and_itself(self) -> None:
+        global steps_run
+        steps_run += 1
+        m = self.model
+        w = wallets.get_wallet(self.org)
+        lines = ledger_items(self.org)
+        entries = {i["entry_id"]["S"]: int(i["amount"]["N"]) for i in lines}
+        assert len(entries) == len(lines), "a ledger entry appears twice"
+
+        # The store against itself.
+        assert w.balance == sum(entries.values()), "wallet != ledger replay"
+        org_holds = holds.open_holds(self.org)
+        assert w.held == sum(h.amount for h in org_holds), "held != sum of open holds"
+        assert w.available == w.balance - w.held
+        assert w.committed == w.month_spent + w.held
+        assert w.cap_remaining == w.cap_limit - w.committed
+        month_usage = [
+            int(i["amount"]["N"])
+            for i in lines
+            if i["entry_type"]["S"] == "usage" and i["created_at"]["S"].startswith(w.period)
+        ]
+        assert w.month_spent == -sum(month_usage), "month_spent != this month's usage entries"
+        items = _partition(self.org)
+        usage = [i for i in items if i["sk"]["S"].startswith("USAGE#")]
+        assert sum(int(i["requests"]["N"]) for i in usage) == self.billed_requests
+        assert sum(int(i["credits"]["N"]) for i in usage) == self.billed_credits
+        incidents = {i["request_id"]["S"] for i in items if i["sk"]["S"].startswith("INCIDENT#over-hold#")}
+        assert incidents == self.over, "a charge above its hold left no incident (or one too many)"
+        pending = {i["request_id"]["S"] for i in items if i["sk"]["S"].startswith("PENDING#")}
+        assert pending == set(self.pending), "a deferred settle was lost or settled twice"
+        if org_holds:
+            wallet_item = next(i for i in items if i["sk"]["S"] == "WALLET")
+            assert wallet_item.get("sweep_shard", {}).get("S") == wallets.sweep_shard(self.org), (
+                "a wallet with open holds is missing from the sweep index"
+            )
+
+        # The store against the model, exactly.
+        assert entries == m.ledger
+        assert {h.request_id: (h.amount, h.expires_at) for h in org_holds} == m.holds
+        got = (w.balance, w.held, w.available, w.period, w.month_spent, w.committed)
+        assert got == (m.balance, m.held, m.available, m.period, m.month_spent, m.committed)
+        assert (w.capped, w.cap_limit, w.cap_remaining) == (m.capped, m.cap_limit, m.cap_remaining)
+        assert w.billing_mode == ("invoice" if m.invoice else "prepaid")
+
+        # Key budgets: the store's against the model's, and each against itself.
+        budgets = key_limits.key_budgets(self.org)
+        assert set(budgets) == set(m.budget)
+        assert w.limited_keys == dict.fromkeys(m.key_limit, "day")
+        for key, b in budgets.items():
+            assert (b.limit, b.window, b.spent) == (
+                m.key_limit.get(key, 0),
+                m.budget[key][0],
+                m.budget[key][1],
+            )
+            assert b.held == m.key_held(key), "a key budget's held != its counted open holds"
+            assert b.room == b.limit - b.spent - b.held
+        assert {h.request_id for h in org_holds if h.key_budget} == set(m.hold_budget)
+
+        # Holds never overdraw, and never pass the cap.
+        if w.available < 0:
+            seen["negative-available"] += 1
+        assert w.available >= -m.debt, "holds overdrew the wallet"
+        if w.capped:
+            assert w.cap_remaining >= -m.cap_debt, "holds went past the spend cap"
+
+
+def _partition(org_id: str) -> list[dict[str, Any]]:
+    pages = (
+        dynamo.client()
+        .get_paginator("query")
+        .paginate(
+            TableName=config.settings().billing_table,
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": schema.org_pk(org_id)}},
+            ConsistentRead=True,
+        )
+    )
+    return [item for page in pages for item in page["Items"]]
+
+
+@pytest.fixture
+def hold_ttl(tables: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONDUIX_HOLD_TTL_SECONDS", str(HOLD_TTL))
+    config.settings.cache_clear()
+
+
+def test_the_wallet_follows_its_model_step_by_step(
+    hold_ttl: None, moto_server: LockedMotoServer, tmp_path: Path
+) -> None:
+    global steps_run, examples_run
+    steps_run = examples_run = 0
+    seen.clear()
+    # With no example database Hypothesis still caches a few things on disk: not in the repo.
+    set_hypothesis_home_dir(tmp_path / "hypothesis")
+    try:
+        run_state_machine_as_test(lambda: LedgerMachine(moto_server), settings=settings.get_profile(PROFILE))
+    finally:
+        set_hypothesis_home_dir(None)
+    steps = steps_run - examples_run  # each example's first check follows its initialization
+    print(f"\nledger state machine ({PROFILE}): {examples_run} examples, {steps} steps, each checked")
+    print(f"paths reached: {dict(sorted(seen.items()))}")
+    if PROFILE == "conduix-ledger-long":
+        assert steps >= LONG_RUN_MIN_STEPS, f"only {steps} steps ran"
+        assert not [path for path in MUST_SEE if not seen[path]], "some paths were never reached"
+
+
+def test_the_rate_windows_on_the_wallet_stay_bounded(hold_ttl: None) -> None:
+    """The wallet is the hottest item: whatever it accumulates makes every write dearer, and at
+    400 KB DynamoDB refuses to write it at all. Reserves drop their key's previous minute;
+    HoldSweeper drops what a paused key left behind."""
+    org = orgs.create_org("Windows", "w@example.test", NOW).org_id
+    entries.post_entry(org, kind="grant", key="seed", amount=100 * C, description="t", now=NOW)
+    for i in range(10):  # one request every third minute
+        now = NOW + timedelta(minutes=3 * i)
+        holds.reserve(org, f"req-{i}", 1, model="acme/fast", key_id="key_1", now=now)
+        holds.release(org, f"req-{i}", 1)
+        sweeper.sweep(now)  # HoldSweeper runs every minute over the wallets in use
+    item = dynamo.client().get_item(
+        TableName=config.settings().billing_table, Key=wallets.wallet_key(org), ConsistentRead=True
+    )["Item"]
+    windows = sorted(item.get("rpm", {}).get("M", {}))
+    assert len(windows) <= 2, f"{len(windows)} rate windows kept on the wallet: {windows}"
