@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 from conduix.api import openapi
 
-from tests.integration.test_handlers import OPERATOR_KEY, context, env, event, handler  # noqa: F401
+from tests.integration.api.test_handlers import OPERATOR_KEY, context, env, event, handler  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
