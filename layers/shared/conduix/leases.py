@@ -47,7 +47,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from conduix import clock, holds, ledger, metering, plans, schema, settles, wallets
+from conduix import clock, holds, ledger, metering, schema, settles, wallets
 from conduix.config import settings
 from conduix.dynamo import cancellation_reasons, client, error_code, retrying
 from conduix.errors import Conflict, ServiceBusy
@@ -119,7 +119,9 @@ def acquire(org_id: str, key_id: str, amount: int, requests: int, now: datetime)
     when the wallet cannot spare them (the caller takes a per-request hold, which refuses
     precisely)."""
     known = wallets.known_wallet(org_id)
-    limit = plans.get(known.plan).requests_per_minute
+    # The key's rate limit is the wallet's own (what a hold compares), not the plan's catalog
+    # entry: a custom limit, or a catalog changed since, must bound a lease's requests too.
+    limit = known.rpm_limit
     if requests > limit:
         return None
     at = int(now.timestamp())
@@ -146,7 +148,7 @@ def acquire(org_id: str, key_id: str, amount: int, requests: int, now: datetime)
                 "ConditionExpression": (
                     "#period = :p AND attribute_not_exists(revoked_keys.#kid) "
                     "AND attribute_not_exists(limited_keys.#kid) "
-                    "AND (attribute_not_exists(rpm.#win) OR rpm.#win <= :room) "
+                    "AND rpm_limit = :limit AND (attribute_not_exists(rpm.#win) OR rpm.#win <= :room) "
                     "AND available >= :a AND (capped = :false OR cap_remaining >= :a) AND " + same
                 ),
                 "ExpressionAttributeNames": {
@@ -162,6 +164,7 @@ def acquire(org_id: str, key_id: str, amount: int, requests: int, now: datetime)
                     ":one": n(1),
                     ":r": n(requests),
                     ":room": n(limit - requests),
+                    ":limit": n(limit),
                     ":p": s(clock.period_of(now)),
                     ":false": {"BOOL": False},
                     **same_values,
@@ -562,7 +565,7 @@ def reserve(
                 del _leases[(org_id, key_id)]
                 if lease.inflight == 0:
                     retire = lease
-            requests = min(REQUESTS_PER_LEASE, plans.get(known.plan).requests_per_minute // SLICE_FRACTION)
+            requests = min(REQUESTS_PER_LEASE, known.rpm_limit // SLICE_FRACTION)
             slice_ = min(known.available // SLICE_FRACTION, amount * requests)
             if known.capped:
                 slice_ = min(slice_, known.cap_remaining // SLICE_FRACTION)
