@@ -29,7 +29,7 @@ import math
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -151,6 +151,11 @@ def _key_of(table: str, attrs: dict[str, Any], key_names: tuple[str, str]) -> Ke
     return (table, json.dumps(attrs.get(pk), sort_keys=True), json.dumps(attrs.get(sk), sort_keys=True))
 
 
+def item_key(table: str, key: dict[str, Any], key_names: tuple[str, str] = ("pk", "sk")) -> Key:
+    """An item's key as the stand-in tracks it (for `Conflicts.running` and `StandIn.throttle_next`)."""
+    return _key_of(table, key, key_names)
+
+
 def _units(payload: Any, transactional: bool) -> float:
     size = len(json.dumps(payload, separators=(",", ":")))
     return (2 if transactional else 1) * max(1, math.ceil(size / 1024))
@@ -194,6 +199,21 @@ class StandIn:
         self.conflicts = Conflicts()
         self._clock = clock
         self._lock = threading.Lock()
+        self._forced = 0  # write requests still to throttle (`throttle_next`)
+        self._forced_keys: frozenset[Key] = frozenset()
+        self.forced_throttles = 0
+
+    def throttle_next(self, writes: int, keys: Collection[Key] = ()) -> None:
+        """Throttle the next `writes` write requests (only those touching one of `keys`, if
+        given) as if their items were over capacity: tests reach the throttled paths of the
+        billing code deterministically, without depending on the wall clock."""
+        with self._lock:
+            self._forced, self._forced_keys = writes, frozenset(keys)
+
+    @property
+    def throttles_pending(self) -> int:
+        """Writes `throttle_next` has yet to refuse."""
+        return self._forced
 
     def before(self, target: str, raw: bytes) -> tuple[tuple[int, bytes] | None, list[Key]]:
         """On arrival: a refusal (status, body), or None and the items a transaction will hold
@@ -216,7 +236,11 @@ class StandIn:
                 ["TransactionConflict" if i in clashing else "None" for i in range(len(keys))]
             ), []
         with self._lock:
-            admitted = self.capacity.admit(writes, self._clock())
+            forced = self._forced > 0 and (not self._forced_keys or not self._forced_keys.isdisjoint(keys))
+            if forced:
+                self._forced -= 1
+                self.forced_throttles += 1
+            admitted = not forced and self.capacity.admit(writes, self._clock())
         if not admitted:
             if transaction:
                 return _cancelled(["ThrottlingError"] * len(keys)), []

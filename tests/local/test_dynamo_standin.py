@@ -164,3 +164,31 @@ def test_the_billing_client_waits_out_a_transaction_in_flight_for_a_single_write
     with standin.conflicts.running([held]), pytest.raises(ClientError) as cancelled:
         client.transact_write_items(TransactItems=[bump("wallet")])
     assert cancelled.value.response["Error"]["Code"] == "TransactionCanceledException"
+
+
+def test_the_next_writes_to_an_item_can_be_throttled_on_demand(ddb: tuple[Any, StandIn]) -> None:
+    from conduix_local.dynamo_standin import item_key
+
+    client, standin = ddb
+    wallet = item_key("T", key("wallet"))
+    # Given the next two writes touching the wallet are to be throttled
+    standin.throttle_next(2, [wallet])
+    # Then writes to other items pass, and the wallet's next two are refused as DynamoDB does
+    client.transact_write_items(TransactItems=[bump("other")])
+    with pytest.raises(ClientError) as cancelled:
+        client.transact_write_items(TransactItems=[bump("other"), bump("wallet")])
+    assert [r["Code"] for r in cancelled.value.response["CancellationReasons"]] == ["ThrottlingError"] * 2
+    assert standin.throttles_pending == 1
+    with pytest.raises(ClientError) as single:
+        client.put_item(TableName="T", Item={**key("wallet"), "n": {"N": "7"}})
+    assert single.value.response["Error"]["Code"] == "ProvisionedThroughputExceededException"
+    # And the third lands: nothing refused had been written
+    client.transact_write_items(TransactItems=[bump("wallet")])
+    assert client.get_item(TableName="T", Key=key("wallet"))["Item"]["n"]["N"] == "1"
+    assert client.get_item(TableName="T", Key=key("other"))["Item"]["n"]["N"] == "1"
+    assert (standin.throttles_pending, standin.forced_throttles) == (0, 2)
+    # And with no keys given, any write counts
+    standin.throttle_next(1)
+    with pytest.raises(ClientError):
+        client.transact_write_items(TransactItems=[bump("else")])
+    client.transact_write_items(TransactItems=[bump("else")])

@@ -3,9 +3,10 @@ with the org's concurrency; the hold's condition still never lets the org overdr
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from conduix.audit import reconcile
@@ -335,3 +336,50 @@ def test_a_hot_org_whose_lease_cannot_land_is_answered_busy_without_a_hold(
     # while the spent lease is still folded back
     w = assert_consistent(org)
     assert (w.balance, w.held, w.lease_count) == (2000 * C - C // 2, 0, 0)
+
+
+def test_a_lease_takes_no_more_of_a_keys_minute_than_the_wallets_own_rate_limit(org: str) -> None:
+    # Given a key limited to 32 requests a minute by the wallet (a custom limit: the plan's
+    # catalog entry says 60), 30 of them held this minute (the org is hot)
+    wallet_settings.set_plan(org, dataclasses.replace(plans.get(plans.FREE), requests_per_minute=32))
+    fund(org, "100")
+    for i in range(30):
+        holds.reserve(org, f"h-{i}", C // 100, model="acme/fast", key_id="key_1", now=NOW)
+    # When requests come through leases: a lease takes 32 // 16 = 2 of the minute, no more
+    first = leases.reserve(org, "r-1", C // 100, model="acme/fast", key_id="key_1", now=NOW)
+    assert first.lease is not None and first.lease.requests == 32 // leases.SLICE_FRACTION
+    second = leases.reserve(org, "r-2", C // 100, model="acme/fast", key_id="key_1", now=NOW)
+    assert second.lease is first.lease
+    # Then the 33rd request of the minute is refused, as a hold would be
+    with pytest.raises(errors.RateLimited):
+        leases.reserve(org, "r-3", C // 100, model="acme/fast", key_id="key_1", now=NOW)
+
+
+def test_a_lease_spend_refused_after_its_lease_was_folded_is_still_charged_once(org: str) -> None:
+    # Given a hot org's request reserved against a lease, and nothing else in flight
+    wallet_settings.set_plan(org, plans.get("scale"))
+    fund(org, "100")
+    for i in range(leases.HOT_IN_FLIGHT):
+        holds.reserve(org, f"h-{i}", C // 100, model="acme/fast", key_id="key_1", now=NOW)
+    slow = leases.reserve(org, "slow", C // 100, model="acme/fast", key_id="key_1", now=NOW)
+    assert slow.lease is not None
+    for i in range(leases.HOT_IN_FLIGHT):
+        holds.release(org, f"h-{i}", C // 100)
+    # When the request outlives its lease: HoldSweeper folds the expired lease (the wallet is
+    # idle and leaves the sweep index), and the request's spend is refused and kept as a
+    # deferred settle, as Completion does
+    later = datetime.fromtimestamp(slow.lease.expires_at + leases.FOLD_SKEW_SECONDS, UTC)
+    assert sweeper.sweep(later)["leases_folded"] == 1
+    usage = metering.Usage("acme/fast", "key_1", 10, 20, C // 200)
+    with pytest.raises(errors.Conflict):
+        leases.settle(org, "slow", slow, usage, later)
+    settles.record_pending(org, "slow", slow.hold_nanos, usage, later, lease_id=slow.lease.lease_id)
+    # Then HoldSweeper still finds it, and charges it exactly once
+    assert sweeper.sweep(later + timedelta(minutes=1))["pending_settled"] == 1
+    assert sweeper.sweep(later + timedelta(minutes=2))["pending_settled"] == 0
+    w = assert_consistent(org)
+    assert (w.balance, w.held, w.lease_count) == (100 * C - C // 200, 0, 0)
+    assert [i["entry_id"]["S"] for i in ledger_items(org) if i["entry_type"]["S"] == "usage"] == [
+        "usage:slow"
+    ]
+    assert reconcile.reconcile_org(org) == []

@@ -32,7 +32,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -40,6 +43,7 @@ from typing import Any
 
 import pytest
 from conduix.accounts import orgs
+from conduix.audit import reconcile
 from conduix.core import config
 from conduix.core.clock import limit_window, period_of
 from conduix.core.errors import (
@@ -48,14 +52,26 @@ from conduix.core.errors import (
     InsufficientCredits,
     KeySpendLimitExceeded,
     RateLimited,
+    ServiceBusy,
     SpendCapExceeded,
 )
 from conduix.core.money import NANOS_PER_CREDIT as C
 from conduix.core.money import format_credits
 from conduix.inference import sweeper
-from conduix.ledger import entries, holds, key_limits, metering, settles, wallet_settings, wallets
+from conduix.ledger import (
+    entries,
+    holds,
+    key_limits,
+    leases,
+    metering,
+    settles,
+    upkeep,
+    wallet_settings,
+    wallets,
+)
 from conduix.pricing import plans
 from conduix.store import dynamo, schema
+from conduix_local.dynamo_standin import item_key
 from conduix_local.moto_server import LockedMotoServer
 from conduix_local.tables import create_tables
 from conduix_local.template import load_template
@@ -89,13 +105,21 @@ PROFILE = "conduix-ledger-long" if os.environ.get("CONDUIX_PROFILE") == "long" e
 LONG_RUN_MIN_STEPS = 10_000
 
 HOLD_TTL = 300  # CONDUIX_HOLD_TTL_SECONDS, set by the test
+KEY_CACHE = 30  # CONDUIX_KEY_CACHE_SECONDS, set by the test: a lease is used at most this long
 KEYS = ("key_1", "key_2")
+ENVS = ("env-a", "env-b")  # warm execution environments of the org (env-a also runs HoldSweeper)
+ATTEMPTS = 6  # conduix.store.dynamo.retrying's attempts: a write throttled this often gives up
+HOLD_ATTEMPTS = 10  # ...and a hold's (nothing is called yet, so it may wait longer)
 _TEMPLATE = load_template()
 
 amounts = st.one_of(
     st.integers(1, 3 * C),
     st.integers(1, 1_000),  # a few nano-credits: rounding shows up here
     st.sampled_from([C, 2 * C, 5 * C]),
+)
+# A lease needs available credit for MIN_HOLDS requests: small amounts against the grants.
+lease_amounts = st.one_of(
+    st.integers(1, 1_000), st.integers(1, C // 20), st.sampled_from([C // 100, C // 20])
 )
 grant_amounts = st.one_of(st.integers(1, 10 * C), st.sampled_from([C, 5 * C, 10 * C]))
 cap_limits = st.one_of(st.none(), st.integers(0, 15 * C), st.sampled_from([0, C, 5 * C]))
@@ -136,12 +160,20 @@ class Model:
     budget: dict[str, list[Any]] = field(default_factory=dict)
     hold_budget: dict[str, str] = field(default_factory=dict)
 
+    # Escrow leases open in the store (not folded yet), by lease id.
+    leases: dict[str, ModelLease] = field(default_factory=dict)
+
     def key_held(self, key: str) -> int:
         return sum(self.holds[rid][0] for rid, k in self.hold_budget.items() if k == key)
 
     @property
     def held(self) -> int:
-        return sum(a for a, _ in self.holds.values())
+        return sum(a for a, _ in self.holds.values()) + sum(lease.amount for lease in self.leases.values())
+
+    @property
+    def unfolded(self) -> int:
+        """Billed under open leases: in the ledger already, debited from the wallet at the fold."""
+        return sum(lease.spent for lease in self.leases.values())
 
     @property
     def available(self) -> int:
@@ -162,6 +194,80 @@ class Model:
             self.period = period_of(now)
             self.month_spent = 0
             self.cap_debt = max(0, -self.cap_remaining) if self.capped else 0
+
+
+@dataclass(eq=False)
+class ModelLease:
+    """An escrow lease: in the store until folded, and in its environment's memory until retired."""
+
+    lease_id: str
+    key: str
+    amount: int
+    requests: int
+    minute: int
+    use_until: int
+    expires: int
+    env: str
+    spends: dict[str, tuple[int, str]] = field(default_factory=dict)  # rid -> (cost, period billed in)
+    reserved: int = 0  # requests in flight against it, in memory
+    inflight: int = 0
+    retired: bool = False
+    uncertain: bool = False  # a spend's write failed: the environment leaves the fold to HoldSweeper
+    open: bool = True  # in the store
+
+    @property
+    def spent(self) -> int:
+        return sum(cost for cost, _ in self.spends.values())
+
+    def room(self, amount: int, at: float) -> bool:
+        return (
+            not self.retired
+            and at < self.use_until
+            and int(at) // 60 == self.minute
+            and self.reserved + self.spent + amount <= self.amount
+            and len(self.spends) + self.inflight < self.requests
+        )
+
+
+@dataclass
+class Env:
+    """One warm execution environment: the product's memory of it, and the model's."""
+
+    name: str
+    leases: dict[Any, Any] = field(default_factory=dict)  # conduix.ledger.leases._leases
+    contended: dict[str, float] = field(default_factory=dict)  # conduix.ledger.leases._contended_until
+    views: dict[str, Any] = field(default_factory=dict)  # conduix.ledger.wallets._views
+    mine: dict[str, ModelLease] = field(default_factory=dict)  # key -> the lease it reserves against
+    contended_until: float = 0.0
+
+
+@dataclass
+class Gate:
+    """What the DynamoDB stand-in does to this step's writes to one item: a transaction in flight
+    holding it (every write cancelled), or the next `throttles` writes throttled."""
+
+    busy: bool = False
+    throttles: int = 0
+
+    def lands(self, attempts: int = ATTEMPTS) -> bool:
+        """One write through `retrying`: does it land (after the throttles it meets)?"""
+        if self.busy:
+            return False
+        if self.throttles >= attempts:
+            self.throttles -= attempts
+            return False
+        if self.throttles:
+            seen["standin:throttled-then-landed"] += 1
+        self.throttles = 0
+        return True
+
+
+FREE = Gate()  # nothing in the way
+
+
+# The environments' clock (a view's refresh, a lease's contention mark) follows the model's.
+_SIM_CLOCK = [NOW.timestamp()]
+_SIM_TIME = types.SimpleNamespace(monotonic=lambda: _SIM_CLOCK[0])
 
 
 steps_run = 0  # checked states of every example (one after each example's start, one per step)
@@ -192,6 +298,29 @@ MUST_SEE = (
     "refused:key-limit",
     "hold:key-limit",
     "key-window-roll",
+    "lease:acquired",
+    "lease:in-memory",
+    "lease:spend",
+    "lease:spend-over",
+    "lease:release",
+    "lease:retired:full",
+    "lease:retired:time",
+    "lease:refused-hold-instead",
+    "lease:folded-by-env",
+    "lease:close-all",
+    "lease:folded-by-sweep",
+    "lease:spend-after-expiry",
+    "lease:pending-charged",
+    "lease:two-environments",
+    "env:died",
+    "standin:busy-503",
+    "standin:contended-then-lease",
+    "standin:lease-spend-beside-wallet-transaction",
+    "standin:hold-settle-deferred",
+    "standin:throttled-then-landed",
+    "standin:throttled-lease-not-taken",
+    "standin:throttled-spend-pending",
+    "standin:fold-left-to-sweep",
 )
 
 
@@ -202,7 +331,15 @@ class LedgerMachine(RuleBasedStateMachine):
         examples_run += 1
         moto.reset()
         create_tables(dynamo.client(), _TEMPLATE)
+        self.moto = moto
         self.now = NOW
+        leases.forget()
+        wallets.forget_views()
+        # env-a runs in the modules' own memory (and runs HoldSweeper); env-b gets its own.
+        self.envs = {
+            ENVS[0]: Env(ENVS[0], leases._leases, leases._contended_until, wallets._views),
+            ENVS[1]: Env(ENVS[1]),
+        }
         self.org = orgs.create_org("Model Org", "model@example.test", self.now).org_id
         limit = wallets.get_wallet(self.org).plan  # the plan a new org starts on
         self.model = Model(period=period_of(self.now), rpm_limit=plans.get(limit).requests_per_minute)
@@ -215,6 +352,31 @@ class LedgerMachine(RuleBasedStateMachine):
         self.over: set[str] = set()  # requests charged above their hold
         self.billed_requests = 0
         self.billed_credits = 0
+        # Requests reserved against a lease and still in flight: rid -> (reservation, lease, env).
+        self.lease_flight: dict[str, tuple[leases.Reservation, ModelLease, str]] = {}
+        self.lease_pending: set[str] = set()  # deferred settles of lease spends (no hold)
+        self.views_exact = True  # env-a's view of the balance follows every write (until env-b's)
+        self.wallet_key = item_key(config.settings().billing_table, wallets.wallet_key(self.org))
+
+    @property
+    def now(self) -> datetime:
+        return self._now
+
+    @now.setter
+    def now(self, moment: datetime) -> None:
+        self._now = moment
+        _SIM_CLOCK[0] = moment.timestamp()
+
+    @contextmanager
+    def _env(self, name: str) -> Iterator[Env]:
+        """Run product code as environment `name` (its leases, contention marks and views)."""
+        e = self.envs[name]
+        saved = leases._leases, leases._contended_until, wallets._views
+        leases._leases, leases._contended_until, wallets._views = e.leases, e.contended, e.views
+        try:
+            yield e
+        finally:
+            leases._leases, leases._contended_until, wallets._views = saved
 
     def _next(self, prefix: str) -> str:
         self.seq += 1
@@ -226,9 +388,10 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ credits in (and out)
 
-    @initialize(amount=grant_amounts, rpm_limit=st.integers(2, 8))
+    @initialize(amount=grant_amounts, rpm_limit=st.one_of(st.integers(2, 8), st.sampled_from([32, 48, 64])))
     def seed(self, amount: int, rpm_limit: int) -> None:
-        # A plan with a small per-key rate limit, so that a few steps can reach it.
+        # A plan with a small per-key rate limit, so that a few steps can reach it (a lease takes
+        # 1/SLICE_FRACTION of the key's minute: with 32 or more, leases of 2 to 4 requests).
         wallet_settings.set_plan(
             self.org, dataclasses.replace(plans.get(plans.FREE), requests_per_minute=rpm_limit)
         )
@@ -276,8 +439,17 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ a request's hold
 
-    def _reserve(self, rid: str, amount: int, key: str) -> bool:
-        """Reserve, with the outcome the model predicts; True if the hold was placed."""
+    def _reserve(
+        self,
+        rid: str,
+        amount: int,
+        key: str,
+        call: Callable[[], Any] | None = None,
+        *,
+        view_exact: bool = True,
+    ) -> bool:
+        """Reserve, with the outcome the model predicts; True if the hold was placed. `call`: the
+        product call that ends in this hold (a lease's fallback), else `holds.reserve`."""
         m = self.model
         m.roll(self.now)  # reserve rolls the month first, whether or not it then refuses
         window = (key, minute_of(self.now))
@@ -293,7 +465,10 @@ class LedgerMachine(RuleBasedStateMachine):
                 seen["key-window-roll"] += 1
             refuse_key = m.key_limit[key] - m.budget[key][1] - m.key_held(key) < amount
         try:
-            r = holds.reserve(self.org, rid, amount, model="acme/fast", key_id=key, now=self.now)
+            if call is None:
+                r = holds.reserve(self.org, rid, amount, model="acme/fast", key_id=key, now=self.now)
+            else:
+                r = call()
         except KeySpendLimitExceeded as exc:
             assert refuse_key, (
                 f"refused by the key's limit with {m.budget.get(key)} and {m.key_held(key)} held"
@@ -331,7 +506,9 @@ class LedgerMachine(RuleBasedStateMachine):
             seen["hold:key-limit"] += 1
         m.holds[rid] = (amount, int(self.now.timestamp()) + HOLD_TTL)
         m.rpm[window] += 1
-        assert (r.hold_nanos, r.balance) == (amount, m.balance)
+        assert r.hold_nanos == amount and getattr(r, "lease", None) is None
+        if view_exact and self.views_exact:  # (another environment's writes reach a view at its refresh)
+            assert r.balance == m.balance
         assert m.invoice or m.available >= 0, "a hold left the wallet overdrawn"
         assert not m.capped or m.cap_remaining >= 0, "a hold left the wallet past its cap"
         if m.invoice:
@@ -476,6 +653,338 @@ class LedgerMachine(RuleBasedStateMachine):
             assert outcome is settles.SettleOutcome.HOLD_GONE
             seen["hold-gone"] += 1
 
+    # ------------------------------------------------------------------ escrow leases, environments
+
+    def _product_reserve(self, rid: str, amount: int, key: str) -> leases.Reservation:
+        return leases.reserve(self.org, rid, amount, model="acme/fast", key_id=key, now=self.now)
+
+    def _lease_reserve(self, env: str, rid: str, amount: int, key: str, gate: Gate = FREE) -> None:
+        """A request of a hot org through `leases.reserve` in environment `env`: against the
+        environment's lease in memory, a new lease, or a per-request hold, as the model says."""
+        with self._env(env) as e:
+            known = wallets.known_wallet(self.org)  # the environment's view (its refresh follows the clock)
+            expect = self._plan_lease_reserve(e, known, amount, key, gate)
+            if expect == "hold":
+                exact = env == ENVS[0] and self.views_exact
+                self._reserve(
+                    rid, amount, key, lambda: self._product_reserve(rid, amount, key), view_exact=exact
+                )
+                return
+            if expect == "busy":
+                with pytest.raises(ServiceBusy):
+                    self._product_reserve(rid, amount, key)
+                seen["standin:busy-503"] += 1
+                return
+            assert isinstance(expect, ModelLease)
+            r = self._product_reserve(rid, amount, key)
+            assert r.lease is not None and r.hold_nanos == amount, f"expected lease, got {r}"
+            if not expect.lease_id:  # acquired by this call
+                expect.lease_id = r.lease.lease_id
+                self.model.leases[expect.lease_id] = expect
+                if env != ENVS[0]:
+                    self.views_exact = False
+                if any(lease.env != env for lease in self.model.leases.values()):
+                    seen["lease:two-environments"] += 1
+            assert r.lease.lease_id == expect.lease_id
+            self.lease_flight[rid] = (r, expect, env)
+
+    def _plan_lease_reserve(
+        self, e: Env, known: wallets.Wallet, amount: int, key: str, gate: Gate
+    ) -> ModelLease | str:
+        """What `leases.reserve` does, step by step, applied to the model: the lease reserved
+        against, "hold" (a per-request hold, predicted by `_reserve`) or "busy" (ServiceBusy)."""
+        at = self.now.timestamp()
+        eligible = (
+            not known.balance_alerts
+            and not known.cap_alerts
+            and key not in known.limited_keys
+            and known.billing_mode == "prepaid"
+            and known.available >= leases.MIN_HOLDS * amount
+            and amount > 0
+        )
+        for _ in range(2):  # a hold that kept colliding makes the org hot here: one more go
+            hot = known.lease_count > 0 or known.hold_count >= leases.HOT_IN_FLIGHT or e.contended_until > at
+            if hot and eligible:
+                lease = e.mine.get(key)
+                if lease is not None and lease.room(amount, at):
+                    lease.reserved += amount
+                    lease.inflight += 1
+                    seen["lease:in-memory"] += 1
+                    if gate.busy:
+                        seen["standin:contended-then-lease"] += 1
+                    return lease
+                retire = None
+                if lease is not None:
+                    full = at < lease.use_until and int(at) // 60 == lease.minute
+                    seen["lease:retired:full" if full else "lease:retired:time"] += 1
+                    lease.retired = True
+                    del e.mine[key]
+                    if lease.inflight == 0:
+                        retire = lease
+                requests = min(leases.REQUESTS_PER_LEASE, known.rpm_limit // leases.SLICE_FRACTION)
+                slice_ = min(known.available // leases.SLICE_FRACTION, amount * requests)
+                if known.capped:
+                    slice_ = min(slice_, known.cap_remaining // leases.SLICE_FRACTION)
+                fresh = None
+                if slice_ >= amount and requests >= 2:
+                    fresh = self._acquire(e, known, key, slice_, requests, amount, gate)
+                if retire is not None:
+                    self._close(retire, gate)
+                if fresh is not None:
+                    return fresh
+                seen["lease:refused-hold-instead"] += 1
+            if gate.lands(HOLD_ATTEMPTS):
+                return "hold"
+            if hot or not eligible:
+                return "busy"
+            e.contended_until = at + leases.CONTENDED_SECONDS
+        raise AssertionError("unreachable")
+
+    def _acquire(
+        self, e: Env, known: wallets.Wallet, key: str, slice_: int, requests: int, amount: int, gate: Gate
+    ) -> ModelLease | None:
+        m = self.model
+        at = int(self.now.timestamp())
+        minute = at // 60
+        use_until = min((minute + 1) * 60, at + KEY_CACHE)
+        if requests > known.rpm_limit or use_until - at < 5:
+            return None  # no write: too close to the minute's end
+        if not gate.lands():
+            seen[
+                "standin:throttled-lease-not-taken"
+                if gate.throttles or not gate.busy
+                else "lease:acquire-busy"
+            ] += 1
+            return None
+        lands = (
+            m.period == period_of(self.now)
+            and known.rpm_limit == m.rpm_limit
+            and key not in m.key_limit
+            and m.rpm[(key, minute)] + requests <= m.rpm_limit
+            and m.available >= slice_
+            and (not m.capped or m.cap_remaining >= slice_)
+            and known.billing_mode == ("invoice" if m.invoice else "prepaid")
+        )
+        if not lands:
+            return None
+        lease = ModelLease(
+            "", key, slice_, requests, minute, use_until, use_until + leases.SETTLE_MARGIN_SECONDS, e.name
+        )
+        lease.reserved, lease.inflight = amount, 1
+        m.rpm[(key, minute)] += requests
+        e.mine[key] = lease
+        seen["lease:acquired"] += 1
+        return lease
+
+    def _close(self, lease: ModelLease, gate: Gate) -> None:
+        """The environment folds a retired lease once its last request finished (best effort)."""
+        if lease.uncertain:
+            return  # a spend's write failed: HoldSweeper folds it from the store
+        if not gate.lands():
+            seen["standin:fold-left-to-sweep"] += 1
+            return
+        if lease.open:  # (else HoldSweeper folded it already: nothing moves)
+            self._fold(lease)
+            seen["lease:folded-by-env"] += 1
+            if lease.env != ENVS[0]:
+                self.views_exact = False
+
+    def _fold(self, lease: ModelLease) -> None:
+        """Debit the lease's spends, return its slice and unused requests, add its usage rows."""
+        m = self.model
+        m.roll(self.now)
+        in_month = sum(cost for cost, period in lease.spends.values() if period == m.period)
+        m.balance -= lease.spent
+        m.month_spent += in_month
+        m.rpm[(lease.key, lease.minute)] -= max(lease.requests - len(lease.spends), 0)
+        self.billed_requests += len(lease.spends)
+        self.billed_credits += lease.spent
+        del m.leases[lease.lease_id]
+        lease.open = False
+
+    def _lease_settle(
+        self, data: st.DataObject, rid: str, gate: Gate = FREE, spend_gate: Gate = FREE
+    ) -> None:
+        """The provider answered a request reserved against a lease: its spend is written (not
+        the wallet), or, refused or not landed, kept as a deferred settle as Completion does."""
+        r, lease, env = self.lease_flight.pop(rid)
+        hold = r.hold_nanos
+        usage = self._usage(data, hold)
+        m = self.model
+        expired = not (lease.open and lease.expires > int(self.now.timestamp()))
+        written = spend_gate.lands()  # (refused by its condition only once it is not throttled)
+        lands = written and not expired
+        with self._env(env):
+            try:
+                outcome = leases.settle(self.org, rid, r, usage, self.now)
+            except (Conflict, ServiceBusy) as exc:
+                assert not lands, f"a lease's spend was refused: {exc!r}"
+                assert isinstance(exc, Conflict if written else ServiceBusy)
+                settles.record_pending(self.org, rid, hold, usage, self.now, lease_id=lease.lease_id)
+            else:
+                assert lands, "a spend landed in a lease folded or expired"
+                assert outcome is settles.SettleOutcome.SETTLED
+        if lands:
+            cost = usage.cost
+            m.ledger[f"usage:{rid}"] = -cost
+            lease.spends[rid] = (cost, period_of(self.now))
+            seen["lease:spend-over" if cost > hold else "lease:spend"] += 1
+            if gate.busy:
+                seen["standin:lease-spend-beside-wallet-transaction"] += 1
+            if cost > hold:
+                self.over.add(rid)
+                m.debt += cost - hold
+                m.cap_debt += cost - hold
+        else:
+            lease.uncertain = True
+            self.pending[rid] = usage
+            self.lease_pending.add(rid)
+            seen["lease:spend-after-expiry" if written else "standin:throttled-spend-pending"] += 1
+        self._lease_done(lease, hold, gate)
+
+    def _lease_done(self, lease: ModelLease, amount: int, gate: Gate) -> None:
+        lease.reserved -= amount
+        lease.inflight -= 1
+        if lease.retired and lease.inflight == 0:
+            self._close(lease, gate)
+
+    @rule(env=st.sampled_from(ENVS), amount=lease_amounts, key=st.sampled_from(KEYS))
+    def lease_request(self, env: str, amount: int, key: str) -> None:
+        """A request of the org in one of its environments, through leases.reserve (left in flight)."""
+        self._lease_reserve(env, self._next("lreq"), amount, key)
+
+    @rule(env=st.sampled_from(ENVS), amount=lease_amounts, key=st.sampled_from(KEYS))
+    def burst(self, env: str, amount: int, key: str) -> None:
+        """A burst: requests of one key pile up in flight until the environment sees the org
+        hot (HOT_IN_FLIGHT holds open) and serves the next from a lease."""
+        for _ in range(leases.HOT_IN_FLIGHT + 1):
+            rid = self._next("lreq")
+            self._lease_reserve(env, rid, amount, key)
+            if rid in self.lease_flight or rid not in self.model.holds:
+                return  # served from a lease, or refused
+
+    @precondition(lambda self: self.lease_flight)
+    @rule(data=st.data())
+    def lease_settle(self, data: st.DataObject) -> None:
+        self._lease_settle(data, self._pick(data, self.lease_flight, "leased request"))
+
+    @precondition(lambda self: self.lease_flight)
+    @rule(data=st.data())
+    def lease_release(self, data: st.DataObject) -> None:
+        """The provider failed: the reservation goes back in memory, nothing is billed."""
+        rid = self._pick(data, self.lease_flight, "leased request")
+        r, lease, env = self.lease_flight.pop(rid)
+        with self._env(env):
+            leases.release(self.org, rid, r, self.now)
+        seen["lease:release"] += 1
+        self._lease_done(lease, r.hold_nanos, FREE)
+
+    def _close_all(self, env: str, gate: Gate = FREE) -> None:
+        with self._env(env) as e:
+            held = list(e.mine.values())
+            e.mine.clear()
+            for lease in held:
+                lease.retired = True
+            for lease in held:
+                if lease.inflight == 0:
+                    self._close(lease, gate)
+            leases.close_all(self.now)
+        seen["lease:close-all"] += 1
+
+    @rule(env=st.sampled_from(ENVS))
+    def close_all(self, env: str) -> None:
+        """The environment stops: it folds its leases (those with requests in flight when the last ends)."""
+        self._close_all(env)
+
+    @rule(env=st.sampled_from(ENVS))
+    def environment_dies(self, env: str) -> None:
+        """The environment is gone with its memory and its requests in flight (never billed):
+        its leases stay open in the store until they expire and HoldSweeper folds them."""
+        with self._env(env) as e:
+            leases.forget()
+            e.views.clear()
+        e.mine.clear()
+        e.contended_until = 0.0
+        for rid in [rid for rid, (_, _, where) in self.lease_flight.items() if where == env]:
+            del self.lease_flight[rid]
+        seen["env:died"] += 1
+
+    # ------------------------------------------------------------------ DynamoDB's contention and throttling
+
+    @rule(
+        data=st.data(),
+        env=st.sampled_from(ENVS),
+        amount=lease_amounts,
+        key=st.sampled_from(KEYS),
+        what=st.sampled_from(["reserve", "reserve", "lease-settle", "hold-settle", "close-all"]),
+    )
+    def wallet_in_a_transaction(
+        self, data: st.DataObject, env: str, amount: int, key: str, what: str
+    ) -> None:
+        """Another transaction holds the wallet for the whole call (DynamoDB cancels ours): a
+        hold gets ServiceBusy (503) and marks the org contended in the environment, whose next
+        requests take a lease; a lease's reservation and spend never touch the wallet and pass;
+        a hold's settle is deferred; a fold is left to HoldSweeper."""
+        gate = Gate(busy=True)
+        with self.moto.standin.conflicts.running([self.wallet_key]):
+            if what == "lease-settle" and self.lease_flight:
+                self._lease_settle(data, self._pick(data, self.lease_flight, "leased request"), gate)
+            elif what == "hold-settle" and self._in_flight():
+                rid = self._pick(data, self._in_flight(), "open hold")
+                hold, _ = self.model.holds[rid]
+                usage = self._usage(data, hold)
+                budget_key = self.model.hold_budget.get(rid, "")
+                with pytest.raises(ServiceBusy):
+                    settles.settle(self.org, rid, hold, usage, self.now, budget_key=budget_key)
+                settles.record_pending(self.org, rid, hold, usage, self.now, budget_key=budget_key)
+                self.pending[rid] = usage
+                seen["standin:hold-settle-deferred"] += 1
+            elif what == "close-all":
+                self._close_all(env, gate)
+            else:
+                self._lease_reserve(env, self._next("lreq"), amount, key, gate)
+        if what == "reserve":  # the client retries its 503 (the wallet is free again)
+            self._lease_reserve(env, self._next("lreq"), amount, key)
+
+    @rule(
+        data=st.data(),
+        env=st.sampled_from(ENVS),
+        amount=lease_amounts,
+        key=st.sampled_from(KEYS),
+        throttles=st.integers(1, ATTEMPTS),
+        what=st.sampled_from(["reserve", "spend", "close-all"]),
+    )
+    def throttled(
+        self, data: st.DataObject, env: str, amount: int, key: str, throttles: int, what: str
+    ) -> None:
+        """The next writes to one item are throttled (over its capacity): fewer than the retries
+        and the write lands late; as many and it gives up (ServiceBusy), and the product answers
+        as the model says: a lease not taken (a per-request hold instead), a spend kept as a
+        deferred settle (charged once by HoldSweeper), a fold left to HoldSweeper."""
+        gate = Gate(throttles=throttles)
+        standin = self.moto.standin
+        if what == "spend" and self.lease_flight:
+            rid = self._pick(data, self.lease_flight, "leased request")
+            lease = self.lease_flight[rid][1]
+            spend = item_key(config.settings().billing_table, leases.spend_key(self.org, lease.lease_id, rid))
+            standin.throttle_next(throttles, [spend])
+            try:
+                self._lease_settle(data, rid, spend_gate=gate)
+            finally:
+                left = standin.throttles_pending
+                standin.throttle_next(0)
+        else:
+            standin.throttle_next(throttles, [self.wallet_key])
+            try:
+                if what == "close-all":
+                    self._close_all(env, gate)
+                else:
+                    self._lease_reserve(env, self._next("lreq"), amount, key, gate)
+            finally:
+                left = standin.throttles_pending
+                standin.throttle_next(0)
+        assert left == gate.throttles, f"{left} throttles left, the model says {gate.throttles}"
+
     # ------------------------------------------------------------------ time, expiry, settings
 
     @rule(
@@ -493,15 +1002,30 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule()
     def sweep(self) -> None:
+        """HoldSweeper (run by env-a): deferred settles (a hold's settled, a lease spend's charged
+        on its own), expired holds released, expired leases folded from their spend records."""
         cutoff = int(self.now.timestamp())
         deferred = dict(self.pending)
         expired = {rid: a for rid, (a, x) in self.model.holds.items() if x <= cutoff and rid not in deferred}
-        result = sweeper.sweep(self.now)
+        folds = [
+            lease
+            for lease in self.model.leases.values()
+            if lease.expires + leases.FOLD_SKEW_SECONDS <= cutoff
+        ]
+        with self._env(ENVS[0]):
+            result = sweeper.sweep(self.now)
         assert result["pending_settled"] == len(deferred), "a deferred settle was not settled once"
         assert result["credits_settled"] == format_credits(sum(u.cost for u in deferred.values()))
         assert result["holds_released"] == len(expired)
         assert result["credits_released"] == format_credits(sum(expired.values()))
-        for rid, usage in deferred.items():
+        assert result["leases_folded"] == len(folds)
+        if deferred:
+            self.model.roll(self.now)  # the first deferred settle rolls the month, if it turned
+        for rid, usage in sorted(deferred.items()):
+            if rid in self.lease_pending:
+                self._charged(rid, usage)
+                seen["lease:pending-charged"] += 1
+                continue
             self._settled(rid, usage)
             seen["sweep:settled-deferred"] += 1
         for rid, amount in expired.items():
@@ -509,6 +1033,25 @@ class LedgerMachine(RuleBasedStateMachine):
             self.closed[rid] = amount
             self.closed_budget[rid] = self.model.hold_budget.pop(rid, "")
         seen["sweep:released"] += len(expired)
+        for lease in folds:
+            self._fold(lease)
+            seen["lease:folded-by-sweep"] += 1
+
+    def _charged(self, rid: str, usage: metering.Usage) -> None:
+        """A lease spend's deferred settle, charged on its own (ledger entry and debit, no hold):
+        its lease's slice was returned without it, so it may take the wallet below zero."""
+        m = self.model
+        m.roll(self.now)
+        cost = usage.cost
+        m.balance -= cost
+        m.month_spent += cost
+        m.ledger[f"usage:{rid}"] = -cost
+        m.debt += cost
+        m.cap_debt += cost
+        del self.pending[rid]
+        self.lease_pending.discard(rid)
+        self.billed_requests += 1
+        self.billed_credits += cost
 
     @rule(limit=cap_limits)
     def set_spend_cap(self, limit: int | None) -> None:
@@ -550,10 +1093,21 @@ class LedgerMachine(RuleBasedStateMachine):
         entries = {i["entry_id"]["S"]: int(i["amount"]["N"]) for i in lines}
         assert len(entries) == len(lines), "a ledger entry appears twice"
 
-        # The store against itself.
-        assert w.balance == sum(entries.values()), "wallet != ledger replay"
+        # The store against itself. A lease spend's ledger entry is written when its request is
+        # billed; its debit (balance, month_spent) lands when its lease is folded.
+        items = _partition(self.org)
+        open_leases = {i["lease_id"]["S"]: i for i in items if i["sk"]["S"].startswith(schema.LEASE)}
+        spends = [
+            i
+            for i in items
+            if i["sk"]["S"].startswith(schema.LEASE_SPEND) and i["lease_id"]["S"] in open_leases
+        ]
+        unfolded = sum(int(i["cost"]["N"]) for i in spends)
+        assert w.balance == sum(entries.values()) + unfolded, "wallet != ledger replay + unfolded spends"
         org_holds = holds.open_holds(self.org)
-        assert w.held == sum(h.amount for h in org_holds), "held != sum of open holds"
+        leased = sum(int(i["amount"]["N"]) for i in open_leases.values())
+        assert w.held == sum(h.amount for h in org_holds) + leased, "held != open holds + open leases"
+        assert (w.hold_count, w.lease_count) == (len(org_holds), len(open_leases))
         assert w.available == w.balance - w.held
         assert w.committed == w.month_spent + w.held
         assert w.cap_remaining == w.cap_limit - w.committed
@@ -562,8 +1116,10 @@ class LedgerMachine(RuleBasedStateMachine):
             for i in lines
             if i["entry_type"]["S"] == "usage" and i["created_at"]["S"].startswith(w.period)
         ]
-        assert w.month_spent == -sum(month_usage), "month_spent != this month's usage entries"
-        items = _partition(self.org)
+        month_unfolded = sum(int(i["cost"]["N"]) for i in spends if i["created_at"]["S"].startswith(w.period))
+        assert w.month_spent == -sum(month_usage) - month_unfolded, (
+            "month_spent != this month's usage entries"
+        )
         usage = [i for i in items if i["sk"]["S"].startswith("USAGE#")]
         assert sum(int(i["requests"]["N"]) for i in usage) == self.billed_requests
         assert sum(int(i["credits"]["N"]) for i in usage) == self.billed_credits
@@ -571,14 +1127,32 @@ class LedgerMachine(RuleBasedStateMachine):
         assert incidents == self.over, "a charge above its hold left no incident (or one too many)"
         pending = {i["request_id"]["S"] for i in items if i["sk"]["S"].startswith("PENDING#")}
         assert pending == set(self.pending), "a deferred settle was lost or settled twice"
-        if org_holds:
-            wallet_item = next(i for i in items if i["sk"]["S"] == "WALLET")
-            assert wallet_item.get("sweep_shard", {}).get("S") == wallets.sweep_shard(self.org), (
-                "a wallet with open holds is missing from the sweep index"
+        if org_holds or open_leases or pending:
+            assert self.org in upkeep.wallets_with_holds(wallets.sweep_shard(self.org)), (
+                "HoldSweeper would never find the org's open holds, leases or deferred settles"
             )
 
         # The store against the model, exactly.
         assert entries == m.ledger
+        assert m.balance == sum(m.ledger.values()) + m.unfolded
+        assert {
+            lease_id: (
+                int(i["amount"]["N"]),
+                int(i["requests"]["N"]),
+                int(i["minute"]["N"]),
+                int(i["lease_expires"]["N"]),
+                i["key_id"]["S"],
+            )
+            for lease_id, i in open_leases.items()
+        } == {x.lease_id: (x.amount, x.requests, x.minute, x.expires, x.key) for x in m.leases.values()}
+        assert {(i["lease_id"]["S"], i["request_id"]["S"]): int(i["cost"]["N"]) for i in spends} == {
+            (x.lease_id, rid): cost for x in m.leases.values() for rid, (cost, _) in x.spends.items()
+        }, "a spend was lost, or billed in a lease twice"
+        # Each environment's memory: the lease it reserves against per key, with what is in flight.
+        for e in self.envs.values():
+            got_env = {key: (x.lease_id, x.reserved, x.inflight) for (_, key), x in e.leases.items()}
+            assert got_env == {key: (x.lease_id, x.reserved, x.inflight) for key, x in e.mine.items()}
+            assert (e.contended.get(self.org, 0.0) > _SIM_CLOCK[0]) == (e.contended_until > _SIM_CLOCK[0])
         assert {h.request_id: (h.amount, h.expires_at) for h in org_holds} == m.holds
         got = (w.balance, w.held, w.available, w.period, w.month_spent, w.committed)
         assert got == (m.balance, m.held, m.available, m.period, m.month_spent, m.committed)
@@ -606,6 +1180,18 @@ class LedgerMachine(RuleBasedStateMachine):
         if w.capped:
             assert w.cap_remaining >= -m.cap_debt, "holds went past the spend cap"
 
+        # And `make reconcile` finds nothing the model does not explain.
+        found = reconcile.reconcile_org(self.org)
+        above = {rid for d in found if d.check == "charge within its hold" for rid in d.request_ids}
+        assert above == self.over, "reconcile's charges above their hold != the model's"
+        for d in found:
+            if d.check == "prepaid wallet never below zero by usage":
+                assert m.debt > 0, str(d)
+            elif d.check.startswith("spend of "):
+                assert m.cap_debt > 0, str(d)
+            else:
+                assert d.check == "charge within its hold", str(d)
+
 
 def _partition(org_id: str) -> list[dict[str, Any]]:
     pages = (
@@ -624,11 +1210,21 @@ def _partition(org_id: str) -> list[dict[str, Any]]:
 @pytest.fixture
 def hold_ttl(tables: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONDUIX_HOLD_TTL_SECONDS", str(HOLD_TTL))
+    monkeypatch.setenv("CONDUIX_KEY_CACHE_SECONDS", str(KEY_CACHE))
     config.settings.cache_clear()
 
 
+@pytest.fixture
+def simulated_clocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environments' monotonic clocks follow the model's time, and a retry's backoff takes
+    no time (a throttled write retries at once: the steps stay fast)."""
+    monkeypatch.setattr(wallets, "time", _SIM_TIME)
+    monkeypatch.setattr(leases, "time", _SIM_TIME)
+    monkeypatch.setattr(dynamo, "time", types.SimpleNamespace(sleep=lambda seconds: None))
+
+
 def test_the_wallet_follows_its_model_step_by_step(
-    hold_ttl: None, moto_server: LockedMotoServer, tmp_path: Path
+    hold_ttl: None, simulated_clocks: None, moto_server: LockedMotoServer, tmp_path: Path
 ) -> None:
     global steps_run, examples_run
     steps_run = examples_run = 0

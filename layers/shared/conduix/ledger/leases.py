@@ -65,7 +65,6 @@ from conduix.core import clock
 from conduix.core.config import settings
 from conduix.core.errors import Conflict, ServiceBusy
 from conduix.ledger import entries, holds, metering, settles, wallets
-from conduix.pricing import plans
 from conduix.store import schema
 from conduix.store.dynamo import cancellation_reasons, client, error_code, retrying
 from conduix.store.items import Item, as_int, as_str, n, s
@@ -138,7 +137,9 @@ def acquire(org_id: str, key_id: str, amount: int, requests: int, now: datetime)
     when the wallet cannot spare them (the caller takes a per-request hold, which refuses
     precisely)."""
     known = wallets.known_wallet(org_id)
-    limit = plans.get(known.plan).requests_per_minute
+    # The key's rate limit is the wallet's own (what a hold compares), not the plan's catalog
+    # entry: a custom limit, or a catalog changed since, must bound a lease's requests too.
+    limit = known.rpm_limit
     if requests > limit:
         return None
     at = int(now.timestamp())
@@ -163,7 +164,7 @@ def acquire(org_id: str, key_id: str, amount: int, requests: int, now: datetime)
                 "ConditionExpression": (
                     "#period = :p AND attribute_not_exists(revoked_keys.#kid) "
                     "AND attribute_not_exists(limited_keys.#kid) "
-                    "AND (attribute_not_exists(rpm.#win) OR rpm.#win <= :room) "
+                    "AND rpm_limit = :limit AND (attribute_not_exists(rpm.#win) OR rpm.#win <= :room) "
                     "AND available >= :a AND (capped = :false OR cap_remaining >= :a) AND " + same
                 ),
                 "ExpressionAttributeNames": {
@@ -179,6 +180,7 @@ def acquire(org_id: str, key_id: str, amount: int, requests: int, now: datetime)
                     ":one": n(1),
                     ":r": n(requests),
                     ":room": n(limit - requests),
+                    ":limit": n(limit),
                     ":p": s(clock.period_of(now)),
                     ":false": {"BOOL": False},
                     **same_values,
@@ -602,7 +604,7 @@ def reserve(
                 if len(_last_served) >= 10_000:
                     _last_served.clear()
                 _last_served[(org_id, key_id)] = (len(lease.spends) + lease.inflight, at - lease.taken_at)
-            most = min(REQUESTS_PER_LEASE, plans.get(known.plan).requests_per_minute // SLICE_FRACTION)
+            most = min(REQUESTS_PER_LEASE, known.rpm_limit // SLICE_FRACTION)
             served, seconds = _last_served.get((org_id, key_id), (0, 0.0))
             requests = next_requests(served, seconds, most, settings().key_cache_seconds)
             slice_ = min(known.available // SLICE_FRACTION, amount * requests)

@@ -258,6 +258,9 @@ def record_pending(
         "created_at": s(clock.iso(now)),
         **({"lease_id": s(lease_id)} if lease_id else {}),
         **({"budget_key": s(budget_key)} if budget_key else {}),
+        # In the sweep index itself: a lease's spend has no hold keeping its wallet there (its
+        # lease may be folded and the wallet idle already), and HoldSweeper must still find it.
+        "sweep_shard": s(wallets.sweep_shard(org_id)),
     }
     table = settings().billing_table
     if also:

@@ -1,8 +1,9 @@
 """Upkeep of wallets and holds outside a request, for HoldSweeper and the operator.
 
-The sweep index lists the wallets that may hold credits (`sweep_shard`, set by every hold);
-a wallet leaves it once idle. HoldSweeper also prunes the per-key request counts of minutes
-that are over, so the wallet (the hottest item) stays small. The operator frees one stuck
+The sweep index lists the wallets that may hold credits (`sweep_shard`, set by every hold
+and lease; a deferred settle carries it too); a wallet leaves it once idle. HoldSweeper also
+prunes the per-key request counts of minutes that are over, so the wallet (the hottest item)
+stays small. The operator frees one stuck
 hold by hand, on the same condition as HoldSweeper's release, with an audit entry in the
 ledger that moves no money.
 """
@@ -23,8 +24,9 @@ from conduix.store.items import n, s
 
 
 def wallets_with_holds(shard: str) -> list[str]:
-    """Org ids whose wallets may hold credits, from the sparse sweep index."""
-    return wallet_settings.orgs_in_index("by_sweep_shard", "sweep_shard", shard)
+    """Org ids whose wallets may hold credits or which have deferred settles waiting, from the
+    sparse sweep index (an org once, though its wallet and its deferred settles are listed)."""
+    return list(dict.fromkeys(wallet_settings.orgs_in_index("by_sweep_shard", "sweep_shard", shard)))
 
 
 def release_stuck_hold(org_id: str, request_id: str, now: datetime) -> tuple[holds.Hold, entries.LedgerEntry]:

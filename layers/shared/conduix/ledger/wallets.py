@@ -69,6 +69,7 @@ class Wallet:
     paused: bool = False  # refused for lack of credits since credits last landed
     reload: AutoReload = field(default_factory=lambda: AutoReload())
     plan: str = "free"
+    rpm_limit: int = 0  # requests per minute per key, as the plan set them (what holds compare)
     # Alert thresholds (conduix.accounts.alerts), on the wallet so a hold's answer brings them free.
     balance_alerts: tuple[int, ...] = ()  # nano-credits
     cap_alerts: tuple[int, ...] = ()  # percents of the cap
@@ -125,6 +126,7 @@ def _wallet_from_item(org_id: str, item: Item) -> Wallet:
         paused="paused_at" in item,
         reload=_reload_from_item(item),
         plan=as_str(item, "plan", "free"),
+        rpm_limit=as_int(item, "rpm_limit"),
         balance_alerts=tuple(int(v["N"]) for v in item.get("alert_balance_below", {}).get("L", [])),
         cap_alerts=tuple(int(v["N"]) for v in item.get("alert_cap_percent", {}).get("L", [])),
         limited_keys={k: v.get("S", "day") for k, v in item.get("limited_keys", {}).get("M", {}).items()},
