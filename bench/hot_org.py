@@ -218,7 +218,7 @@ class Simulation:
         self.write(items, t, taken)
 
     def fold(self, lease: str, t: float) -> None:
-        """`leases.fold`: the lease, the wallet, the day's usage row. One that cannot land now
+        """`lease_folds.fold`: the lease, the wallet, the day's usage row. One that cannot land now
         is folded by HoldSweeper after the lease expires: its slice comes back then."""
 
         def folded(t2: float, ok: bool) -> None:
@@ -260,7 +260,7 @@ class Simulation:
         self.peak = max(self.peak, self.in_flight)
 
     def bill(self, env: Env, lease: str, t: float) -> None:
-        """`leases.record`: the ledger marker and line, the spend record, a check of the lease."""
+        """`lease_store.record`: the ledger marker and line, the spend record, a check of the lease."""
         rid = f"{env.number}.{self.seq}"
         items = [
             ("entry", f"ENTRY#{rid}"),

@@ -574,7 +574,7 @@ def measure_cpu(bench: Bench, rounds: int, per_round: int) -> dict[str, Any]:
 
 _STEPS = (
     ("leases.py", "reserve", "the reservation: `leases.reserve` (in memory, against the lease)"),
-    ("leases.py", "record", "the bill: `leases.record` (one TransactWriteItems)"),
+    ("lease_store.py", "record", "the bill: `lease_store.record` (one TransactWriteItems)"),
     ("providers.py", "complete", "the upstream call: `providers.complete` (http.client, kept alive)"),
     ("telemetry.py", "completion_served", "the request's log line and metrics (one JSON line)"),
     ("auth.py", "authenticate", "the API key (cached)"),

@@ -15,7 +15,7 @@ from conduix.core.bodies import parse
 from conduix.core.config import settings
 from conduix.core.money import NANOS_PER_CREDIT as C
 from conduix.inference import sweeper
-from conduix.ledger import holds, leases, metering, settles, wallet_settings, wallets
+from conduix.ledger import holds, lease_folds, leases, metering, settles, wallet_settings, wallets
 from conduix.pricing import plans
 from conduix.store import dynamo, schema
 
@@ -368,7 +368,7 @@ def test_a_lease_spend_refused_after_its_lease_was_folded_is_still_charged_once(
     # When the request outlives its lease: HoldSweeper folds the expired lease (the wallet is
     # idle and leaves the sweep index), and the request's spend is refused and kept as a
     # deferred settle, as Completion does
-    later = datetime.fromtimestamp(slow.lease.expires_at + leases.FOLD_SKEW_SECONDS, UTC)
+    later = datetime.fromtimestamp(slow.lease.expires_at + lease_folds.FOLD_SKEW_SECONDS, UTC)
     assert sweeper.sweep(later)["leases_folded"] == 1
     usage = metering.Usage("acme/fast", "key_1", 10, 20, C // 200)
     with pytest.raises(errors.Conflict):

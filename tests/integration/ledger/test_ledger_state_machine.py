@@ -62,6 +62,8 @@ from conduix.ledger import (
     entries,
     holds,
     key_limits,
+    lease_folds,
+    lease_store,
     leases,
     metering,
     settles,
@@ -767,7 +769,14 @@ class LedgerMachine(RuleBasedStateMachine):
         if not lands:
             return None
         lease = ModelLease(
-            "", key, slice_, requests, minute, use_until, use_until + leases.SETTLE_MARGIN_SECONDS, e.name
+            "",
+            key,
+            slice_,
+            requests,
+            minute,
+            use_until,
+            use_until + lease_store.SETTLE_MARGIN_SECONDS,
+            e.name,
         )
         lease.reserved, lease.inflight = amount, 1
         m.rpm[(key, minute)] += requests
@@ -965,7 +974,9 @@ class LedgerMachine(RuleBasedStateMachine):
         if what == "spend" and self.lease_flight:
             rid = self._pick(data, self.lease_flight, "leased request")
             lease = self.lease_flight[rid][1]
-            spend = item_key(config.settings().billing_table, leases.spend_key(self.org, lease.lease_id, rid))
+            spend = item_key(
+                config.settings().billing_table, lease_store.spend_key(self.org, lease.lease_id, rid)
+            )
             standin.throttle_next(throttles, [spend])
             try:
                 self._lease_settle(data, rid, spend_gate=gate)
@@ -1009,7 +1020,7 @@ class LedgerMachine(RuleBasedStateMachine):
         folds = [
             lease
             for lease in self.model.leases.values()
-            if lease.expires + leases.FOLD_SKEW_SECONDS <= cutoff
+            if lease.expires + lease_folds.FOLD_SKEW_SECONDS <= cutoff
         ]
         with self._env(ENVS[0]):
             result = sweeper.sweep(self.now)

@@ -10,7 +10,7 @@ from conduix.core import clock
 from conduix.core.config import payment_settings
 from conduix.core.errors import InvalidRequest
 from conduix.core.money import format_credits
-from conduix.ledger import leases, wallet_settings, wallets
+from conduix.ledger import lease_store, wallet_settings, wallets
 from conduix.pricing import plans
 from conduix.pricing.catalog import catalog
 
@@ -23,7 +23,7 @@ def wallet_view(wallet: wallets.Wallet) -> dict[str, Any]:
     if wallet.lease_count:
         # A hot org's requests billed under escrow leases are debited when their lease is
         # folded: show them as spent now, and only the rest of the leased slices as held.
-        spent, in_month = leases.unfolded(wallet.org_id, wallet.period)
+        spent, in_month = lease_store.unfolded(wallet.org_id, wallet.period)
         wallet = dataclasses.replace(
             wallet,
             balance=wallet.balance - spent,

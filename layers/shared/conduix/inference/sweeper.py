@@ -11,7 +11,7 @@ from conduix.accounts import alerts
 from conduix.core import telemetry
 from conduix.core.errors import ServiceBusy
 from conduix.core.money import format_credits
-from conduix.ledger import holds, leases, settles, upkeep, wallets
+from conduix.ledger import holds, lease_folds, settles, upkeep, wallets
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def sweep(now: datetime) -> dict[str, Any]:
             for pending in settles.pending_settles(org_id):
                 try:
                     if pending.lease_id:  # billed under a lease: no hold to close, a debit of its own
-                        outcome = leases.charge_pending(org_id, pending, now)
+                        outcome = lease_folds.charge_pending(org_id, pending, now)
                     else:
                         outcome = settles.settle(
                             org_id,
@@ -76,7 +76,7 @@ def sweep(now: datetime) -> dict[str, Any]:
                             "amount": format_credits(hold.amount),
                         },
                     )
-            leases_folded += leases.sweep(org_id, now)  # expired escrow leases, from their spends
+            leases_folded += lease_folds.sweep(org_id, now)  # expired escrow leases, from their spends
             upkeep.prune_rate_windows(org_id, now)
             if all(h.expires_at <= cutoff for h in org_holds):
                 upkeep.forget_if_idle(org_id)

@@ -226,7 +226,7 @@ class PendingSettle:
     request_id: str
     hold_amount: int
     usage: metering.Usage
-    lease_id: str = ""  # billed under an escrow lease: no hold; charged by leases.charge_pending
+    lease_id: str = ""  # billed under an escrow lease: no hold; charged by lease_folds.charge_pending
     budget_key: str = ""  # its hold counts against this key's spend limit
 
 

@@ -1,0 +1,191 @@
+"""Folding escrow leases back into the wallet: by their environment when a lease is retired,
+or by HoldSweeper once it expired (from its spend records), and charging a lease's request
+whose spend could not be written. The design: `conduix.ledger.leases`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from conduix.core import clock
+from conduix.core.config import settings
+from conduix.core.errors import Conflict
+from conduix.ledger import metering, settles, wallets
+from conduix.ledger.lease_store import Spend, lease_key, open_leases, open_spends
+from conduix.store.dynamo import cancellation_reasons, client, error_code, retrying
+from conduix.store.items import as_str, n, s
+
+
+def fold(
+    org_id: str,
+    lease_id: str,
+    amount: int,
+    spends: Sequence[Spend],
+    now: datetime,
+    *,
+    key_id: str = "",
+    minute: int = 0,
+    unused_requests: int = 0,
+) -> bool:
+    """Debit `spends`, return the lease's slice and unused requests, add its usage rows and
+    close the lease, in one transaction. False if the lease was folded already. Its spend
+    records stay (until the table's TTL): a spend is unfolded while its lease is open."""
+    pending = list(spends)
+    period = clock.period_of(now)
+    table = settings().billing_table
+    for _ in range(6):
+        in_month = sum(sp.cost for sp in pending if sp.created_at.startswith(period))
+        total = sum(sp.cost for sp in pending)
+        names: dict[str, str] = {"#period": "period"}
+        values: dict[str, Any] = {
+            ":p": s(period),
+            ":nt": n(-total),
+            ":na": n(-amount),
+            ":avail": n(amount - total),
+            ":spent": n(in_month),
+            ":com": n(in_month - amount),
+            ":cap": n(amount - in_month),
+        }
+        update = (
+            "ADD balance :nt, held :na, available :avail, month_spent :spent, committed :com, "
+            "cap_remaining :cap, lease_count :minus"
+        )
+        values[":minus"] = n(-1)
+        # Given back only while the lease's minute lasts: a past window is gone (or going) from
+        # the wallet, and adding to it would bring it back.
+        if unused_requests and int(now.timestamp()) // 60 == minute:
+            names["#win"] = f"{key_id}@{minute}"
+            values[":unused"] = n(-unused_requests)
+            update += ", rpm.#win :unused"
+        actions: list[Any] = [
+            {
+                "Delete": {
+                    "TableName": table,
+                    "Key": lease_key(org_id, lease_id),
+                    "ConditionExpression": "attribute_exists(pk)",
+                }
+            }
+        ]
+        actions.append(
+            {
+                "Update": {
+                    "TableName": table,
+                    "Key": wallets.wallet_key(org_id),
+                    "UpdateExpression": update,
+                    "ConditionExpression": "#period = :p",
+                    "ExpressionAttributeNames": names,
+                    "ExpressionAttributeValues": values,
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                }
+            }
+        )
+        rows: dict[tuple[str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for sp in pending:
+            row = rows[(sp.created_at[:10], sp.usage.model, sp.usage.key_id)]
+            row["requests"] += 1
+            row["prompt_tokens"] += sp.usage.prompt_tokens
+            row["completion_tokens"] += sp.usage.completion_tokens
+            row["credits"] += sp.cost
+        for (day, model, key), counts in rows.items():
+            at = datetime.fromisoformat(f"{day}T00:00:00+00:00")
+            actions.append(
+                {"Update": {"TableName": table, **metering.usage_update(org_id, at, model, key, counts)}}
+            )
+        try:
+            retrying(lambda: client().transact_write_items(TransactItems=actions))  # noqa: B023
+        except ClientError as exc:
+            reasons = cancellation_reasons(exc)
+            if error_code(exc) != "TransactionCanceledException" or len(reasons) != len(actions):
+                raise
+            failed = {i for i, r in enumerate(reasons) if r.get("Code") == "ConditionalCheckFailed"}
+            if 0 in failed:
+                return False  # folded already (HoldSweeper, or the owner)
+            if 1 in failed:
+                month = wallets.catch_up_period(
+                    org_id, as_str(reasons[1].get("Item") or {}, "period"), period
+                )
+                if month is None:
+                    raise
+                period = month
+            continue
+        wallets.moved(org_id, balance=-total, held=-amount, spent=in_month)
+        return True
+    raise Conflict("The wallet kept changing while folding a lease; please retry.")
+
+
+FOLD_SKEW_SECONDS = 5  # clocks of environments and HoldSweeper may differ this much
+
+
+def sweep(org_id: str, now: datetime) -> int:
+    """Fold the org's expired leases from their spend records; returns how many. A spend is
+    written only into a lease not expired by its writer's clock, so after the expiry (and the
+    skew) the records are complete."""
+    at = int(now.timestamp())
+    expired = [lease for lease in open_leases(org_id) if lease.expires_at + FOLD_SKEW_SECONDS <= at]
+    folded = 0
+    for lease_id, mine in open_spends(org_id, expired).items():
+        lease = next(x for x in expired if x.lease_id == lease_id)
+        unused = max(lease.requests - len(mine), 0)
+        if fold(
+            org_id,
+            lease_id,
+            lease.amount,
+            mine,
+            now,
+            key_id=lease.key_id,
+            minute=lease.minute,
+            unused_requests=unused,
+        ):
+            folded += 1
+    return folded
+
+
+def charge_pending(org_id: str, pending: settles.PendingSettle, now: datetime) -> settles.SettleOutcome:
+    """Bill a lease's request whose spend could not be written (a pending settle with no
+    hold): its ledger entry and the debit in one transaction, once (the ledger marker)."""
+    usage = pending.usage
+    marker, line = metering.usage_ledger_items(org_id, pending.request_id, usage, now)
+    c = usage.cost
+    table = settings().billing_table
+    period = clock.period_of(now)
+    for _ in range(4):
+        actions: list[Any] = [
+            {"Put": {"TableName": table, "Item": marker, "ConditionExpression": "attribute_not_exists(pk)"}},
+            {"Put": {"TableName": table, "Item": line}},
+            {
+                "Update": {
+                    "TableName": table,
+                    "Key": wallets.wallet_key(org_id),
+                    "UpdateExpression": (
+                        "ADD balance :nc, available :nc, month_spent :c, committed :c, cap_remaining :nc"
+                    ),
+                    "ConditionExpression": "#period = :p",
+                    "ExpressionAttributeNames": {"#period": "period"},
+                    "ExpressionAttributeValues": {":c": n(c), ":nc": n(-c), ":p": s(period)},
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                }
+            },
+            metering.billed_usage_update(org_id, now, usage),
+            {"Delete": {"TableName": table, "Key": settles.pending_key(org_id, pending.request_id)}},
+        ]
+        try:
+            retrying(lambda: client().transact_write_items(TransactItems=actions))  # noqa: B023
+        except ClientError as exc:
+            reasons = cancellation_reasons(exc)
+            if error_code(exc) != "TransactionCanceledException" or len(reasons) != len(actions):
+                raise
+            if reasons[0].get("Code") == "ConditionalCheckFailed":
+                return settles.SettleOutcome.ALREADY_SETTLED  # its spend had landed after all
+            month = wallets.catch_up_period(org_id, as_str(reasons[2].get("Item") or {}, "period"), period)
+            if month is None:
+                raise
+            period = month
+            continue
+        wallets.moved(org_id, balance=-c, spent=c)
+        return settles.SettleOutcome.SETTLED
+    raise Conflict("The wallet kept changing while charging a deferred settle; please retry.")
