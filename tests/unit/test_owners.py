@@ -1,5 +1,6 @@
 """What one module owns: the billing table's keys (conduix.store.schema), and the environment
-(conduix.core.config)."""
+(conduix.core.config). And no import hides in a function without saying why (a cold start it
+keeps small): the import contracts count them, but only a comment says what they are for."""
 
 from __future__ import annotations
 
@@ -86,3 +87,34 @@ def test_the_check_finds_an_environment_read(tmp_path: Path) -> None:
         'import os\nA = os.environ.get("A")\nB = os.getenv("B")\nos.environ["_X_AMZN_TRACE_ID"] = "t"\n'
     )
     assert _environment_reads(module) == ["m.py:2", "m.py:3"]
+
+
+# ------------------------------------------------------------------ function-level imports say why
+
+
+def _unexplained_lazy_imports(path: Path) -> list[str]:
+    lines = path.read_text().splitlines()
+    found = []
+    for node in ast.walk(ast.parse("\n".join(lines))):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for inner in ast.walk(node):
+            if isinstance(inner, ast.Import | ast.ImportFrom):
+                here, above = lines[inner.lineno - 1], lines[inner.lineno - 2].strip()
+                if "#" not in here and not above.startswith("#"):
+                    found.append(f"{path.name}:{inner.lineno}")
+    return sorted(set(found))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=str)
+def test_a_function_level_import_says_why(path: Path) -> None:
+    assert _unexplained_lazy_imports(path) == []
+
+
+def test_the_check_finds_an_unexplained_lazy_import(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text(
+        "def f():\n    import json\n\n\ndef g():\n    import csv  # only g's callers pay for it\n\n\n"
+        "def h():\n    # rare path\n    import zlib\n"
+    )
+    assert _unexplained_lazy_imports(module) == ["m.py:2"]

@@ -240,14 +240,14 @@ def _rearm(org_id: str, key: str, threshold: int) -> bool:
 
 
 def _send_balance(org_id: str, threshold: int, balance: int) -> int:
-    from conduix.accounts import notices, orgs
+    from conduix.accounts import notices, orgs  # only a crossing sends: SES stays off the billed path
 
     notices.balance_below(orgs.get_org(org_id), format_credits(threshold), format_credits(balance))
     return 1
 
 
 def _send_cap(org_id: str, percent: int, wallet: wallets.Wallet) -> int:
-    from conduix.accounts import notices, orgs
+    from conduix.accounts import notices, orgs  # only a crossing sends: SES stays off the billed path
 
     notices.cap_used(
         orgs.get_org(org_id),

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from conduix.accounts import alerts
 from conduix.core import clock
 from conduix.core.config import settings
 from conduix.core.errors import IdempotencyConflict, InvalidRequest
@@ -266,8 +267,6 @@ def expire(org_id: str, entry_id: str, now: datetime) -> int | None:
         ExpressionAttributeValues={":a": n(amount), ":now": s(clock.iso(now))},
     )
     if amount:
-        from conduix.accounts import alerts
-
         alerts.after_credit(org_id, now)
     return amount
 

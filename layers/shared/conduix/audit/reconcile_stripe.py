@@ -57,7 +57,7 @@ def _credits(metadata: dict[str, Any]) -> int | None:
 def plan_credits_of(invoice: dict[str, Any]) -> int:
     """The included credits of the plan a subscription invoice's line bills (today's shape
     names the price in pricing.price_details; older API versions put it in line.price)."""
-    from conduix.payments import stripe_gateway
+    from conduix.payments import stripe_gateway  # Stripe loads only when its side is reconciled
 
     lines = (invoice.get("lines") or {}).get("data") or []
     if not lines:
@@ -78,7 +78,7 @@ def _org_of_invoice(invoice: dict[str, Any]) -> str | None:
 
 def _expected(kind: str, key: str, org_id: str) -> tuple[int | None, str]:
     """(the amount the Stripe object justifies, or None if it justifies none; what was found)."""
-    from conduix.payments import stripe_gateway, webhooks
+    from conduix.payments import stripe_gateway, webhooks  # Stripe loads only when its side is reconciled
 
     try:
         if kind == "top_up":
@@ -151,7 +151,11 @@ def _ledger_against_stripe(org_id: str, markers: dict[str, Item]) -> list[Discre
 
 def _stripe_against_ledger(org_id: str, customer_id: str, markers: dict[str, Item]) -> list[Discrepancy]:
     """What the customer's paid Stripe objects should have credited, entry by entry."""
-    from conduix.payments import invoicing, stripe_gateway, webhooks
+    from conduix.payments import (  # Stripe loads only when its side is reconciled
+        invoicing,
+        stripe_gateway,
+        webhooks,
+    )
 
     should: dict[str, tuple[int | None, str]] = {}  # entry id -> (amount, the Stripe object)
     objects = stripe_gateway.customer_payments(customer_id)

@@ -26,7 +26,7 @@ from conduix.web import responses
 if TYPE_CHECKING:
     # Imported where used: only a request with an Idempotency-Key needs it, so the cold start
     # of the Completion function does not load it.
-    from conduix.inference import idempotency
+    from conduix.inference import idempotency  # only requests with an Idempotency-Key (cold start)
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def replay(first: idempotency.Answer) -> Served:
 
 
 def answer_of(served: Served, request_id: str) -> idempotency.Answer:
-    from conduix.inference import idempotency
+    from conduix.inference import idempotency  # only requests with an Idempotency-Key (cold start)
 
     return idempotency.Answer(
         request_id, served.body, served.content_type, served.cache_status, served.cost, served.balance
@@ -82,13 +82,13 @@ def answer_of(served: Served, request_id: str) -> idempotency.Answer:
 
 
 def keep_answer(claim: idempotency.Claim, served: Served, request_id: str) -> None:
-    from conduix.inference import idempotency
+    from conduix.inference import idempotency  # only requests with an Idempotency-Key (cold start)
 
     best_effort("keep the idempotent answer", idempotency.keep, claim, answer_of(served, request_id))
 
 
 def answer_action(claim: idempotency.Claim, served: Served, request_id: str) -> dict[str, Any]:
-    from conduix.inference import idempotency
+    from conduix.inference import idempotency  # only requests with an Idempotency-Key (cold start)
 
     return idempotency.answer_action(claim, answer_of(served, request_id))
 
@@ -188,6 +188,7 @@ class LiveStream:
             self.failure = exc
             leases.release(org_id, request_id, self._reservation, clock.now())
             if self._claim:
+                # only requests with an Idempotency-Key load it (cold start)
                 from conduix.inference import idempotency
 
                 best_effort("give back an idempotency key", idempotency.abandon, self._claim)
@@ -302,7 +303,7 @@ def settle(
     if outcome is settles.SettleOutcome.HOLD_GONE:
         telemetry.settle_incident("served_unbilled", request_id=request_id, org_id=org_id, cost=usage.cost)
     if guard is not None and guard.tripped:
-        from conduix.accounts import alerts
+        from conduix.accounts import alerts  # only orgs with alerts pay for the import
 
         best_effort("send alerts", alerts.check, org_id, clock.now())
     return outcome

@@ -25,7 +25,7 @@ from conduix.pricing.catalog import catalog
 if TYPE_CHECKING:
     # Imported where used: only a request with an Idempotency-Key needs it, so the cold start
     # of the Completion function does not load it.
-    from conduix.inference import idempotency
+    from conduix.inference import idempotency  # only requests with an Idempotency-Key (cold start)
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def serve(
     attempts = _attempts(request)
     if idempotency_key is None:
         return _serve(principal, request, attempts, request_id, deadline, None)
-    from conduix.inference import idempotency
+    from conduix.inference import idempotency  # only requests with an Idempotency-Key (cold start)
 
     claim = idempotency.Claim(principal.org_id, idempotency.check_key(idempotency_key), request_id)
     # A long answer keeps its key as long as it may run.

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from conduix.accounts.auth import Principal
-from conduix.core import clock
+from conduix.core import clock, telemetry
 from conduix.core.clock import Seconds
 from conduix.core.errors import InsufficientCredits, InvalidRequest, PayloadTooLarge
 from conduix.core.money import format_credits, parse_credits
@@ -263,8 +263,6 @@ def _serve(
 
     served, whole = render(cost)
     if cost > hold:
-        from conduix.core import telemetry
-
         telemetry.settle_incident(
             "charge_above_hold", request_id=request_id, org_id=org_id, hold=hold, cost=cost, model=model.id
         )
