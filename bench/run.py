@@ -707,7 +707,7 @@ def _completion_peak_rss_mb(env: dict[str, str]) -> float:
     path = str(ROOT / "functions" / "completion")
     code = (
         f"import sys, resource; sys.path[:0] = [{path!r}, {LAYER!r}]; import app; "
-        "from conduix import dynamo; dynamo.client(); "
+        "from conduix.store import dynamo; dynamo.client(); "
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
     out = subprocess.run(
