@@ -12,7 +12,7 @@ from conduix.core.config import settings
 from conduix.core.money import NANOS_PER_CREDIT as C
 from conduix.inference import sweeper
 from conduix.ledger import entries, holds, metering, settles, upkeep, wallet_settings, wallets
-from conduix.store import dynamo
+from conduix.store import dynamo, schema
 
 from tests.integration.helpers import NOW, assert_consistent, fund, ledger_items
 
@@ -223,3 +223,44 @@ def test_a_conditional_write_reports_what_refused_it_and_raises_anything_else(or
     assert set_note("attribute_not_exists(pk)") == dynamo.Refused({})  # the old item not asked for
     with pytest.raises(ClientError):  # not a refusal: a malformed request
         set_note("no_such_function(pk)")
+
+
+def test_a_conditional_transaction_reports_which_action_refused_it_and_raises_anything_else(org: str) -> None:
+    # dynamo.transact_if: the same idiom for transactions (one reason per action, in order)
+    table = settings().billing_table
+    marker = {"pk": {"S": schema.org_pk(org)}, "sk": {"S": "NOTE#once"}}
+
+    def note_once(condition: str, one: object = None) -> dynamo.Cancelled | None:
+        return dynamo.transact_if(
+            [
+                {
+                    "Put": {
+                        "TableName": table,
+                        "Item": marker,
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                },
+                {
+                    "Update": {
+                        "TableName": table,
+                        "Key": wallets.wallet_key(org),
+                        "UpdateExpression": "ADD notes :one",
+                        "ConditionExpression": condition,
+                        "ExpressionAttributeValues": {":one": one or {"N": "1"}},
+                        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                    }
+                },
+            ]
+        )
+
+    assert note_once("attribute_exists(pk)") is None
+    cancelled = note_once("attribute_exists(pk)")  # the marker is there now
+    assert cancelled is not None and cancelled.failed(0) and not cancelled.failed(1)
+    assert cancelled.old(1) == {}  # the action that passed brings nothing back
+    dynamo.client().delete_item(TableName=table, Key=marker)
+    cancelled = note_once("attribute_not_exists(pk)")  # the wallet refuses, and says how it stood
+    assert cancelled is not None and cancelled.failed(1) and not cancelled.failed(0)
+    assert cancelled.old(1)["notes"] == {"N": "1"} and cancelled.old(1)["org_id"] == {"S": org}
+    dynamo.client().delete_item(TableName=table, Key=marker)
+    with pytest.raises(ClientError):  # not a refusal: a malformed request (ADD of a string)
+        note_once("attribute_exists(pk)", {"S": "x"})

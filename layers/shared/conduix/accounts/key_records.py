@@ -78,6 +78,7 @@ def insert_api_key(
     }
     key_hash = hash_key(secret)
     table = settings().billing_table
+    # Not through `transact_if`, which retries: the org's key count is not idempotent.
     try:
         client().transact_write_items(
             TransactItems=[

@@ -15,14 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from conduix.core import clock
 from conduix.core.config import settings
 from conduix.core.errors import IdempotencyConflict, NotFound
 from conduix.ledger import wallet_settings, wallets
 from conduix.store import schema
-from conduix.store.dynamo import cancellation_reasons, client, error_code, retrying
+from conduix.store.dynamo import client, transact_if
 from conduix.store.items import Item, as_int, as_str, n, s
 
 
@@ -165,14 +163,10 @@ def post_entry(
             }
         },
     ]
-    try:
-        retrying(lambda: client().transact_write_items(TransactItems=items))
-    except ClientError as exc:
-        reasons = cancellation_reasons(exc)
-        if error_code(exc) != "TransactionCanceledException" or len(reasons) != 3:
-            raise
-        if reasons[0].get("Code") == "ConditionalCheckFailed":
-            existing = reasons[0].get("Item") or {}
+    cancelled = transact_if(items)
+    if cancelled is not None:
+        if cancelled.failed(0):
+            existing = cancelled.old(0)
             if as_str(existing, "fingerprint") != marker["fingerprint"]["S"]:
                 raise IdempotencyConflict(
                     f"The idempotency key '{key}' was already used with a different amount."
@@ -180,10 +174,10 @@ def post_entry(
             if as_str(existing, "writer") != writer:
                 return entry_from_item(existing), False
             # This call's own first attempt landed and its answer was lost: it is the credit.
-        elif reasons[2].get("Code") == "ConditionalCheckFailed":
+        elif cancelled.failed(2):
             raise NotFound(f"No wallet for org '{org_id}'.") from None
         else:
-            raise
+            raise cancelled.error
     wallets.moved(org_id, balance=amount)
     if amount > 0:
         wallet_settings.end_reload_episode(org_id)

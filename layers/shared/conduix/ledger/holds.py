@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from conduix.core import clock
 from conduix.core.config import settings
 from conduix.core.errors import (
@@ -30,7 +28,7 @@ from conduix.core.money import format_credits
 from conduix.ledger import entries, key_limits, wallets
 from conduix.pricing import plans
 from conduix.store import schema
-from conduix.store.dynamo import cancellation_reasons, client, error_code, retrying
+from conduix.store.dynamo import transact_if
 from conduix.store.items import Item, as_bool, as_int, as_str, n, s
 
 
@@ -243,16 +241,12 @@ def reserve(
                     }
                 }
             )
-        try:
-            # Every hold of an org writes its wallet: under a burst, DynamoDB cancels those that
-            # overlap (TransactionConflict). Nothing is called yet, so a hold may wait longer.
-            retrying(lambda: client().transact_write_items(TransactItems=actions), attempts=10)  # noqa: B023
-        except ClientError as exc:
-            reasons = cancellation_reasons(exc)
-            if error_code(exc) != "TransactionCanceledException" or len(reasons) != len(actions):
-                raise
-            if reasons[1].get("Code") == "ConditionalCheckFailed":
-                existing = reasons[1].get("Item") or {}
+        # Every hold of an org writes its wallet: under a burst, DynamoDB cancels those that
+        # overlap (TransactionConflict). Nothing is called yet, so a hold may wait longer.
+        cancelled = transact_if(actions, attempts=10)
+        if cancelled is not None:
+            if cancelled.failed(1):
+                existing = cancelled.old(1)
                 if as_int(existing, "amount") == amount:  # our own hold: a retry after a lost answer
                     return Reservation(
                         hold_nanos=amount,
@@ -260,8 +254,8 @@ def reserve(
                         budget_key=key_id if as_bool(existing, "key_budget") else "",
                     )
                 raise Conflict(f"Request id '{request_id}' already holds credits.") from None
-            if reasons[0].get("Code") == "ConditionalCheckFailed":
-                old: Item = dict(reasons[0].get("Item") or {})
+            if cancelled.failed(0):
+                old: Item = cancelled.old(0)
                 if not old:
                     wallets.forget_view(org_id)
                     raise NotFound(f"No wallet for org '{org_id}'.") from None
@@ -276,8 +270,8 @@ def reserve(
                 if refusal:
                     raise refusal from None
                 continue  # the state it failed on (or the settings the view knew) changed: try again
-            if limited and reasons[2].get("Code") == "ConditionalCheckFailed":
-                budget = key_limits.budget_from_item(key_id, dict(reasons[2].get("Item") or {}))
+            if limited and cancelled.failed(2):
+                budget = key_limits.budget_from_item(key_id, cancelled.old(2))
                 if budget is None or not budget.limit or budget.period != key_period:
                     wallets.forget_view(org_id)  # changed meanwhile (the wallet's mark said so too)
                     lagging = ""
@@ -289,7 +283,7 @@ def reserve(
                     lagging = budget.window
                     continue
                 raise key_limits.key_limit_refusal(budget, amount) from None
-            raise
+            raise cancelled.error
         wallet = wallets.moved(org_id, held=amount, holds=1)
         return Reservation(hold_nanos=amount, wallet=wallet or known, budget_key=key_id if limited else "")
     raise Conflict("The wallet kept changing while placing the hold; please retry.")
@@ -329,17 +323,11 @@ def release(org_id: str, request_id: str, hold_amount: int, *, budget_key: str =
     ]
     if budget_key:
         actions.append(key_limits.budget_close(org_id, budget_key, hold_amount, 0))
-    try:
-        retrying(lambda: client().transact_write_items(TransactItems=actions))
-    except ClientError as exc:
-        reasons = cancellation_reasons(exc)
-        if (
-            error_code(exc) == "TransactionCanceledException"
-            and reasons[:1]
-            and (reasons[0].get("Code") == "ConditionalCheckFailed")
-        ):
+    cancelled = transact_if(actions)
+    if cancelled is not None:
+        if cancelled.failed(0):
             return False
-        raise
+        raise cancelled.error
     wallets.moved(org_id, held=-hold_amount, holds=-1)
     return True
 

@@ -9,15 +9,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from conduix.core import clock
 from conduix.core.config import settings
 from conduix.core.errors import Conflict, KeySpendLimitExceeded
 from conduix.core.money import format_credits
 from conduix.ledger import entries, wallets
 from conduix.store import schema
-from conduix.store.dynamo import cancellation_reasons, client, error_code, retrying, write_if
+from conduix.store.dynamo import client, transact_if, write_if
 from conduix.store.items import Item, as_int, as_str, n, s
 
 # ------------------------------------------------------------------ per-key spend limits
@@ -192,14 +190,9 @@ def set_key_limit(
                 **({"ExpressionAttributeValues": {":v": s(period)}} if limit is not None else {}),
             }
         }
-        try:
-            both: list[Any] = [budget_write, mark]
-            retrying(lambda: client().transact_write_items(TransactItems=both))  # noqa: B023
-        except ClientError as exc:
-            reasons = cancellation_reasons(exc)
-            if error_code(exc) != "TransactionCanceledException" or len(reasons) != 2:
-                raise
-            if reasons[1].get("Code") == "ConditionalCheckFailed":
+        cancelled = transact_if([budget_write, mark])
+        if cancelled is not None:
+            if cancelled.failed(1):
                 _start_limited_map(org_id)  # a wallet from before key limits
             continue  # (or a settle moved the budget meanwhile: read it again)
         wallets.forget_view(org_id)

@@ -10,14 +10,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from conduix.core import clock
 from conduix.core.config import settings
 from conduix.core.errors import Conflict
 from conduix.ledger import metering, settles, wallets
 from conduix.ledger.lease_store import Spend, lease_key, open_leases, open_spends
-from conduix.store.dynamo import cancellation_reasons, client, error_code, retrying
+from conduix.store.dynamo import transact_if
 from conduix.store.items import as_str, n, s
 
 
@@ -96,21 +94,14 @@ def fold(
             actions.append(
                 {"Update": {"TableName": table, **metering.usage_update(org_id, at, model, key, counts)}}
             )
-        try:
-            retrying(lambda: client().transact_write_items(TransactItems=actions))  # noqa: B023
-        except ClientError as exc:
-            reasons = cancellation_reasons(exc)
-            if error_code(exc) != "TransactionCanceledException" or len(reasons) != len(actions):
-                raise
-            failed = {i for i, r in enumerate(reasons) if r.get("Code") == "ConditionalCheckFailed"}
-            if 0 in failed:
+        cancelled = transact_if(actions)
+        if cancelled is not None:
+            if cancelled.failed(0):
                 return False  # folded already (HoldSweeper, or the owner)
-            if 1 in failed:
-                month = wallets.catch_up_period(
-                    org_id, as_str(reasons[1].get("Item") or {}, "period"), period
-                )
+            if cancelled.failed(1):
+                month = wallets.catch_up_period(org_id, as_str(cancelled.old(1), "period"), period)
                 if month is None:
-                    raise
+                    raise cancelled.error
                 period = month
             continue
         wallets.moved(org_id, balance=-total, held=-amount, spent=in_month)
@@ -173,17 +164,13 @@ def charge_pending(org_id: str, pending: settles.PendingSettle, now: datetime) -
             metering.billed_usage_update(org_id, now, usage),
             {"Delete": {"TableName": table, "Key": settles.pending_key(org_id, pending.request_id)}},
         ]
-        try:
-            retrying(lambda: client().transact_write_items(TransactItems=actions))  # noqa: B023
-        except ClientError as exc:
-            reasons = cancellation_reasons(exc)
-            if error_code(exc) != "TransactionCanceledException" or len(reasons) != len(actions):
-                raise
-            if reasons[0].get("Code") == "ConditionalCheckFailed":
+        cancelled = transact_if(actions)
+        if cancelled is not None:
+            if cancelled.failed(0):
                 return settles.SettleOutcome.ALREADY_SETTLED  # its spend had landed after all
-            month = wallets.catch_up_period(org_id, as_str(reasons[2].get("Item") or {}, "period"), period)
+            month = wallets.catch_up_period(org_id, as_str(cancelled.old(2), "period"), period)
             if month is None:
-                raise
+                raise cancelled.error
             period = month
             continue
         wallets.moved(org_id, balance=-c, spent=c)

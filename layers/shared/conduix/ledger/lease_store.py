@@ -15,14 +15,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from conduix.core import clock
 from conduix.core.config import settings
 from conduix.core.errors import Conflict
 from conduix.ledger import entries, holds, metering, settles, wallets
 from conduix.store import schema
-from conduix.store.dynamo import cancellation_reasons, client, error_code, retrying
+from conduix.store.dynamo import transact_if
 from conduix.store.items import Item, as_int, as_str, n, s
 
 MAX_FOLD_ACTIONS = 96  # a fold (lease, wallet, one usage row per day and model) is one transaction
@@ -152,13 +150,9 @@ def acquire(org_id: str, key_id: str, amount: int, requests: int, now: datetime)
             }
         },
     ]
-    try:
-        retrying(lambda: client().transact_write_items(TransactItems=actions))
-    except ClientError as exc:
-        reasons = cancellation_reasons(exc)
-        if error_code(exc) != "TransactionCanceledException" or not reasons:
-            raise
-        old = reasons[0].get("Item")
+    cancelled = transact_if(actions)
+    if cancelled is not None:
+        old = cancelled.old(0)
         if old:
             wallets.learn(org_id, old)  # whatever refused it, the view is fresh for the fallback
         return None
@@ -220,18 +214,14 @@ def record(
             }
         )
     outcome = settles.SettleOutcome.SETTLED
-    try:
-        retrying(lambda: client().transact_write_items(TransactItems=items))
-    except ClientError as exc:
-        reasons = cancellation_reasons(exc)
-        if error_code(exc) != "TransactionCanceledException" or len(reasons) != len(items):
-            raise
-        if reasons[0].get("Code") == "ConditionalCheckFailed":
+    cancelled = transact_if(items)
+    if cancelled is not None:
+        if cancelled.failed(0):
             outcome = settles.SettleOutcome.ALREADY_SETTLED  # a retry after a lost answer: it landed
-        elif reasons[3].get("Code") == "ConditionalCheckFailed":
+        elif cancelled.failed(3):
             raise Conflict("The request's lease was folded before it could be billed.") from None
         else:
-            raise
+            raise cancelled.error
     previous = lease.spends.get(request_id)
     lease.spends[request_id] = Spend(request_id, c, clock.iso(now), usage, lease.lease_id)
     lease.spent += c - (previous.cost if previous else 0)

@@ -16,14 +16,12 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from conduix.core import clock
 from conduix.core.config import settings
 from conduix.core.errors import Conflict
 from conduix.ledger import entries, holds, key_limits, metering, wallets
 from conduix.store import schema
-from conduix.store.dynamo import cancellation_reasons, client, error_code, retrying
+from conduix.store.dynamo import client, retrying, transact_if
 from conduix.store.items import Item, as_int, as_str, n, s
 
 
@@ -152,45 +150,41 @@ def settle(
             )
         if from_pending:
             items.append({"Delete": {"TableName": table, "Key": pending_key(org_id, request_id)}})
-        try:
-            # The token makes DynamoDB itself drop a replay of this exact transaction.
-            # (With the period: a retry after a month roll-over is another request to DynamoDB.)
-            # A deferred settle is another request to DynamoDB too (other items, another time):
-            # reusing the first token there would be refused as a parameter mismatch.
-            kind = "settle-pending" if from_pending else "settle"
-            # (And without the alert guard once it tripped: the guarded attempt surely failed.)
-            tripped = int(bool(alert_guard and alert_guard.tripped))
-            token = hashlib.sha256(
-                f"{kind}:{org_id}:{request_id}:{period}:{drawn}:{tripped}".encode()
-            ).hexdigest()[:36]
-            retrying(lambda: client().transact_write_items(TransactItems=items, ClientRequestToken=token))  # noqa: B023
+        # The token makes DynamoDB itself drop a replay of this exact transaction.
+        # (With the period: a retry after a month roll-over is another request to DynamoDB.)
+        # A deferred settle is another request to DynamoDB too (other items, another time):
+        # reusing the first token there would be refused as a parameter mismatch.
+        kind = "settle-pending" if from_pending else "settle"
+        # (And without the alert guard once it tripped: the guarded attempt surely failed.)
+        tripped = int(bool(alert_guard and alert_guard.tripped))
+        token = hashlib.sha256(
+            f"{kind}:{org_id}:{request_id}:{period}:{drawn}:{tripped}".encode()
+        ).hexdigest()[:36]
+        cancelled = transact_if(items, token=token)
+        if cancelled is None:
             wallets.moved(org_id, balance=-c, held=-hold_amount, spent=c, holds=-1)
             return SettleOutcome.SETTLED
-        except ClientError as exc:
-            reasons = cancellation_reasons(exc)
-            if error_code(exc) != "TransactionCanceledException" or len(reasons) != len(items):
-                raise
-            if reasons[1].get("Code") == "ConditionalCheckFailed":
-                return SettleOutcome.ALREADY_SETTLED
-            if reasons[4].get("Code") == "ConditionalCheckFailed":
-                if not reasons[4].get("Item"):
-                    return SettleOutcome.HOLD_GONE
-                raise Conflict(f"Request id '{request_id}' holds another amount.") from None
-            if reasons[0].get("Code") != "ConditionalCheckFailed":
-                raise
-            old = reasons[0].get("Item") or {}
-            old_period = as_str(old, "period")
-            if alert_guard is not None and alert_guard.failed_on(old, old_period):
-                alert_guard.tripped = True  # this settle crosses a threshold: land it, then alert
-                wallets.learn(org_id, dict(old))  # and the view learns which thresholds have fired since
-                continue
-            month = wallets.catch_up_period(org_id, old_period, period)
-            if month is not None:
-                period = month
-            elif drawn and as_int(old, "balance") < drawn:  # spent meanwhile: draw what is left
-                drawn = min(c, max(as_int(old, "balance"), 0))
-            else:
-                raise
+        if cancelled.failed(1):
+            return SettleOutcome.ALREADY_SETTLED
+        if cancelled.failed(4):
+            if not cancelled.old(4):
+                return SettleOutcome.HOLD_GONE
+            raise Conflict(f"Request id '{request_id}' holds another amount.") from None
+        if not cancelled.failed(0):
+            raise cancelled.error
+        old = cancelled.old(0)
+        old_period = as_str(old, "period")
+        if alert_guard is not None and alert_guard.failed_on(old, old_period):
+            alert_guard.tripped = True  # this settle crosses a threshold: land it, then alert
+            wallets.learn(org_id, old)  # and the view learns which thresholds have fired since
+            continue
+        month = wallets.catch_up_period(org_id, old_period, period)
+        if month is not None:
+            period = month
+        elif drawn and as_int(old, "balance") < drawn:  # spent meanwhile: draw what is left
+            drawn = min(c, max(as_int(old, "balance"), 0))
+        else:
+            raise cancelled.error
     raise Conflict("The wallet kept changing while settling; please retry.")
 
 

@@ -19,7 +19,7 @@ from conduix.core.config import settings
 from conduix.core.errors import Conflict, NotFound
 from conduix.core.money import format_credits
 from conduix.ledger import entries, holds, key_limits, settles, wallet_settings, wallets
-from conduix.store.dynamo import cancellation_reasons, client, error_code, retrying, write_if
+from conduix.store.dynamo import client, error_code, transact_if, write_if
 from conduix.store.items import n, s
 
 
@@ -78,24 +78,18 @@ def release_stuck_hold(org_id: str, request_id: str, now: datetime) -> tuple[hol
     ]
     if hold.key_budget:
         items.append(key_limits.budget_close(org_id, hold.key_id, hold.amount, 0))
-    try:
-        retrying(lambda: client().transact_write_items(TransactItems=items))
-    except ClientError as exc:
-        reasons = cancellation_reasons(exc)
-        if error_code(exc) != "TransactionCanceledException" or len(reasons) != len(items):
-            raise
-        if reasons[4].get("Code") == "ConditionalCheckFailed":
+    cancelled = transact_if(items)
+    if cancelled is not None:
+        if cancelled.failed(4):
             raise Conflict(
                 f"Request '{request_id}' was served and its settle is pending: it will be billed, "
                 "not released. Retry to settle it now.",
                 code="hold_closed",
             ) from None
-        if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons):
-            raise Conflict(
-                f"Hold '{request_id}' closed meanwhile (settled, swept or released); nothing was changed.",
-                code="hold_closed",
-            ) from None
-        raise
+        raise Conflict(
+            f"Hold '{request_id}' closed meanwhile (settled, swept or released); nothing was changed.",
+            code="hold_closed",
+        ) from None
     wallets.moved(org_id, held=-hold.amount, holds=-1)
     return hold, entries.entry_from_item(marker)
 

@@ -125,6 +125,43 @@ def write_if(write: Callable[..., object], /, *args: Any, **request: Any) -> Ref
     return None
 
 
+@dataclass(frozen=True)
+class Cancelled:
+    """A transaction one of whose conditions did not hold: nothing was written. `reasons` are
+    DynamoDB's, one per action, in order (with the item as it stood where the action asked for
+    it, ReturnValuesOnConditionCheckFailure=ALL_OLD)."""
+
+    reasons: list[dict[str, Any]]
+    error: ClientError  # to re-raise a refusal the caller did not expect
+
+    def failed(self, index: int) -> bool:
+        return self.reasons[index].get("Code") == "ConditionalCheckFailed"
+
+    def old(self, index: int) -> Item:
+        return dict(self.reasons[index].get("Item") or {})
+
+
+def transact_if(actions: list[Any], *, attempts: int = 6, token: str | None = None) -> Cancelled | None:
+    """Run one conditional transaction through `retrying`: None when it landed, Cancelled when
+    a condition failed (a normal outcome, as with `write_if`). Any other error propagates.
+    `token`: the ClientRequestToken that makes a retry within 10 minutes idempotent."""
+    request: dict[str, Any] = {"TransactItems": actions}
+    if token is not None:
+        request["ClientRequestToken"] = token
+    try:
+        retrying(lambda: client().transact_write_items(**request), attempts=attempts)
+    except ClientError as exc:
+        reasons = cancellation_reasons(exc)
+        if (
+            error_code(exc) != "TransactionCanceledException"
+            or len(reasons) != len(actions)
+            or not any(r.get("Code") == "ConditionalCheckFailed" for r in reasons)
+        ):
+            raise
+        return Cancelled(reasons, exc)
+    return None
+
+
 def is_retryable(exc: ClientError) -> bool:
     code = error_code(exc)
     if code in _RETRYABLE_ERRORS:
