@@ -18,10 +18,16 @@ against the model and against itself:
   exactly once, instead of releasing it;
 - a wallet with an open hold is in the sweep index, or HoldSweeper would never find it;
 - each key budget (per-key daily spend limit) holds exactly the key's counted open holds, its
-  window's spend, and room = limit - spent - held.
+  window's spend, and room = limit - spent - held;
+- escrow leases: held counts open leases, the balance counts their spends only once folded, and
+  each environment's memory (the lease it reserves against per key, what is in flight, and what
+  its last lease of each key served, which sizes its next) is the model's;
+- every rate window kept on the wallet (a key's requests in one minute, held or leased, less what
+  folds gave back while that minute lasted) equals the model's count.
 
 A reserve must be refused (rate limit, then cap, then balance, then the key's limit) exactly
-when the model says so.
+when the model says so; a hot org's lease is taken, sized, answered busy (503, no hold) or left
+for a per-request hold exactly when the model says so.
 
 Profiles (deterministic, no example database):
   default                  short, part of the normal test run
@@ -253,10 +259,12 @@ class Gate:
 
     busy: bool = False
     throttles: int = 0
+    cancelled: int = 0  # writes the stand-in cancelled for the transaction in flight
 
     def lands(self, attempts: int = ATTEMPTS) -> bool:
         """One write through `retrying`: does it land (after the throttles it meets)?"""
         if self.busy:
+            self.cancelled += attempts
             return False
         if self.throttles >= attempts:
             self.throttles -= attempts
@@ -1000,9 +1008,12 @@ class LedgerMachine(RuleBasedStateMachine):
         """Another transaction holds the wallet for the whole call (DynamoDB cancels ours): a
         hold gets ServiceBusy (503) and marks the org contended in the environment, whose next
         requests take a lease; a lease's reservation and spend never touch the wallet and pass;
-        a hold's settle is deferred; a fold is left to HoldSweeper."""
+        a hold's settle is deferred; a fold is left to HoldSweeper. A lease that cannot land is
+        answered 503 with no per-request hold: the writes the stand-in cancelled are counted."""
         gate = Gate(busy=True)
-        with self.moto.standin.conflicts.running([self.wallet_key]):
+        conflicts = self.moto.standin.conflicts
+        before = conflicts.cancelled
+        with conflicts.running([self.wallet_key]):
             if what == "lease-settle" and self.lease_flight:
                 self._lease_settle(data, self._pick(data, self.lease_flight, "leased request"), gate)
             elif what == "hold-settle" and self._in_flight():
@@ -1015,10 +1026,14 @@ class LedgerMachine(RuleBasedStateMachine):
                 settles.record_pending(self.org, rid, hold, usage, self.now, budget_key=budget_key)
                 self.pending[rid] = usage
                 seen["standin:hold-settle-deferred"] += 1
+                before = conflicts.cancelled - gate.cancelled  # (a settle's writes: not the model's)
             elif what == "close-all":
                 self._close_all(env, gate)
             else:
                 self._lease_reserve(env, self._next("lreq"), amount, key, gate)
+        assert conflicts.cancelled - before == gate.cancelled, (
+            f"{conflicts.cancelled - before} writes cancelled, the model says {gate.cancelled}"
+        )
         if what == "reserve":  # the client retries its 503 (the wallet is free again)
             self._lease_reserve(env, self._next("lreq"), amount, key)
 
