@@ -862,12 +862,12 @@ class LedgerMachine(RuleBasedStateMachine):
             seen["standin:fold-left-to-sweep"] += 1
             return
         if lease.open:  # (else HoldSweeper folded it already: nothing moves)
-            self._fold(lease)
+            self._fold(lease, "env")
             seen["lease:folded-by-env"] += 1
             if lease.env != ENVS[0]:
                 self.views_exact = False
 
-    def _fold(self, lease: ModelLease) -> None:
+    def _fold(self, lease: ModelLease, by: str) -> None:
         """Debit the lease's spends, return its slice and unused requests, add its usage rows."""
         m = self.model
         m.roll(self.now)
@@ -878,8 +878,8 @@ class LedgerMachine(RuleBasedStateMachine):
         if minute_of(self.now) == lease.minute:  # given back only while the lease's minute lasts
             m.rpm[(lease.key, lease.minute)] -= unused
             seen["lease:unused-given-back" if unused else "lease:used-up"] += 1
-        elif unused:
-            seen["lease:unused-past-its-minute"] += 1
+        elif unused:  # (HoldSweeper always folds past the minute, and prunes the window at once)
+            seen[f"lease:unused-past-its-minute:{by}"] += 1
         self.billed_requests += len(lease.spends)
         self.billed_credits += lease.spent
         del m.leases[lease.lease_id]
@@ -1135,7 +1135,7 @@ class LedgerMachine(RuleBasedStateMachine):
             self.closed_budget[rid] = self.model.hold_budget.pop(rid, "")
         seen["sweep:released"] += len(expired)
         for lease in folds:
-            self._fold(lease)
+            self._fold(lease, "sweep")
             seen["lease:folded-by-sweep"] += 1
 
     def _charged(self, rid: str, usage: metering.Usage) -> None:
