@@ -18,10 +18,16 @@ against the model and against itself:
   exactly once, instead of releasing it;
 - a wallet with an open hold is in the sweep index, or HoldSweeper would never find it;
 - each key budget (per-key daily spend limit) holds exactly the key's counted open holds, its
-  window's spend, and room = limit - spent - held.
+  window's spend, and room = limit - spent - held;
+- escrow leases: held counts open leases, the balance counts their spends only once folded, and
+  each environment's memory (the lease it reserves against per key, what is in flight, and what
+  its last lease of each key served, which sizes its next) is the model's;
+- every rate window kept on the wallet (a key's requests in one minute, held or leased, less what
+  folds gave back while that minute lasted) equals the model's count.
 
 A reserve must be refused (rate limit, then cap, then balance, then the key's limit) exactly
-when the model says so.
+when the model says so; a hot org's lease is taken, sized, answered busy (503, no hold) or left
+for a per-request hold exactly when the model says so.
 
 Profiles (deterministic, no example database):
   default                  short, part of the normal test run
@@ -31,6 +37,7 @@ Profiles (deterministic, no example database):
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 from collections import Counter
@@ -38,6 +45,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -205,9 +213,10 @@ class ModelLease:
     lease_id: str
     key: str
     amount: int
-    requests: int
+    requests: int  # counted in `minute`, the one it was taken in
     minute: int
-    use_until: int
+    taken_at: float
+    use_until: int  # key_cache_seconds after it was taken, whatever the minute
     expires: int
     env: str
     spends: dict[str, tuple[int, str]] = field(default_factory=dict)  # rid -> (cost, period billed in)
@@ -225,7 +234,6 @@ class ModelLease:
         return (
             not self.retired
             and at < self.use_until
-            and int(at) // 60 == self.minute
             and self.reserved + self.spent + amount <= self.amount
             and len(self.spends) + self.inflight < self.requests
         )
@@ -239,8 +247,11 @@ class Env:
     leases: dict[Any, Any] = field(default_factory=dict)  # conduix.ledger.leases._leases
     contended: dict[str, float] = field(default_factory=dict)  # conduix.ledger.leases._contended_until
     views: dict[str, Any] = field(default_factory=dict)  # conduix.ledger.wallets._views
+    last_served: dict[Any, Any] = field(default_factory=dict)  # conduix.ledger.leases._last_served
     mine: dict[str, ModelLease] = field(default_factory=dict)  # key -> the lease it reserves against
     contended_until: float = 0.0
+    # key -> (requests, seconds) its last retired lease of the key served: what sizes the next
+    served: dict[str, tuple[int, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -250,10 +261,12 @@ class Gate:
 
     busy: bool = False
     throttles: int = 0
+    cancelled: int = 0  # writes the stand-in cancelled for the transaction in flight
 
     def lands(self, attempts: int = ATTEMPTS) -> bool:
         """One write through `retrying`: does it land (after the throttles it meets)?"""
         if self.busy:
+            self.cancelled += attempts
             return False
         if self.throttles >= attempts:
             self.throttles -= attempts
@@ -276,8 +289,6 @@ steps_run = 0  # checked states of every example (one after each example's start
 examples_run = 0
 # The paths worth reaching, counted so a run shows that it reached them.
 seen: Counter[str] = Counter()
-# Not reached by the last long run (13,088 steps), so not required yet; see the report:
-# "lease:pending-charged", "standin:throttled-lease-not-taken", "standin:throttled-spend-pending".
 MUST_SEE = (
     "refused:rate",
     "refused:cap",
@@ -309,11 +320,14 @@ MUST_SEE = (
     "lease:release",
     "lease:retired:full",
     "lease:retired:time",
+    "lease:across-minute",
     "lease:refused-hold-instead",
+    "lease:busy-no-hold",
     "lease:folded-by-env",
     "lease:close-all",
     "lease:folded-by-sweep",
     "lease:spend-after-expiry",
+    "lease:pending-charged",
     "lease:two-environments",
     "env:died",
     "standin:busy-503",
@@ -321,6 +335,8 @@ MUST_SEE = (
     "standin:lease-spend-beside-wallet-transaction",
     "standin:hold-settle-deferred",
     "standin:throttled-then-landed",
+    "standin:throttled-lease-not-taken",
+    "standin:throttled-spend-pending",
     "standin:fold-left-to-sweep",
 )
 
@@ -338,7 +354,9 @@ class LedgerMachine(RuleBasedStateMachine):
         wallets.forget_views()
         # env-a runs in the modules' own memory (and runs HoldSweeper); env-b gets its own.
         self.envs = {
-            ENVS[0]: Env(ENVS[0], leases._leases, leases._contended_until, wallets._views),
+            ENVS[0]: Env(
+                ENVS[0], leases._leases, leases._contended_until, wallets._views, leases._last_served
+            ),
             ENVS[1]: Env(ENVS[1]),
         }
         self.org = orgs.create_org("Model Org", "model@example.test", self.now).org_id
@@ -372,12 +390,17 @@ class LedgerMachine(RuleBasedStateMachine):
     def _env(self, name: str) -> Iterator[Env]:
         """Run product code as environment `name` (its leases, contention marks and views)."""
         e = self.envs[name]
-        saved = leases._leases, leases._contended_until, wallets._views
-        leases._leases, leases._contended_until, wallets._views = e.leases, e.contended, e.views
+        saved = leases._leases, leases._contended_until, wallets._views, leases._last_served
+        leases._leases, leases._contended_until, wallets._views, leases._last_served = (
+            e.leases,
+            e.contended,
+            e.views,
+            e.last_served,
+        )
         try:
             yield e
         finally:
-            leases._leases, leases._contended_until, wallets._views = saved
+            leases._leases, leases._contended_until, wallets._views, leases._last_served = saved
 
     def _next(self, prefix: str) -> str:
         self.seq += 1
@@ -389,10 +412,14 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ credits in (and out)
 
-    @initialize(amount=grant_amounts, rpm_limit=st.one_of(st.integers(2, 8), st.sampled_from([32, 48, 64])))
+    @initialize(
+        amount=grant_amounts, rpm_limit=st.one_of(st.integers(2, 8), st.sampled_from([32, 48, 64, 1024]))
+    )
     def seed(self, amount: int, rpm_limit: int) -> None:
         # A plan with a small per-key rate limit, so that a few steps can reach it (a lease takes
-        # 1/SLICE_FRACTION of the key's minute: with 32 or more, leases of 2 to 4 requests).
+        # 1/SLICE_FRACTION of the key's minute: with 32 to 64, leases of 2 to 4 requests). With
+        # 1,024 a lease may take 64: an environment's first asks FIRST_LEASE_REQUESTS, and the
+        # next are sized by what its last one served.
         wallet_settings.set_plan(
             self.org, dataclasses.replace(plans.get(plans.FREE), requests_per_minute=rpm_limit)
         )
@@ -695,7 +722,52 @@ class LedgerMachine(RuleBasedStateMachine):
         """What `leases.reserve` does, step by step, applied to the model: the lease reserved
         against, "hold" (a per-request hold, predicted by `_reserve`) or "busy" (ServiceBusy)."""
         at = self.now.timestamp()
-        eligible = (
+        eligible = self._lease_eligible(known, amount, key)
+        for _ in range(2):  # a hold that kept colliding makes the org hot here: one more go
+            if self._hot(e, known) and eligible:
+                lease = e.mine.get(key)
+                if lease is not None and lease.room(amount, at):
+                    lease.reserved += amount
+                    lease.inflight += 1
+                    seen["lease:in-memory"] += 1
+                    if minute_of(self.now) != lease.minute:
+                        seen["lease:across-minute"] += 1  # counted in the minute it was taken
+                    if gate.busy:
+                        seen["standin:contended-then-lease"] += 1
+                    return lease
+                retire = None
+                if lease is not None:
+                    seen["lease:retired:full" if at < lease.use_until else "lease:retired:time"] += 1
+                    lease.retired = True
+                    del e.mine[key]
+                    if lease.inflight == 0:
+                        retire = lease
+                    # Its requests billed or still running, over the time it was used.
+                    e.served[key] = (len(lease.spends) + lease.inflight, at - lease.taken_at)
+                requests, slice_ = self._lease_size(e, known, amount, key)
+                fresh: ModelLease | str | None = None
+                if slice_ >= amount and requests >= 2:
+                    fresh = self._acquire(e, known, key, slice_, requests, amount, gate)
+                if retire is not None:
+                    self._close(retire, gate)  # folded even when the new lease could not land
+                if fresh == "busy":
+                    # Contention on the wallet: a 503, with no per-request hold on the same item.
+                    seen["lease:busy-no-hold"] += 1
+                    if retire is not None and not retire.open:
+                        seen["lease:busy-retired-folded"] += 1
+                    return "busy"
+                if isinstance(fresh, ModelLease):
+                    return fresh
+                seen["lease:refused-hold-instead"] += 1
+            if gate.lands(HOLD_ATTEMPTS):
+                return "hold"
+            if self._hot(e, known) or not eligible:
+                return "busy"
+            e.contended_until = at + leases.CONTENDED_SECONDS
+        raise AssertionError("unreachable")
+
+    def _lease_eligible(self, known: wallets.Wallet, amount: int, key: str) -> bool:
+        return (
             not known.balance_alerts
             and not known.cap_alerts
             and key not in known.limited_keys
@@ -703,60 +775,59 @@ class LedgerMachine(RuleBasedStateMachine):
             and known.available >= leases.MIN_HOLDS * amount
             and amount > 0
         )
-        for _ in range(2):  # a hold that kept colliding makes the org hot here: one more go
-            hot = known.lease_count > 0 or known.hold_count >= leases.HOT_IN_FLIGHT or e.contended_until > at
-            if hot and eligible:
-                lease = e.mine.get(key)
-                if lease is not None and lease.room(amount, at):
-                    lease.reserved += amount
-                    lease.inflight += 1
-                    seen["lease:in-memory"] += 1
-                    if gate.busy:
-                        seen["standin:contended-then-lease"] += 1
-                    return lease
-                retire = None
-                if lease is not None:
-                    full = at < lease.use_until and int(at) // 60 == lease.minute
-                    seen["lease:retired:full" if full else "lease:retired:time"] += 1
-                    lease.retired = True
-                    del e.mine[key]
-                    if lease.inflight == 0:
-                        retire = lease
-                requests = min(leases.REQUESTS_PER_LEASE, known.rpm_limit // leases.SLICE_FRACTION)
-                slice_ = min(known.available // leases.SLICE_FRACTION, amount * requests)
-                if known.capped:
-                    slice_ = min(slice_, known.cap_remaining // leases.SLICE_FRACTION)
-                fresh = None
-                if slice_ >= amount and requests >= 2:
-                    fresh = self._acquire(e, known, key, slice_, requests, amount, gate)
-                if retire is not None:
-                    self._close(retire, gate)
-                if fresh is not None:
-                    return fresh
-                seen["lease:refused-hold-instead"] += 1
-            if gate.lands(HOLD_ATTEMPTS):
-                return "hold"
-            if hot or not eligible:
-                return "busy"
-            e.contended_until = at + leases.CONTENDED_SECONDS
-        raise AssertionError("unreachable")
+
+    def _hot(self, e: Env, known: wallets.Wallet) -> bool:
+        return (
+            known.lease_count > 0
+            or known.hold_count >= leases.HOT_IN_FLIGHT
+            or e.contended_until > self.now.timestamp()
+        )
+
+    def _lease_size(self, e: Env, known: wallets.Wallet, amount: int, key: str) -> tuple[int, int]:
+        """A new lease's requests and slice: its environment's first lease of the key asks for
+        FIRST_LEASE_REQUESTS; a later one for the rate its last one served over a whole lease,
+        with HEADROOM. At most REQUESTS_PER_LEASE and 1/SLICE_FRACTION of the key's minute;
+        the slice is the requests' holds, at most 1/SLICE_FRACTION of what is available."""
+        most = min(leases.REQUESTS_PER_LEASE, known.rpm_limit // leases.SLICE_FRACTION)
+        served, seconds = e.served.get(key, (0, 0.0))
+        if served <= 0:
+            requests = min(most, leases.FIRST_LEASE_REQUESTS)
+        else:  # exact arithmetic: a request count, rounded up
+            rate = Fraction(leases.HEADROOM) * served * KEY_CACHE / max(Fraction(seconds), Fraction(1))
+            requests = min(most, max(leases.FIRST_LEASE_REQUESTS, math.ceil(rate)))
+            if requests > leases.FIRST_LEASE_REQUESTS:
+                seen["lease:sized-by-history"] += 1
+        slice_ = min(known.available // leases.SLICE_FRACTION, amount * requests)
+        if known.capped:
+            slice_ = min(slice_, known.cap_remaining // leases.SLICE_FRACTION)
+        return requests, slice_
+
+    def _takes_lease(self, env: str, amount: int, key: str) -> bool:
+        """Would this request of `env` try to take a new lease (a write to the wallet)?"""
+        with self._env(env) as e:
+            known = wallets.known_wallet(self.org)
+        if not (self._hot(e, known) and self._lease_eligible(known, amount, key)):
+            return False
+        lease = e.mine.get(key)
+        if lease is not None and lease.room(amount, self.now.timestamp()):
+            return False
+        requests, slice_ = self._lease_size(e, known, amount, key)
+        return slice_ >= amount and requests >= 2
 
     def _acquire(
         self, e: Env, known: wallets.Wallet, key: str, slice_: int, requests: int, amount: int, gate: Gate
-    ) -> ModelLease | None:
+    ) -> ModelLease | str | None:
+        """A new lease: the model's, "busy" when its write cannot land (the stand-in's conflict
+        or throttles), None when the wallet's conditions refuse it."""
         m = self.model
         at = int(self.now.timestamp())
         minute = at // 60
-        use_until = min((minute + 1) * 60, at + KEY_CACHE)
-        if requests > known.rpm_limit or use_until - at < 5:
-            return None  # no write: too close to the minute's end
+        use_until = at + KEY_CACHE  # whatever the minute: no lease ends with it
+        if requests > known.rpm_limit:
+            return None  # no write
         if not gate.lands():
-            seen[
-                "standin:throttled-lease-not-taken"
-                if gate.throttles or not gate.busy
-                else "lease:acquire-busy"
-            ] += 1
-            return None
+            seen["lease:acquire-busy" if gate.busy else "standin:throttled-lease-not-taken"] += 1
+            return "busy"
         lands = (
             m.period == period_of(self.now)
             and known.rpm_limit == m.rpm_limit
@@ -774,6 +845,7 @@ class LedgerMachine(RuleBasedStateMachine):
             slice_,
             requests,
             minute,
+            self.now.timestamp(),
             use_until,
             use_until + lease_store.SETTLE_MARGIN_SECONDS,
             e.name,
@@ -792,19 +864,24 @@ class LedgerMachine(RuleBasedStateMachine):
             seen["standin:fold-left-to-sweep"] += 1
             return
         if lease.open:  # (else HoldSweeper folded it already: nothing moves)
-            self._fold(lease)
+            self._fold(lease, "env")
             seen["lease:folded-by-env"] += 1
             if lease.env != ENVS[0]:
                 self.views_exact = False
 
-    def _fold(self, lease: ModelLease) -> None:
+    def _fold(self, lease: ModelLease, by: str) -> None:
         """Debit the lease's spends, return its slice and unused requests, add its usage rows."""
         m = self.model
         m.roll(self.now)
         in_month = sum(cost for cost, period in lease.spends.values() if period == m.period)
         m.balance -= lease.spent
         m.month_spent += in_month
-        m.rpm[(lease.key, lease.minute)] -= max(lease.requests - len(lease.spends), 0)
+        unused = max(lease.requests - len(lease.spends), 0)
+        if minute_of(self.now) == lease.minute:  # given back only while the lease's minute lasts
+            m.rpm[(lease.key, lease.minute)] -= unused
+            seen["lease:unused-given-back" if unused else "lease:used-up"] += 1
+        elif unused:  # (HoldSweeper always folds past the minute, and prunes the window at once)
+            seen[f"lease:unused-past-its-minute:{by}"] += 1
         self.billed_requests += len(lease.spends)
         self.billed_credits += lease.spent
         del m.leases[lease.lease_id]
@@ -913,6 +990,7 @@ class LedgerMachine(RuleBasedStateMachine):
             e.views.clear()
         e.mine.clear()
         e.contended_until = 0.0
+        e.served.clear()  # its leases' history went with it: its next lease is a first one
         for rid in [rid for rid, (_, _, where) in self.lease_flight.items() if where == env]:
             del self.lease_flight[rid]
         seen["env:died"] += 1
@@ -932,9 +1010,12 @@ class LedgerMachine(RuleBasedStateMachine):
         """Another transaction holds the wallet for the whole call (DynamoDB cancels ours): a
         hold gets ServiceBusy (503) and marks the org contended in the environment, whose next
         requests take a lease; a lease's reservation and spend never touch the wallet and pass;
-        a hold's settle is deferred; a fold is left to HoldSweeper."""
+        a hold's settle is deferred; a fold is left to HoldSweeper. A lease that cannot land is
+        answered 503 with no per-request hold: the writes the stand-in cancelled are counted."""
         gate = Gate(busy=True)
-        with self.moto.standin.conflicts.running([self.wallet_key]):
+        conflicts = self.moto.standin.conflicts
+        before = conflicts.cancelled
+        with conflicts.running([self.wallet_key]):
             if what == "lease-settle" and self.lease_flight:
                 self._lease_settle(data, self._pick(data, self.lease_flight, "leased request"), gate)
             elif what == "hold-settle" and self._in_flight():
@@ -947,10 +1028,14 @@ class LedgerMachine(RuleBasedStateMachine):
                 settles.record_pending(self.org, rid, hold, usage, self.now, budget_key=budget_key)
                 self.pending[rid] = usage
                 seen["standin:hold-settle-deferred"] += 1
+                before = conflicts.cancelled - gate.cancelled  # (a settle's writes: not the model's)
             elif what == "close-all":
                 self._close_all(env, gate)
             else:
                 self._lease_reserve(env, self._next("lreq"), amount, key, gate)
+        assert conflicts.cancelled - before == gate.cancelled, (
+            f"{conflicts.cancelled - before} writes cancelled, the model says {gate.cancelled}"
+        )
         if what == "reserve":  # the client retries its 503 (the wallet is free again)
             self._lease_reserve(env, self._next("lreq"), amount, key)
 
@@ -959,18 +1044,28 @@ class LedgerMachine(RuleBasedStateMachine):
         env=st.sampled_from(ENVS),
         amount=lease_amounts,
         key=st.sampled_from(KEYS),
-        throttles=st.integers(1, ATTEMPTS),
-        what=st.sampled_from(["reserve", "spend", "close-all"]),
+        # As many as the retries about half the time: the paths where a write gives up.
+        throttles=st.one_of(st.integers(1, ATTEMPTS), st.just(ATTEMPTS)),
+        what=st.sampled_from(["reserve", "lease", "spend", "close-all"]),
     )
     def throttled(
         self, data: st.DataObject, env: str, amount: int, key: str, throttles: int, what: str
     ) -> None:
         """The next writes to one item are throttled (over its capacity): fewer than the retries
         and the write lands late; as many and it gives up (ServiceBusy), and the product answers
-        as the model says: a lease not taken (a per-request hold instead), a spend kept as a
-        deferred settle (charged once by HoldSweeper), a fold left to HoldSweeper."""
+        as the model says: a new lease not taken (503 busy, no hold; a lease it retired is still
+        folded), a spend kept as a deferred settle (charged once by HoldSweeper), a fold left to
+        HoldSweeper. "lease": requests pile up first until the next one takes a lease."""
         gate = Gate(throttles=throttles)
         standin = self.moto.standin
+        if what == "lease":
+            for _ in range(leases.HOT_IN_FLIGHT + 1):
+                if self._takes_lease(env, amount, key):
+                    break
+                rid = self._next("lreq")
+                self._lease_reserve(env, rid, amount, key)
+                if rid not in self.lease_flight and rid not in self.model.holds:
+                    break  # refused, or answered busy
         if what == "spend" and self.lease_flight:
             rid = self._pick(data, self.lease_flight, "leased request")
             lease = self.lease_flight[rid][1]
@@ -1044,7 +1139,7 @@ class LedgerMachine(RuleBasedStateMachine):
             self.closed_budget[rid] = self.model.hold_budget.pop(rid, "")
         seen["sweep:released"] += len(expired)
         for lease in folds:
-            self._fold(lease)
+            self._fold(lease, "sweep")
             seen["lease:folded-by-sweep"] += 1
 
     def _charged(self, rid: str, usage: metering.Usage) -> None:
@@ -1162,8 +1257,20 @@ class LedgerMachine(RuleBasedStateMachine):
         for e in self.envs.values():
             got_env = {key: (x.lease_id, x.reserved, x.inflight) for (_, key), x in e.leases.items()}
             assert got_env == {key: (x.lease_id, x.reserved, x.inflight) for key, x in e.mine.items()}
+            # ...and what its retired leases served, which sizes its next ones (its own, per key).
+            assert {key: sv for (_, key), sv in e.last_served.items()} == e.served
             assert (e.contended.get(self.org, 0.0) > _SIM_CLOCK[0]) == (e.contended_until > _SIM_CLOCK[0])
         assert {h.request_id: (h.amount, h.expires_at) for h in org_holds} == m.holds
+        # The keys' rate windows: each minute's requests held or leased, less what folds gave
+        # back while it lasted. Holds and HoldSweeper drop past minutes; a window kept is exact.
+        wallet_item = next(i for i in items if i["sk"]["S"] == schema.WALLET)
+        windows = {w: int(v["N"]) for w, v in wallet_item.get("rpm", {}).get("M", {}).items()}
+        for window, count in windows.items():
+            key, _, minute = window.rpartition("@")
+            assert count == m.rpm[(key, int(minute))], f"rate window {window}: {count} in the store"
+        for key in KEYS:
+            current = f"{key}@{minute_of(self.now)}"
+            assert windows.get(current, 0) == m.rpm[(key, minute_of(self.now))], f"rate window {current}"
         got = (w.balance, w.held, w.available, w.period, w.month_spent, w.committed)
         assert got == (m.balance, m.held, m.available, m.period, m.month_spent, m.committed)
         assert (w.capped, w.cap_limit, w.cap_remaining) == (m.capped, m.cap_limit, m.cap_remaining)
