@@ -182,11 +182,11 @@ def get_openapi() -> dict[str, Any]:
 
 
 @app.get("/dashboard/assets/<name>", include_in_schema=False)
-def get_dashboard_asset(name: str) -> Response[str]:
+def get_dashboard_asset(name: str, v: Annotated[str | None, Query()] = None) -> Response[str]:
     found = dashboard.asset(name)
     if found is None:
         raise NotFound(f"Unknown asset: /dashboard/assets/{name}")
-    versioned = "v" in (app.current_event.query_string_parameters or {})
+    versioned = v is not None  # ?v=<hash>: this URL's bytes never change
     return _static(*found, "public, max-age=31536000, immutable" if versioned else "no-cache")
 
 

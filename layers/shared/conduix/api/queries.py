@@ -111,8 +111,8 @@ class _Query(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _empty_is_absent(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if v not in ("", None)}
+        if isinstance(data, dict):  # a list field gets its values as a list: [""] for `?group_by=`
+            return {k: v for k, v in data.items() if v not in ("", None, [""])}
         return data
 
 
