@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from conduix.accounts import keys
 from conduix.accounts.auth import require_operator
-from conduix.api import admin, resolver, views
+from conduix.api import admin, queries, resolver, views
 from conduix.core import bodies
 
 logger = Logger()
@@ -29,8 +30,8 @@ def create_org(org: bodies.OrgRequest) -> Response[dict[str, Any]]:
 
 
 @app.get("/admin/orgs", responses=resolver.answers(views.OrgList))
-def list_orgs() -> dict[str, Any]:
-    return admin.list_orgs(app.current_event.query_string_parameters or {})
+def list_orgs(query: Annotated[queries.OrgsQuery, Query()]) -> dict[str, Any]:
+    return admin.list_orgs(query.email, query.name, query.limit, query.cursor)
 
 
 @app.get("/admin/orgs/<org_id>/holds", responses=resolver.answers(views.HoldList))

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from conduix.accounts import keys
 from conduix.accounts.auth import Principal, authenticate
-from conduix.api import billing, resolver, views
+from conduix.api import billing, queries, resolver, views
 from conduix.core import bodies, config, errors
 from conduix.core.errors import NotFound
 from conduix.ledger import statements
@@ -55,25 +56,23 @@ def _json(body: dict[str, Any]) -> Response[Any]:
 
 # JSON by default, CSV with format=csv (one annotation for both, so OpenAPI can describe it).
 @app.get("/v1/billing/ledger", responses=views.with_csv(views.LedgerPage))
-def get_ledger() -> Response[Any]:
-    query = app.current_event.query_string_parameters or {}
-    if statements.wants_csv(query):
-        return _csv(statements.ledger_export(_org_id(), query))
-    return _json(statements.ledger_page(_org_id(), query.get("limit"), query.get("cursor"), query))
+def get_ledger(query: Annotated[queries.LedgerQuery, Query()]) -> Response[Any]:
+    if query.format == "csv":
+        return _csv(statements.ledger_export(_org_id(), query.filter))
+    return _json(statements.ledger_page(_org_id(), query.limit, query.cursor, query.filter))
 
 
 @app.get("/v1/usage", responses=views.with_csv(views.UsageReport))
-def get_usage() -> Response[Any]:
-    query = app.current_event.query_string_parameters or {}
-    if statements.wants_csv(query):
-        return _csv(statements.usage_export(_org_id(), query))
-    return _json(statements.usage_report(_org_id(), query))
+def get_usage(query: Annotated[queries.UsageQuery, Query()]) -> Response[Any]:
+    asked = (query.first, query.last, query.group_by)
+    if query.format == "csv":
+        return _csv(statements.usage_export(_org_id(), *asked))
+    return _json(statements.usage_report(_org_id(), *asked))
 
 
 @app.get("/v1/billing/notices", responses=resolver.answers(views.NoticeList))
-def get_notices() -> dict[str, Any]:
-    query = app.current_event.query_string_parameters or {}
-    return billing.notices_view(_org_id(), query.get("limit"))
+def get_notices(query: Annotated[queries.NoticesQuery, Query()]) -> dict[str, Any]:
+    return billing.notices_view(_org_id(), query.limit)
 
 
 @app.get("/v1/billing/alerts", responses=resolver.answers(views.AlertsView))
@@ -183,11 +182,11 @@ def get_openapi() -> dict[str, Any]:
 
 
 @app.get("/dashboard/assets/<name>", include_in_schema=False)
-def get_dashboard_asset(name: str) -> Response[str]:
+def get_dashboard_asset(name: str, v: Annotated[str | None, Query()] = None) -> Response[str]:
     found = dashboard.asset(name)
     if found is None:
         raise NotFound(f"Unknown asset: /dashboard/assets/{name}")
-    versioned = "v" in (app.current_event.query_string_parameters or {})
+    versioned = v is not None  # ?v=<hash>: this URL's bytes never change
     return _static(*found, "public, max-age=31536000, immutable" if versioned else "no-cache")
 
 

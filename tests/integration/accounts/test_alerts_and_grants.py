@@ -12,6 +12,7 @@ import pytest
 from conduix.accounts import alerts, grants, notices, orgs
 from conduix.accounts.auth import Principal
 from conduix.api import admin, billing
+from conduix.api.queries import NoticesQuery
 from conduix.audit import reconcile
 from conduix.core import bodies
 from conduix.core.bodies import parse
@@ -226,11 +227,11 @@ def test_every_notice_is_recorded_newest_first(org: str) -> None:
     o = orgs.get_org(org)
     notices.account_paused(o, "0")
     notices.reload_failed(o, "card declined", False)
-    listed = billing.notices_view(org, None)["data"]
+    listed = billing.notices_view(org)["data"]
     assert [n["type"] for n in listed] == ["auto_reload_failed", "account_paused"]
     assert listed[0]["recipient"] == "billing@acme.test" and "failed" in listed[0]["subject"]
     with pytest.raises(InvalidRequest):
-        billing.notices_view(org, "0")
+        parse(NoticesQuery, {"limit": "0"})
 
 
 # ------------------------------------------------------------------ expiring grants

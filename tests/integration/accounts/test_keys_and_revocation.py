@@ -137,13 +137,13 @@ def _two_pages(org: str) -> dict[str, object]:
         holds.reserve(org, f"r{i}", C, model="m", key_id="k", now=NOW + timedelta(seconds=i + 1))
         usage = metering.Usage(model="m", key_id="k", prompt_tokens=1, completion_tokens=1, cost=C)
         settles.settle(org, f"r{i}", C, usage, NOW + timedelta(seconds=i + 1))
-    return statements.ledger_page(org, "2", None)
+    return statements.ledger_page(org, 2, None)
 
 
 def test_a_tampered_cursor_is_refused(org: str) -> None:
     first = _two_pages(org)
     cursor = str(first["next_cursor"])
-    assert [e["balance_after"] for e in statements.ledger_page(org, "2", cursor)["data"]] == ["9", "10"]
+    assert [e["balance_after"] for e in statements.ledger_page(org, 2, cursor)["data"]] == ["9", "10"]
 
     payload, _, mac = cursor.partition(".")
     data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
@@ -154,10 +154,10 @@ def test_a_tampered_cursor_is_refused(org: str) -> None:
     stranger = orgs.create_org("Other", "o@example.com", NOW).org_id
     for bad in (f"{forged}.{mac}", payload, f"{payload}.", f"{payload}.{mac[:-2]}", "\ud800", other_org):
         with pytest.raises(errors.InvalidRequest) as refused:
-            statements.ledger_page(org, "2", bad)
+            statements.ledger_page(org, 2, bad)
         assert refused.value.param == "cursor"
     with pytest.raises(errors.InvalidRequest):
-        statements.ledger_page(stranger, "2", cursor)
+        statements.ledger_page(stranger, 2, cursor)
 
 
 def test_cursors_need_a_signing_key(org: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,7 +166,7 @@ def test_cursors_need_a_signing_key(org: str, monkeypatch: pytest.MonkeyPatch) -
     config.cursor_key.cache_clear()
     try:
         with pytest.raises(errors.ConfigurationError):
-            statements.ledger_page(org, "2", str(first["next_cursor"]))
+            statements.ledger_page(org, 2, str(first["next_cursor"]))
     finally:
         monkeypatch.undo()
         config.cursor_key.cache_clear()

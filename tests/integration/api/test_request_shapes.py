@@ -8,12 +8,15 @@ own response schemas, none of which is a bare object."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import parse_qsl
 
 import jsonschema
 import pytest
 from conduix.api import openapi
+from conduix.ledger import statements
 
 from tests.integration.api.test_handlers import OPERATOR_KEY, context, env, event, handler  # noqa: F401
 
@@ -34,8 +37,12 @@ class Api:
 
     def _call(self, module: ModuleType, name: str, key: str | None, method: str, path: str, body: Any) -> Any:
         ev = event(name, OPERATOR_KEY=OPERATOR_KEY, ORG_API_KEY=key or "")
+        path, _, query = path.partition("?")
         ev.update(httpMethod=method, path=path, body=None if body is None else json.dumps(body))
-        ev["queryStringParameters"] = None
+        # As API Gateway sends a query string: the last value of each name, and every value.
+        pairs = parse_qsl(query, keep_blank_values=True)
+        ev["queryStringParameters"] = dict(pairs) or None
+        ev["multiValueQueryStringParameters"] = {n: [v for k, v in pairs if k == n] for n, _ in pairs} or None
         if key is None:
             ev["headers"] = {k: v for k, v in ev["headers"].items() if k.lower() != "authorization"}
         result = module.lambda_handler(ev, context(name))
@@ -136,6 +143,133 @@ def test_the_old_messages_are_kept(api: Api) -> None:
     assert nested[1]["error"]["message"] == "'spend_limit.amount' must be greater than zero."
     unknown = _call(api, "PUT", "/v1/billing/alerts", {"other": []})[1]["error"]["message"]
     assert unknown == "Unknown field 'other': send balance_below and cap_used_percent."
+
+
+# Every query parameter a route reads has bad cases: (path with its query, the parameter the 400
+# names, its message when the old hand-written one is pinned).
+BAD_QUERIES = [
+    ("/v1/billing/ledger?limit=0", "limit", "'limit' must be between 1 and 200."),
+    ("/v1/billing/ledger?limit=201", "limit", None),
+    ("/v1/billing/ledger?limit=ten", "limit", "'limit' must be an integer."),
+    ("/v1/billing/ledger?limit=2.5", "limit", "'limit' must be an integer."),
+    ("/v1/billing/ledger?cursor=garbage", "cursor", "'cursor' is not one this API gave out."),
+    ("/v1/billing/ledger?type=bonus", "type", None),
+    ("/v1/billing/ledger?from=yesterday", "from", "'from' must be a date such as 2026-11-01."),
+    ("/v1/billing/ledger?to=2026-02-30", "to", "'to' must be a date such as 2026-11-01."),
+    ("/v1/billing/ledger?from=2026-11-02&to=2026-11-01", "to", "'to' must not be before 'from'."),
+    ("/v1/billing/ledger?format=xml", "format", "'format' must be json or csv."),
+    ("/v1/billing/ledger?format=xml&limit=x", "format", None),  # the first check told
+    ("/v1/billing/ledger?format=csv&cursor=abc", "cursor", None),
+    ("/v1/usage?from=20261101", "from", None),
+    ("/v1/usage?to=1700000000", "to", None),  # a timestamp is not a day
+    ("/v1/usage?from=2026-11-30&to=2026-11-01", "to", None),
+    ("/v1/usage?from=2024-01-01&to=2026-01-01", "to", "A usage range spans at most 366 days."),
+    ("/v1/usage?group_by=colour", "group_by", None),
+    ("/v1/usage?group_by=model,model", "group_by", None),
+    ("/v1/usage?group_by=,", "group_by", "'group_by' must be model, day or key, or a comma-separated mix."),
+    ("/v1/usage?format=pdf", "format", None),
+    ("/v1/billing/notices?limit=101", "limit", "'limit' must be between 1 and 100."),
+    ("/v1/billing/notices?limit=-1", "limit", None),
+    ("/admin/orgs?limit=0", "limit", None),
+    ("/admin/orgs?limit=x", "limit", "'limit' must be an integer."),
+    ("/admin/orgs?cursor=not-a-cursor", "cursor", None),
+    ("/admin/orgs?email=" + "a" * 201, "email", "'email' must be up to 200 printable characters."),
+    ("/admin/orgs?name=%00", "name", "'name' must be up to 200 printable characters."),
+]
+
+
+def test_bad_query_parameters_are_our_400_naming_the_parameter(api: Api) -> None:
+    before = api.org("GET", "/v1/billing")[1]
+    for path, param, message in BAD_QUERIES:
+        status, answer = _call(api, "GET", path, None)
+        assert status == 400 and set(answer) == {"error"}, (path, answer)  # never 422, never 500
+        error = answer["error"]
+        assert (error["type"], error["param"]) == ("invalid_request_error", param), (path, error)
+        assert f"'{param}'" in error["message"] or "usage range" in error["message"], (path, error)
+        assert message is None or error["message"] == message, (path, error)
+    unknown = _call(api, "GET", "/v1/billing/ledger?type=bonus", None)[1]["error"]
+    assert unknown["code"] == "invalid_entry_type" and "hold_release" in unknown["message"]
+    assert api.org("GET", "/v1/billing")[1] == before  # nothing moved
+
+
+def test_good_query_parameters_are_read_typed(api: Api) -> None:
+    # Empty values count as left out; unknown parameters are ignored, as before.
+    for path in ("/v1/billing/ledger?limit=&cursor=&type=&from=&to=&format=", "/v1/usage?group_by=&x=1"):
+        assert _call(api, "GET", path, None)[0] == 200, path
+    usage = _call(api, "GET", "/v1/usage?from=2026-01-01&to=2026-01-31&group_by=day,%20key", None)[1]
+    assert (usage["from"], usage["to"], usage["group_by"]) == ("2026-01-01", "2026-01-31", ["day", "key"])
+    for n in ("a", "b"):
+        grant = {"amount": "1", "reason": "r", "idempotency_key": n}
+        assert api.operator("POST", f"/admin/orgs/{api.org_id}/credits", grant)[0] == 201
+    status, page = _call(api, "GET", "/v1/billing/ledger?limit=1", None)
+    assert status == 200 and len(page["data"]) == 1 and page["has_more"] is True
+    nxt = _call(api, "GET", f"/v1/billing/ledger?limit=1&cursor={page['next_cursor']}", None)[1]
+    assert [e["balance_after"] for e in page["data"] + nxt["data"]] == ["2", "1"]
+    listed = _call(api, "GET", "/admin/orgs?name=shapes&limit=1", None)[1]
+    assert [o["org_id"] for o in listed["data"]] == [api.org_id]
+    assert _call(api, "GET", "/v1/billing/notices?limit=100", None)[0] == 200
+
+
+def test_a_versioned_dashboard_asset_is_cached_for_good(api: Api) -> None:
+    def cache_control(query: str) -> str:
+        ev = event("billing_api", ORG_API_KEY="")
+        ev.update(httpMethod="GET", path="/dashboard/assets/common.js", body=None)
+        ev["queryStringParameters"] = dict(parse_qsl(query, keep_blank_values=True)) or None
+        result = api.billing.lambda_handler(ev, context("billing_api"))
+        assert result["statusCode"] == 200
+        headers = {
+            **result.get("headers", {}),
+            **{k: v[-1] for k, v in result.get("multiValueHeaders", {}).items()},
+        }
+        return str(headers["Cache-Control"])
+
+    assert cache_control("v=abc123") == "public, max-age=31536000, immutable"
+    assert cache_control("") == "no-cache"
+
+
+# The query parameters each route reads: the document must list exactly these, from the code.
+QUERIES = {
+    ("get", "/v1/billing/ledger"): {"format", "limit", "cursor", "type", "from", "to"},
+    ("get", "/v1/usage"): {"format", "from", "to", "group_by"},
+    ("get", "/v1/billing/notices"): {"limit"},
+    ("get", "/admin/orgs"): {"email", "name", "limit", "cursor"},
+}
+
+
+def _read_by_handlers(app: Any) -> dict[tuple[str, str], set[str]]:
+    """The query parameters each documented route's handler declares (a model's fields, by alias)."""
+    read: dict[tuple[str, str], set[str]] = {}
+    for route in app._static_routes + app._dynamic_routes:
+        if not route.include_in_schema:
+            continue
+        for param in route.dependant.query_params:
+            model = param.field_info.annotation
+            fields = model.model_fields.values() if hasattr(model, "model_fields") else None
+            names = {f.alias or n for n, f in model.model_fields.items()} if fields else {param.alias}
+            read.setdefault((route.method.lower(), route.openapi_path), set()).update(names)
+    return read
+
+
+def test_every_query_parameter_read_is_documented_and_none_other(api: Api) -> None:
+    documented: dict[tuple[str, str], set[str]] = {}
+    for doc in _doc(api):
+        for path, operations in doc["paths"].items():
+            for method, operation in operations.items():
+                names = {p["name"] for p in operation.get("parameters", []) if p["in"] == "query"}
+                if names:
+                    documented[(method, path)] = names
+                for p in operation.get("parameters", []):
+                    if p["in"] == "query":  # the field's own schema, not Powertools' bare type
+                        assert p["schema"].get("type") == "string" or "maximum" in p["schema"], p
+    read = {**_read_by_handlers(api.billing.app), **_read_by_handlers(api.admin.app)}
+    assert documented == read == QUERIES
+    ledger = {p["name"]: p for p in _doc(api)[0]["paths"]["/v1/billing/ledger"]["get"]["parameters"]}
+    assert ledger["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}
+    assert ledger["type"]["schema"]["enum"] == list(statements.ENTRY_TYPES)
+    assert ledger["from"]["schema"]["format"] == "date"
+    # Nothing reads the query string by hand: the resolver hands every handler its typed query.
+    for app in Path(__file__).parents[3].glob("functions/*/app.py"):
+        assert "query_string_parameters" not in app.read_text(), app
 
 
 def test_who_is_calling_comes_before_what_they_sent(api: Api) -> None:

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 
 import pytest
+from conduix.api.queries import LedgerQuery, UsageQuery
 from conduix.core import errors
+from conduix.core.bodies import parse
 from conduix.core.money import NANOS_PER_CREDIT as C
 from conduix.ledger import entries, holds, metering, settles, statements
 
 from tests.integration.helpers import NOW, fund
 
 pytestmark = pytest.mark.integration
+
+
+def page(org: str, query: dict[str, str], cursor: str | None = None) -> dict[str, object]:
+    """A ledger page for a query string, checked as the API checks it."""
+    q = parse(LedgerQuery, {**query, **({"cursor": cursor} if cursor else {})})
+    return statements.ledger_page(org, q.limit, q.cursor, q.filter)
+
+
+def ledger_csv(org: str, query: dict[str, str]) -> statements.Export:
+    return statements.ledger_export(org, parse(LedgerQuery, query).filter)
+
+
+def usage(org: str, query: dict[str, str]) -> dict[str, object]:
+    q = parse(UsageQuery, query)
+    return statements.usage_report(org, q.first, q.last, q.group_by)
 
 
 def spend(org: str, request_id: str, cost: int, model: str = "acme/fast", key: str = "key_1", at=NOW) -> None:
@@ -24,7 +41,7 @@ def test_the_statement_runs_newest_first_with_exact_balances_across_pages(org: s
     fund(org, "10")
     for i in range(5):
         spend(org, f"r{i}", (i + 1) * C // 10, at=NOW + timedelta(seconds=i + 1))
-    first = statements.ledger_page(org, "4", None)
+    first = page(org, {"limit": "4"})
     assert [e["id"] for e in first["data"]] == ["usage:r4", "usage:r3", "usage:r2", "usage:r1"]
     assert [e["balance_after"] for e in first["data"]] == ["8.5", "9", "9.4", "9.7"]
     assert first["data"][0] == {
@@ -37,7 +54,7 @@ def test_the_statement_runs_newest_first_with_exact_balances_across_pages(org: s
         "created_at": "2026-11-27T12:00:05.000000Z",
         "model": "acme/fast",
     }
-    second = statements.ledger_page(org, "4", first["next_cursor"])
+    second = page(org, {"limit": "4"}, first["next_cursor"])
     assert [(e["id"], e["balance_after"]) for e in second["data"]] == [
         ("usage:r0", "9.9"),
         ("grant:seed", "10"),
@@ -48,7 +65,7 @@ def test_the_statement_runs_newest_first_with_exact_balances_across_pages(org: s
 @pytest.mark.parametrize(("limit", "cursor"), [("0", None), ("x", None), ("500", None), (None, "garbage")])
 def test_bad_paging_is_refused(org: str, limit: str | None, cursor: str | None) -> None:
     with pytest.raises(errors.InvalidRequest):
-        statements.ledger_page(org, limit, cursor)
+        page(org, {"limit": limit} if limit else {}, cursor)
 
 
 def test_usage_groups_by_model_day_and_key_with_cache_savings(org: str) -> None:
@@ -57,7 +74,7 @@ def test_usage_groups_by_model_day_and_key_with_cache_savings(org: str) -> None:
     spend(org, "b", 3 * C, model="m/two", key="key_2")
     spend(org, "c", 1 * C, model="m/one", at=NOW + timedelta(days=1))
     metering.record_cache_hit(org, "m/one", "key_1", 2 * C, NOW)
-    report = statements.usage_report(org, {"from": "2026-11-27", "to": "2026-11-28", "group_by": "model"})
+    report = usage(org, {"from": "2026-11-27", "to": "2026-11-28", "group_by": "model"})
     assert report["data"] == [
         {
             "model": "m/one",
@@ -79,12 +96,12 @@ def test_usage_groups_by_model_day_and_key_with_cache_savings(org: str) -> None:
         },
     ]
     assert report["totals"]["credits"] == "6"
-    by_day = statements.usage_report(org, {"from": "2026-11-27", "to": "2026-11-27", "group_by": "model,day"})
+    by_day = usage(org, {"from": "2026-11-27", "to": "2026-11-27", "group_by": "model,day"})
     assert [(r["model"], r["day"], r["credits"]) for r in by_day["data"]] == [
         ("m/one", "2026-11-27", "2"),
         ("m/two", "2026-11-27", "3"),
     ]
-    by_key = statements.usage_report(org, {"from": "2026-11-01", "to": "2026-11-30", "group_by": "key"})
+    by_key = usage(org, {"from": "2026-11-01", "to": "2026-11-30", "group_by": "key"})
     assert [(r["key_id"], r["credits"]) for r in by_key["data"]] == [("key_1", "3"), ("key_2", "3")]
 
 
@@ -99,7 +116,13 @@ def test_usage_groups_by_model_day_and_key_with_cache_savings(org: str) -> None:
 )
 def test_bad_usage_queries_are_refused(org: str, query: dict[str, str]) -> None:
     with pytest.raises(errors.InvalidRequest):
-        statements.usage_report(org, query)
+        usage(org, query)
+
+
+def _asked(query: dict[str, str]) -> tuple[date | None, date | None, tuple[str, ...]]:
+    q = parse(UsageQuery, query)
+    assert q.format == "csv"
+    return q.first, q.last, q.group_by
 
 
 def _csv_rows(text: str) -> list[dict[str, str]]:
@@ -120,8 +143,8 @@ def test_the_type_filter_keeps_every_balance_exact_across_pages(org: str) -> Non
     spend(org, "r1", C // 5, at=NOW + timedelta(seconds=3))
     spend(org, "r2", C // 2, at=NOW + timedelta(seconds=4))
     # When only usage is asked for, two at a time
-    first = statements.ledger_page(org, "2", None, {"type": "usage"})
-    second = statements.ledger_page(org, "2", first["next_cursor"], {"type": "usage"})
+    first = page(org, {"limit": "2", "type": "usage"})
+    second = page(org, {"limit": "2", "type": "usage"}, first["next_cursor"])
     # Then the rows are the usage entries, and each balance counts the grants they skip
     assert [(e["id"], e["balance_after"]) for e in first["data"]] == [
         ("usage:r2", "11.2"),
@@ -129,12 +152,12 @@ def test_the_type_filter_keeps_every_balance_exact_across_pages(org: str) -> Non
     ]
     assert [(e["id"], e["balance_after"]) for e in second["data"]] == [("usage:r0", "9.9")]
     assert first["has_more"] is True and second["has_more"] is False
-    grants = statements.ledger_page(org, "50", None, {"type": "grant"})["data"]
+    grants = page(org, {"limit": "50", "type": "grant"})["data"]
     assert [(e["id"], e["balance_after"]) for e in grants] == [("grant:g2", "11.9"), ("grant:seed", "10")]
     # has_more is exact: true only when another matching row exists
-    only = statements.ledger_page(org, "1", None, {"type": "grant", "to": "2026-11-27"})
+    only = page(org, {"limit": "1", "type": "grant", "to": "2026-11-27"})
     assert only["has_more"] is True
-    assert statements.ledger_page(org, "5", None, {"type": "refund"}) == {
+    assert page(org, {"limit": "5", "type": "refund"}) == {
         "object": "list",
         "data": [],
         "has_more": False,
@@ -144,7 +167,7 @@ def test_the_type_filter_keeps_every_balance_exact_across_pages(org: str) -> Non
 
 def test_an_unknown_type_is_refused_naming_the_valid_ones(org: str) -> None:
     with pytest.raises(errors.InvalidRequest) as refused:
-        statements.ledger_page(org, None, None, {"type": "bonus"})
+        page(org, {"type": "bonus"})
     assert refused.value.param == "type" and refused.value.code == "invalid_entry_type"
     assert all(t in refused.value.message for t in statements.ENTRY_TYPES)
 
@@ -155,12 +178,12 @@ def test_the_ledger_csv_holds_every_page_with_the_same_figures(org: str) -> None
         spend(org, f"r{i}", (i + 1) * C // 100, at=NOW + timedelta(days=i % 3, seconds=i))
     pages, cursor = [], None
     while True:
-        page = statements.ledger_page(org, "3", cursor)
-        pages += page["data"]
-        if not page["has_more"]:
+        one = page(org, {"limit": "3"}, cursor)
+        pages += one["data"]
+        if not one["has_more"]:
             break
-        cursor = page["next_cursor"]
-    export = statements.ledger_export(org, {"format": "csv"})
+        cursor = one["next_cursor"]
+    export = ledger_csv(org, {"format": "csv"})
     rows = _csv_rows(export.text)
     assert len(rows) == 8
     assert [{k: r[k] for k in ("id", "type", "amount", "balance_after", "created_at")} for r in rows] == [
@@ -168,7 +191,7 @@ def test_the_ledger_csv_holds_every_page_with_the_same_figures(org: str) -> None
     ]
     assert export.filename.startswith(f"conduix-ledger-{org}-") and export.filename.endswith(".csv")
     # A range: only the second day, still with the balances of the whole ledger
-    day = statements.ledger_export(org, {"from": "2026-11-28", "to": "2026-11-28"})
+    day = ledger_csv(org, {"from": "2026-11-28", "to": "2026-11-28"})
     expected = [e for e in pages if e["created_at"].startswith("2026-11-28")]
     assert [(r["id"], r["balance_after"]) for r in _csv_rows(day.text)] == [
         (e["id"], e["balance_after"]) for e in expected
@@ -179,7 +202,7 @@ def test_the_ledger_csv_holds_every_page_with_the_same_figures(org: str) -> None
 @pytest.mark.parametrize("param", ["limit", "cursor"])
 def test_a_csv_export_is_the_whole_range_not_a_page(org: str, param: str) -> None:
     with pytest.raises(errors.InvalidRequest) as refused:
-        statements.ledger_export(org, {"format": "csv", param: "2"})
+        ledger_csv(org, {"format": "csv", param: "2"})
     assert refused.value.param == param
 
 
@@ -188,9 +211,9 @@ def test_an_export_beyond_the_maximum_is_a_clear_400(org: str, monkeypatch: pyte
     spend(org, "r0", C // 10, at=NOW + timedelta(seconds=1))
     monkeypatch.setattr(statements, "MAX_EXPORT_ROWS", 1)
     with pytest.raises(errors.InvalidRequest) as refused:
-        statements.ledger_export(org, {})
+        ledger_csv(org, {})
     assert refused.value.code == "export_too_large" and "narrow it" in refused.value.message
-    assert len(_csv_rows(statements.ledger_export(org, {"type": "usage"}).text)) == 1
+    assert len(_csv_rows(ledger_csv(org, {"type": "usage"}).text)) == 1
 
 
 def test_the_usage_csv_has_the_json_rows_with_cache_hits_in_their_own_column(org: str) -> None:
@@ -199,8 +222,8 @@ def test_the_usage_csv_has_the_json_rows_with_cache_hits_in_their_own_column(org
     spend(org, "b", 3 * C // 7, model="=cmd|' /C calc'!A0")
     metering.record_cache_hit(org, "m/one", "key_1", 2 * C, NOW)
     query = {"from": "2026-11-27", "to": "2026-11-27", "group_by": "model,day"}
-    report = statements.usage_report(org, query)
-    export = statements.usage_export(org, {**query, "format": "csv"})
+    report = usage(org, query)
+    export = statements.usage_export(org, *_asked({**query, "format": "csv"}))
     assert export.text.splitlines()[0] == (
         "model,day,requests,cache_hits,prompt_tokens,completion_tokens,credits,saved_credits"
     )

@@ -6,7 +6,6 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -132,21 +131,13 @@ def _cursor_in(cursor: str) -> dict[str, Any]:
     return {"pk": s(pk), "sk": s(schema.PROFILE), "directory": s("org"), "email_lc": s(email)}
 
 
-def list_orgs(query: Mapping[str, str]) -> dict[str, Any]:
+def list_orgs(
+    email: str | None = None, name: str | None = None, limit: int = 50, cursor: str | None = None
+) -> dict[str, Any]:
     """GET /admin/orgs?email=&name=&limit=&cursor=: orgs in email order. `email` matches the
-    start of the address, `name` any part of the name, both ignoring case."""
-    email = query.get("email") or None
-    name = query.get("name") or None
-    for field, value in (("email", email), ("name", name)):
-        if value is not None and (len(value) > 200 or not value.isprintable()):
-            raise InvalidRequest(f"'{field}' must be up to 200 printable characters.", param=field)
-    try:
-        limit = int(query.get("limit") or 50)
-    except ValueError:
-        raise InvalidRequest("'limit' must be an integer.", param="limit") from None
-    if not 1 <= limit <= 200:
-        raise InvalidRequest("'limit' must be between 1 and 200.", param="limit")
-    start = _cursor_in(query["cursor"]) if query.get("cursor") else None
+    start of the address, `name` any part of the name, both ignoring case (the API checked
+    them and `limit`, see `queries.OrgsQuery`; the cursor is checked here)."""
+    start = _cursor_in(cursor) if cursor else None
     found, next_key = orgs.search_orgs(email, name, limit, start)
     cursor = _cursor_out(next_key) if next_key else None
     return {

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 from conduix.accounts import alerts, grants, notices, orgs
 from conduix.core import clock
 from conduix.core.config import payment_settings
-from conduix.core.errors import InvalidRequest
 from conduix.core.money import format_credits
 from conduix.ledger import lease_store, wallet_settings, wallets
 from conduix.pricing import plans
@@ -111,14 +110,8 @@ def alerts_view(org_id: str) -> dict[str, Any]:
     return alerts.view(org_id)
 
 
-def notices_view(org_id: str, limit_text: str | None) -> dict[str, Any]:
-    """The emails sent to the org, newest first."""
-    try:
-        limit = int(limit_text) if limit_text else 50
-    except ValueError:
-        raise InvalidRequest("'limit' must be an integer.", param="limit") from None
-    if not 1 <= limit <= 100:
-        raise InvalidRequest("'limit' must be between 1 and 100.", param="limit")
+def notices_view(org_id: str, limit: int = 50) -> dict[str, Any]:
+    """The emails sent to the org, newest first (`limit`, 1 to 100, checked by the API)."""
     return {"object": "list", "data": notices.recent(org_id, limit)}
 
 

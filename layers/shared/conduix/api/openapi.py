@@ -1,8 +1,9 @@
 """The OpenAPI document of the public API, generated from the code.
 
-BillingApi's (and Admin's) routes, with their request bodies and answers, come from the
-Powertools resolver: the handlers' parameters name the models of `conduix.core.bodies` it
-validates with, and their `responses` the models of `conduix.api.views`. The Completion routes
+BillingApi's (and Admin's) routes, with their query parameters, request bodies and answers,
+come from the Powertools resolver: the handlers' parameters name the models it validates with
+(`conduix.api.queries`, `conduix.core.bodies`), and their `responses` the models of
+`conduix.api.views`. The Completion routes
 (which use no resolver, to keep that function's cold start small) are described from the
 models below. Served at GET /openapi.json (and the operator's at GET /admin/openapi.json);
 schemathesis drives the local stack with it in the tests.
@@ -145,30 +146,6 @@ REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("post", "/v1/chat/completions"): ChatCompletionRequest,
     ("post", "/v1/embeddings"): EmbeddingRequest,
 }
-QUERY_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
-    ("get", "/v1/billing/ledger"): [
-        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
-        {
-            "name": "cursor",
-            "in": "query",
-            "schema": {"type": "string"},
-            "description": "next_cursor of a page",
-        },
-    ],
-    ("get", "/v1/billing/notices"): [
-        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
-    ],
-    ("get", "/v1/usage"): [
-        {"name": "from", "in": "query", "schema": {"type": "string", "format": "date"}},
-        {"name": "to", "in": "query", "schema": {"type": "string", "format": "date"}},
-        {
-            "name": "group_by",
-            "in": "query",
-            "schema": {"type": "string", "examples": ["model", "model,day"]},
-            "description": "model, day, key, or a comma-separated mix",
-        },
-    ],
-}
 PUBLIC = {("get", "/v1/models"), ("get", "/v1/pricing")}
 _ERRORS = {
     "400": "Bad input (nothing is held or charged)",
@@ -277,8 +254,6 @@ def _finish(doc: dict[str, Any], components: dict[str, Any]) -> dict[str, Any]:
                     "required": True,
                     "content": {"application/json": {"schema": _schema_of(model, components)}},
                 }
-            if (method, path) in QUERY_PARAMETERS:
-                operation.setdefault("parameters", []).extend(QUERY_PARAMETERS[(method, path)])
             if (method, path) in PUBLIC:
                 operation["security"] = []
             operation["responses"].pop("422", None)
@@ -290,9 +265,31 @@ def _finish(doc: dict[str, Any], components: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def _query_schemas(app: Any, doc: dict[str, Any]) -> None:
+    """Powertools lists a query model's fields as parameters with their bare type only; give
+    each the field's own schema (bounds, enum, format, default) and description."""
+    for route in app._static_routes + app._dynamic_routes:
+        operation = doc["paths"].get(route.openapi_path, {}).get(route.method.lower())
+        if not operation:
+            continue
+        for param in route.dependant.query_params:
+            model = param.field_info.annotation
+            if not (isinstance(model, type) and issubclass(model, BaseModel)):
+                continue
+            properties = model.model_json_schema(by_alias=True)["properties"]
+            for parameter in operation.get("parameters", []):
+                field = properties.get(parameter["name"]) if parameter["in"] == "query" else None
+                if field is not None:
+                    field = {k: v for k, v in field.items() if k != "title" and v is not None}
+                    if "description" in field:
+                        parameter["description"] = field.pop("description")
+                    parameter["schema"] = field
+
+
 def _generated(app: Any, title: str, version: str, summary: str) -> tuple[dict[str, Any], dict[str, Any]]:
     generated = app.get_openapi_schema(title=title, version=version, summary=summary)
     doc: dict[str, Any] = json.loads(generated.model_dump_json(by_alias=True, exclude_none=True))
+    _query_schemas(app, doc)
     components: dict[str, Any] = doc.setdefault("components", {}).setdefault("schemas", {})
     return doc, components
 

@@ -1,9 +1,10 @@
 """The Powertools REST resolver, set up the same way for every JSON API function: domain
 errors through the one map in `conduix.web`, JSON 404 and 405, no stack traces out.
 
-Request bodies are validated by the resolver itself (`enable_validation`) against the pydantic
-models the handlers' parameters name (`conduix.core.bodies`), after our hostile-input-safe JSON
-parser; its errors become our 400 `invalid_request`, never Powertools' 422."""
+Request bodies and query strings are validated by the resolver itself (`enable_validation`)
+against the pydantic models the handlers' parameters name (`conduix.core.bodies`, after our
+hostile-input-safe JSON parser, and `conduix.api.queries`); its errors become our 400
+`invalid_request`, never Powertools' 422."""
 
 from __future__ import annotations
 
@@ -46,8 +47,18 @@ def _bug(exc: Exception) -> Response[str]:
     return _response(500, responses.internal_error_body())
 
 
+def _field_of_query_model(problem: dict[str, Any]) -> dict[str, Any]:
+    """A query model's errors (`conduix.api.queries`) are located under the handler's argument
+    (query, <argument>, limit): the client named only the parameter (query, limit)."""
+    loc = tuple(problem.get("loc") or ())
+    if len(loc) > 2 and loc[0] == "query" and isinstance(loc[2], str):
+        return {**problem, "loc": (loc[0], *loc[2:])}
+    return problem
+
+
 def _invalid(exc: RequestValidationError) -> Response[str]:
-    return _domain_error(validation.invalid_request_from(exc.errors()))
+    problems = [_field_of_query_model(p) for p in exc.errors()]
+    return _domain_error(validation.invalid_request_from(problems))
 
 
 def resolver() -> APIGatewayRestResolver:

@@ -10,7 +10,7 @@ import hmac
 import io
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
@@ -51,23 +51,6 @@ FORMATS = ("json", "csv")
 class Export:
     filename: str
     text: str
-
-
-def wants_csv(query: Mapping[str, str]) -> bool:
-    fmt = query.get("format") or "json"
-    if fmt not in FORMATS:
-        raise InvalidRequest("'format' must be json or csv.", param="format")
-    return fmt == "csv"
-
-
-def _whole_range_only(query: Mapping[str, str]) -> None:
-    for name in ("limit", "cursor"):
-        if query.get(name):
-            raise InvalidRequest(
-                f"A CSV export holds the whole range, not a page: drop '{name}' and narrow it "
-                "with 'from', 'to' or 'type' instead.",
-                param=name,
-            )
 
 
 def _too_large(what: str) -> InvalidRequest:
@@ -183,19 +166,6 @@ class LedgerFilter:
         return self.entry_type is not None or self.last is not None
 
 
-def ledger_filter(query: Mapping[str, str]) -> LedgerFilter:
-    entry_type = query.get("type") or None
-    if entry_type is not None and entry_type not in ENTRY_TYPES:
-        raise InvalidRequest(
-            f"'type' must be one of: {', '.join(ENTRY_TYPES)}.", param="type", code="invalid_entry_type"
-        )
-    first = _day(query.get("from"), "from", None)
-    last = _day(query.get("to"), "to", None)
-    if first and last and last < first:
-        raise InvalidRequest("'to' must not be before 'from'.", param="to")
-    return LedgerFilter(entry_type, first, last)
-
-
 def _walk(org_id: str, cursor: str | None, chunk: int) -> Iterator[tuple[Item, int]]:
     """Every ledger line from the newest (or from the cursor) back, each with the balance right
     after it. Without a cursor the running balance starts from the wallet's balance, read before
@@ -237,17 +207,11 @@ def _entry(item: Item, balance_after: int) -> dict[str, Any]:
 
 
 def ledger_page(
-    org_id: str, limit_text: str | None, cursor: str | None, query: Mapping[str, str] | None = None
+    org_id: str, limit: int = 50, cursor: str | None = None, wanted: LedgerFilter = LedgerFilter()
 ) -> dict[str, Any]:
-    """Newest first, each entry with the balance right after it; `type`, `from` and `to` in
-    `query` narrow the rows (never the balances)."""
-    try:
-        limit = int(limit_text) if limit_text else 50
-    except ValueError:
-        raise InvalidRequest("'limit' must be an integer.", param="limit") from None
-    if not 1 <= limit <= MAX_PAGE:
-        raise InvalidRequest(f"'limit' must be between 1 and {MAX_PAGE}.", param="limit")
-    wanted = ledger_filter(query or {})
+    """Newest first, each entry with the balance right after it; `wanted` narrows the rows
+    (never the balances). The API checked `limit` (1 to MAX_PAGE); the cursor is checked here,
+    against the org it was signed for."""
     entries: list[dict[str, Any]] = []
     next_cursor = None
     last: tuple[str, int] | None = None  # where the page ends: the last row's key and the balance before it
@@ -283,11 +247,9 @@ LEDGER_COLUMNS = (
 )
 
 
-def ledger_export(org_id: str, query: Mapping[str, str]) -> Export:
+def ledger_export(org_id: str, wanted: LedgerFilter = LedgerFilter()) -> Export:
     """GET /v1/billing/ledger?format=csv: every entry the filters select (not one page), the
     same rows and figures as the JSON, newest first."""
-    _whole_range_only(query)
-    wanted = ledger_filter(query)
     rows: list[dict[str, Any]] = []
     for item, balance_after in _walk(org_id, None, MAX_PAGE):
         if wanted.ended(item):
@@ -301,34 +263,20 @@ def ledger_export(org_id: str, query: Mapping[str, str]) -> Export:
     return Export(f"conduix-ledger{kind}-{org_id}-{span}.csv", to_csv(LEDGER_COLUMNS, rows))
 
 
-_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-
-
-def _day(value: str | None, name: str, default: date | None) -> date | None:
-    if not value:
-        return default
-    try:
-        if not _DAY.match(value):
-            raise ValueError
-        return date.fromisoformat(value)
-    except ValueError:
-        raise InvalidRequest(f"'{name}' must be a date such as 2026-11-01.", param=name) from None
-
-
-def usage_report(org_id: str, query: Mapping[str, str]) -> dict[str, Any]:
-    """GET /v1/usage?from=&to=&group_by=model|day|key (or a combination such as model,day)."""
+def usage_report(
+    org_id: str, first: date | None = None, last: date | None = None, group_by: Sequence[str] = ("model",)
+) -> dict[str, Any]:
+    """GET /v1/usage?from=&to=&group_by=model|day|key (or a combination such as model,day):
+    from the first of this month to today unless told. The range is checked here, where its
+    defaults are known; `group_by` holds distinct GROUPS (the API checked them)."""
     today = clock.now().date()
-    first = _day(query.get("from"), "from", None) or today.replace(day=1)
-    last = _day(query.get("to"), "to", None) or today
+    first = first or today.replace(day=1)
+    last = last or today
     if last < first:
         raise InvalidRequest("'to' must not be before 'from'.", param="to")
     if (last - first).days >= MAX_USAGE_DAYS:
         raise InvalidRequest(f"A usage range spans at most {MAX_USAGE_DAYS} days.", param="to")
-    group_by = [g.strip() for g in (query.get("group_by") or "model").split(",") if g.strip()]
-    if not group_by or any(g not in GROUPS for g in group_by) or len(set(group_by)) != len(group_by):
-        raise InvalidRequest(
-            "'group_by' must be model, day or key, or a comma-separated mix.", param="group_by"
-        )
+    group_by = list(group_by)
 
     groups: dict[tuple[str, ...], dict[str, int]] = {}
     totals = dict.fromkeys(
@@ -385,9 +333,11 @@ def usage_report(org_id: str, query: Mapping[str, str]) -> dict[str, Any]:
 USAGE_COUNTS = ("requests", "cache_hits", "prompt_tokens", "completion_tokens", "credits", "saved_credits")
 
 
-def usage_export(org_id: str, query: Mapping[str, str]) -> Export:
+def usage_export(
+    org_id: str, first: date | None = None, last: date | None = None, group_by: Sequence[str] = ("model",)
+) -> Export:
     """GET /v1/usage?format=csv: the JSON's `data` rows (not its totals), one per group."""
-    report = usage_report(org_id, query)
+    report = usage_report(org_id, first, last, group_by)
     dims = tuple("key_id" if g == "key" else g for g in report["group_by"])
     if len(report["data"]) > MAX_EXPORT_ROWS:
         raise _too_large("rows")
