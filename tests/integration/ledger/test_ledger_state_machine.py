@@ -948,6 +948,31 @@ class LedgerMachine(RuleBasedStateMachine):
             if rid in self.lease_flight or rid not in self.model.holds:
                 return  # served from a lease, or refused
 
+    def _pile_up(self, env: str, amount: int, key: str, until: Callable[[], bool]) -> None:
+        """Requests of one key pile up in flight in `env` (as in a burst) until `until()`."""
+        for _ in range(leases.HOT_IN_FLIGHT + 1):
+            if until():
+                return
+            rid = self._next("lreq")
+            self._lease_reserve(env, rid, amount, key)
+            if rid not in self.lease_flight and rid not in self.model.holds:
+                return  # refused, or answered busy
+
+    @rule(
+        env=st.sampled_from(ENVS),
+        amount=lease_amounts,
+        key=st.sampled_from(KEYS),
+        gap=st.integers(1, 12),
+        count=st.integers(2, 6),
+    )
+    def steady_traffic(self, env: str, amount: int, key: str, gap: int, count: int) -> None:
+        """A warm environment serving one key steadily, a request every `gap` seconds (left in
+        flight): its lease is reused as time goes, also past the minute it was taken in, and
+        retired by time or when full, and its next sized by what it served."""
+        for _ in range(count):
+            self._lease_reserve(env, self._next("lreq"), amount, key)
+            self.now += timedelta(seconds=gap)
+
     @precondition(lambda self: self.lease_flight)
     @rule(data=st.data())
     def lease_settle(self, data: st.DataObject) -> None:
@@ -1012,6 +1037,8 @@ class LedgerMachine(RuleBasedStateMachine):
         requests take a lease; a lease's reservation and spend never touch the wallet and pass;
         a hold's settle is deferred; a fold is left to HoldSweeper. A lease that cannot land is
         answered 503 with no per-request hold: the writes the stand-in cancelled are counted."""
+        if what == "close-all":
+            self._pile_up(env, amount, key, lambda: bool(self.envs[env].mine))
         gate = Gate(busy=True)
         conflicts = self.moto.standin.conflicts
         before = conflicts.cancelled
@@ -1059,13 +1086,11 @@ class LedgerMachine(RuleBasedStateMachine):
         gate = Gate(throttles=throttles)
         standin = self.moto.standin
         if what == "lease":
-            for _ in range(leases.HOT_IN_FLIGHT + 1):
-                if self._takes_lease(env, amount, key):
-                    break
-                rid = self._next("lreq")
-                self._lease_reserve(env, rid, amount, key)
-                if rid not in self.lease_flight and rid not in self.model.holds:
-                    break  # refused, or answered busy
+            self._pile_up(env, amount, key, lambda: self._takes_lease(env, amount, key))
+        elif what == "spend":
+            self._pile_up(env, amount, key, lambda: bool(self.lease_flight))
+        elif what == "close-all":
+            self._pile_up(env, amount, key, lambda: bool(self.envs[env].mine))
         if what == "spend" and self.lease_flight:
             rid = self._pick(data, self.lease_flight, "leased request")
             lease = self.lease_flight[rid][1]
