@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import boto3
@@ -121,8 +122,29 @@ def test_a_transaction_touching_an_item_in_flight_is_cancelled(ddb: tuple[Any, S
 
 
 def test_concurrent_transactions_on_one_item_conflict(ddb: tuple[Any, StandIn]) -> None:
-    client, _ = ddb
+    client, standin = ddb
     results: list[str] = []
+    # The first transaction stays in flight (inside moto, under the server's lock) until a
+    # second one has arrived: on a loaded machine the threads below may otherwise never overlap.
+    real_running, in_flight, arrived = standin.conflicts.running, threading.Event(), threading.Event()
+    real_before = standin.before
+
+    @contextmanager
+    def first_waits(keys: list[Any]) -> Iterator[None]:
+        with real_running(keys):
+            if keys and not in_flight.is_set():
+                in_flight.set()
+                arrived.wait(10)
+            yield
+
+    def before(target: str, raw: bytes) -> Any:
+        judged = real_before(target, raw)  # judged while the first is still in flight
+        if in_flight.is_set():
+            arrived.set()
+        return judged
+
+    standin.conflicts.running = first_waits  # type: ignore[method-assign]
+    standin.before = before  # type: ignore[method-assign]
 
     def hammer() -> None:
         for _ in range(5):
