@@ -12,7 +12,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
-WAIT_SECONDS = 15
+WAIT_SECONDS = 30  # a wait ends as soon as its condition holds; the bound is for a loaded machine
 CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",
