@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from conduix.accounts import orgs
@@ -321,6 +321,9 @@ MUST_SEE = (
     "lease:retired:full",
     "lease:retired:time",
     "lease:across-minute",
+    "lease:sized-by-history",
+    "lease:unused-given-back",
+    "lease:unused-past-its-minute:env",
     "lease:refused-hold-instead",
     "lease:busy-no-hold",
     "lease:folded-by-env",
@@ -982,7 +985,9 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def lease_release(self, data: st.DataObject) -> None:
         """The provider failed: the reservation goes back in memory, nothing is billed."""
-        rid = self._pick(data, self.lease_flight, "leased request")
+        self._lease_release(self._pick(data, self.lease_flight, "leased request"))
+
+    def _lease_release(self, rid: str) -> None:
         r, lease, env = self.lease_flight.pop(rid)
         with self._env(env):
             leases.release(self.org, rid, r, self.now)
@@ -1027,7 +1032,7 @@ class LedgerMachine(RuleBasedStateMachine):
         env=st.sampled_from(ENVS),
         amount=lease_amounts,
         key=st.sampled_from(KEYS),
-        what=st.sampled_from(["reserve", "reserve", "lease-settle", "hold-settle", "close-all"]),
+        what=st.sampled_from(["reserve", "reserve", "leased", "lease-settle", "hold-settle", "close-all"]),
     )
     def wallet_in_a_transaction(
         self, data: st.DataObject, env: str, amount: int, key: str, what: str
@@ -1039,6 +1044,8 @@ class LedgerMachine(RuleBasedStateMachine):
         answered 503 with no per-request hold: the writes the stand-in cancelled are counted."""
         if what == "close-all":
             self._pile_up(env, amount, key, lambda: bool(self.envs[env].mine))
+        elif what == "leased":  # the environment has a lease of the key to reserve against
+            self._pile_up(env, amount, key, lambda: key in self.envs[env].mine)
         gate = Gate(busy=True)
         conflicts = self.moto.standin.conflicts
         before = conflicts.cancelled
@@ -1087,6 +1094,10 @@ class LedgerMachine(RuleBasedStateMachine):
         standin = self.moto.standin
         if what == "lease":
             self._pile_up(env, amount, key, lambda: self._takes_lease(env, amount, key))
+            # Its requests in flight fail first: the lease this one retires is folded at once.
+            mine = self.envs[env].mine.get(key)
+            for rid in [rid for rid, (_, lease, _) in self.lease_flight.items() if lease is mine]:
+                self._lease_release(rid)
         elif what == "spend":
             self._pile_up(env, amount, key, lambda: bool(self.lease_flight))
         elif what == "close-all":
@@ -1383,6 +1394,33 @@ def test_the_wallet_follows_its_model_step_by_step(
     if PROFILE == "conduix-ledger-long":
         assert steps >= LONG_RUN_MIN_STEPS, f"only {steps} steps ran"
         assert not [path for path in MUST_SEE if not seen[path]], "some paths were never reached"
+
+
+def test_a_lease_outlives_its_minute_and_a_busy_one_takes_no_hold(
+    hold_ttl: None, simulated_clocks: None, moto_server: LockedMotoServer
+) -> None:
+    """The lease semantics, step by step through the machine (whatever the random profile
+    happens to reach): a lease reused after its minute turned, then, retired by time, a new one
+    that cannot land for a transaction holding the wallet is a 503 with no hold; the client's
+    retry takes a lease sized by what the last one served. Every step checked."""
+    seen.clear()
+    m = LedgerMachine(moto_server)
+    m.seed(amount=10 * C, rpm_limit=1024)
+    m.store_matches_model_and_itself()
+    none = cast(Any, None)  # (rules whose data is drawn only for other choices)
+    m.time_passes(seconds=45, new_month=1, offset=0)
+    m.burst(env=ENVS[0], amount=1000, key=KEYS[0])  # holds pile up until the org is hot: a lease
+    m.store_matches_model_and_itself()
+    m.time_passes(seconds=20, new_month=1, offset=0)  # the next minute, within the lease's 30 s
+    m.lease_request(env=ENVS[0], amount=1000, key=KEYS[0])
+    m.store_matches_model_and_itself()
+    m.time_passes(seconds=15, new_month=1, offset=0)  # past its 30 s
+    m.wallet_in_a_transaction(none, env=ENVS[0], amount=1000, key=KEYS[0], what="reserve")
+    m.store_matches_model_and_itself()
+    assert seen["lease:acquired"] == 2 and seen["lease:across-minute"] == 1
+    assert seen["lease:busy-no-hold"] == 1 and seen["lease:retired:time"] == 1
+    # The next lease is sized by the 2 requests its last one served in 35 s (the floor, here).
+    assert m.envs[ENVS[0]].served == {KEYS[0]: (2, 35.0)}
 
 
 def test_the_rate_windows_on_the_wallet_stay_bounded(hold_ttl: None) -> None:
