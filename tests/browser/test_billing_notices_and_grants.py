@@ -60,6 +60,7 @@ def test_alerts_are_set_on_the_settings_page(stack: Stack, page: Browser) -> Non
         page.visible("alerts-form")
         assert _layout(page)["overflow"] <= 0
     page.driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    page.wait_count("#keys tbody tr", 1)  # the page is signed in and wired (a loaded machine is slow)
     page.type_into("alerts-balance", "20, 5")
     page.type_into("alerts-cap", "80,95")
     page.clickable("#alerts-save").click()

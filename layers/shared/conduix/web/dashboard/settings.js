@@ -51,9 +51,14 @@
     return text.split(",").map(function (s) { return s.trim(); }).filter(function (s) { return s !== ""; });
   }
 
+  // The first load must not undo what the user typed while it was on its way.
+  var alertsEdited = false;
+
   function renderAlerts(a) {
-    $("alerts-balance").value = (a.balance_below || []).join(", ");
-    $("alerts-cap").value = (a.cap_used_percent || []).join(", ");
+    if (!alertsEdited) {
+      $("alerts-balance").value = (a.balance_below || []).join(", ");
+      $("alerts-cap").value = (a.cap_used_percent || []).join(", ");
+    }
     var fired = (a.fired || []).map(function (f) {
       return f.kind === "balance_below" ? "below " + C.credits(f.threshold) + " credits" : f.threshold + "% of the cap";
     });
@@ -72,6 +77,7 @@
     var body = { balance_below: balances, cap_used_percent: percents.map(Number) };
     C.busy($("alerts-save"), C.put("v1/billing/alerts", body)).then(
       function (a) {
+        alertsEdited = false; // what was saved is what the page shows
         renderAlerts(a);
         C.showNotice("success", "Alerts saved.");
       },
@@ -271,6 +277,9 @@
       state.wired = true;
       $("cap-form").addEventListener("submit", onCapSubmit);
       $("alerts-form").addEventListener("submit", onAlertsSubmit);
+      ["alerts-balance", "alerts-cap"].forEach(function (id) {
+        $(id).addEventListener("input", function () { alertsEdited = true; });
+      });
       $("cap-remove").addEventListener("click", function () {
         saveCap(null, $("cap-remove"));
       });
