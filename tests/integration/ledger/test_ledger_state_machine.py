@@ -326,6 +326,7 @@ MUST_SEE = (
     "lease:unused-past-its-minute:env",
     "lease:refused-hold-instead",
     "lease:busy-no-hold",
+    "lease:busy-retired-folded",
     "lease:folded-by-env",
     "lease:close-all",
     "lease:folded-by-sweep",
