@@ -16,9 +16,20 @@ from conduix.core.bodies import parse
 from conduix.core.config import settings
 from conduix.core.money import NANOS_PER_CREDIT as C
 from conduix.inference import sweeper
-from conduix.ledger import holds, lease_folds, leases, metering, settles, wallet_settings, wallets
+from conduix.ledger import (
+    holds,
+    lease_folds,
+    lease_store,
+    leases,
+    metering,
+    settles,
+    wallet_settings,
+    wallets,
+)
 from conduix.pricing import plans
 from conduix.store import dynamo, schema
+from conduix_local.dynamo_standin import item_key
+from conduix_local.moto_server import LockedMotoServer
 
 from bench.meter import item_size
 from tests.integration.helpers import NOW, assert_consistent, fund, ledger_items
@@ -387,3 +398,80 @@ def test_a_lease_spend_refused_after_its_lease_was_folded_is_still_charged_once(
         "usage:slow"
     ]
     assert reconcile.reconcile_org(org) == []
+
+
+def test_a_lease_spend_that_cannot_land_is_paid_from_its_slice_and_never_overdraws(
+    org: str, moto_server: LockedMotoServer
+) -> None:
+    # Given a hot org's lease of 16 requests, all reserved (its slice is 16 of their holds)
+    wallet_settings.set_plan(org, plans.get("scale"))
+    fund(org, "100")
+    a = C // 100
+    for i in range(leases.HOT_IN_FLIGHT):
+        holds.reserve(org, f"h-{i}", a, model="acme/fast", key_id="key_1", now=NOW)
+    first = [leases.reserve(org, f"r-{i}", a, model="acme/fast", key_id="key_1", now=NOW) for i in range(16)]
+    lease = first[0].lease
+    assert lease is not None and all(r.lease is lease for r in first) and lease.amount == 16 * a
+    for i in range(leases.HOT_IN_FLIGHT):
+        holds.release(org, f"h-{i}", a)
+    # When the first request's spend is throttled past every retry (its item over capacity) and
+    # is kept as a deferred settle, as Completion does
+    usage = metering.Usage("acme/fast", "key_1", 10, 20, a)
+    spend = item_key(settings().billing_table, lease_store.spend_key(org, lease.lease_id, "r-0"))
+    moto_server.standin.throttle_next(6, [spend])  # as often as `retrying` tries
+    try:
+        with pytest.raises(errors.ServiceBusy):
+            leases.settle(org, "r-0", first[0], usage, NOW)
+    finally:
+        moto_server.standin.throttle_next(0)
+    settles.record_pending(org, "r-0", a, usage, NOW, lease_id=lease.lease_id)
+    # Then its share of the slice is not handed to the next request: that one takes a new lease
+    after = leases.reserve(org, "r-16", a, model="acme/fast", key_id="key_1", now=NOW)
+    assert after.lease is not None and after.lease is not lease
+    # and when everything else the org has is held and spent, and the others are billed
+    big = wallets.get_wallet(org).available
+    holds.reserve(org, "big", big, model="acme/fast", key_id="key_2", now=NOW)
+    settles.settle(org, "big", big, metering.Usage("acme/fast", "key_2", 1, 1, big), NOW)
+    for i, r in enumerate([*first[1:], after], start=1):
+        leases.settle(org, f"r-{i}", r, dataclasses.replace(usage, key_id="key_1"), NOW)
+    leases.close_all(NOW)
+    # HoldSweeper writes the deferred spend into its lease and folds it: the slice pays for it
+    later = datetime.fromtimestamp(lease.expires_at + lease_folds.FOLD_SKEW_SECONDS, UTC)
+    swept = sweeper.sweep(later)
+    assert (swept["pending_settled"], swept["leases_folded"], swept["served_unbilled"]) == (1, 1, 0)
+    w = assert_consistent(org)
+    assert (w.balance, w.available, w.held) == (100 * C - big - 17 * a, 100 * C - big - 17 * a, 0)
+    assert w.available >= 0
+    usage_entries = [i["entry_id"]["S"] for i in ledger_items(org) if i["entry_type"]["S"] == "usage"]
+    assert sorted(usage_entries) == sorted(["usage:big", *(f"usage:r-{i}" for i in range(17))])
+    assert reconcile.reconcile_org(org) == []
+
+
+def test_a_lease_spend_that_outlived_its_lease_is_charged_only_from_credit_nobody_holds(
+    org: str,
+) -> None:
+    # Given a lease folded without a request's spend (its environment stalled past the expiry)
+    wallet_settings.set_plan(org, plans.get("scale"))
+    fund(org, "100")
+    a = C // 100
+    for i in range(leases.HOT_IN_FLIGHT):
+        holds.reserve(org, f"h-{i}", a, model="acme/fast", key_id="key_1", now=NOW)
+    slow = leases.reserve(org, "slow", a, model="acme/fast", key_id="key_1", now=NOW)
+    assert slow.lease is not None
+    for i in range(leases.HOT_IN_FLIGHT):
+        holds.release(org, f"h-{i}", a)
+    later = datetime.fromtimestamp(slow.lease.expires_at + lease_folds.FOLD_SKEW_SECONDS, UTC)
+    assert sweeper.sweep(later)["leases_folded"] == 1
+    usage = metering.Usage("acme/fast", "key_1", 10, 20, a)
+    with pytest.raises(errors.Conflict):
+        leases.settle(org, "slow", slow, usage, later)
+    settles.record_pending(org, "slow", a, usage, later, lease_id=slow.lease.lease_id)
+    # When all the org's credit is held by others before HoldSweeper comes
+    holds.reserve(org, "all", 100 * C, model="acme/fast", key_id="key_2", now=later)
+    # Then the request stays unbilled (an incident), and the wallet is not overdrawn
+    swept = sweeper.sweep(later + timedelta(seconds=1))
+    assert (swept["pending_settled"], swept["served_unbilled"]) == (0, 1)
+    assert settles.pending_settles(org) == []
+    w = assert_consistent(org)
+    assert (w.balance, w.held, w.available) == (100 * C, 100 * C, 0)
+    assert [i for i in ledger_items(org) if i["entry_type"]["S"] == "usage"] == []

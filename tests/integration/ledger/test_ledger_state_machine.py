@@ -332,6 +332,8 @@ MUST_SEE = (
     "lease:folded-by-sweep",
     "lease:spend-after-expiry",
     "lease:pending-charged",
+    "lease:pending-absorbed",
+    "lease:retired:failed-spend",
     "lease:two-environments",
     "env:died",
     "standin:busy-503",
@@ -377,7 +379,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.billed_credits = 0
         # Requests reserved against a lease and still in flight: rid -> (reservation, lease, env).
         self.lease_flight: dict[str, tuple[leases.Reservation, ModelLease, str]] = {}
-        self.lease_pending: set[str] = set()  # deferred settles of lease spends (no hold)
+        # Deferred settles of lease spends (no hold): rid -> (its lease, the request's hold).
+        self.lease_pending: dict[str, tuple[ModelLease, int]] = {}
         self.views_exact = True  # env-a's view of the balance follows every write (until env-b's)
         self.wallet_key = item_key(config.settings().billing_table, wallets.wallet_key(self.org))
 
@@ -925,9 +928,19 @@ class LedgerMachine(RuleBasedStateMachine):
                 m.debt += cost - hold
                 m.cap_debt += cost - hold
         else:
+            # The environment retires the lease at once: nothing more is reserved in it, so
+            # the slice still covers this request when HoldSweeper writes it in as a spend.
             lease.uncertain = True
+            if not lease.retired:
+                lease.retired = True
+                e = self.envs[env]
+                if e.mine.get(lease.key) is lease:
+                    del e.mine[lease.key]
+                at = self.now.timestamp()
+                e.served[lease.key] = (len(lease.spends) + lease.inflight, at - lease.taken_at)
+                seen["lease:retired:failed-spend"] += 1
             self.pending[rid] = usage
-            self.lease_pending.add(rid)
+            self.lease_pending[rid] = (lease, hold)
             seen["lease:spend-after-expiry" if written else "standin:throttled-spend-pending"] += 1
         self._lease_done(lease, hold, gate)
 
@@ -1144,8 +1157,9 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule()
     def sweep(self) -> None:
-        """HoldSweeper (run by env-a): deferred settles (a hold's settled, a lease spend's charged
-        on its own), expired holds released, expired leases folded from their spend records."""
+        """HoldSweeper (run by env-a): deferred settles (a hold's settled, a lease spend's written
+        into its lease while it is open, else charged on its own from credit nobody holds, else
+        left unbilled), expired holds released, expired leases folded from their spend records."""
         cutoff = int(self.now.timestamp())
         deferred = dict(self.pending)
         expired = {rid: a for rid, (a, x) in self.model.holds.items() if x <= cutoff and rid not in deferred}
@@ -1156,20 +1170,22 @@ class LedgerMachine(RuleBasedStateMachine):
         ]
         with self._env(ENVS[0]):
             result = sweeper.sweep(self.now)
-        assert result["pending_settled"] == len(deferred), "a deferred settle was not settled once"
-        assert result["credits_settled"] == format_credits(sum(u.cost for u in deferred.values()))
+        unbilled: dict[str, int] = {}
+        for rid, usage in sorted(deferred.items()):  # in the order of their keys, as the sweep
+            if rid not in self.lease_pending:
+                self._settled(rid, usage)  # (the first write that checks the month rolls it)
+                seen["sweep:settled-deferred"] += 1
+            elif self.lease_pending[rid][0].open:
+                self._absorbed(rid, usage)
+            elif not self._charged(rid, usage):
+                unbilled[rid] = usage.cost
+        settled = {rid: u.cost for rid, u in deferred.items() if rid not in unbilled}
+        assert result["pending_settled"] == len(settled), "a deferred settle was not settled once"
+        assert result["credits_settled"] == format_credits(sum(settled.values()))
+        assert result["served_unbilled"] == len(unbilled)
         assert result["holds_released"] == len(expired)
         assert result["credits_released"] == format_credits(sum(expired.values()))
         assert result["leases_folded"] == len(folds)
-        if deferred:
-            self.model.roll(self.now)  # the first deferred settle rolls the month, if it turned
-        for rid, usage in sorted(deferred.items()):
-            if rid in self.lease_pending:
-                self._charged(rid, usage)
-                seen["lease:pending-charged"] += 1
-                continue
-            self._settled(rid, usage)
-            seen["sweep:settled-deferred"] += 1
         for rid, amount in expired.items():
             del self.model.holds[rid]
             self.closed[rid] = amount
@@ -1179,21 +1195,38 @@ class LedgerMachine(RuleBasedStateMachine):
             self._fold(lease, "sweep")
             seen["lease:folded-by-sweep"] += 1
 
-    def _charged(self, rid: str, usage: metering.Usage) -> None:
-        """A lease spend's deferred settle, charged on its own (ledger entry and debit, no hold):
-        its lease's slice was returned without it, so it may take the wallet below zero."""
+    def _absorbed(self, rid: str, usage: metering.Usage) -> None:
+        """A lease spend's deferred settle, written into its lease (still open) as one more
+        spend: the fold debits it from the slice its reservation was counted in."""
+        lease, hold = self.lease_pending.pop(rid)
+        del self.pending[rid]
+        cost = usage.cost
+        self.model.ledger[f"usage:{rid}"] = -cost
+        lease.spends[rid] = (cost, period_of(self.now))
+        if cost > hold:
+            self.over.add(rid)
+            self.model.debt += cost - hold
+            self.model.cap_debt += cost - hold
+        seen["lease:pending-absorbed"] += 1
+
+    def _charged(self, rid: str, usage: metering.Usage) -> bool:
+        """A lease spend's deferred settle whose lease was folded without it: charged on its own
+        (ledger entry and debit) only from credit and cap nobody holds; else left unbilled."""
         m = self.model
         m.roll(self.now)
         cost = usage.cost
+        del self.pending[rid]
+        self.lease_pending.pop(rid)
+        if not ((m.invoice or m.available >= cost) and (not m.capped or m.cap_remaining >= cost)):
+            seen["lease:pending-unbilled"] += 1
+            return False
         m.balance -= cost
         m.month_spent += cost
         m.ledger[f"usage:{rid}"] = -cost
-        m.debt += cost
-        m.cap_debt += cost
-        del self.pending[rid]
-        self.lease_pending.discard(rid)
         self.billed_requests += 1
         self.billed_credits += cost
+        seen["lease:pending-charged"] += 1
+        return True
 
     @rule(limit=cap_limits)
     def set_spend_cap(self, limit: int | None) -> None:

@@ -23,7 +23,7 @@ def sweep(now: datetime) -> dict[str, Any]:
     cutoff = int(now.timestamp())
     checked = released = settled = 0
     released_nanos = settled_nanos = 0
-    leases_folded = 0
+    leases_folded = unbilled = 0
     for shard in range(wallets.SWEEP_SHARDS):
         for org_id in upkeep.wallets_with_holds(str(shard)):
             checked += 1
@@ -31,8 +31,8 @@ def sweep(now: datetime) -> dict[str, Any]:
             landed = 0
             for pending in settles.pending_settles(org_id):
                 try:
-                    if pending.lease_id:  # billed under a lease: no hold to close, a debit of its own
-                        outcome = lease_folds.charge_pending(org_id, pending, now)
+                    if pending.lease_id:  # billed under a lease: no hold to close
+                        outcome = _bill_lease_pending(org_id, pending, now)
                     else:
                         outcome = settles.settle(
                             org_id,
@@ -53,8 +53,16 @@ def sweep(now: datetime) -> dict[str, Any]:
                     settled += 1
                     landed += 1
                     settled_nanos += pending.usage.cost
-                else:  # its first settle had landed after all (or, never, its hold was released)
+                else:  # its first settle had landed after all (or its credit is gone)
                     settles.drop_pending(org_id, pending.request_id)
+                    if outcome is settles.SettleOutcome.HOLD_GONE:
+                        unbilled += 1
+                        telemetry.settle_incident(
+                            "served_unbilled",
+                            request_id=pending.request_id,
+                            org_id=org_id,
+                            cost=pending.usage.cost,
+                        )
                 log.warning(
                     "settled a deferred settle",
                     extra={"org_id": org_id, "request_id": pending.request_id, "outcome": outcome.value},
@@ -88,7 +96,19 @@ def sweep(now: datetime) -> dict[str, Any]:
         "holds_released": released,
         "credits_released": format_credits(released_nanos),
         "leases_folded": leases_folded,
+        "served_unbilled": unbilled,
     }
+
+
+def _bill_lease_pending(org_id: str, pending: settles.PendingSettle, now: datetime) -> settles.SettleOutcome:
+    """A lease's request whose spend could not be written joins its lease while the lease is
+    open (the fold debits it from the slice it was reserved in); only once the lease is gone
+    is it charged on its own, from credit nobody holds."""
+    try:
+        return lease_folds.absorb_pending(org_id, pending, now)
+    except lease_folds.LeaseGone:
+        log.warning("a deferred lease spend outlived its lease", extra={"request_id": pending.request_id})
+        return lease_folds.charge_pending(org_id, pending, now)
 
 
 def _release(org_id: str, hold: holds.Hold) -> bool:

@@ -1,10 +1,11 @@
 """Folding escrow leases back into the wallet: by their environment when a lease is retired,
-or by HoldSweeper once it expired (from its spend records), and charging a lease's request
+or by HoldSweeper once it expired (from its spend records), and billing a lease's request
 whose spend could not be written. The design: `conduix.ledger.leases`.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
@@ -12,11 +13,13 @@ from typing import Any
 
 from conduix.core import clock
 from conduix.core.config import settings
-from conduix.core.errors import Conflict
+from conduix.core.errors import Conflict, ServiceBusy
 from conduix.ledger import metering, settles, wallets
-from conduix.ledger.lease_store import Spend, lease_key, open_leases, open_spends
+from conduix.ledger.lease_store import Spend, lease_key, open_leases, open_spends, spend_puts
 from conduix.store.dynamo import transact_if
 from conduix.store.items import as_str, n, s
+
+log = logging.getLogger(__name__)
 
 
 def fold(
@@ -104,7 +107,7 @@ def fold(
                     raise cancelled.error
                 period = month
             continue
-        wallets.moved(org_id, balance=-total, held=-amount, spent=in_month)
+        wallets.moved(org_id, balance=-total, held=-amount, spent=in_month, leases=-1)
         return True
     raise Conflict("The wallet kept changing while folding a lease; please retry.")
 
@@ -122,23 +125,66 @@ def sweep(org_id: str, now: datetime) -> int:
     for lease_id, mine in open_spends(org_id, expired).items():
         lease = next(x for x in expired if x.lease_id == lease_id)
         unused = max(lease.requests - len(mine), 0)
-        if fold(
-            org_id,
-            lease_id,
-            lease.amount,
-            mine,
-            now,
-            key_id=lease.key_id,
-            minute=lease.minute,
-            unused_requests=unused,
-        ):
-            folded += 1
+        try:
+            done = fold(
+                org_id,
+                lease_id,
+                lease.amount,
+                mine,
+                now,
+                key_id=lease.key_id,
+                minute=lease.minute,
+                unused_requests=unused,
+            )
+        except (ServiceBusy, Conflict):  # the wallet stayed busy: the next run folds it
+            log.warning("an expired lease waits for the next sweep", extra={"lease_id": lease_id})
+            continue
+        folded += done
     return folded
 
 
+class LeaseGone(Exception):
+    """The lease of a deferred spend was folded before the spend could join it."""
+
+
+def absorb_pending(org_id: str, pending: settles.PendingSettle, now: datetime) -> settles.SettleOutcome:
+    """Bill a lease's request whose spend could not be written as a spend of that lease after
+    all (its ledger entry and `LSPEND` record), while the lease is open: the lease's fold then
+    debits it from the slice its reservation was counted in, so it never takes credit the
+    slice did not hold. Raises LeaseGone once the lease is folded."""
+    usage = pending.usage
+    table = settings().billing_table
+    actions: list[Any] = [
+        *spend_puts(org_id, pending.lease_id, pending.request_id, usage, now),
+        {
+            "ConditionCheck": {
+                "TableName": table,
+                "Key": lease_key(org_id, pending.lease_id),
+                "ConditionExpression": "attribute_exists(pk)",
+            }
+        },
+        {"Delete": {"TableName": table, "Key": settles.pending_key(org_id, pending.request_id)}},
+    ]
+    if usage.cost > pending.hold_amount:
+        item = settles.over_hold_item(org_id, pending.request_id, pending.hold_amount, usage, now)
+        actions.append({"Put": {"TableName": table, "Item": item}})
+    cancelled = transact_if(actions)
+    if cancelled is None:
+        return settles.SettleOutcome.SETTLED
+    if cancelled.failed(0):
+        return settles.SettleOutcome.ALREADY_SETTLED  # its spend had landed after all
+    if cancelled.failed(3):
+        raise LeaseGone(pending.lease_id)
+    raise cancelled.error
+
+
 def charge_pending(org_id: str, pending: settles.PendingSettle, now: datetime) -> settles.SettleOutcome:
-    """Bill a lease's request whose spend could not be written (a pending settle with no
-    hold): its ledger entry and the debit in one transaction, once (the ledger marker)."""
+    """Bill a lease's request whose spend could not be written and whose lease was folded
+    without it (its environment stalled past the lease's expiry): its ledger entry and the
+    debit in one transaction, once (the ledger marker), only from credit (and cap) nobody
+    holds. The slice its reservation was counted in went back to the wallet with the fold, so
+    this never overdraws: when others took that credit meanwhile, the request stays unbilled
+    (HOLD_GONE, as a hold's late settle does) and Completion's incident says so."""
     usage = pending.usage
     marker, line = metering.usage_ledger_items(org_id, pending.request_id, usage, now)
     c = usage.cost
@@ -155,9 +201,18 @@ def charge_pending(org_id: str, pending: settles.PendingSettle, now: datetime) -
                     "UpdateExpression": (
                         "ADD balance :nc, available :nc, month_spent :c, committed :c, cap_remaining :nc"
                     ),
-                    "ConditionExpression": "#period = :p",
+                    "ConditionExpression": (
+                        "#period = :p AND (billing_mode = :invoice OR available >= :c) "
+                        "AND (capped = :false OR cap_remaining >= :c)"
+                    ),
                     "ExpressionAttributeNames": {"#period": "period"},
-                    "ExpressionAttributeValues": {":c": n(c), ":nc": n(-c), ":p": s(period)},
+                    "ExpressionAttributeValues": {
+                        ":c": n(c),
+                        ":nc": n(-c),
+                        ":p": s(period),
+                        ":invoice": s("invoice"),
+                        ":false": {"BOOL": False},
+                    },
                     "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                 }
             },
@@ -168,9 +223,11 @@ def charge_pending(org_id: str, pending: settles.PendingSettle, now: datetime) -
         if cancelled is not None:
             if cancelled.failed(0):
                 return settles.SettleOutcome.ALREADY_SETTLED  # its spend had landed after all
-            month = wallets.catch_up_period(org_id, as_str(cancelled.old(2), "period"), period)
-            if month is None:
+            if not cancelled.failed(2):
                 raise cancelled.error
+            month = wallets.catch_up_period(org_id, as_str(cancelled.old(2), "period"), period)
+            if month is None:  # the credit or the cap is not there any more
+                return settles.SettleOutcome.HOLD_GONE
             period = month
             continue
         wallets.moved(org_id, balance=-c, spent=c)

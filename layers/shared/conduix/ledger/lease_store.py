@@ -156,10 +156,38 @@ def acquire(org_id: str, key_id: str, amount: int, requests: int, now: datetime)
         if old:
             wallets.learn(org_id, old)  # whatever refused it, the view is fresh for the fallback
         return None
-    wallets.moved(org_id, held=amount)
+    wallets.moved(org_id, held=amount, leases=1)
     return Lease(
         org_id, key_id, lease_id, amount, requests, minute, float(use_until), now.timestamp(), expires
     )
+
+
+def spend_puts(
+    org_id: str, lease_id: str, request_id: str, usage: metering.Usage, now: datetime
+) -> list[dict[str, Any]]:
+    """A lease's spend: the request's ledger entry (marker, put only once, and line) and its
+    `LSPEND` record, which the lease's fold debits."""
+    marker, line = metering.usage_ledger_items(org_id, request_id, usage, now)
+    line["lease_id"] = marker["lease_id"] = s(lease_id)
+    spend = {
+        **spend_key(org_id, lease_id, request_id),
+        "lease_id": s(lease_id),
+        "request_id": s(request_id),
+        "cost": n(usage.cost),
+        "model": s(usage.model),
+        "key_id": s(usage.key_id),
+        "prompt_tokens": n(usage.prompt_tokens),
+        "completion_tokens": n(usage.completion_tokens),
+        "created_at": s(clock.iso(now)),
+        # Kept a week: once its lease is folded a spend is history (its ledger entry stays).
+        "expires_at": n(int(now.timestamp()) + 7 * 86400),
+    }
+    table = settings().billing_table
+    return [
+        {"Put": {"TableName": table, "Item": marker, "ConditionExpression": "attribute_not_exists(pk)"}},
+        {"Put": {"TableName": table, "Item": line}},
+        {"Put": {"TableName": table, "Item": spend}},
+    ]
 
 
 def record(
@@ -174,26 +202,9 @@ def record(
     """Bill one request of a lease: its ledger entry and its spend record, in one transaction
     of items no other request writes. The debit lands with the lease's fold."""
     org_id, c = lease.org_id, usage.cost
-    marker, line = metering.usage_ledger_items(org_id, request_id, usage, now)
-    line["lease_id"] = marker["lease_id"] = s(lease.lease_id)
-    spend = {
-        **spend_key(org_id, lease.lease_id, request_id),
-        "lease_id": s(lease.lease_id),
-        "request_id": s(request_id),
-        "cost": n(c),
-        "model": s(usage.model),
-        "key_id": s(usage.key_id),
-        "prompt_tokens": n(usage.prompt_tokens),
-        "completion_tokens": n(usage.completion_tokens),
-        "created_at": s(clock.iso(now)),
-        # Kept a week: once its lease is folded a spend is history (its ledger entry stays).
-        "expires_at": n(int(now.timestamp()) + 7 * 86400),
-    }
     table = settings().billing_table
     items: list[Any] = [
-        {"Put": {"TableName": table, "Item": marker, "ConditionExpression": "attribute_not_exists(pk)"}},
-        {"Put": {"TableName": table, "Item": line}},
-        {"Put": {"TableName": table, "Item": spend}},
+        *spend_puts(org_id, lease.lease_id, request_id, usage, now),
         {  # only into a lease still open and not expired: HoldSweeper folds after its expiry
             "ConditionCheck": {
                 "TableName": table,

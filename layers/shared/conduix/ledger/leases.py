@@ -37,7 +37,12 @@ Failure cases:
   fold never misses a spend and a spend never lands in a folded lease. One refused that way
   is kept as a pending settle and charged by HoldSweeper on its own.
 - A spend whose write cannot land (contention, throttling): the same pending settle; the
-  environment leaves that lease to HoldSweeper, which folds what the store holds.
+  environment retires that lease at once (its reservation stays counted: nothing else is
+  reserved in it) and leaves it to HoldSweeper, which writes the pending settle into the lease
+  as a spend and folds it with the others, so the slice pays for it.
+- A pending settle written after its lease was folded (its environment stalled past the
+  lease's expiry) is charged on its own, from credit and cap nobody holds, or else is left
+  unbilled with an incident, as a hold's late settle is: the wallet is never overdrawn.
 - Stranded credit: other environments' slices are not available to a request. Leases are
   taken only while the org's available credit covers `MIN_HOLDS` holds, a slice is at most
   1/`SLICE_FRACTION` of it, and below that every request takes a per-request hold, so an
@@ -152,13 +157,9 @@ def reserve(
                 lease.inflight += 1
                 return Reservation(amount, known, lease)
             if lease is not None:
-                lease.retired = True
-                del _leases[(org_id, key_id)]
+                _retire(lease, at)
                 if lease.inflight == 0:
                     retire = lease
-                if len(_last_served) >= 10_000:
-                    _last_served.clear()
-                _last_served[(org_id, key_id)] = (len(lease.spends) + lease.inflight, at - lease.taken_at)
             most = min(REQUESTS_PER_LEASE, known.rpm_limit // SLICE_FRACTION)
             served, seconds = _last_served.get((org_id, key_id), (0, 0.0))
             requests = next_requests(served, seconds, most, settings().key_cache_seconds)
@@ -197,6 +198,16 @@ def reserve(
         _contended_until[org_id] = time.monotonic() + CONTENDED_SECONDS
         return reserve(org_id, request_id, amount, model=model, key_id=key_id, now=now, runs_for=runs_for)
     return Reservation(held.hold_nanos, held.wallet, budget_key=held.budget_key)
+
+
+def _retire(lease: Lease, at: float) -> None:
+    """No new reservation goes into `lease` (under `_lock`); what it served sizes the next."""
+    lease.retired = True
+    if _leases.get((lease.org_id, lease.key_id)) is lease:
+        del _leases[(lease.org_id, lease.key_id)]
+    if len(_last_served) >= 10_000:
+        _last_served.clear()
+    _last_served[(lease.org_id, lease.key_id)] = (len(lease.spends) + lease.inflight, at - lease.taken_at)
 
 
 def _done(lease: Lease, amount: int, now: datetime) -> None:
@@ -241,7 +252,13 @@ def settle(
     try:
         return record(lease, request_id, reservation.hold_nanos, usage, now, also=also)
     except Exception:
-        lease.uncertain = True  # whether it landed is unknown: HoldSweeper folds from the store
+        # Whether it landed is unknown: HoldSweeper folds the lease from the store, with this
+        # request (its pending settle joins the lease). Nothing more is reserved in it, so the
+        # slice still covers this request's cost: its reservation is never handed to another.
+        with _lock:
+            lease.uncertain = True
+            if not lease.retired:
+                _retire(lease, now.timestamp())
         raise
     finally:
         _done(lease, reservation.hold_nanos, now)

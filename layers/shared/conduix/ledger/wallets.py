@@ -229,8 +229,11 @@ def known_wallet(org_id: str) -> Wallet:
     return learn(org_id, wallet_item(org_id))
 
 
-def moved(org_id: str, *, balance: int = 0, held: int = 0, spent: int = 0, holds: int = 0) -> Wallet | None:
-    """Apply one of this environment's own committed movements to its view of the wallet."""
+def moved(
+    org_id: str, *, balance: int = 0, held: int = 0, spent: int = 0, holds: int = 0, leases: int = 0
+) -> Wallet | None:
+    """Apply one of this environment's own committed movements to its view of the wallet (its
+    own leases too: an environment that holds one sees the org hot until it folds it)."""
     with _views_lock:
         view = _views.get(org_id)
         if view is None:
@@ -245,6 +248,7 @@ def moved(org_id: str, *, balance: int = 0, held: int = 0, spent: int = 0, holds
             committed=w.committed + spent + held,
             cap_remaining=w.cap_remaining - spent - held,
             hold_count=w.hold_count + holds,
+            lease_count=w.lease_count + leases,
         )
         return view.wallet
 
