@@ -10,6 +10,8 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from conduix.accounts import notices
+from conduix.api import billing
 from conduix.audit import reconcile
 from conduix.core import bodies, errors
 from conduix.core.bodies import parse
@@ -18,6 +20,7 @@ from conduix.core.money import NANOS_PER_CREDIT as C
 from conduix.inference import sweeper
 from conduix.ledger import (
     holds,
+    key_limits,
     lease_folds,
     lease_store,
     leases,
@@ -246,12 +249,8 @@ def test_holds_that_keep_colliding_make_the_org_hot_in_this_environment(
 def test_an_org_that_may_not_lease_still_gets_the_busy_answer(
     org: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conduix.api import billing
-
     fund(org, "2000")
-    billing.set_alerts(
-        org, parse(bodies.AlertsRequest, {"balance_below": ["5"]})
-    )  # alerts keep per-request holds
+    key_limits.set_key_limit(org, "key_1", 100 * C, "day", 0, NOW)  # a key's spend limit keeps holds
 
     def busy(*args: object, **kwargs: object) -> holds.Reservation:
         raise errors.ServiceBusy("The billing store is busy; please retry the request.")
@@ -475,3 +474,29 @@ def test_a_lease_spend_that_outlived_its_lease_is_charged_only_from_credit_nobod
     w = assert_consistent(org)
     assert (w.balance, w.held, w.available) == (100 * C, 100 * C, 0)
     assert [i for i in ledger_items(org) if i["entry_type"]["S"] == "usage"] == []
+
+
+def test_a_hot_org_with_a_balance_alert_is_leased_and_alerted_once_after_the_fold(org: str) -> None:
+    # Given a hot org with a balance alert at 99.9 credits, from 100
+    wallet_settings.set_plan(org, plans.get("scale"))
+    fund(org, "100")
+    billing.set_alerts(org, parse(bodies.AlertsRequest, {"balance_below": ["99.9"]}))
+    a = C // 100
+    for i in range(leases.HOT_IN_FLIGHT):
+        holds.reserve(org, f"h-{i}", a, model="acme/fast", key_id="key_1", now=NOW)
+    # When 16 of its requests are served from one lease and billed, and the lease is folded
+    served = [leases.reserve(org, f"r-{i}", a, model="acme/fast", key_id="key_1", now=NOW) for i in range(16)]
+    assert all(r.lease is not None and r.lease is served[0].lease for r in served)
+    for i in range(leases.HOT_IN_FLIGHT):
+        holds.release(org, f"h-{i}", a)
+    for i, r in enumerate(served):
+        leases.settle(org, f"r-{i}", r, metering.Usage("acme/fast", "key_1", 10, 20, a), NOW)
+    leases.close_all(NOW)
+    assert wallets.get_wallet(org).balance == 100 * C - 16 * a  # past the threshold now
+    assert [n for n in notices.recent(org, 10) if n["type"] == "balance_below"] == []
+    # Then HoldSweeper's next run sends the alert, and later runs do not send it again
+    sweeper.sweep(NOW + timedelta(minutes=1))
+    sweeper.sweep(NOW + timedelta(minutes=2))
+    emails = [n for n in notices.recent(org, 10) if n["type"] == "balance_below"]
+    assert len(emails) == 1 and "99.9" in str(emails[0]["subject"])
+    assert_consistent(org)

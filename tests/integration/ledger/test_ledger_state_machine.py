@@ -775,9 +775,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def _lease_eligible(self, known: wallets.Wallet, amount: int, key: str) -> bool:
         return (
-            not known.balance_alerts
-            and not known.cap_alerts
-            and key not in known.limited_keys
+            key not in known.limited_keys
             and known.billing_mode == "prepaid"
             and known.available >= leases.MIN_HOLDS * amount
             and amount > 0

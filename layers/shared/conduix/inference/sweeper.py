@@ -28,7 +28,6 @@ def sweep(now: datetime) -> dict[str, Any]:
         for org_id in upkeep.wallets_with_holds(str(shard)):
             checked += 1
             waiting = set()  # deferred settles still contended: their holds are not released
-            landed = 0
             for pending in settles.pending_settles(org_id):
                 try:
                     if pending.lease_id:  # billed under a lease: no hold to close
@@ -51,7 +50,6 @@ def sweep(now: datetime) -> dict[str, Any]:
                     continue
                 if outcome is settles.SettleOutcome.SETTLED:
                     settled += 1
-                    landed += 1
                     settled_nanos += pending.usage.cost
                 else:  # its first settle had landed after all (or its credit is gone)
                     settles.drop_pending(org_id, pending.request_id)
@@ -67,8 +65,6 @@ def sweep(now: datetime) -> dict[str, Any]:
                     "settled a deferred settle",
                     extra={"org_id": org_id, "request_id": pending.request_id, "outcome": outcome.value},
                 )
-            if landed:
-                _alerts_after_deferred(org_id, now)
             org_holds = holds.open_holds(org_id)
             for hold in org_holds:
                 if hold.request_id in waiting or hold.expires_at > cutoff:
@@ -85,6 +81,9 @@ def sweep(now: datetime) -> dict[str, Any]:
                         },
                     )
             leases_folded += lease_folds.sweep(org_id, now)  # expired escrow leases, from their spends
+            # Deferred settles and folds (here, or by a lease's environment since the last run)
+            # carry no alert guard: the org's thresholds are checked here, within a minute.
+            _check_alerts(org_id, now)
             upkeep.prune_rate_windows(org_id, now)
             if all(h.expires_at <= cutoff for h in org_holds):
                 upkeep.forget_if_idle(org_id)
@@ -123,9 +122,9 @@ def _release(org_id: str, hold: holds.Hold) -> bool:
         return False
 
 
-def _alerts_after_deferred(org_id: str, now: datetime) -> None:
-    """Deferred settles carry no alert guard: check the org's thresholds once they landed."""
+def _check_alerts(org_id: str, now: datetime) -> None:
+    """Claim and send whatever threshold the org's wallet is past and was not sent yet."""
     try:
         alerts.check(org_id, now)
     except Exception:  # the next settle's guard finds a crossing still unsent
-        log.exception("could not check alerts after deferred settles", extra={"org_id": org_id})
+        log.exception("could not check the org's alerts", extra={"org_id": org_id})

@@ -127,11 +127,10 @@ def reserve(
     the org is hot and its credit is large against the request; otherwise a per-request hold."""
     known = wallets.known_wallet(org_id)
     eligible = (
-        # Balance and cap alerts are judged by each settle's own guard; under a lease the
-        # debit lands at the fold, so an org with alerts keeps per-request holds (for now).
-        not (known.balance_alerts or known.cap_alerts)
         # A key with a spend limit is checked by each request's own hold (see holds.reserve).
-        and key_id not in known.limited_keys
+        # (Balance and cap alerts do not keep an org off leases: the debit lands at the fold,
+        # and HoldSweeper checks the thresholds of every org it visits, within a minute.)
+        key_id not in known.limited_keys
         # A lease expires SETTLE_MARGIN_SECONDS after its last reservation: a request that may
         # run longer (a long streamed answer) takes a hold that outlives it instead.
         and runs_for < SETTLE_MARGIN_SECONDS - FOLD_SKEW_SECONDS
