@@ -250,7 +250,7 @@ def test_an_org_that_may_not_lease_still_gets_the_busy_answer(
     org: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fund(org, "2000")
-    key_limits.set_key_limit(org, "key_1", 100 * C, "day", 0, NOW)  # a key's spend limit keeps holds
+    wallet_settings.set_billing_mode(org, "invoice")  # invoiced orgs take per-request holds
 
     def busy(*args: object, **kwargs: object) -> holds.Reservation:
         raise errors.ServiceBusy("The billing store is busy; please retry the request.")
@@ -500,3 +500,40 @@ def test_a_hot_org_with_a_balance_alert_is_leased_and_alerted_once_after_the_fol
     emails = [n for n in notices.recent(org, 10) if n["type"] == "balance_below"]
     assert len(emails) == 1 and "99.9" in str(emails[0]["subject"])
     assert_consistent(org)
+
+
+def test_a_hot_orgs_key_with_a_spend_limit_leases_from_its_budget_and_never_passes_it(org: str) -> None:
+    # Given a hot org whose key has a daily spend limit of 3 credits
+    wallet_settings.set_plan(org, plans.get("scale"))
+    fund(org, "100")
+    a = C // 100
+    key_limits.set_key_limit(org, "key_1", 3 * C, "day", 0, NOW)
+    for i in range(leases.HOT_IN_FLIGHT):
+        holds.reserve(org, f"h-{i}", a, model="acme/fast", key_id="key_2", now=NOW)
+    # When its requests come: the first lease's slice (16 holds) is held against the budget too
+    first = leases.reserve(org, "r-0", a, model="acme/fast", key_id="key_1", now=NOW)
+    lease = first.lease
+    assert lease is not None and lease.budget and lease.amount == 16 * a
+    budget = key_limits.key_budget(org, "key_1")
+    assert budget is not None and (budget.held, budget.room) == (16 * a, 3 * C - 16 * a)
+    assert reconcile.reconcile_org(org) == []  # (its held = open holds and leases of the key)
+    # and once it is spent and folded, the budget counts what its requests cost
+    served = [first] + [
+        leases.reserve(org, f"r-{i}", a, model="acme/fast", key_id="key_1", now=NOW) for i in range(1, 16)
+    ]
+    assert all(r.lease is lease for r in served)
+    for i, r in enumerate(served):
+        leases.settle(org, f"r-{i}", r, metering.Usage("acme/fast", "key_1", 1, 1, a // 2), NOW)
+    leases.close_all(NOW)
+    budget = key_limits.key_budget(org, "key_1")
+    assert budget is not None and (budget.spent, budget.held, budget.room) == (8 * a, 0, 3 * C - 8 * a)
+    # Then, with less room left than 16 of the next slices, requests of 0.1 credit hold against
+    # the budget one by one, and the one past the limit is refused exactly
+    b = C // 10
+    for i in range((3 * C - 8 * a) // b):
+        r = leases.reserve(org, f"s-{i}", b, model="acme/fast", key_id="key_1", now=NOW)
+        assert r.lease is None and r.budget_key == "key_1"
+    with pytest.raises(errors.KeySpendLimitExceeded):
+        leases.reserve(org, "over", b, model="acme/fast", key_id="key_1", now=NOW)
+    assert_consistent(org)
+    assert reconcile.reconcile_org(org) == []

@@ -228,20 +228,26 @@ def test_a_limit_set_while_a_warm_environment_remembers_the_wallet_counts_at_onc
     clean(org)
 
 
-def test_a_limited_key_never_bills_through_an_escrow_lease(
+def test_a_limited_key_leases_from_its_budget_only_while_its_room_is_16_slices(
     org: str, two_keys: tuple[str, str], at: Clock
 ) -> None:
     from conduix.ledger import leases
 
-    capped, free = two_keys
-    limit(org, capped, "5", "month")
-    for i in range(leases.HOT_IN_FLIGHT):  # the org is hot: others' holds in flight
-        hold(org, free, f"hot-{i}", CENT)
-    leased = leases.reserve(org, "l-free", CENT, model="m", key_id=free, now=NOW)
-    held = leases.reserve(org, "l-capped", CENT, model="m", key_id=capped, now=NOW)
-    assert leased.lease is not None
-    assert held.lease is None and held.budget_key == capped
+    roomy, tight = two_keys
+    limit(org, roomy, "5", "month")  # 16 slices of 16 cents fit
+    limit(org, tight, "1", "month")  # they do not
+    for i in range(leases.HOT_IN_FLIGHT):  # the org is hot: holds in flight
+        hold(org, tight, f"hot-{i}", CENT)
+    leased = leases.reserve(org, "l-roomy", CENT, model="m", key_id=roomy, now=NOW)
+    held = leases.reserve(org, "l-tight", CENT, model="m", key_id=tight, now=NOW)
+    assert leased.lease is not None and leased.lease.budget and leased.budget_key == ""
+    budget = key_limits.key_budget(org, roomy)
+    assert budget is not None and (budget.held, budget.room) == (16 * CENT, 5 * C - 16 * CENT)
+    assert held.lease is None and held.budget_key == tight
+    leases.release(org, "l-roomy", leased, NOW)
     leases.close_all(NOW)
+    budget = key_limits.key_budget(org, roomy)
+    assert budget is not None and (budget.spent, budget.held, budget.room) == (0, 0, 5 * C)
 
 
 @pytest.mark.parametrize(

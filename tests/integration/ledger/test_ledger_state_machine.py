@@ -174,7 +174,13 @@ class Model:
     leases: dict[str, ModelLease] = field(default_factory=dict)
 
     def key_held(self, key: str) -> int:
-        return sum(self.holds[rid][0] for rid, k in self.hold_budget.items() if k == key)
+        """A key budget's held: its key's open holds that count against it, and its leases'
+        slices taken from it."""
+        leased = sum(lease.amount for lease in self.leases.values() if lease.budget and lease.key == key)
+        return sum(self.holds[rid][0] for rid, k in self.hold_budget.items() if k == key) + leased
+
+    def key_room(self, key: str) -> int:
+        return self.key_limit[key] - self.budget[key][1] - self.key_held(key)
 
     @property
     def held(self) -> int:
@@ -225,6 +231,7 @@ class ModelLease:
     retired: bool = False
     uncertain: bool = False  # a spend's write failed: the environment leaves the fold to HoldSweeper
     open: bool = True  # in the store
+    budget: bool = False  # its slice is held against its key's spend limit too
 
     @property
     def spent(self) -> int:
@@ -333,6 +340,8 @@ MUST_SEE = (
     "lease:spend-after-expiry",
     "lease:pending-charged",
     "lease:pending-absorbed",
+    "lease:key-budget",
+    "lease:key-budget-refused",
     "lease:retired:failed-spend",
     "lease:two-environments",
     "env:died",
@@ -774,12 +783,7 @@ class LedgerMachine(RuleBasedStateMachine):
         raise AssertionError("unreachable")
 
     def _lease_eligible(self, known: wallets.Wallet, amount: int, key: str) -> bool:
-        return (
-            key not in known.limited_keys
-            and known.billing_mode == "prepaid"
-            and known.available >= leases.MIN_HOLDS * amount
-            and amount > 0
-        )
+        return known.billing_mode == "prepaid" and known.available >= leases.MIN_HOLDS * amount and amount > 0
 
     def _hot(self, e: Env, known: wallets.Wallet) -> bool:
         return (
@@ -833,10 +837,22 @@ class LedgerMachine(RuleBasedStateMachine):
         if not gate.lands():
             seen["lease:acquire-busy" if gate.busy else "standin:throttled-lease-not-taken"] += 1
             return "busy"
+        # A key the view knows limited leases from its budget item too, while its room is
+        # SLICE_FRACTION slices (in the budget's current window: else a hold rolls it).
+        budget = key in known.limited_keys
+        budget_lands = not budget or (
+            key in m.key_limit
+            and m.budget[key][0] == limit_window("day", self.now)
+            and m.key_limit[key] > 0
+            and m.key_room(key) >= slice_ * leases.SLICE_FRACTION
+        )
+        if budget and not budget_lands:
+            seen["lease:key-budget-refused"] += 1
         lands = (
             m.period == period_of(self.now)
             and known.rpm_limit == m.rpm_limit
-            and key not in m.key_limit
+            and budget == (key in m.key_limit)
+            and budget_lands
             and m.rpm[(key, minute)] + requests <= m.rpm_limit
             and m.available >= slice_
             and (not m.capped or m.cap_remaining >= slice_)
@@ -856,6 +872,9 @@ class LedgerMachine(RuleBasedStateMachine):
             e.name,
         )
         lease.reserved, lease.inflight = amount, 1
+        lease.budget = budget
+        if budget:
+            seen["lease:key-budget"] += 1
         m.rpm[(key, minute)] += requests
         e.mine[key] = lease
         seen["lease:acquired"] += 1
@@ -889,6 +908,8 @@ class LedgerMachine(RuleBasedStateMachine):
             seen[f"lease:unused-past-its-minute:{by}"] += 1
         self.billed_requests += len(lease.spends)
         self.billed_credits += lease.spent
+        if lease.budget:  # its spends count in the window the key's budget is at
+            m.budget[lease.key][1] += lease.spent
         del m.leases[lease.lease_id]
         lease.open = False
 
@@ -910,7 +931,10 @@ class LedgerMachine(RuleBasedStateMachine):
             except (Conflict, ServiceBusy) as exc:
                 assert not lands, f"a lease's spend was refused: {exc!r}"
                 assert isinstance(exc, Conflict if written else ServiceBusy)
-                settles.record_pending(self.org, rid, hold, usage, self.now, lease_id=lease.lease_id)
+                budget_key = lease.key if lease.budget else ""  # as Completion passes it
+                settles.record_pending(
+                    self.org, rid, hold, usage, self.now, lease_id=lease.lease_id, budget_key=budget_key
+                )
             else:
                 assert lands, "a spend landed in a lease folded or expired"
                 assert outcome is settles.SettleOutcome.SETTLED
@@ -1214,10 +1238,16 @@ class LedgerMachine(RuleBasedStateMachine):
         m.roll(self.now)
         cost = usage.cost
         del self.pending[rid]
-        self.lease_pending.pop(rid)
-        if not ((m.invoice or m.available >= cost) and (not m.capped or m.cap_remaining >= cost)):
+        lease, _ = self.lease_pending.pop(rid)
+        key = lease.key
+        budget_room = not lease.budget or key not in m.key_limit or m.key_room(key) >= cost
+        if not (
+            (m.invoice or m.available >= cost) and (not m.capped or m.cap_remaining >= cost) and budget_room
+        ):
             seen["lease:pending-unbilled"] += 1
             return False
+        if lease.budget:
+            m.budget[key][1] += cost
         m.balance -= cost
         m.month_spent += cost
         m.ledger[f"usage:{rid}"] = -cost

@@ -96,7 +96,7 @@ def reconcile_org(org_id: str) -> list[Discrepancy]:
 
 
 def _key_budget_breaches(org_id: str, items: list[Item], holds: list[Item]) -> list[Discrepancy]:
-    """Each key budget's figures: held = its key's open holds that count against it, and
+    """Each key budget's figures: held = its key's open holds and leases that count against it, and
     room = limit - spent - held (what the hold's condition compares)."""
     found = []
     for item in items:
@@ -106,6 +106,10 @@ def _key_budget_breaches(org_id: str, items: list[Item], holds: list[Item]) -> l
         key_id = sk.removeprefix(schema.KEY_BUDGET)
         counted = sum(
             as_int(h, "amount") for h in holds if as_str(h, "key_id") == key_id and as_bool(h, "key_budget")
+        ) + sum(  # and its escrow leases' slices, taken from the budget too
+            as_int(i, "amount")
+            for i in items
+            if as_str(i, "sk").startswith(schema.LEASE) and as_str(i, "budget_key") == key_id
         )
         held, room = as_int(item, "held"), as_int(item, "room")
         if held != counted:

@@ -284,7 +284,10 @@ def settle(
     except Exception:
         log.warning("settle deferred", exc_info=True, extra={"request_id": request_id})
         try:
-            lease_id = reservation.lease.lease_id if reservation.lease else ""  # charged, not settled
+            lease = reservation.lease  # a lease's request is charged, not settled
+            lease_id = lease.lease_id if lease else ""
+            # (Its key's budget counts it if its lease held against the key's spend limit.)
+            budget_key = lease.key_id if lease and lease.budget else reservation.budget_key
             settles.record_pending(
                 org_id,
                 request_id,
@@ -293,7 +296,7 @@ def settle(
                 clock.now(),
                 also=also,
                 lease_id=lease_id,
-                budget_key=reservation.budget_key,
+                budget_key=budget_key,
             )
         except Exception:
             log.exception("could not record a deferred settle", extra={"request_id": request_id})

@@ -14,7 +14,7 @@ from typing import Any
 from conduix.core import clock
 from conduix.core.config import settings
 from conduix.core.errors import Conflict, ServiceBusy
-from conduix.ledger import metering, settles, wallets
+from conduix.ledger import key_limits, metering, settles, wallets
 from conduix.ledger.lease_store import Spend, lease_key, open_leases, open_spends, spend_puts
 from conduix.store.dynamo import transact_if
 from conduix.store.items import as_str, n, s
@@ -32,10 +32,13 @@ def fold(
     key_id: str = "",
     minute: int = 0,
     unused_requests: int = 0,
+    budget: bool = False,
 ) -> bool:
     """Debit `spends`, return the lease's slice and unused requests, add its usage rows and
-    close the lease, in one transaction. False if the lease was folded already. Its spend
-    records stay (until the table's TTL): a spend is unfolded while its lease is open."""
+    close the lease, in one transaction (with `budget`, the key's budget item too: its spends
+    count in the window the item is at, as a hold's settle does). False if the lease was
+    folded already. Its spend records stay (until the table's TTL): a spend is unfolded while
+    its lease is open."""
     pending = list(spends)
     period = clock.period_of(now)
     table = settings().billing_table
@@ -85,6 +88,8 @@ def fold(
                 }
             }
         )
+        if budget:
+            actions.append(key_limits.budget_close(org_id, key_id, amount, total))
         rows: dict[tuple[str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
         for sp in pending:
             row = rows[(sp.created_at[:10], sp.usage.model, sp.usage.key_id)]
@@ -135,6 +140,7 @@ def sweep(org_id: str, now: datetime) -> int:
                 key_id=lease.key_id,
                 minute=lease.minute,
                 unused_requests=unused,
+                budget=lease.budget,
             )
         except (ServiceBusy, Conflict):  # the wallet stayed busy: the next run folds it
             log.warning("an expired lease waits for the next sweep", extra={"lease_id": lease_id})
@@ -181,10 +187,11 @@ def absorb_pending(org_id: str, pending: settles.PendingSettle, now: datetime) -
 def charge_pending(org_id: str, pending: settles.PendingSettle, now: datetime) -> settles.SettleOutcome:
     """Bill a lease's request whose spend could not be written and whose lease was folded
     without it (its environment stalled past the lease's expiry): its ledger entry and the
-    debit in one transaction, once (the ledger marker), only from credit (and cap) nobody
-    holds. The slice its reservation was counted in went back to the wallet with the fold, so
-    this never overdraws: when others took that credit meanwhile, the request stays unbilled
-    (HOLD_GONE, as a hold's late settle does) and Completion's incident says so."""
+    debit in one transaction, once (the ledger marker), only from credit (and cap, and the
+    key's spend limit when its lease held against it) nobody holds. The slice its reservation
+    was counted in went back with the fold, so this never overdraws: when others took that
+    credit meanwhile, the request stays unbilled (HOLD_GONE, as a hold's late settle does)
+    and HoldSweeper's incident says so."""
     usage = pending.usage
     marker, line = metering.usage_ledger_items(org_id, pending.request_id, usage, now)
     c = usage.cost
@@ -219,10 +226,24 @@ def charge_pending(org_id: str, pending: settles.PendingSettle, now: datetime) -
             metering.billed_usage_update(org_id, now, usage),
             {"Delete": {"TableName": table, "Key": settles.pending_key(org_id, pending.request_id)}},
         ]
+        if pending.budget_key:  # its lease held against the key's spend limit: it counts there too
+            actions.append(
+                {
+                    "Update": {
+                        "TableName": table,
+                        "Key": key_limits.key_budget_key(org_id, pending.budget_key),
+                        "UpdateExpression": "ADD spent :c, room :nc",
+                        "ConditionExpression": "attribute_exists(pk) AND (lim = :zero OR room >= :c)",
+                        "ExpressionAttributeValues": {":c": n(c), ":nc": n(-c), ":zero": n(0)},
+                    }
+                }
+            )
         cancelled = transact_if(actions)
         if cancelled is not None:
             if cancelled.failed(0):
                 return settles.SettleOutcome.ALREADY_SETTLED  # its spend had landed after all
+            if pending.budget_key and cancelled.failed(5):
+                return settles.SettleOutcome.HOLD_GONE  # the key's limit has no room for it now
             if not cancelled.failed(2):
                 raise cancelled.error
             month = wallets.catch_up_period(org_id, as_str(cancelled.old(2), "period"), period)

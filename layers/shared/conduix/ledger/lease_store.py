@@ -18,12 +18,13 @@ from typing import Any
 from conduix.core import clock
 from conduix.core.config import settings
 from conduix.core.errors import Conflict
-from conduix.ledger import entries, holds, metering, settles, wallets
+from conduix.ledger import entries, holds, key_limits, metering, settles, wallets
 from conduix.store import schema
 from conduix.store.dynamo import transact_if
 from conduix.store.items import Item, as_int, as_str, n, s
 
-MAX_FOLD_ACTIONS = 96  # a fold (lease, wallet, one usage row per day and model) is one transaction
+MAX_FOLD_ACTIONS = 96  # a fold (lease, wallet, key budget, a usage row per day and model): one transaction
+SLICE_FRACTION = 16  # a slice is at most this fraction of the available credit (and key budget) when taken
 SETTLE_MARGIN_SECONDS = 35  # a lease expires this long after its last reservation (Completion: <= 30 s)
 
 
@@ -62,6 +63,7 @@ class Lease:
     retired: bool = False
     uncertain: bool = False  # a spend's write may or may not have landed: HoldSweeper folds it
     spent: int = 0  # the sum of `spends`' costs, kept as they are added (not summed per request)
+    budget: bool = False  # the slice is held against `key_id`'s spend limit too (its budget item)
 
     def room(self, amount: int, now: float) -> bool:
         used = len(self.spends) + self.inflight
@@ -96,6 +98,9 @@ def acquire(org_id: str, key_id: str, amount: int, requests: int, now: datetime)
     use_until = at + settings().key_cache_seconds
     expires = use_until + SETTLE_MARGIN_SECONDS
     same, same_values = holds.same_settings(known)
+    # A key with a spend limit leases its slice from the key's budget item too, in the same
+    # transaction, as its hold would; only while the budget's room is SLICE_FRACTION slices.
+    key_period = known.limited_keys.get(key_id, "")
     table = settings().billing_table
     actions: list[Any] = [
         {
@@ -107,9 +112,13 @@ def acquire(org_id: str, key_id: str, amount: int, requests: int, now: datetime)
                     "lease_count :one, rpm.#win :r"
                 ),
                 "ConditionExpression": (
-                    "#period = :p AND attribute_not_exists(revoked_keys.#kid) "
-                    "AND attribute_not_exists(limited_keys.#kid) "
-                    "AND rpm_limit = :limit AND (attribute_not_exists(rpm.#win) OR rpm.#win <= :room) "
+                    "#period = :p AND attribute_not_exists(revoked_keys.#kid) AND "
+                    + (
+                        "limited_keys.#kid = :kperiod "
+                        if key_period
+                        else "attribute_not_exists(limited_keys.#kid) "
+                    )
+                    + "AND rpm_limit = :limit AND (attribute_not_exists(rpm.#win) OR rpm.#win <= :room) "
                     "AND available >= :a AND (capped = :false OR cap_remaining >= :a) AND " + same
                 ),
                 "ExpressionAttributeNames": {
@@ -128,6 +137,7 @@ def acquire(org_id: str, key_id: str, amount: int, requests: int, now: datetime)
                     ":limit": n(limit),
                     ":p": s(clock.period_of(now)),
                     ":false": {"BOOL": False},
+                    **({":kperiod": s(key_period)} if key_period else {}),
                     **same_values,
                 },
                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
@@ -145,11 +155,32 @@ def acquire(org_id: str, key_id: str, amount: int, requests: int, now: datetime)
                     "minute": n(minute),
                     "lease_expires": n(expires),  # not `expires_at`, the table's TTL attribute
                     "created_at": s(clock.iso(now)),
+                    **({"budget_key": s(key_id)} if key_period else {}),
                 },
                 "ConditionExpression": "attribute_not_exists(pk)",
             }
         },
     ]
+    if key_period:
+        actions.append(
+            {
+                "Update": {
+                    "TableName": table,
+                    "Key": key_limits.key_budget_key(org_id, key_id),
+                    "UpdateExpression": "ADD held :a, room :na",
+                    # (Refused, a per-request hold rolls the window or refuses exactly.)
+                    "ConditionExpression": "#w = :w AND lim > :zero AND room >= :need",
+                    "ExpressionAttributeNames": {"#w": "window"},
+                    "ExpressionAttributeValues": {
+                        ":a": n(amount),
+                        ":na": n(-amount),
+                        ":w": s(clock.limit_window(key_period, now)),
+                        ":zero": n(0),
+                        ":need": n(amount * SLICE_FRACTION),
+                    },
+                }
+            }
+        )
     cancelled = transact_if(actions)
     if cancelled is not None:
         old = cancelled.old(0)
@@ -158,7 +189,16 @@ def acquire(org_id: str, key_id: str, amount: int, requests: int, now: datetime)
         return None
     wallets.moved(org_id, held=amount, leases=1)
     return Lease(
-        org_id, key_id, lease_id, amount, requests, minute, float(use_until), now.timestamp(), expires
+        org_id,
+        key_id,
+        lease_id,
+        amount,
+        requests,
+        minute,
+        float(use_until),
+        now.timestamp(),
+        expires,
+        budget=bool(key_period),
     )
 
 
@@ -264,6 +304,7 @@ class OpenLease:
     requests: int
     minute: int
     expires_at: int
+    budget: bool = False
 
 
 def open_leases(org_id: str) -> list[OpenLease]:
@@ -275,6 +316,7 @@ def open_leases(org_id: str) -> list[OpenLease]:
             as_int(i, "requests"),
             as_int(i, "minute"),
             as_int(i, "lease_expires"),
+            bool(as_str(i, "budget_key")),
         )
         for i in entries.query_prefix(org_id, schema.LEASE)
     ]

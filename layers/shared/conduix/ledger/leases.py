@@ -23,7 +23,8 @@ Sizing, and why no lease waits for the minute to turn (`bench/hot_org.py` measur
   write the same wallet item, and holds from every environment kept it saturated.
 
 Invariants (reconcile checks them):
-- held = open holds + open leases; committed = month spend + held;
+- held = open holds + open leases; committed = month spend + held; a key budget's held = the
+  key's counted open holds + the slices of its leases taken from the budget;
 - balance = the ledger's replay + the spends not folded yet (a spend's ledger entry is
   written when the request is billed; its debit lands with the fold);
 - a lease's spends never exceed its slice except by charges above their hold (incidents).
@@ -46,7 +47,9 @@ Failure cases:
 - Stranded credit: other environments' slices are not available to a request. Leases are
   taken only while the org's available credit covers `MIN_HOLDS` holds, a slice is at most
   1/`SLICE_FRACTION` of it, and below that every request takes a per-request hold, so an
-  org with a small balance is refused only when its credit is truly held.
+  org with a small balance is refused only when its credit is truly held. A limited key's
+  slice comes from its spend-limit budget too, only while the budget's room is
+  SLICE_FRACTION slices; below that the key's requests hold one by one.
 - Revocation: a lease is used for at most `key_cache_seconds`, the time a warm function may
   trust a key anyway; the per-key rate limit is leased with the slice, so it holds too.
 """
@@ -66,14 +69,13 @@ from conduix.core.config import settings
 from conduix.core.errors import ServiceBusy
 from conduix.ledger import holds, metering, settles, wallets
 from conduix.ledger.lease_folds import FOLD_SKEW_SECONDS, fold
-from conduix.ledger.lease_store import SETTLE_MARGIN_SECONDS, Lease, acquire, record
+from conduix.ledger.lease_store import SETTLE_MARGIN_SECONDS, SLICE_FRACTION, Lease, acquire, record
 
 log = logging.getLogger(__name__)
 
 REQUESTS_PER_LEASE = 1000  # at most; and at most 1/SLICE_FRACTION of the key's requests a minute
 FIRST_LEASE_REQUESTS = 16  # an environment's first lease of a key; then sized by its rate
 HEADROOM = 1.5  # a lease asks this much more than the last one's rate would use
-SLICE_FRACTION = 16  # a slice is at most this fraction of the available credit when taken
 MIN_HOLDS = 64  # leases only while the available credit covers this many holds
 HOT_IN_FLIGHT = 8  # ...and for an org with this many holds open (or a lease already): a hot org
 CONTENDED_SECONDS = 60  # ...or whose holds could not land for contention here that recently
@@ -127,13 +129,12 @@ def reserve(
     the org is hot and its credit is large against the request; otherwise a per-request hold."""
     known = wallets.known_wallet(org_id)
     eligible = (
-        # A key with a spend limit is checked by each request's own hold (see holds.reserve).
-        # (Balance and cap alerts do not keep an org off leases: the debit lands at the fold,
-        # and HoldSweeper checks the thresholds of every org it visits, within a minute.)
-        key_id not in known.limited_keys
+        # (A key with a spend limit leases from its budget too; balance and cap alerts do not
+        # keep an org off leases: the debit lands at the fold, and HoldSweeper checks the
+        # thresholds of every org it visits, within a minute.)
         # A lease expires SETTLE_MARGIN_SECONDS after its last reservation: a request that may
         # run longer (a long streamed answer) takes a hold that outlives it instead.
-        and runs_for < SETTLE_MARGIN_SECONDS - FOLD_SKEW_SECONDS
+        runs_for < SETTLE_MARGIN_SECONDS - FOLD_SKEW_SECONDS
         and known.billing_mode == "prepaid"
         and known.available >= MIN_HOLDS * amount
         and amount > 0
@@ -278,6 +279,7 @@ def close(lease: Lease, now: datetime) -> None:
             key_id=lease.key_id,
             minute=lease.minute,
             unused_requests=max(lease.requests - len(lease.spends), 0),
+            budget=lease.budget,
         )
     except Exception:  # HoldSweeper folds it from the store once it expires
         log.warning("could not fold a lease", exc_info=True, extra={"lease_id": lease.lease_id})
