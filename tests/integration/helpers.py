@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import boto3
 from conduix.core import config
 from conduix.ledger import entries, wallets
 from conduix.store import dynamo
@@ -69,3 +72,35 @@ def catalog_entries(upstream_url: str) -> list[dict[str, Any]]:
         model("t/text", "fake-small", prompt_bounds={"tools": 400}),
         model("t/overbill", "overbill-model"),
     ]
+
+
+@contextmanager
+def acting_as(function: str, moto_server: Any) -> Iterator[None]:
+    """Run the block's AWS calls as `function` of template.yaml, under its IAM policies as the
+    local IAM enforces them (an action its policy lacks is refused as AWS refuses it)."""
+    import os
+
+    from conduix_local import iam
+    from conduix_local.template import load_template
+
+    region, account = "us-east-1", iam.ACCOUNT_ID
+    table_arn = f"arn:aws:dynamodb:{region}:{account}:table/BillingTable"
+    refs = {
+        "BillingTable": "BillingTable",
+        "CacheTable": "CacheTable",
+        "BillingTable.Arn": table_arn,
+        "CacheTable.Arn": f"arn:aws:dynamodb:{region}:{account}:table/CacheTable",
+        "ScheduledJobFailures.Arn": f"arn:aws:sqs:{region}:{account}:ScheduledJobFailures",
+    }
+    saved = os.environ["AWS_ACCESS_KEY_ID"]
+    moto_server.enforce(iam.load_principals(load_template(), refs, region))
+    os.environ["AWS_ACCESS_KEY_ID"] = iam.access_key_id(function)
+    boto3.setup_default_session()  # the default session keeps the credentials it first read
+    dynamo.reset_client()
+    try:
+        yield
+    finally:
+        moto_server.enforce({})
+        os.environ["AWS_ACCESS_KEY_ID"] = saved
+        boto3.setup_default_session()
+        dynamo.reset_client()

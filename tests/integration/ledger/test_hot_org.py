@@ -35,7 +35,7 @@ from conduix_local.dynamo_standin import item_key
 from conduix_local.moto_server import LockedMotoServer
 
 from bench.meter import item_size
-from tests.integration.helpers import NOW, assert_consistent, fund, ledger_items
+from tests.integration.helpers import NOW, acting_as, assert_consistent, fund, ledger_items
 
 pytestmark = pytest.mark.integration
 
@@ -436,7 +436,8 @@ def test_a_lease_spend_that_cannot_land_is_paid_from_its_slice_and_never_overdra
     leases.close_all(NOW)
     # HoldSweeper writes the deferred spend into its lease and folds it: the slice pays for it
     later = datetime.fromtimestamp(lease.expires_at + lease_folds.FOLD_SKEW_SECONDS, UTC)
-    swept = sweeper.sweep(later)
+    with acting_as("HoldSweeperFunction", moto_server):  # under its own IAM policy
+        swept = sweeper.sweep(later)
     assert (swept["pending_settled"], swept["leases_folded"], swept["served_unbilled"]) == (1, 1, 0)
     w = assert_consistent(org)
     assert (w.balance, w.available, w.held) == (100 * C - big - 17 * a, 100 * C - big - 17 * a, 0)
@@ -447,7 +448,7 @@ def test_a_lease_spend_that_cannot_land_is_paid_from_its_slice_and_never_overdra
 
 
 def test_a_lease_spend_that_outlived_its_lease_is_charged_only_from_credit_nobody_holds(
-    org: str,
+    org: str, moto_server: LockedMotoServer
 ) -> None:
     # Given a lease folded without a request's spend (its environment stalled past the expiry)
     wallet_settings.set_plan(org, plans.get("scale"))
@@ -468,7 +469,8 @@ def test_a_lease_spend_that_outlived_its_lease_is_charged_only_from_credit_nobod
     # When all the org's credit is held by others before HoldSweeper comes
     holds.reserve(org, "all", 100 * C, model="acme/fast", key_id="key_2", now=later)
     # Then the request stays unbilled (an incident), and the wallet is not overdrawn
-    swept = sweeper.sweep(later + timedelta(seconds=1))
+    with acting_as("HoldSweeperFunction", moto_server):
+        swept = sweeper.sweep(later + timedelta(seconds=1))
     assert (swept["pending_settled"], swept["served_unbilled"]) == (0, 1)
     assert settles.pending_settles(org) == []
     w = assert_consistent(org)
