@@ -369,16 +369,31 @@ def test_a_lease_takes_no_more_of_a_keys_minute_than_the_wallets_own_rate_limit(
         leases.reserve(org, "r-3", C // 100, model="acme/fast", key_id="key_1", now=NOW)
 
 
-def test_a_lease_spend_refused_after_its_lease_was_folded_is_still_charged_once(org: str) -> None:
-    # Given a hot org's request reserved against a lease, and nothing else in flight
+A = C // 100  # a request's hold in the lease tests below
+
+
+def _leased(org: str, requests: int, prefix: str = "r") -> list[leases.Reservation]:
+    """`requests` of a hot org (Scale plan, 100 credits) reserved against this environment's
+    lease of key_1: others' holds in flight made the org hot, and are released once it is taken."""
     wallet_settings.set_plan(org, plans.get("scale"))
     fund(org, "100")
     for i in range(leases.HOT_IN_FLIGHT):
-        holds.reserve(org, f"h-{i}", C // 100, model="acme/fast", key_id="key_1", now=NOW)
-    slow = leases.reserve(org, "slow", C // 100, model="acme/fast", key_id="key_1", now=NOW)
-    assert slow.lease is not None
+        holds.reserve(org, f"h-{i}", A, model="acme/fast", key_id="key_1", now=NOW)
+    served = [
+        leases.reserve(org, f"{prefix}-{i}", A, model="acme/fast", key_id="key_1", now=NOW)
+        for i in range(requests)
+    ]
     for i in range(leases.HOT_IN_FLIGHT):
-        holds.release(org, f"h-{i}", C // 100)
+        holds.release(org, f"h-{i}", A)
+    lease = served[0].lease
+    assert lease is not None and all(r.lease is lease for r in served)
+    return served
+
+
+def test_a_lease_spend_refused_after_its_lease_was_folded_is_still_charged_once(org: str) -> None:
+    # Given a hot org's request reserved against a lease, and nothing else in flight
+    (slow,) = _leased(org, 1, "slow")
+    assert slow.lease is not None
     # When the request outlives its lease: HoldSweeper folds the expired lease (the wallet is
     # idle and leaves the sweep index), and the request's spend is refused and kept as a
     # deferred settle, as Completion does
@@ -403,16 +418,10 @@ def test_a_lease_spend_that_cannot_land_is_paid_from_its_slice_and_never_overdra
     org: str, moto_server: LockedMotoServer
 ) -> None:
     # Given a hot org's lease of 16 requests, all reserved (its slice is 16 of their holds)
-    wallet_settings.set_plan(org, plans.get("scale"))
-    fund(org, "100")
-    a = C // 100
-    for i in range(leases.HOT_IN_FLIGHT):
-        holds.reserve(org, f"h-{i}", a, model="acme/fast", key_id="key_1", now=NOW)
-    first = [leases.reserve(org, f"r-{i}", a, model="acme/fast", key_id="key_1", now=NOW) for i in range(16)]
+    a = A
+    first = _leased(org, 16)
     lease = first[0].lease
-    assert lease is not None and all(r.lease is lease for r in first) and lease.amount == 16 * a
-    for i in range(leases.HOT_IN_FLIGHT):
-        holds.release(org, f"h-{i}", a)
+    assert lease is not None and lease.amount == 16 * a
     # When the first request's spend is throttled past every retry (its item over capacity) and
     # is kept as a deferred settle, as Completion does
     usage = metering.Usage("acme/fast", "key_1", 10, 20, a)
@@ -451,15 +460,9 @@ def test_a_lease_spend_that_outlived_its_lease_is_charged_only_from_credit_nobod
     org: str, moto_server: LockedMotoServer
 ) -> None:
     # Given a lease folded without a request's spend (its environment stalled past the expiry)
-    wallet_settings.set_plan(org, plans.get("scale"))
-    fund(org, "100")
-    a = C // 100
-    for i in range(leases.HOT_IN_FLIGHT):
-        holds.reserve(org, f"h-{i}", a, model="acme/fast", key_id="key_1", now=NOW)
-    slow = leases.reserve(org, "slow", a, model="acme/fast", key_id="key_1", now=NOW)
+    a = A
+    (slow,) = _leased(org, 1, "slow")
     assert slow.lease is not None
-    for i in range(leases.HOT_IN_FLIGHT):
-        holds.release(org, f"h-{i}", a)
     later = datetime.fromtimestamp(slow.lease.expires_at + lease_folds.FOLD_SKEW_SECONDS, UTC)
     assert sweeper.sweep(later)["leases_folded"] == 1
     usage = metering.Usage("acme/fast", "key_1", 10, 20, a)

@@ -223,24 +223,7 @@ def reserve(
             },
         ]
         if limited:
-            actions.append(
-                {
-                    "Update": {
-                        "TableName": table,
-                        "Key": key_limits.key_budget_key(org_id, key_id),
-                        "UpdateExpression": "ADD held :h, room :nh",
-                        "ConditionExpression": "#w = :w AND lim > :zero AND room >= :h",
-                        "ExpressionAttributeNames": {"#w": "window"},
-                        "ExpressionAttributeValues": {
-                            ":h": n(amount),
-                            ":nh": n(-amount),
-                            ":w": s(key_window),
-                            ":zero": n(0),
-                        },
-                        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-                    }
-                }
-            )
+            actions.append(key_limits.budget_take(org_id, key_id, amount, key_window, amount))
         # Every hold of an org writes its wallet: under a burst, DynamoDB cancels those that
         # overlap (TransactionConflict). Nothing is called yet, so a hold may wait longer.
         cancelled = transact_if(actions, attempts=10)

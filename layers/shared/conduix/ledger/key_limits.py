@@ -247,6 +247,28 @@ def _drop_limited_mark(org_id: str, key_id: str) -> None:
     )
 
 
+def budget_take(org_id: str, key_id: str, amount: int, window: str, room_needed: int) -> dict[str, Any]:
+    """The budget's share of a hold (or a lease's slice) of `amount` against the key's limit:
+    held on condition that the budget is in `window`, limited, and has `room_needed`."""
+    return {
+        "Update": {
+            "TableName": settings().billing_table,
+            "Key": key_budget_key(org_id, key_id),
+            "UpdateExpression": "ADD held :h, room :nh",
+            "ConditionExpression": "#w = :w AND lim > :zero AND room >= :need",
+            "ExpressionAttributeNames": {"#w": "window"},
+            "ExpressionAttributeValues": {
+                ":h": n(amount),
+                ":nh": n(-amount),
+                ":w": s(window),
+                ":zero": n(0),
+                ":need": n(room_needed),
+            },
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+    }
+
+
 def budget_close(org_id: str, key_id: str, hold_amount: int, cost: int) -> dict[str, Any]:
     """The budget's share of closing a hold that counted against it: settled (`cost`) or not (0)."""
     return {

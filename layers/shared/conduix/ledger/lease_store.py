@@ -161,26 +161,9 @@ def acquire(org_id: str, key_id: str, amount: int, requests: int, now: datetime)
             }
         },
     ]
-    if key_period:
-        actions.append(
-            {
-                "Update": {
-                    "TableName": table,
-                    "Key": key_limits.key_budget_key(org_id, key_id),
-                    "UpdateExpression": "ADD held :a, room :na",
-                    # (Refused, a per-request hold rolls the window or refuses exactly.)
-                    "ConditionExpression": "#w = :w AND lim > :zero AND room >= :need",
-                    "ExpressionAttributeNames": {"#w": "window"},
-                    "ExpressionAttributeValues": {
-                        ":a": n(amount),
-                        ":na": n(-amount),
-                        ":w": s(clock.limit_window(key_period, now)),
-                        ":zero": n(0),
-                        ":need": n(amount * SLICE_FRACTION),
-                    },
-                }
-            }
-        )
+    if key_period:  # (refused, a per-request hold rolls the window or refuses exactly)
+        budget_window = clock.limit_window(key_period, now)
+        actions.append(key_limits.budget_take(org_id, key_id, amount, budget_window, amount * SLICE_FRACTION))
     cancelled = transact_if(actions)
     if cancelled is not None:
         old = cancelled.old(0)
