@@ -1082,6 +1082,8 @@ class LedgerMachine(RuleBasedStateMachine):
             self._pile_up(env, amount, key, lambda: bool(self.envs[env].mine))
         elif what == "leased":  # the environment has a lease of the key to reserve against
             self._pile_up(env, amount, key, lambda: key in self.envs[env].mine)
+        elif what == "lease-settle":  # a request reserved against a lease is in flight
+            self._pile_up(env, amount, key, lambda: bool(self.lease_flight))
         gate = Gate(busy=True)
         conflicts = self.moto.standin.conflicts
         before = conflicts.cancelled
