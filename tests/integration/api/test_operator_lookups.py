@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from conduix.accounts import orgs
 from conduix.api import admin
 from conduix.api.queries import OrgsQuery
-from conduix.core import errors
+from conduix.core import clock, errors
 from conduix.core.bodies import parse
 from conduix.core.money import NANOS_PER_CREDIT as C
-from conduix.ledger import holds, metering, settles, statements, upkeep, wallets
+from conduix.ledger import holds, leases, metering, settles, statements, upkeep, wallet_settings, wallets
+from conduix.pricing import plans
 
 from tests.integration.helpers import NOW, assert_consistent, fund
 
@@ -108,6 +111,41 @@ def test_releasing_a_stuck_hold_frees_it_once_with_an_audit_entry(org: str) -> N
         admin.release_hold(org, "stuck-1")
     assert wallets.get_wallet(org).balance == 10 * C
     assert admin.list_holds(org)["data"] == []
+
+
+def test_the_holds_listing_shows_a_hot_orgs_open_leases_with_what_they_billed(org: str) -> None:
+    # Given a hot org (8 holds in flight) with a lease of key_1, two requests billed under it
+    wallet_settings.set_plan(org, plans.get("scale"))
+    fund(org, "100")
+    cent = C // 100
+    for i in range(leases.HOT_IN_FLIGHT):
+        holds.reserve(org, f"h-{i}", cent, model="acme/fast", key_id="key_2", now=NOW)
+    served = [
+        leases.reserve(org, f"r-{i}", cent, model="acme/fast", key_id="key_1", now=NOW) for i in range(3)
+    ]
+    lease = served[0].lease
+    assert lease is not None
+    for i, r in enumerate(served[:2]):
+        leases.settle(org, f"r-{i}", r, metering.Usage("acme/fast", "key_1", 1, 1, cent // 2), NOW)
+    # Then the operator sees the holds and the lease: together, what the wallet's held counts
+    listed = admin.list_holds(org)
+    assert len(listed["data"]) == leases.HOT_IN_FLIGHT
+    (shown,) = listed["leases"]
+    assert (shown["lease_id"], shown["key_id"], shown["slice"], shown["spent"]) == (
+        lease.lease_id,
+        "key_1",
+        "0.16",
+        "0.01",
+    )
+    assert (shown["requests"], shown["billed_requests"]) == (16, 2)
+    expires = datetime.fromtimestamp(lease.expires_at, UTC)
+    assert (shown["expires_at"], shown["expired"]) == (clock.iso(expires), expires <= clock.now())
+    held = sum(h.amount for h in holds.open_holds(org)) + lease.amount
+    assert wallets.get_wallet(org).held == held
+    # and once it is folded, no lease is left
+    leases.release(org, "r-2", served[2], NOW)
+    leases.close_all(NOW)
+    assert admin.list_holds(org)["leases"] == []
 
 
 def test_a_settle_that_wins_the_race_leaves_the_release_nothing_to_do(

@@ -16,7 +16,7 @@ from conduix.core.config import settings
 from conduix.core.errors import IdempotencyConflict, InvalidRequest
 from conduix.core.money import format_credits
 from conduix.core.validation import resource_id
-from conduix.ledger import entries, holds, settles, upkeep, wallet_settings, wallets
+from conduix.ledger import entries, holds, lease_store, settles, upkeep, wallet_settings, wallets
 from conduix.payments import reloads
 from conduix.store import schema
 from conduix.store.items import s
@@ -151,11 +151,14 @@ def list_orgs(
 
 
 def list_holds(org_id: str) -> dict[str, Any]:
-    """GET /admin/orgs/{org_id}/holds: open holds, oldest first, with their age."""
+    """GET /admin/orgs/{org_id}/holds: open holds, oldest first, with their age, and the open
+    escrow leases (what else the wallet's held counts)."""
     orgs.get_org(resource_id(org_id, "org"))
     now = int(clock.now().timestamp())
     ttl = settings().hold_ttl_seconds
     org_holds = sorted(holds.open_holds(org_id), key=lambda h: (h.expires_at, h.request_id))
+    open_leases = sorted(lease_store.open_leases(org_id), key=lambda x: (x.expires_at, x.lease_id))
+    spends = lease_store.open_spends(org_id, open_leases)
     return {
         "object": "list",
         "data": [
@@ -171,6 +174,19 @@ def list_holds(org_id: str) -> dict[str, Any]:
                 "expired": h.expires_at <= now,
             }
             for h in org_holds
+        ],
+        "leases": [
+            {
+                "lease_id": x.lease_id,
+                "key_id": x.key_id,
+                "slice": format_credits(x.amount),
+                "spent": format_credits(sum(sp.cost for sp in spends[x.lease_id])),
+                "requests": x.requests,
+                "billed_requests": len(spends[x.lease_id]),
+                "expires_at": clock.iso(datetime.fromtimestamp(x.expires_at, UTC)),
+                "expired": x.expires_at <= now,
+            }
+            for x in open_leases
         ],
         "unit": "credits",
     }

@@ -326,9 +326,24 @@ class Hold(View):
     expired: bool
 
 
+class OpenLease(View):
+    """An escrow lease of a hot org's environment: its slice counts in the wallet's held until
+    it is folded (by its environment, or by HoldSweeper once it expired)."""
+
+    lease_id: str
+    key_id: str
+    slice: Amount
+    spent: Amount = Field(description="Billed under it and not folded yet")
+    requests: int
+    billed_requests: int
+    expires_at: Time
+    expired: bool
+
+
 class HoldList(View):
     object: Literal["list"]
     data: list[Hold] = Field(description="Oldest first")
+    leases: list[OpenLease] = Field(description="Open escrow leases, the soonest to expire first")
     unit: Literal["credits"]
 
 
