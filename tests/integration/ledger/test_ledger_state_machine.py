@@ -1002,7 +1002,9 @@ class LedgerMachine(RuleBasedStateMachine):
         amount=lease_amounts,
         key=st.sampled_from(KEYS),
         gap=st.integers(1, 12),
-        count=st.integers(2, 6),
+        # Up to a first lease's FIRST_LEASE_REQUESTS and more: one that fills within its 30 s
+        # has its successor sized by what it served.
+        count=st.one_of(st.integers(2, 6), st.integers(leases.FIRST_LEASE_REQUESTS, 20)),
     )
     def steady_traffic(self, env: str, amount: int, key: str, gap: int, count: int) -> None:
         """A warm environment serving one key steadily, a request every `gap` seconds (left in
