@@ -1166,6 +1166,50 @@ class LedgerMachine(RuleBasedStateMachine):
                 standin.throttle_next(0)
         assert left == gate.throttles, f"{left} throttles left, the model says {gate.throttles}"
 
+    # ------------------------------------------------------------------ rare paths, driven
+    # Each rule below drives one path the random rules reach only now and then, from whatever
+    # state the example is in (it may find that state cannot lead there, and do less).
+
+    @precondition(lambda self: self.model.rpm_limit // leases.SLICE_FRACTION > leases.FIRST_LEASE_REQUESTS)
+    @rule(env=st.sampled_from(ENVS), amount=lease_amounts, key=st.sampled_from(KEYS))
+    def a_lease_fills_within_its_time(self, env: str, amount: int, key: str) -> None:
+        """An environment's lease fills before its 30 s: the next is sized by what it served."""
+        self._pile_up(env, amount, key, lambda: key in self.envs[env].mine)
+        for _ in range(leases.FIRST_LEASE_REQUESTS + 1):
+            if key not in self.envs[env].mine:
+                return
+            self._lease_reserve(env, self._next("lreq"), amount, key)
+
+    @rule(data=st.data(), env=st.sampled_from(ENVS), amount=lease_amounts, key=st.sampled_from(KEYS))
+    def a_leased_request_outlives_its_lease(
+        self, data: st.DataObject, env: str, amount: int, key: str
+    ) -> None:
+        """A leased request still running when HoldSweeper folds its expired lease: its spend is
+        refused and deferred, then charged on its own from credit nobody holds (or unbilled)."""
+        self._pile_up(env, amount, key, lambda: bool(self.lease_flight))
+        if not self.lease_flight:
+            return
+        rid = self._pick(data, self.lease_flight, "leased request")
+        lease = self.lease_flight[rid][1]
+        folded_at = lease.expires + lease_folds.FOLD_SKEW_SECONDS
+        self.now += timedelta(seconds=max(folded_at - int(self.now.timestamp()), 0))
+        self.sweep()
+        self._lease_settle(data, rid)
+        self.sweep()
+
+    @rule(data=st.data(), env=st.sampled_from(ENVS), amount=lease_amounts, key=st.sampled_from(KEYS))
+    def the_next_lease_is_busy_after_one_ran_its_time(
+        self, data: st.DataObject, env: str, amount: int, key: str
+    ) -> None:
+        """A lease ran its time; its successor meets a throttled wallet (503, no hold) while the
+        retired lease, with nothing in flight, is folded all the same."""
+        self._pile_up(env, amount, key, lambda: key in self.envs[env].mine)
+        lease = self.envs[env].mine.get(key)
+        if lease is None:
+            return
+        self.now += timedelta(seconds=max(lease.use_until - int(self.now.timestamp()), 0))
+        self.throttled(data, env, amount, key, ATTEMPTS, "lease")
+
     # ------------------------------------------------------------------ time, expiry, settings
 
     @rule(
