@@ -1310,7 +1310,15 @@ class LedgerMachine(RuleBasedStateMachine):
         m = self.model
         m.roll(self.now)
         m.capped, m.cap_limit = limit is not None, limit or 0
-        m.cap_debt = max(0, -m.cap_remaining) if m.capped else 0
+        # A lease's spend above its hold reaches month_spent (and so `committed`, which the
+        # cap's floor is set from) only at the fold: until then it is still the month's spend.
+        over_unfolded = sum(
+            cost
+            for lease in m.leases.values()
+            for rid, (cost, period) in lease.spends.items()
+            if rid in self.over and period == m.period
+        )
+        m.cap_debt = max(0, -m.cap_remaining) + over_unfolded if m.capped else 0
 
     @rule(key=st.sampled_from(KEYS), limit=limits)
     def set_key_limit(self, key: str, limit: int | None) -> None:
