@@ -41,11 +41,13 @@ class Faults:
         """The call's name; a hold and a release are transactions, named apart from settles."""
         body = params.get("body") or b"{}"
         actions = json.loads(body).get("TransactItems") or [] if model.name == "TransactWriteItems" else []
-        if model.name == "TransactWriteItems" and len(actions) == 2:
+        if model.name == "TransactWriteItems" and len(actions) >= 2:
             kinds = [next(iter(a)) for a in actions]
-            if kinds == ["Update", "Put"] and actions[1]["Put"]["Item"]["sk"]["S"].startswith("HOLD#"):
+            # (a hold: the wallet, the hold, the key's rate window, perhaps its budget)
+            first, second = actions[0], actions[1]
+            if kinds[:2] == ["Update", "Put"] and second["Put"]["Item"]["sk"]["S"].startswith("HOLD#"):
                 return "Reserve"
-            if kinds == ["Delete", "Update"] and actions[0]["Delete"]["Key"]["sk"]["S"].startswith("HOLD#"):
+            if kinds[:2] == ["Delete", "Update"] and first["Delete"]["Key"]["sk"]["S"].startswith("HOLD#"):
                 return "Release"
         return str(model.name)
 

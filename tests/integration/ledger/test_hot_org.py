@@ -25,6 +25,7 @@ from conduix.ledger import (
     lease_store,
     leases,
     metering,
+    rate_windows,
     settles,
     wallet_settings,
     wallets,
@@ -268,56 +269,75 @@ def _hot(org: str) -> None:
     leases._contended_until[org] = float("inf")
 
 
-def _windows(org: str) -> dict[str, int]:
-    item = dynamo.client().get_item(
-        TableName=settings().billing_table, Key=wallets.wallet_key(org), ConsistentRead=True
-    )["Item"]
-    return {k: int(v["N"]) for k, v in item.get("rpm", {}).get("M", {}).items()}
+def _counted(org: str, key_id: str, at: datetime) -> int:
+    """The key's requests counted in the minute of `at` (its `RPM#<key>@<minute>` item)."""
+    return rate_windows.counted(org, key_id, int(at.timestamp()) // 60)
 
 
-def _serve(org: str, rid: str, at: object) -> leases.Reservation:
-    reservation = leases.reserve(org, rid, C, model="acme/fast", key_id="key_1", now=at)  # type: ignore[arg-type]
-    usage = metering.Usage("acme/fast", "key_1", 1, 1, C // 2)
+def _serve(org: str, rid: str, at: object, key_id: str = "key_1") -> leases.Reservation:
+    reservation = leases.reserve(org, rid, C, model="acme/fast", key_id=key_id, now=at)  # type: ignore[arg-type]
+    usage = metering.Usage("acme/fast", key_id, 1, 1, C // 2)
     assert leases.settle(org, rid, reservation, usage, at) is settles.SettleOutcome.SETTLED  # type: ignore[arg-type]
     return reservation
 
 
-def test_a_lease_outlives_the_minute_it_was_taken_in_and_counts_there(org: str) -> None:
-    # Given a lease taken two seconds before the minute turns
+def test_a_keys_block_outlives_the_minute_it_was_taken_in_and_counts_there(org: str) -> None:
+    # Given a lease and a block of key_1's requests taken two seconds before the minute turns
     _hot(org)
     late = NOW + timedelta(seconds=58)
     first = _serve(org, "r1", late)
     assert first.lease is not None
-    window = f"key_1@{int(late.timestamp()) // 60}"
-    assert _windows(org)[window] == first.lease.requests
-    # When the minute turns, the same lease keeps serving (no renewal at the minute's edge)
+    assert _counted(org, "key_1", late) == leases.BLOCK_FIRST  # the block, counted at once
+    # When the minute turns, the same block and lease keep serving (no renewal at its edge)
     after = late + timedelta(seconds=20)
     second = _serve(org, "r2", after)
     assert second.lease is first.lease
-    # And once it is folded in the next minute, its unused requests are not written back into
-    # the minute that ended (it would come back on the wallet)
-    leases.close_all(after)
+    assert _counted(org, "key_1", after) == 0  # its requests counted where it was taken
+    # And the next block, sized by the last one's rate (2 in 20 s, over 30 s with headroom: 5),
+    # counts in the new minute; what it did not use is given back when the environment stops
+    third = _serve(org, "r3", after + timedelta(seconds=1))
+    assert third.lease is first.lease
+    assert _counted(org, "key_1", after) == 5
+    leases.close_all(after + timedelta(seconds=2))
+    assert _counted(org, "key_1", after) == 1
+    assert _counted(org, "key_1", late) == leases.BLOCK_FIRST
     w = assert_consistent(org)
-    assert (w.balance, w.held, w.lease_count) == (2000 * C - C, 0, 0)
-    assert _windows(org).get(window) == first.lease.requests  # counted where it was taken
+    assert (w.balance, w.held, w.lease_count) == (2000 * C - 3 * (C // 2), 0, 0)
+    assert reconcile.reconcile_org(org) == []
+
+
+def test_one_lease_serves_every_key_of_a_hot_org_and_each_key_counts_its_own_minute(org: str) -> None:
+    # Given a hot org whose traffic is spread over 40 keys
+    _hot(org)
+    served = [_serve(org, f"r{i}", NOW, key_id=f"key_{i % 40}") for i in range(80)]
+    # Then one lease serves them all: the wallet is written once, not once a key
+    lease = served[0].lease
+    assert lease is not None and all(r.lease is lease for r in served[:16])
+    assert wallets.get_wallet(org).lease_count == 1
+    assert lease.key_id == "" and not lease.budget
+    # and each key's block is on an item of that key's minute only
+    for k in range(40):
+        assert _counted(org, f"key_{k}", NOW) == leases.BLOCK_FIRST
+    leases.close_all(NOW)
+    w = assert_consistent(org)
+    assert (w.balance, w.held, w.lease_count) == (2000 * C - 80 * (C // 2), 0, 0)
     assert reconcile.reconcile_org(org) == []
 
 
 def test_a_lease_is_sized_by_what_the_environment_served_under_its_last(org: str) -> None:
     _hot(org)
-    # The first lease of a key is small
+    # The first lease of an org is small
     first = _serve(org, "r0", NOW)
     assert first.lease is not None and first.lease.requests == leases.FIRST_LEASE_REQUESTS
     for i in range(1, leases.FIRST_LEASE_REQUESTS):
         assert _serve(org, f"r{i}", NOW).lease is first.lease
-    # one used up at once asks for its rate over a whole lease (here more than the plan allows
-    # a lease: 1/16 of the key's 6,000 a minute)
-    most = plans.get("scale").requests_per_minute // leases.SLICE_FRACTION
+    # one used up at once asks for its rate over a whole lease: 16 in under a second, with
+    # headroom, over 30 s
     second = _serve(org, "r-next", NOW)
-    assert second.lease is not None and second.lease.requests == most == 375
+    assert second.lease is not None and second.lease.requests == 720
     # the slice follows the requests, at most 1/16 of the credit available (2,000 less the first
     # lease's 16 still held: it is folded once the new one is taken)
-    assert second.lease.amount == min(most * C, (2000 - 16) * C // leases.SLICE_FRACTION) == 124 * C
+    assert second.lease.amount == min(720 * C, (2000 - 16) * C // leases.SLICE_FRACTION) == 124 * C
     # and one that served little over its whole time gives the smallest again
     later = NOW + timedelta(seconds=settings().key_cache_seconds + 1)
     third = _serve(org, "r-later", later)
@@ -325,6 +345,9 @@ def test_a_lease_is_sized_by_what_the_environment_served_under_its_last(org: str
     leases.close_all(later)
     w = assert_consistent(org)
     assert (w.balance, w.held, w.lease_count) == (2000 * C - 18 * (C // 2), 0, 0)
+    # The key's blocks were sized the same way, from 2 (2, then 90, then 22 for 15 served in
+    # 31 s); what they did not use was given back within the minute: it counts the 18 served
+    assert _counted(org, "key_1", NOW) == 18
 
 
 def test_a_hot_org_whose_lease_cannot_land_is_answered_busy_without_a_hold(
@@ -352,21 +375,40 @@ def test_a_hot_org_whose_lease_cannot_land_is_answered_busy_without_a_hold(
     assert (w.balance, w.held, w.lease_count) == (2000 * C - C // 2, 0, 0)
 
 
-def test_a_lease_takes_no_more_of_a_keys_minute_than_the_wallets_own_rate_limit(org: str) -> None:
+def test_a_block_takes_no_more_of_a_keys_minute_than_the_wallets_own_rate_limit(org: str) -> None:
     # Given a key limited to 32 requests a minute by the wallet (a custom limit: the plan's
     # catalog entry says 60), 30 of them held this minute (the org is hot)
     wallet_settings.set_plan(org, dataclasses.replace(plans.get(plans.FREE), requests_per_minute=32))
     fund(org, "100")
     for i in range(30):
         holds.reserve(org, f"h-{i}", C // 100, model="acme/fast", key_id="key_1", now=NOW)
-    # When requests come through leases: a lease takes 32 // 16 = 2 of the minute, no more
+    assert _counted(org, "key_1", NOW) == 30
+    # When requests come through a lease: a block takes 2 of the minute (32 // 16), no more
     first = leases.reserve(org, "r-1", C // 100, model="acme/fast", key_id="key_1", now=NOW)
-    assert first.lease is not None and first.lease.requests == 32 // leases.SLICE_FRACTION
+    assert first.lease is not None and _counted(org, "key_1", NOW) == 32
     second = leases.reserve(org, "r-2", C // 100, model="acme/fast", key_id="key_1", now=NOW)
     assert second.lease is first.lease
     # Then the 33rd request of the minute is refused, as a hold would be
     with pytest.raises(errors.RateLimited):
         leases.reserve(org, "r-3", C // 100, model="acme/fast", key_id="key_1", now=NOW)
+    assert _counted(org, "key_1", NOW) == 32
+    # while the org's other keys are served from the same lease
+    other = leases.reserve(org, "r-4", C // 100, model="acme/fast", key_id="key_2", now=NOW)
+    assert other.lease is first.lease
+
+
+def test_a_key_revoked_while_its_org_holds_a_lease_is_refused_once_the_view_knows(org: str) -> None:
+    _hot(org)
+    first = _serve(org, "r1", NOW)
+    assert first.lease is not None
+    wallets.note_revoked_key(org, "key_1", NOW)
+    wallets.forget_view(org)  # (a view lives key_cache_seconds, as a cached key does)
+    with pytest.raises(errors.Unauthenticated):
+        leases.reserve(org, "r2", C, model="acme/fast", key_id="key_1", now=NOW)
+    assert _serve(org, "r3", NOW, key_id="key_2").lease is first.lease  # the others still lease
+    leases.close_all(NOW)
+    w = assert_consistent(org)
+    assert (w.balance, w.held, w.lease_count) == (2000 * C - 2 * (C // 2), 0, 0)
 
 
 A = C // 100  # a request's hold in the lease tests below

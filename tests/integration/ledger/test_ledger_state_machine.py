@@ -20,10 +20,11 @@ against the model and against itself:
 - each key budget (per-key daily spend limit) holds exactly the key's counted open holds, its
   window's spend, and room = limit - spent - held;
 - escrow leases: held counts open leases, the balance counts their spends only once folded, and
-  each environment's memory (the lease it reserves against per key, what is in flight, and what
-  its last lease of each key served, which sizes its next) is the model's;
-- every rate window kept on the wallet (a key's requests in one minute, held or leased, less what
-  folds gave back while that minute lasted) equals the model's count.
+  each environment's memory (the lease it reserves against, the org's or a limited key's, what is
+  in flight, its block of each key's requests, and what its last lease and blocks served, which
+  sizes the next) is the model's;
+- every key's rate window (`RPM#<key>@<minute>`: the minute's requests held, and blocks taken
+  less what they gave back while that minute lasted) equals the model's count.
 
 A reserve must be refused (rate limit, then cap, then balance, then the key's limit) exactly
 when the model says so; a hot org's lease is taken, sized, answered busy (503, no hold) or left
@@ -74,6 +75,7 @@ from conduix.ledger import (
     lease_store,
     leases,
     metering,
+    rate_windows,
     settles,
     upkeep,
     wallet_settings,
@@ -219,8 +221,7 @@ class ModelLease:
     lease_id: str
     key: str
     amount: int
-    requests: int  # counted in `minute`, the one it was taken in
-    minute: int
+    requests: int  # at most, of any of the org's keys
     taken_at: float
     use_until: int  # key_cache_seconds after it was taken, whatever the minute
     expires: int
@@ -232,6 +233,7 @@ class ModelLease:
     uncertain: bool = False  # a spend's write failed: the environment leaves the fold to HoldSweeper
     open: bool = True  # in the store
     budget: bool = False  # its slice is held against its key's spend limit too
+    keys: set[str] = field(default_factory=set)  # the keys whose requests it served
 
     @property
     def spent(self) -> int:
@@ -246,6 +248,20 @@ class ModelLease:
         )
 
 
+@dataclass(eq=False)
+class ModelBlock:
+    """A block of one key's requests, counted at once in the minute it was taken."""
+
+    minute: int
+    granted: int
+    taken_at: float
+    use_until: float
+    used: int = 0
+
+    def room(self, at: float) -> bool:
+        return self.used < self.granted and at < self.use_until
+
+
 @dataclass
 class Env:
     """One warm execution environment: the product's memory of it, and the model's."""
@@ -255,10 +271,15 @@ class Env:
     contended: dict[str, float] = field(default_factory=dict)  # conduix.ledger.leases._contended_until
     views: dict[str, Any] = field(default_factory=dict)  # conduix.ledger.wallets._views
     last_served: dict[Any, Any] = field(default_factory=dict)  # conduix.ledger.leases._last_served
-    mine: dict[str, ModelLease] = field(default_factory=dict)  # key -> the lease it reserves against
+    blocks: dict[Any, Any] = field(default_factory=dict)  # conduix.ledger.leases._blocks
+    block_served: dict[Any, Any] = field(default_factory=dict)  # conduix.ledger.leases._block_served
+    # slot ("" for the org's, or a limited key) -> the lease it reserves against
+    mine: dict[str, ModelLease] = field(default_factory=dict)
     contended_until: float = 0.0
-    # key -> (requests, seconds) its last retired lease of the key served: what sizes the next
+    # slot -> (requests, seconds) its last retired lease of the slot served: what sizes the next
     served: dict[str, tuple[int, float]] = field(default_factory=dict)
+    my_blocks: dict[str, ModelBlock] = field(default_factory=dict)  # key -> its block of requests
+    block_history: dict[str, tuple[int, float]] = field(default_factory=dict)  # key -> its last block's use
 
 
 @dataclass
@@ -327,10 +348,14 @@ MUST_SEE = (
     "lease:release",
     "lease:retired:full",
     "lease:retired:time",
-    "lease:across-minute",
     "lease:sized-by-history",
-    "lease:unused-given-back",
-    "lease:unused-past-its-minute:env",
+    "lease:many-keys",
+    "block:taken",
+    "block:across-minute",
+    "block:sized-by-history",
+    "block:given-back",
+    "block:refused-hold-instead",
+    "block:busy-503",
     "lease:refused-hold-instead",
     "lease:busy-no-hold",
     "lease:busy-retired-folded",
@@ -370,7 +395,13 @@ class LedgerMachine(RuleBasedStateMachine):
         # env-a runs in the modules' own memory (and runs HoldSweeper); env-b gets its own.
         self.envs = {
             ENVS[0]: Env(
-                ENVS[0], leases._leases, leases._contended_until, wallets._views, leases._last_served
+                ENVS[0],
+                leases._leases,
+                leases._contended_until,
+                wallets._views,
+                leases._last_served,
+                leases._blocks,
+                leases._block_served,
             ),
             ENVS[1]: Env(ENVS[1]),
         }
@@ -406,17 +437,33 @@ class LedgerMachine(RuleBasedStateMachine):
     def _env(self, name: str) -> Iterator[Env]:
         """Run product code as environment `name` (its leases, contention marks and views)."""
         e = self.envs[name]
-        saved = leases._leases, leases._contended_until, wallets._views, leases._last_served
-        leases._leases, leases._contended_until, wallets._views, leases._last_served = (
-            e.leases,
-            e.contended,
-            e.views,
-            e.last_served,
+        saved = (
+            leases._leases,
+            leases._contended_until,
+            wallets._views,
+            leases._last_served,
+            leases._blocks,
+            leases._block_served,
         )
+        (
+            leases._leases,
+            leases._contended_until,
+            wallets._views,
+            leases._last_served,
+            leases._blocks,
+            leases._block_served,
+        ) = (e.leases, e.contended, e.views, e.last_served, e.blocks, e.block_served)
         try:
             yield e
         finally:
-            leases._leases, leases._contended_until, wallets._views, leases._last_served = saved
+            (
+                leases._leases,
+                leases._contended_until,
+                wallets._views,
+                leases._last_served,
+                leases._blocks,
+                leases._block_served,
+            ) = saved
 
     def _next(self, prefix: str) -> str:
         self.seq += 1
@@ -702,12 +749,14 @@ class LedgerMachine(RuleBasedStateMachine):
     def _product_reserve(self, rid: str, amount: int, key: str) -> leases.Reservation:
         return leases.reserve(self.org, rid, amount, model="acme/fast", key_id=key, now=self.now)
 
-    def _lease_reserve(self, env: str, rid: str, amount: int, key: str, gate: Gate = FREE) -> None:
+    def _lease_reserve(
+        self, env: str, rid: str, amount: int, key: str, gate: Gate = FREE, rate_gate: Gate = FREE
+    ) -> None:
         """A request of a hot org through `leases.reserve` in environment `env`: against the
         environment's lease in memory, a new lease, or a per-request hold, as the model says."""
         with self._env(env) as e:
             known = wallets.known_wallet(self.org)  # the environment's view (its refresh follows the clock)
-            expect = self._plan_lease_reserve(e, known, amount, key, gate)
+            expect = self._plan_lease_reserve(e, known, amount, key, gate, rate_gate)
             if expect == "hold":
                 exact = env == ENVS[0] and self.views_exact
                 self._reserve(
@@ -733,48 +782,67 @@ class LedgerMachine(RuleBasedStateMachine):
             self.lease_flight[rid] = (r, expect, env)
 
     def _plan_lease_reserve(
-        self, e: Env, known: wallets.Wallet, amount: int, key: str, gate: Gate
+        self, e: Env, known: wallets.Wallet, amount: int, key: str, gate: Gate, rate_gate: Gate = FREE
     ) -> ModelLease | str:
         """What `leases.reserve` does, step by step, applied to the model: the lease reserved
-        against, "hold" (a per-request hold, predicted by `_reserve`) or "busy" (ServiceBusy)."""
+        against, "hold" (a per-request hold, predicted by `_reserve`) or "busy" (ServiceBusy).
+        `gate`: the stand-in on the wallet; `rate_gate`: on the key's rate window."""
         at = self.now.timestamp()
         eligible = self._lease_eligible(known, amount, key)
+        slot = key if key in known.limited_keys else ""
         for _ in range(2):  # a hold that kept colliding makes the org hot here: one more go
             if self._hot(e, known) and eligible:
-                lease = e.mine.get(key)
-                if lease is not None and lease.room(amount, at):
-                    lease.reserved += amount
-                    lease.inflight += 1
-                    seen["lease:in-memory"] += 1
-                    if minute_of(self.now) != lease.minute:
-                        seen["lease:across-minute"] += 1  # counted in the minute it was taken
-                    if gate.busy:
-                        seen["standin:contended-then-lease"] += 1
-                    return lease
-                retire = None
-                if lease is not None:
-                    seen["lease:retired:full" if at < lease.use_until else "lease:retired:time"] += 1
-                    lease.retired = True
-                    del e.mine[key]
-                    if lease.inflight == 0:
-                        retire = lease
-                    # Its requests billed or still running, over the time it was used.
-                    e.served[key] = (len(lease.spends) + lease.inflight, at - lease.taken_at)
-                requests, slice_ = self._lease_size(e, known, amount, key)
-                fresh: ModelLease | str | None = None
-                if slice_ >= amount and requests >= 2:
-                    fresh = self._acquire(e, known, key, slice_, requests, amount, gate)
-                if retire is not None:
-                    self._close(retire, gate)  # folded even when the new lease could not land
-                if fresh == "busy":
-                    # Contention on the wallet: a 503, with no per-request hold on the same item.
-                    seen["lease:busy-no-hold"] += 1
-                    if retire is not None and not retire.open:
-                        seen["lease:busy-retired-folded"] += 1
-                    return "busy"
-                if isinstance(fresh, ModelLease):
-                    return fresh
-                seen["lease:refused-hold-instead"] += 1
+                block = e.my_blocks.get(key)
+                if block is None or not block.room(at):
+                    if block is not None:
+                        self._retire_block(e, key, block, at)
+                    taken = self._take_block(e, known, key, rate_gate)
+                    if taken == "busy":
+                        seen["block:busy-503"] += 1
+                        return "busy"
+                    block = taken if isinstance(taken, ModelBlock) else None
+                if block is None:  # the key's minute cannot spare a block: a hold counts exactly
+                    seen["block:refused-hold-instead"] += 1
+                else:
+                    lease = e.mine.get(slot)
+                    if lease is not None and lease.room(amount, at):
+                        lease.reserved += amount
+                        lease.inflight += 1
+                        block.used += 1
+                        seen["lease:in-memory"] += 1
+                        if minute_of(self.now) != block.minute:
+                            seen["block:across-minute"] += 1  # counted in the minute it was taken
+                        if key not in lease.keys:
+                            seen["lease:many-keys"] += 1
+                            lease.keys.add(key)
+                        if gate.busy:
+                            seen["standin:contended-then-lease"] += 1
+                        return lease
+                    retire = None
+                    if lease is not None:
+                        seen["lease:retired:full" if at < lease.use_until else "lease:retired:time"] += 1
+                        lease.retired = True
+                        del e.mine[slot]
+                        if lease.inflight == 0:
+                            retire = lease
+                        # Its requests billed or still running, over the time it was used.
+                        e.served[slot] = (len(lease.spends) + lease.inflight, at - lease.taken_at)
+                    requests, slice_ = self._lease_size(e, known, amount, slot)
+                    fresh: ModelLease | str | None = None
+                    if slice_ >= amount and requests >= 2:
+                        fresh = self._acquire(e, known, key, slice_, requests, amount, gate)
+                    if retire is not None:
+                        self._close(retire, gate)  # folded even when the new lease could not land
+                    if fresh == "busy":
+                        # Contention on the wallet: a 503, with no per-request hold on the same item.
+                        seen["lease:busy-no-hold"] += 1
+                        if retire is not None and not retire.open:
+                            seen["lease:busy-retired-folded"] += 1
+                        return "busy"
+                    if isinstance(fresh, ModelLease):
+                        block.used += 1
+                        return fresh
+                    seen["lease:refused-hold-instead"] += 1
             if gate.lands(HOLD_ATTEMPTS):
                 return "hold"
             if self._hot(e, known) or not eligible:
@@ -782,8 +850,52 @@ class LedgerMachine(RuleBasedStateMachine):
             e.contended_until = at + leases.CONTENDED_SECONDS
         raise AssertionError("unreachable")
 
+    def _block_size(self, e: Env, known: wallets.Wallet, key: str) -> int:
+        """A new block's requests: BLOCK_FIRST, then the rate the last one served over a whole
+        block, with HEADROOM; at most 1/SLICE_FRACTION of the key's minute."""
+        most = known.rpm_limit // leases.SLICE_FRACTION
+        served, seconds = e.block_history.get(key, (0, 0.0))
+        if served <= 0:
+            return min(most, leases.BLOCK_FIRST)
+        rate = Fraction(leases.HEADROOM) * served * KEY_CACHE / max(Fraction(seconds), Fraction(1))
+        return min(most, max(leases.BLOCK_FIRST, math.ceil(rate)))
+
+    def _take_block(
+        self, e: Env, known: wallets.Wallet, key: str, rate_gate: Gate
+    ) -> ModelBlock | str | None:
+        """A new block of the key's requests in this minute: "busy" when its write cannot land,
+        None when the minute (by the view's limit) cannot spare it."""
+        m = self.model
+        size = self._block_size(e, known, key)
+        if not rate_gate.lands():
+            return "busy"
+        minute = minute_of(self.now)
+        if m.rpm[(key, minute)] + size > known.rpm_limit:
+            return None
+        if size > leases.BLOCK_FIRST:
+            seen["block:sized-by-history"] += 1
+        m.rpm[(key, minute)] += size
+        at = self.now.timestamp()
+        block = e.my_blocks[key] = ModelBlock(minute, size, at, at + KEY_CACHE)
+        seen["block:taken"] += 1
+        return block
+
+    def _retire_block(self, e: Env, key: str, block: ModelBlock, at: float) -> None:
+        """No more requests from `block`: what it served sizes the next; what it did not use is
+        given back while its minute lasts."""
+        del e.my_blocks[key]
+        e.block_history[key] = (block.used, at - block.taken_at)
+        if block.used < block.granted and int(at) // 60 == block.minute:
+            self.model.rpm[(key, block.minute)] -= block.granted - block.used
+            seen["block:given-back"] += 1
+
     def _lease_eligible(self, known: wallets.Wallet, amount: int, key: str) -> bool:
-        return known.billing_mode == "prepaid" and known.available >= leases.MIN_HOLDS * amount and amount > 0
+        return (
+            known.billing_mode == "prepaid"
+            and known.available >= leases.MIN_HOLDS * amount
+            and amount > 0
+            and known.rpm_limit // leases.SLICE_FRACTION >= leases.BLOCK_FIRST
+        )
 
     def _hot(self, e: Env, known: wallets.Wallet) -> bool:
         return (
@@ -792,13 +904,13 @@ class LedgerMachine(RuleBasedStateMachine):
             or e.contended_until > self.now.timestamp()
         )
 
-    def _lease_size(self, e: Env, known: wallets.Wallet, amount: int, key: str) -> tuple[int, int]:
-        """A new lease's requests and slice: its environment's first lease of the key asks for
+    def _lease_size(self, e: Env, known: wallets.Wallet, amount: int, slot: str) -> tuple[int, int]:
+        """A new lease's requests and slice: its environment's first lease of the slot asks for
         FIRST_LEASE_REQUESTS; a later one for the rate its last one served over a whole lease,
-        with HEADROOM. At most REQUESTS_PER_LEASE and 1/SLICE_FRACTION of the key's minute;
-        the slice is the requests' holds, at most 1/SLICE_FRACTION of what is available."""
-        most = min(leases.REQUESTS_PER_LEASE, known.rpm_limit // leases.SLICE_FRACTION)
-        served, seconds = e.served.get(key, (0, 0.0))
+        with HEADROOM, at most REQUESTS_PER_LEASE; the slice is the requests' holds, at most
+        1/SLICE_FRACTION of what is available."""
+        most = leases.REQUESTS_PER_LEASE
+        served, seconds = e.served.get(slot, (0, 0.0))
         if served <= 0:
             requests = min(most, leases.FIRST_LEASE_REQUESTS)
         else:  # exact arithmetic: a request count, rounded up
@@ -811,16 +923,36 @@ class LedgerMachine(RuleBasedStateMachine):
             slice_ = min(slice_, known.cap_remaining // leases.SLICE_FRACTION)
         return requests, slice_
 
+    def _slot(self, key: str) -> str:
+        """The lease a key's requests use (as the model knows the key's limit)."""
+        return key if key in self.model.key_limit else ""
+
+    def _takes_block(self, env: str, amount: int, key: str) -> bool:
+        """Would this request of `env` take a new block of the key's requests?"""
+        with self._env(env) as e:
+            known = wallets.known_wallet(self.org)
+        if not (self._hot(e, known) and self._lease_eligible(known, amount, key)):
+            return False
+        block = e.my_blocks.get(key)
+        return block is None or not block.room(self.now.timestamp())
+
     def _takes_lease(self, env: str, amount: int, key: str) -> bool:
         """Would this request of `env` try to take a new lease (a write to the wallet)?"""
         with self._env(env) as e:
             known = wallets.known_wallet(self.org)
         if not (self._hot(e, known) and self._lease_eligible(known, amount, key)):
             return False
-        lease = e.mine.get(key)
-        if lease is not None and lease.room(amount, self.now.timestamp()):
+        at = self.now.timestamp()
+        block = e.my_blocks.get(key)
+        if block is None or not block.room(at):
+            unused = block.granted - block.used if block and int(at) // 60 == block.minute else 0
+            counted = self.model.rpm[(key, minute_of(self.now))] - unused
+            if counted + self._block_size(e, known, key) > known.rpm_limit:
+                return False  # no block: a hold
+        lease = e.mine.get(key if key in known.limited_keys else "")
+        if lease is not None and lease.room(amount, at):
             return False
-        requests, slice_ = self._lease_size(e, known, amount, key)
+        requests, slice_ = self._lease_size(e, known, amount, key if key in known.limited_keys else "")
         return slice_ >= amount and requests >= 2
 
     def _acquire(
@@ -830,10 +962,7 @@ class LedgerMachine(RuleBasedStateMachine):
         or throttles), None when the wallet's conditions refuse it."""
         m = self.model
         at = int(self.now.timestamp())
-        minute = at // 60
         use_until = at + KEY_CACHE  # whatever the minute: no lease ends with it
-        if requests > known.rpm_limit:
-            return None  # no write
         if not gate.lands():
             seen["lease:acquire-busy" if gate.busy else "standin:throttled-lease-not-taken"] += 1
             return "busy"
@@ -853,19 +982,18 @@ class LedgerMachine(RuleBasedStateMachine):
             and known.rpm_limit == m.rpm_limit
             and budget == (key in m.key_limit)
             and budget_lands
-            and m.rpm[(key, minute)] + requests <= m.rpm_limit
             and m.available >= slice_
             and (not m.capped or m.cap_remaining >= slice_)
             and known.billing_mode == ("invoice" if m.invoice else "prepaid")
         )
         if not lands:
             return None
+        slot = key if budget else ""  # the org's lease, or a limited key's own
         lease = ModelLease(
             "",
-            key,
+            slot,
             slice_,
             requests,
-            minute,
             self.now.timestamp(),
             use_until,
             use_until + lease_store.SETTLE_MARGIN_SECONDS,
@@ -873,10 +1001,10 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         lease.reserved, lease.inflight = amount, 1
         lease.budget = budget
+        lease.keys.add(key)
         if budget:
             seen["lease:key-budget"] += 1
-        m.rpm[(key, minute)] += requests
-        e.mine[key] = lease
+        e.mine[slot] = lease
         seen["lease:acquired"] += 1
         return lease
 
@@ -894,18 +1022,12 @@ class LedgerMachine(RuleBasedStateMachine):
                 self.views_exact = False
 
     def _fold(self, lease: ModelLease, by: str) -> None:
-        """Debit the lease's spends, return its slice and unused requests, add its usage rows."""
+        """Debit the lease's spends, return its slice, add its usage rows."""
         m = self.model
         m.roll(self.now)
         in_month = sum(cost for cost, period in lease.spends.values() if period == m.period)
         m.balance -= lease.spent
         m.month_spent += in_month
-        unused = max(lease.requests - len(lease.spends), 0)
-        if minute_of(self.now) == lease.minute:  # given back only while the lease's minute lasts
-            m.rpm[(lease.key, lease.minute)] -= unused
-            seen["lease:unused-given-back" if unused else "lease:used-up"] += 1
-        elif unused:  # (HoldSweeper always folds past the minute, and prunes the window at once)
-            seen[f"lease:unused-past-its-minute:{by}"] += 1
         self.billed_requests += len(lease.spends)
         self.billed_credits += lease.spent
         if lease.budget:  # its spends count in the window the key's budget is at
@@ -1038,6 +1160,9 @@ class LedgerMachine(RuleBasedStateMachine):
             e.mine.clear()
             for lease in held:
                 lease.retired = True
+            at = self.now.timestamp()
+            for key, block in list(e.my_blocks.items()):  # (given back before the folds)
+                self._retire_block(e, key, block, at)
             for lease in held:
                 if lease.inflight == 0:
                     self._close(lease, gate)
@@ -1059,6 +1184,8 @@ class LedgerMachine(RuleBasedStateMachine):
         e.mine.clear()
         e.contended_until = 0.0
         e.served.clear()  # its leases' history went with it: its next lease is a first one
+        e.my_blocks.clear()  # its blocks' unused requests stay counted in their minutes
+        e.block_history.clear()
         for rid in [rid for rid, (_, _, where) in self.lease_flight.items() if where == env]:
             del self.lease_flight[rid]
         seen["env:died"] += 1
@@ -1083,7 +1210,7 @@ class LedgerMachine(RuleBasedStateMachine):
         if what == "close-all":
             self._pile_up(env, amount, key, lambda: bool(self.envs[env].mine))
         elif what == "leased":  # the environment has a lease of the key to reserve against
-            self._pile_up(env, amount, key, lambda: key in self.envs[env].mine)
+            self._pile_up(env, amount, key, lambda: self._slot(key) in self.envs[env].mine)
         elif what == "lease-settle":  # a request reserved against a lease is in flight
             self._pile_up(env, amount, key, lambda: bool(self.lease_flight))
         gate = Gate(busy=True)
@@ -1120,7 +1247,7 @@ class LedgerMachine(RuleBasedStateMachine):
         key=st.sampled_from(KEYS),
         # As many as the retries about half the time: the paths where a write gives up.
         throttles=st.one_of(st.integers(1, ATTEMPTS), st.just(ATTEMPTS)),
-        what=st.sampled_from(["reserve", "lease", "spend", "close-all"]),
+        what=st.sampled_from(["reserve", "lease", "block", "spend", "close-all"]),
     )
     def throttled(
         self, data: st.DataObject, env: str, amount: int, key: str, throttles: int, what: str
@@ -1129,15 +1256,20 @@ class LedgerMachine(RuleBasedStateMachine):
         and the write lands late; as many and it gives up (ServiceBusy), and the product answers
         as the model says: a new lease not taken (503 busy, no hold; a lease it retired is still
         folded), a spend kept as a deferred settle (charged once by HoldSweeper), a fold left to
-        HoldSweeper. "lease": requests pile up first until the next one takes a lease."""
+        HoldSweeper, a block of a key's requests not taken (503 busy, no hold). "lease" and
+        "block": requests pile up first until the next one takes a lease, or a block."""
         gate = Gate(throttles=throttles)
         standin = self.moto.standin
         if what == "lease":
             self._pile_up(env, amount, key, lambda: self._takes_lease(env, amount, key))
             # Its requests in flight fail first: the lease this one retires is folded at once.
-            mine = self.envs[env].mine.get(key)
+            mine = self.envs[env].mine.get(self._slot(key))
             for rid in [rid for rid, (_, lease, _) in self.lease_flight.items() if lease is mine]:
                 self._lease_release(rid)
+        elif what == "block":
+            self._pile_up(env, amount, key, lambda: self._takes_block(env, amount, key))
+            if not self._takes_block(env, amount, key):
+                return
         elif what == "spend":
             self._pile_up(env, amount, key, lambda: bool(self.lease_flight))
         elif what == "close-all":
@@ -1151,6 +1283,14 @@ class LedgerMachine(RuleBasedStateMachine):
             standin.throttle_next(throttles, [spend])
             try:
                 self._lease_settle(data, rid, spend_gate=gate)
+            finally:
+                left = standin.throttles_pending
+                standin.throttle_next(0)
+        elif what == "block":  # the key's window of this minute
+            window = rate_windows.window_key(self.org, key, minute_of(self.now))
+            standin.throttle_next(throttles, [item_key(config.settings().billing_table, window)])
+            try:
+                self._lease_reserve(env, self._next("lreq"), amount, key, rate_gate=gate)
             finally:
                 left = standin.throttles_pending
                 standin.throttle_next(0)
@@ -1174,9 +1314,9 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(env=st.sampled_from(ENVS), amount=lease_amounts, key=st.sampled_from(KEYS))
     def a_lease_fills_within_its_time(self, env: str, amount: int, key: str) -> None:
         """An environment's lease fills before its 30 s: the next is sized by what it served."""
-        self._pile_up(env, amount, key, lambda: key in self.envs[env].mine)
+        self._pile_up(env, amount, key, lambda: self._slot(key) in self.envs[env].mine)
         for _ in range(leases.FIRST_LEASE_REQUESTS + 1):
-            if key not in self.envs[env].mine:
+            if self._slot(key) not in self.envs[env].mine:
                 return
             self._lease_reserve(env, self._next("lreq"), amount, key)
 
@@ -1203,8 +1343,8 @@ class LedgerMachine(RuleBasedStateMachine):
     ) -> None:
         """A lease ran its time; its successor meets a throttled wallet (503, no hold) while the
         retired lease, with nothing in flight, is folded all the same."""
-        self._pile_up(env, amount, key, lambda: key in self.envs[env].mine)
-        lease = self.envs[env].mine.get(key)
+        self._pile_up(env, amount, key, lambda: self._slot(key) in self.envs[env].mine)
+        lease = self.envs[env].mine.get(self._slot(key))
         if lease is None:
             return
         self.now += timedelta(seconds=max(lease.use_until - int(self.now.timestamp()), 0))
@@ -1398,33 +1538,36 @@ class LedgerMachine(RuleBasedStateMachine):
             lease_id: (
                 int(i["amount"]["N"]),
                 int(i["requests"]["N"]),
-                int(i["minute"]["N"]),
                 int(i["lease_expires"]["N"]),
                 i["key_id"]["S"],
             )
             for lease_id, i in open_leases.items()
-        } == {x.lease_id: (x.amount, x.requests, x.minute, x.expires, x.key) for x in m.leases.values()}
+        } == {x.lease_id: (x.amount, x.requests, x.expires, x.key) for x in m.leases.values()}
         assert {(i["lease_id"]["S"], i["request_id"]["S"]): int(i["cost"]["N"]) for i in spends} == {
             (x.lease_id, rid): cost for x in m.leases.values() for rid, (cost, _) in x.spends.items()
         }, "a spend was lost, or billed in a lease twice"
-        # Each environment's memory: the lease it reserves against per key, with what is in flight.
+        # Each environment's memory: the lease it reserves against per slot (the org's, or a
+        # limited key's), with what is in flight, and its block of each key's requests.
         for e in self.envs.values():
-            got_env = {key: (x.lease_id, x.reserved, x.inflight) for (_, key), x in e.leases.items()}
-            assert got_env == {key: (x.lease_id, x.reserved, x.inflight) for key, x in e.mine.items()}
-            # ...and what its retired leases served, which sizes its next ones (its own, per key).
-            assert {key: sv for (_, key), sv in e.last_served.items()} == e.served
+            got_env = {slot: (x.lease_id, x.reserved, x.inflight) for (_, slot), x in e.leases.items()}
+            assert got_env == {slot: (x.lease_id, x.reserved, x.inflight) for slot, x in e.mine.items()}
+            got_blocks = {key: (b.minute, b.granted, b.used) for (_, key), b in e.blocks.items()}
+            assert got_blocks == {key: (b.minute, b.granted, b.used) for key, b in e.my_blocks.items()}
+            # ...and what its retired leases and blocks served, which sizes the next ones.
+            assert {slot: sv for (_, slot), sv in e.last_served.items()} == e.served
+            assert {key: sv for (_, key), sv in e.block_served.items()} == e.block_history
             assert (e.contended.get(self.org, 0.0) > _SIM_CLOCK[0]) == (e.contended_until > _SIM_CLOCK[0])
         assert {h.request_id: (h.amount, h.expires_at) for h in org_holds} == m.holds
-        # The keys' rate windows: each minute's requests held or leased, less what folds gave
-        # back while it lasted. Holds and HoldSweeper drop past minutes; a window kept is exact.
+        # The keys' rate windows, each an item of its own: every minute's requests held, and
+        # blocks taken less what they gave back while it lasted. The wallet keeps none.
+        windows: dict[tuple[str, int], int] = {}
+        for i in items:
+            if i["sk"]["S"].startswith(schema.RATE) and int(i["requests"]["N"]):
+                key, _, minute = i["sk"]["S"].removeprefix(schema.RATE).rpartition("@")
+                windows[(key, int(minute))] = int(i["requests"]["N"])
+        assert windows == {window: count for window, count in m.rpm.items() if count}, "a rate window"
         wallet_item = next(i for i in items if i["sk"]["S"] == schema.WALLET)
-        windows = {w: int(v["N"]) for w, v in wallet_item.get("rpm", {}).get("M", {}).items()}
-        for window, count in windows.items():
-            key, _, minute = window.rpartition("@")
-            assert count == m.rpm[(key, int(minute))], f"rate window {window}: {count} in the store"
-        for key in KEYS:
-            current = f"{key}@{minute_of(self.now)}"
-            assert windows.get(current, 0) == m.rpm[(key, minute_of(self.now))], f"rate window {current}"
+        assert "rpm" not in wallet_item
         got = (w.balance, w.held, w.available, w.period, w.month_spent, w.committed)
         assert got == (m.balance, m.held, m.available, m.period, m.month_spent, m.committed)
         assert (w.capped, w.cap_limit, w.cap_remaining) == (m.capped, m.cap_limit, m.cap_remaining)
@@ -1535,25 +1678,32 @@ def test_a_lease_outlives_its_minute_and_a_busy_one_takes_no_hold(
     m.time_passes(seconds=15, new_month=1, offset=0)  # past its 30 s
     m.wallet_in_a_transaction(none, env=ENVS[0], amount=1000, key=KEYS[0], what="reserve")
     m.store_matches_model_and_itself()
-    assert seen["lease:acquired"] == 2 and seen["lease:across-minute"] == 1
+    assert seen["lease:acquired"] == 2 and seen["block:across-minute"] == 1
     assert seen["lease:busy-no-hold"] == 1 and seen["lease:retired:time"] == 1
-    # The next lease is sized by the 2 requests its last one served in 35 s (the floor, here).
-    assert m.envs[ENVS[0]].served == {KEYS[0]: (2, 35.0)}
+    # The next lease is sized by the 2 requests its last one served in 35 s (the floor, here),
+    # and so was the key's next block.
+    assert m.envs[ENVS[0]].served == {"": (2, 35.0)}
+    assert m.envs[ENVS[0]].block_history == {KEYS[0]: (2, 35.0)}
 
 
-def test_the_rate_windows_on_the_wallet_stay_bounded(hold_ttl: None) -> None:
+def test_a_keys_requests_are_counted_on_items_of_their_own_that_expire(hold_ttl: None) -> None:
     """The wallet is the hottest item: whatever it accumulates makes every write dearer, and at
-    400 KB DynamoDB refuses to write it at all. Reserves drop their key's previous minute;
-    HoldSweeper drops what a paused key left behind."""
+    400 KB DynamoDB refuses to write it at all. A key's minute is an item of its own, which the
+    table's TTL deletes a few minutes after the minute is over."""
     org = orgs.create_org("Windows", "w@example.test", NOW).org_id
     entries.post_entry(org, kind="grant", key="seed", amount=100 * C, description="t", now=NOW)
     for i in range(10):  # one request every third minute
         now = NOW + timedelta(minutes=3 * i)
         holds.reserve(org, f"req-{i}", 1, model="acme/fast", key_id="key_1", now=now)
         holds.release(org, f"req-{i}", 1)
-        sweeper.sweep(now)  # HoldSweeper runs every minute over the wallets in use
     item = dynamo.client().get_item(
         TableName=config.settings().billing_table, Key=wallets.wallet_key(org), ConsistentRead=True
     )["Item"]
-    windows = sorted(item.get("rpm", {}).get("M", {}))
-    assert len(windows) <= 2, f"{len(windows)} rate windows kept on the wallet: {windows}"
+    assert "rpm" not in item
+    windows = {i["sk"]["S"]: i for i in _partition(org) if i["sk"]["S"].startswith(schema.RATE)}
+    assert len(windows) == 10
+    for i in range(10):
+        minute = minute_of(NOW + timedelta(minutes=3 * i))
+        window = windows[f"{schema.RATE}key_1@{minute}"]
+        assert int(window["requests"]["N"]) == 1  # (a released request still counts)
+        assert int(window["expires_at"]["N"]) == (minute + 1 + rate_windows.KEEP_MINUTES) * 60

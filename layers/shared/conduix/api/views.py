@@ -331,7 +331,7 @@ class OpenLease(View):
     it is folded (by its environment, or by HoldSweeper once it expired)."""
 
     lease_id: str
-    key_id: str
+    key_id: str = Field(description="The key whose spend limit it also holds; empty: any of the org's keys")
     slice: Amount
     spent: Amount = Field(description="Billed under it and not folded yet")
     requests: int

@@ -84,7 +84,6 @@ def sweep(now: datetime) -> dict[str, Any]:
             # Deferred settles and folds (here, or by a lease's environment since the last run)
             # carry no alert guard: the org's thresholds are checked here, within a minute.
             _check_alerts(org_id, now)
-            upkeep.prune_rate_windows(org_id, now)
             if all(h.expires_at <= cutoff for h in org_holds):
                 upkeep.forget_if_idle(org_id)
     telemetry.holds_released(released)

@@ -2,8 +2,9 @@
 
 The wallet keeps sums only: a hold is an item of its own (`HOLD#<request id>`), written in the
 same transaction as the wallet's sums, so no item grows with the number of requests in flight.
-That one conditional write also refuses a revoked key, a key over its requests per minute or
-its spend limit (key_limits), the spend cap and a short balance. Settle (settles), release and
+That one transaction also refuses a revoked key, a key over its requests per minute (its
+minute's count, rate_windows) or its spend limit (key_limits), the spend cap and a short
+balance. Settle (settles), release and
 HoldSweeper close a hold by deleting its item on condition that it still exists, so exactly
 one of them wins.
 """
@@ -25,7 +26,7 @@ from conduix.core.errors import (
     Unauthenticated,
 )
 from conduix.core.money import format_credits
-from conduix.ledger import entries, key_limits, wallets
+from conduix.ledger import entries, key_limits, rate_windows, wallets
 from conduix.pricing import plans
 from conduix.store import schema
 from conduix.store.dynamo import transact_if
@@ -57,16 +58,16 @@ class Reservation:
         return self.wallet.balance
 
 
-def _refusal(org_id: str, old: Item, amount: int, window: str, now: datetime) -> Exception | None:
+def _rate_limited(limit: int, plan: str, now: datetime) -> RateLimited:
+    return RateLimited(
+        f"Rate limit reached: {limit} requests per minute for this API key on the "
+        f"{plans.get(plan).name} plan. Retry after the minute turns.",
+        retry_after_seconds=60 - now.second,
+    )
+
+
+def _refusal(org_id: str, old: Item, amount: int) -> Exception | None:
     wallet = wallets.wallet_from_item(org_id, old)
-    used = int(old.get("rpm", {}).get("M", {}).get(window, {}).get("N", 0))
-    limit = as_int(old, "rpm_limit")
-    if used >= limit:
-        return RateLimited(
-            f"Rate limit reached: {limit} requests per minute for this API key on the "
-            f"{plans.get(wallet.plan).name} plan. Retry after the minute turns.",
-            retry_after_seconds=60 - now.second,
-        )
     if wallet.capped and wallet.cap_remaining < amount:
         return SpendCapExceeded(
             f"Monthly spend cap of {format_credits(wallet.cap_limit)} credits reached for {wallet.period} "
@@ -158,7 +159,6 @@ def reserve(
         "key_id": s(key_id),
     }
     minute = int(now.timestamp()) // 60
-    window, previous = f"{key_id}@{minute}", f"{key_id}@{minute - 1}"
     table = settings().billing_table
     lagging = ""  # the budget's window, when our clock lags its writer's
     for _ in range(5):
@@ -174,12 +174,9 @@ def reserve(
                 "Update": {
                     "TableName": table,
                     "Key": wallets.wallet_key(org_id),
-                    # The key's request count for this minute rides on the same write; the
-                    # previous minute's count is dropped so the map stays small.
                     "UpdateExpression": (
                         "SET sweep_shard = :shard "
-                        "ADD held :h, available :nh, committed :h, cap_remaining :nh, hold_count :one, "
-                        "rpm.#win :one REMOVE rpm.#prev"
+                        "ADD held :h, available :nh, committed :h, cap_remaining :nh, hold_count :one"
                     ),
                     "ConditionExpression": (
                         "#period = :p AND attribute_not_exists(revoked_keys.#kid) "
@@ -188,14 +185,12 @@ def reserve(
                             if limited
                             else "AND attribute_not_exists(limited_keys.#kid) "
                         )
-                        + "AND (attribute_not_exists(rpm.#win) OR rpm.#win < rpm_limit) "
+                        + "AND rpm_limit = :limit "  # what the key's count is compared with
                         "AND (billing_mode = :invoice OR available >= :h) "
                         "AND (capped = :false OR cap_remaining >= :h) AND " + same
                     ),
                     "ExpressionAttributeNames": {
                         "#period": "period",
-                        "#win": window,
-                        "#prev": previous,
                         "#kid": key_id,
                         "#plan": "plan",
                     },
@@ -205,6 +200,7 @@ def reserve(
                         ":h": n(amount),
                         ":nh": n(-amount),
                         ":p": s(period),
+                        ":limit": n(known.rpm_limit),
                         ":invoice": s("invoice"),
                         ":false": {"BOOL": False},
                         **({":kperiod": s(key_period)} if limited else {}),
@@ -222,6 +218,7 @@ def reserve(
                 }
             },
         ]
+        actions.append(rate_windows.count_one(org_id, key_id, minute, known.rpm_limit))
         if limited:
             actions.append(key_limits.budget_take(org_id, key_id, amount, key_window, amount))
         # Every hold of an org writes its wallet: under a burst, DynamoDB cancels those that
@@ -249,12 +246,18 @@ def reserve(
                     continue
                 if key_id in old.get("revoked_keys", {}).get("M", {}):
                     raise Unauthenticated(wallets.REVOKED_MESSAGE) from None
-                refusal = _refusal(org_id, old, amount, window, now)
+                if as_int(old, "rpm_limit") != known.rpm_limit:
+                    continue  # the plan's limit changed: count against the new one
+                if cancelled.failed(2):  # the key's minute is full: refused first, as the plan's limit
+                    raise _rate_limited(known.rpm_limit, known.plan, now) from None
+                refusal = _refusal(org_id, old, amount)
                 if refusal:
                     raise refusal from None
                 continue  # the state it failed on (or the settings the view knew) changed: try again
-            if limited and cancelled.failed(2):
-                budget = key_limits.budget_from_item(key_id, cancelled.old(2))
+            if cancelled.failed(2):
+                raise _rate_limited(known.rpm_limit, known.plan, now) from None
+            if limited and cancelled.failed(3):
+                budget = key_limits.budget_from_item(key_id, cancelled.old(3))
                 if budget is None or not budget.limit or budget.period != key_period:
                     wallets.forget_view(org_id)  # changed meanwhile (the wallet's mark said so too)
                     lagging = ""

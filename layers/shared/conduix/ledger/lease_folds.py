@@ -30,11 +30,9 @@ def fold(
     now: datetime,
     *,
     key_id: str = "",
-    minute: int = 0,
-    unused_requests: int = 0,
     budget: bool = False,
 ) -> bool:
-    """Debit `spends`, return the lease's slice and unused requests, add its usage rows and
+    """Debit `spends`, return the lease's slice, add its usage rows and
     close the lease, in one transaction (with `budget`, the key's budget item too: its spends
     count in the window the item is at, as a hold's settle does). False if the lease was
     folded already. Its spend records stay (until the table's TTL): a spend is unfolded while
@@ -60,12 +58,6 @@ def fold(
             "cap_remaining :cap, lease_count :minus"
         )
         values[":minus"] = n(-1)
-        # Given back only while the lease's minute lasts: a past window is gone (or going) from
-        # the wallet, and adding to it would bring it back.
-        if unused_requests and int(now.timestamp()) // 60 == minute:
-            names["#win"] = f"{key_id}@{minute}"
-            values[":unused"] = n(-unused_requests)
-            update += ", rpm.#win :unused"
         actions: list[Any] = [
             {
                 "Delete": {
@@ -129,7 +121,6 @@ def sweep(org_id: str, now: datetime) -> int:
     folded = 0
     for lease_id, mine in open_spends(org_id, expired).items():
         lease = next(x for x in expired if x.lease_id == lease_id)
-        unused = max(lease.requests - len(mine), 0)
         try:
             done = fold(
                 org_id,
@@ -138,8 +129,6 @@ def sweep(org_id: str, now: datetime) -> int:
                 mine,
                 now,
                 key_id=lease.key_id,
-                minute=lease.minute,
-                unused_requests=unused,
                 budget=lease.budget,
             )
         except (ServiceBusy, Conflict):  # the wallet stayed busy: the next run folds it

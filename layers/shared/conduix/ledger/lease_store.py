@@ -1,7 +1,7 @@
 """Escrow leases in the store: the `LEASE#<id>` item and its `LSPEND#<lease>#<request>` spend
 records (the design, its invariants and failure cases: `conduix.ledger.leases`).
 
-`acquire` takes a slice of the wallet's credit, cap and one key's requests with one
+`acquire` takes a slice of the wallet's credit and cap (and of a limited key's budget) with one
 transaction; `record` bills one request of a lease with items nobody else writes; what is
 still open is read back by `open_leases`, `open_spends` and `unfolded`. Folding a lease back
 into the wallet is `conduix.ledger.lease_folds`.
@@ -48,11 +48,10 @@ class Spend:
 @dataclass
 class Lease:
     org_id: str
-    key_id: str
+    key_id: str  # a key with a spend limit, whose budget the slice is held in too; or "" (any key)
     lease_id: str
     amount: int
-    requests: int  # of `key_id`, counted in `minute` (when the lease was taken)
-    minute: int
+    requests: int  # at most, whatever their keys (each key's are counted in its rate windows)
     use_until: float  # epoch seconds: no new reservation after this
     taken_at: float  # epoch seconds
     expires_at: int  # epoch seconds: HoldSweeper folds it after this
@@ -80,27 +79,21 @@ class Lease:
 
 
 def acquire(org_id: str, key_id: str, amount: int, requests: int, now: datetime) -> Lease | None:
-    """Lease `amount` and `requests` of `key_id` (counted in the current minute) in one transaction, or None
-    when the wallet cannot spare them (the caller takes a per-request hold, which refuses
-    precisely)."""
+    """Lease `amount` for up to `requests` requests in one transaction, or None when the wallet
+    cannot spare it (the caller takes a per-request hold, which refuses precisely).
+
+    A lease is the org's, for any of its keys without a spend limit (`key_id` is the key of the
+    request that takes it); a key with a spend limit (as the view knows it) leases its own,
+    from its budget too. A key's requests per minute are counted apart (rate_windows)."""
     known = wallets.known_wallet(org_id)
-    # The key's rate limit is the wallet's own (what a hold compares), not the plan's catalog
-    # entry: a custom limit, or a catalog changed since, must bound a lease's requests too.
-    limit = known.rpm_limit
-    if requests > limit:
-        return None
+    key_period = known.limited_keys.get(key_id, "")
     at = int(now.timestamp())
-    minute = at // 60
-    window = f"{key_id}@{minute}"
     lease_id = secrets.token_hex(8)
     # Reserve no longer than a warm function may trust a key; a request reserved by then has
     # settled SETTLE_MARGIN_SECONDS later, when the lease expires.
     use_until = at + settings().key_cache_seconds
     expires = use_until + SETTLE_MARGIN_SECONDS
     same, same_values = holds.same_settings(known)
-    # A key with a spend limit leases its slice from the key's budget item too, in the same
-    # transaction, as its hold would; only while the budget's room is SLICE_FRACTION slices.
-    key_period = known.limited_keys.get(key_id, "")
     table = settings().billing_table
     actions: list[Any] = [
         {
@@ -109,8 +102,10 @@ def acquire(org_id: str, key_id: str, amount: int, requests: int, now: datetime)
                 "Key": wallets.wallet_key(org_id),
                 "UpdateExpression": (
                     "SET sweep_shard = :shard ADD held :a, available :na, committed :a, cap_remaining :na, "
-                    "lease_count :one, rpm.#win :r"
+                    "lease_count :one"
                 ),
+                # The requesting key's marks are checked as a hold would: a view that missed a
+                # revocation or a new limit learns it here (the others' come with the view).
                 "ConditionExpression": (
                     "#period = :p AND attribute_not_exists(revoked_keys.#kid) AND "
                     + (
@@ -118,23 +113,16 @@ def acquire(org_id: str, key_id: str, amount: int, requests: int, now: datetime)
                         if key_period
                         else "attribute_not_exists(limited_keys.#kid) "
                     )
-                    + "AND rpm_limit = :limit AND (attribute_not_exists(rpm.#win) OR rpm.#win <= :room) "
-                    "AND available >= :a AND (capped = :false OR cap_remaining >= :a) AND " + same
+                    + "AND rpm_limit = :limit AND available >= :a "
+                    "AND (capped = :false OR cap_remaining >= :a) AND " + same
                 ),
-                "ExpressionAttributeNames": {
-                    "#period": "period",
-                    "#win": window,
-                    "#kid": key_id,
-                    "#plan": "plan",
-                },
+                "ExpressionAttributeNames": {"#period": "period", "#kid": key_id, "#plan": "plan"},
                 "ExpressionAttributeValues": {
                     ":shard": s(wallets.sweep_shard(org_id)),
                     ":a": n(amount),
                     ":na": n(-amount),
                     ":one": n(1),
-                    ":r": n(requests),
-                    ":room": n(limit - requests),
-                    ":limit": n(limit),
+                    ":limit": n(known.rpm_limit),
                     ":p": s(clock.period_of(now)),
                     ":false": {"BOOL": False},
                     **({":kperiod": s(key_period)} if key_period else {}),
@@ -149,10 +137,9 @@ def acquire(org_id: str, key_id: str, amount: int, requests: int, now: datetime)
                 "Item": {
                     **lease_key(org_id, lease_id),
                     "lease_id": s(lease_id),
-                    "key_id": s(key_id),
+                    "key_id": s(key_id if key_period else ""),
                     "amount": n(amount),
                     "requests": n(requests),
-                    "minute": n(minute),
                     "lease_expires": n(expires),  # not `expires_at`, the table's TTL attribute
                     "created_at": s(clock.iso(now)),
                     **({"budget_key": s(key_id)} if key_period else {}),
@@ -173,11 +160,10 @@ def acquire(org_id: str, key_id: str, amount: int, requests: int, now: datetime)
     wallets.moved(org_id, held=amount, leases=1)
     return Lease(
         org_id,
-        key_id,
+        key_id if key_period else "",
         lease_id,
         amount,
         requests,
-        minute,
         float(use_until),
         now.timestamp(),
         expires,
@@ -285,7 +271,6 @@ class OpenLease:
     key_id: str
     amount: int
     requests: int
-    minute: int
     expires_at: int
     budget: bool = False
 
@@ -297,7 +282,6 @@ def open_leases(org_id: str) -> list[OpenLease]:
             as_str(i, "key_id"),
             as_int(i, "amount"),
             as_int(i, "requests"),
-            as_int(i, "minute"),
             as_int(i, "lease_expires"),
             bool(as_str(i, "budget_key")),
         )

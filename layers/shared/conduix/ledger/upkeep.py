@@ -1,10 +1,8 @@
 """Upkeep of wallets and holds outside a request, for HoldSweeper and the operator.
 
 The sweep index lists the wallets that may hold credits (`sweep_shard`, set by every hold
-and lease; a deferred settle carries it too); a wallet leaves it once idle. HoldSweeper also
-prunes the per-key request counts of minutes that are over, so the wallet (the hottest item)
-stays small. The operator frees one stuck
-hold by hand, on the same condition as HoldSweeper's release, with an audit entry in the
+and lease; a deferred settle carries it too); a wallet leaves it once idle. The operator
+frees one stuck hold by hand, on the same condition as HoldSweeper's release, with an audit entry in the
 ledger that moves no money.
 """
 
@@ -92,38 +90,6 @@ def release_stuck_hold(org_id: str, request_id: str, now: datetime) -> tuple[hol
         ) from None
     wallets.moved(org_id, held=-hold.amount, holds=-1)
     return hold, entries.entry_from_item(marker)
-
-
-def prune_rate_windows(org_id: str, now: datetime) -> int:
-    """Drop per-key request counts of minutes that are over. A reserve drops its key's previous
-    minute itself; a key that paused longer leaves its last window behind, and the wallet (the
-    hottest item) must not keep growing. HoldSweeper calls this for every active wallet."""
-    item = (
-        client()
-        .get_item(
-            TableName=settings().billing_table, Key=wallets.wallet_key(org_id), ProjectionExpression="rpm"
-        )
-        .get("Item")
-        or {}
-    )
-    current = int(now.timestamp()) // 60
-    stale = [w for w in (item.get("rpm", {}).get("M") or {}) if int(w.rsplit("@", 1)[1]) < current - 1]
-    for start in range(0, len(stale), 50):  # a modest expression per write
-        batch = stale[start : start + 50]
-        names = {f"#w{i}": window for i, window in enumerate(batch)}
-        try:
-            client().update_item(
-                TableName=settings().billing_table,
-                Key=wallets.wallet_key(org_id),
-                UpdateExpression="REMOVE " + ", ".join(f"rpm.{name}" for name in names),
-                ConditionExpression="attribute_exists(pk)",
-                ExpressionAttributeNames=names,
-            )
-        except ClientError as exc:
-            if not _busy(exc):
-                raise
-            return start
-    return len(stale)
 
 
 def forget_if_idle(org_id: str) -> None:

@@ -75,6 +75,8 @@ class Wallet:
     cap_alerts: tuple[int, ...] = ()  # percents of the cap
     # Keys with a spend limit: their holds also write the key's budget item (see reserve).
     limited_keys: dict[str, str] = field(default_factory=dict)  # key id -> its limit's period
+    # Keys revoked lately (see note_revoked_key): a leased request checks this view's marks.
+    revoked_keys: frozenset[str] = frozenset()
     alerts_fired: frozenset[str] = frozenset()  # keys of the alert thresholds fired (alerts.py)
     alert_rev: int = 0  # bumped by every change of the thresholds (holds compare it)
 
@@ -130,6 +132,7 @@ def _wallet_from_item(org_id: str, item: Item) -> Wallet:
         balance_alerts=tuple(int(v["N"]) for v in item.get("alert_balance_below", {}).get("L", [])),
         cap_alerts=tuple(int(v["N"]) for v in item.get("alert_cap_percent", {}).get("L", [])),
         limited_keys={k: v.get("S", "day") for k, v in item.get("limited_keys", {}).get("M", {}).items()},
+        revoked_keys=frozenset(item.get("revoked_keys", {}).get("M", {})),
         alerts_fired=frozenset(item.get("alert_fired", {}).get("M", {})),
         alert_rev=as_int(item, "alert_rev"),
     )
@@ -158,7 +161,6 @@ def new_wallet_item(org_id: str, now: datetime) -> Item:
         "created_at": s(clock.iso(now)),
         "plan": s(plans.FREE),
         "rpm_limit": n(plans.get(plans.FREE).requests_per_minute),
-        "rpm": {"M": {}},  # per key and minute: "<key_id>@<minute>" -> requests held
         "revoked_keys": {"M": {}},  # key id -> when it was revoked (see note_revoked_key)
         "limited_keys": {"M": {}},  # key id -> its limit's period (see set_key_limit)
         "alert_fired": {"M": {}},  # alert key -> when it fired (see alerts.py)

@@ -11,6 +11,7 @@ one query:
     ENTRY#<entry id>                 its idempotency marker
     USAGE#<day>#<model>#<key id>     the day's usage counters
     KEYBUDGET#<key id>               a key's spend limit and what it used
+    RPM#<key id>@<minute>            a key's requests counted in one minute (rate_windows)
     LEASE#<lease id>                 an escrow lease (leases)
     LSPEND#<lease id>#<request id>   a request billed under a lease
     INCIDENT#over-hold#<request id>  a charge above its hold (reconcile reports it)
@@ -37,6 +38,7 @@ LEDGER = "LEDGER#"
 ENTRY = "ENTRY#"
 USAGE = "USAGE#"
 KEY_BUDGET = "KEYBUDGET#"
+RATE = "RPM#"
 LEASE = "LEASE#"
 LEASE_SPEND = "LSPEND#"
 OVER_HOLD = "INCIDENT#over-hold#"
