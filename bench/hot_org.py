@@ -24,7 +24,6 @@ Writes `docs/hot-org.md`. `python -m bench.hot_org`.
 from __future__ import annotations
 
 import heapq
-import math
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conduix.ledger.leases import REQUESTS_PER_LEASE, SLICE_FRACTION, next_requests
+from conduix.ledger.leases import BLOCK_FIRST, REQUESTS_PER_LEASE, SLICE_FRACTION, next_requests
 from conduix_local.dynamo_standin import Capacity
 
 RATE = 2000.0  # billed requests per second
@@ -50,7 +49,6 @@ UNIT_TX, UNIT_SINGLE = 2.0, 1.0  # WCU of a write of an item under 1 KB
 PK = "ORG#hot"
 ATTEMPTS, BASE_DELAY = 6, 0.02  # conduix.store.dynamo.retrying
 LEASE_SECONDS = 30.0  # CONDUIX_KEY_CACHE_SECONDS: how long a lease is used
-BLOCK_FIRST = 2  # the `split` design: an environment's first block of a key's requests
 
 
 @dataclass
@@ -72,7 +70,7 @@ class Env:
     key: int = 0  # ...and that request's key
     leases: dict[int, Held] = field(default_factory=dict)
     last: dict[int, tuple[int, float]] = field(default_factory=dict)  # key -> (served, seconds)
-    # The `split` design: one credit lease per org, and request blocks per key.
+    # The product (`split`): one credit lease per org, and request blocks per key.
     credit: Held | None = None
     last_credit: tuple[int, float] = (0, 0.0)
 
@@ -226,12 +224,14 @@ class Simulation:
         items = [("wallet", "WALLET"), ("lease", lease)]
         self.write(items, t, taken)
 
-    # ------------------------------------------------ the `split` design (an experiment)
+    # ------------------------------------------------ the product: `leases.reserve`
 
     def arrive_split(self, env: Env, t: float) -> None:
         """Credit leased per org (the wallet), a key's requests in blocks taken on an item of
         the key's minute of its own (`RPM#<key>@<minute>`, one conditional update): an
-        environment serving many keys writes the wallet once a lease, not once a key."""
+        environment serving many keys writes the wallet once a lease, not once a key. A block
+        spent or past its time is retired and its unused requests given back (while its minute
+        lasts) before the next is taken, as `leases._reserve_leased` does."""
         key = env.key
         block = env.leases.get(key)
         if block and block.left > 0 and t < block.until:
@@ -243,9 +243,7 @@ class Simulation:
             self.give_back(key, block, t)
         served, seconds = env.last.get(key, (0, 0.0))
         most = self.rpm_limit // SLICE_FRACTION
-        size = min(most, max(BLOCK_FIRST, math.ceil(1.5 * served * LEASE_SECONDS / max(seconds, 1.0))))
-        if not served:
-            size = min(most, BLOCK_FIRST)
+        size = next_requests(served, seconds, most, LEASE_SECONDS, first=BLOCK_FIRST)
         minute = int(t) // 60
 
         def taken(t2: float, ok: bool) -> None:
@@ -253,10 +251,28 @@ class Simulation:
                 self.count("503 busy (block could not land)", t2, env)
                 self.idle.append(env)
                 return
-            if self.store.rpm[(key, minute)] + size > self.rpm_limit:
-                self.count("block refused (rate)", t2)
-                self.hold(env, t2)  # a per-request hold counts one request exactly
+            room = self.rpm_limit - self.store.rpm[(key, minute)]
+            if room <= 0:  # the minute is full: 429, the wallet untouched
+                self.count("429 rate limited", t2, env)
+                self.idle.append(env)
                 return
+            if size > room:  # `rate_windows.take_block`: a second write takes what is left
+                self.count("block refused (rate)", t2)
+                self.write([("rpm", f"RPM#{key}@{minute}")], t2, lambda t3, ok: grant(t3, ok, room), False)
+                return
+            grant(t2, True, size)
+
+        def grant(t2: float, ok: bool, size: int) -> None:
+            if not ok:
+                self.count("503 busy (block could not land)", t2, env)
+                self.idle.append(env)
+                return
+            room = self.rpm_limit - self.store.rpm[(key, minute)]
+            if room <= 0:
+                self.count("429 rate limited", t2, env)
+                self.idle.append(env)
+                return
+            size = min(size, room)
             self.store.rpm[(key, minute)] += size
             self.count("blocks", t2)
             fresh = env.leases[key] = Held(
@@ -270,13 +286,9 @@ class Simulation:
         minute = block.minute
         if block.left <= 0 or int(t) // 60 != minute:
             return
-        left = block.left
-
-        def given(t2: float, ok: bool) -> None:
-            if ok and int(t2) // 60 == minute:
-                self.store.rpm[(key, minute)] -= left
-
-        self.write([("rpm", f"RPM#{key}@{minute}")], t, given, transactional=False)
+        # `rate_windows.give_back`: one attempt, not retried (a busy item keeps them: fewer served)
+        if self.store.attempt([("rpm", f"RPM#{key}@{minute}")], t, transactional=False) == "ok":
+            self.store.rpm[(key, minute)] -= block.left
 
     def credit_then_reserve(self, env: Env, block: Held, t: float) -> None:
         credit = env.credit
@@ -337,6 +349,10 @@ class Simulation:
             return
 
         def held(t2: float, ok: bool) -> None:
+            if ok and self.store.rpm[(env.key, minute)] >= self.rpm_limit:  # raced by blocks
+                self.count("429 rate limited", t2, env)
+                self.idle.append(env)
+                return
             if not ok:
                 self.count("503 busy (hold could not land)", t2, env)
                 self.idle.append(env)
@@ -347,7 +363,10 @@ class Simulation:
             self.started(t2)
             self.at(t2 + LATENCY, lambda t3: self.settle(env, rid, t3))
 
-        self.write([("wallet", "WALLET"), ("hold", f"HOLD#{rid}")], t, held)
+        items = [("wallet", "WALLET"), ("hold", f"HOLD#{rid}")]
+        if self.design.get("split", False) or not self.leases:  # the product's hold counts there
+            items.append(("rpm", f"RPM#{env.key}@{minute}"))
+        self.write(items, t, held)
 
     def started(self, t: float) -> None:
         self.in_flight += 1
@@ -449,36 +468,42 @@ def simulate(
     rpm_limit: int = RPM_LIMIT,
     **design: bool,
 ) -> dict[str, object]:
-    """`design` switches back what this product changed, for comparison: `minute_bound` (a
-    lease ends with its minute; none in a minute's last 5 s), `hold_fallback` (a lease refused
-    for contention falls back to a per-request hold), `fixed_size` (every lease takes the most
-    requests a lease may)."""
+    """`design`: `split` is the product (credit leased per org, a key's requests in blocks);
+    without it, the design before (a lease per key, counting its requests on the wallet), and
+    what that design changed, switched back for comparison: `minute_bound` (a lease ends with
+    its minute; none in a minute's last 5 s), `hold_fallback` (a lease refused for contention
+    falls back to a per-request hold), `fixed_size` (every lease takes the most requests a
+    lease may)."""
     sim = Simulation(
         rate, duration, ramp, leases, split_after=split_after, keys=keys, rpm_limit=rpm_limit, **design
     )
     return sim.run()
 
 
+SCALE = {"keys": 40, "rpm_limit": 6000}
 VARIANTS: list[tuple[str, dict[str, Any]]] = [
-    ("**the product**: leases sized by use, lasting their own 30 s, busy answered 503", {}),
-    ("leases end with their minute (none in its last 5 s)", {"minute_bound": True}),
-    ("a lease refused for contention falls back to a hold", {"hold_fallback": True}),
-    ("every lease takes the most requests (1,000)", {"fixed_size": True}),
-    ("all three (the design before)", {"minute_bound": True, "hold_fallback": True, "fixed_size": True}),
-    ("per-request holds only (no leases)", {"leases": False}),
     (
-        "the product, with the traffic spread over 20 keys of 6,000 a minute (the Scale plan)",
-        {"keys": 20, "rpm_limit": 6000},
-    ),
-    ("the product, over 40 keys of 6,000 a minute", {"keys": 40, "rpm_limit": 6000}),
-    (
-        "*not built*: credit leased per org, a key's requests in blocks on items of their own, 40 keys",
-        {"split": True, "keys": 40, "rpm_limit": 6000},
+        "**the product**: credit leased per org, a key's requests in blocks on items of their own",
+        {"split": True},
     ),
     (
-        "*not built*, the same over 20 keys (their limits are exactly the rate)",
+        "the product, the traffic spread over 40 keys of 6,000 a minute (the Scale plan)",
+        {"split": True, **SCALE},
+    ),
+    (
+        "the product, over 20 keys of 6,000 a minute (their limits are exactly the rate)",
         {"split": True, "keys": 20, "rpm_limit": 6000},
     ),
+    ("before: a lease per key, sized by use, lasting its own 30 s, busy answered 503", {}),
+    ("before, over 40 keys of 6,000 a minute", dict(SCALE)),
+    ("before, with leases that end with their minute (none in its last 5 s)", {"minute_bound": True}),
+    ("before, with a lease refused for contention falling back to a hold", {"hold_fallback": True}),
+    ("before, with every lease taking the most requests (1,000)", {"fixed_size": True}),
+    (
+        "before, with all three (the first lease design)",
+        {"minute_bound": True, "hold_fallback": True, "fixed_size": True},
+    ),
+    ("per-request holds only (no leases)", {"leases": False}),
 ]
 
 
@@ -520,10 +545,11 @@ def render(results: list[dict[str, object]], splits: list[dict[str, object]]) ->
         "1,000 WCU/s per item, 1,000 per partition of a partition key, split for heat after",
         f"{SPLIT_AFTER:.0f} s above 80%) and its conflict rule (a landed transaction holds its items",
         f"{TX_SECONDS * 1000:.0f} ms; a write touching one meanwhile is cancelled), with the product's",
-        "retries (6 attempts, jittered backoff), each attempt at its own time. Lease sizes come from",
-        "`conduix.ledger.leases.next_requests` itself. Items are under 1 KB: a transactional write is 2 WCU.",
-        f"The org has one API key whose plan allows {RPM_LIMIT:,} requests a minute (the Scale plan's",
-        '6,000 could not carry one key at this rate; see README, "One hot org") and credit far above',
+        "retries (6 attempts, jittered backoff), each attempt at its own time. Lease and block sizes come",
+        "from `conduix.ledger.leases.next_requests` itself. Items are under 1 KB: a transactional write",
+        f"is 2 WCU, a single write 1. The org has one API key whose plan allows {RPM_LIMIT:,} requests a",
+        "minute (the Scale plan's 6,000 could not carry one key at this rate; see README, \"One hot",
+        'org"; the same traffic over 40 Scale keys is the second row below) and credit far above',
         "its spend.",
         "",
         f"## The product's design: {product['steady_billed_per_second']:,.0f} billed req/s, steady",
@@ -572,17 +598,16 @@ def render(results: list[dict[str, object]], splits: list[dict[str, object]]) ->
         )
     lines += [
         "",
-        "**Many keys.** Leases are per key, so an environment serving 40 keys takes 40 leases, and the",
-        "wallet sees 40 times the lease transactions: the org is held near 200 req/s by contention",
-        "on the wallet. The design the `split` rows simulate (not built; issue 14 stays open for it):",
-        "an environment leases credit once per org (the wallet, as now), and takes each key's",
-        f"requests in blocks (the first {BLOCK_FIRST}, then 1.5x its rate) with one conditional update of an",
-        "item of that key's minute of its own (`RPM#<key>@<minute>`, where holds would count too).",
-        "The wallet is written once per lease whatever the number of keys, and a key's block writes",
-        "its own item (about 0.6 single writes per request with the give-backs, some 30 a second",
-        "per key). Over 20 Scale keys the traffic is exactly their limits (100 req/s each), so",
-        "leases that reserve ahead are refused for the rate: 429s there are the plan's limit, not",
-        "contention.",
+        "**Many keys.** Leases used to be per key, so an environment serving 40 keys took 40 leases,",
+        "and the wallet saw 40 times the lease transactions: the org was held near 200 req/s by",
+        "contention on the wallet (the `before, over 40 keys` row). The product leases credit once",
+        "per org and environment, and takes each key's requests in blocks (the first "
+        f"{BLOCK_FIRST}, then 1.5x",
+        "its rate over a block's 30 s) with one conditional update of an item of that key's minute",
+        "(`RPM#<key>@<minute>`, where holds count too). The wallet is written once per lease",
+        "whatever the number of keys, and a key's block writes its own item. Over 20 Scale keys the",
+        "traffic is exactly their limits (100 req/s each), so blocks that reserve ahead are refused",
+        "for the rate: 429s there are the plan's limit, not contention.",
         "",
         "## The ramp: DynamoDB splitting the org's key",
         "",
@@ -616,7 +641,7 @@ def render(results: list[dict[str, object]], splits: list[dict[str, object]]) ->
 
 def main() -> int:
     results = [simulate(**kwargs) for _, kwargs in VARIANTS]
-    splits = [simulate(split_after=split) for split in SPLITS]
+    splits = [simulate(split=True, split_after=split) for split in SPLITS]
     text = render(results, splits)
     path = Path(__file__).resolve().parent.parent / "docs" / "hot-org.md"
     path.write_text(text)

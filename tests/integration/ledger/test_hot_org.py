@@ -397,6 +397,25 @@ def test_a_block_takes_no_more_of_a_keys_minute_than_the_wallets_own_rate_limit(
     assert other.lease is first.lease
 
 
+def test_a_block_takes_the_last_of_a_keys_minute_and_a_full_minute_refuses_without_the_wallet(
+    org: str,
+) -> None:
+    # Given a hot org whose key has 31 of its 32 requests this minute counted
+    wallet_settings.set_plan(org, dataclasses.replace(plans.get(plans.FREE), requests_per_minute=32))
+    fund(org, "100")
+    for i in range(31):
+        holds.reserve(org, f"h-{i}", C // 100, model="acme/fast", key_id="key_1", now=NOW)
+    # When a leased request needs a block of 2: it gets the one left
+    first = leases.reserve(org, "r-1", C // 100, model="acme/fast", key_id="key_1", now=NOW)
+    assert first.lease is not None and _counted(org, "key_1", NOW) == 32
+    # Then the next is refused for the rate, and the wallet is not written for it
+    before = wallets.wallet_item(org)
+    with pytest.raises(errors.RateLimited):
+        leases.reserve(org, "r-2", C // 100, model="acme/fast", key_id="key_1", now=NOW)
+    assert wallets.wallet_item(org) == before
+    assert _counted(org, "key_1", NOW) == 32
+
+
 def test_a_key_revoked_while_its_org_holds_a_lease_is_refused_once_the_view_knows(org: str) -> None:
     _hot(org)
     first = _serve(org, "r1", NOW)

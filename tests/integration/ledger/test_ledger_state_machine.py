@@ -354,7 +354,8 @@ MUST_SEE = (
     "block:across-minute",
     "block:sized-by-history",
     "block:given-back",
-    "block:refused-hold-instead",
+    "block:last-of-the-minute",
+    "block:rate-429",
     "block:busy-503",
     "lease:refused-hold-instead",
     "lease:busy-no-hold",
@@ -768,6 +769,11 @@ class LedgerMachine(RuleBasedStateMachine):
                     self._product_reserve(rid, amount, key)
                 seen["standin:busy-503"] += 1
                 return
+            if expect == "rate":
+                with pytest.raises(RateLimited):
+                    self._product_reserve(rid, amount, key)
+                seen["refused:rate"] += 1
+                return
             assert isinstance(expect, ModelLease)
             r = self._product_reserve(rid, amount, key)
             assert r.lease is not None and r.hold_nanos == amount, f"expected lease, got {r}"
@@ -800,10 +806,11 @@ class LedgerMachine(RuleBasedStateMachine):
                     if taken == "busy":
                         seen["block:busy-503"] += 1
                         return "busy"
+                    if taken == "rate":  # the key's minute is full: 429, the wallet untouched
+                        seen["block:rate-429"] += 1
+                        return "rate"
                     block = taken if isinstance(taken, ModelBlock) else None
-                if block is None:  # the key's minute cannot spare a block: a hold counts exactly
-                    seen["block:refused-hold-instead"] += 1
-                else:
+                if block is not None:
                     lease = e.mine.get(slot)
                     if lease is not None and lease.room(amount, at):
                         lease.reserved += amount
@@ -860,20 +867,22 @@ class LedgerMachine(RuleBasedStateMachine):
         rate = Fraction(leases.HEADROOM) * served * KEY_CACHE / max(Fraction(seconds), Fraction(1))
         return min(most, max(leases.BLOCK_FIRST, math.ceil(rate)))
 
-    def _take_block(
-        self, e: Env, known: wallets.Wallet, key: str, rate_gate: Gate
-    ) -> ModelBlock | str | None:
-        """A new block of the key's requests in this minute: "busy" when its write cannot land,
-        None when the minute (by the view's limit) cannot spare it."""
+    def _take_block(self, e: Env, known: wallets.Wallet, key: str, rate_gate: Gate) -> ModelBlock | str:
+        """A new block of the key's requests in this minute, or what is left of it (by the
+        view's limit): "busy" when its write cannot land, "rate" when the minute is full."""
         m = self.model
         size = self._block_size(e, known, key)
         if not rate_gate.lands():
             return "busy"
         minute = minute_of(self.now)
-        if m.rpm[(key, minute)] + size > known.rpm_limit:
-            return None
+        room = known.rpm_limit - m.rpm[(key, minute)]
+        if room <= 0:
+            return "rate"
         if size > leases.BLOCK_FIRST:
             seen["block:sized-by-history"] += 1
+        if size > room:  # (a second write, after the refusal showed the count)
+            seen["block:last-of-the-minute"] += 1
+            size = room
         m.rpm[(key, minute)] += size
         at = self.now.timestamp()
         block = e.my_blocks[key] = ModelBlock(minute, size, at, at + KEY_CACHE)
@@ -947,8 +956,8 @@ class LedgerMachine(RuleBasedStateMachine):
         if block is None or not block.room(at):
             unused = block.granted - block.used if block and int(at) // 60 == block.minute else 0
             counted = self.model.rpm[(key, minute_of(self.now))] - unused
-            if counted + self._block_size(e, known, key) > known.rpm_limit:
-                return False  # no block: a hold
+            if counted >= known.rpm_limit:
+                return False  # no block: refused for the rate
         lease = e.mine.get(key if key in known.limited_keys else "")
         if lease is not None and lease.room(amount, at):
             return False

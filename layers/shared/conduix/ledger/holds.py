@@ -21,7 +21,6 @@ from conduix.core.errors import (
     Conflict,
     InsufficientCredits,
     NotFound,
-    RateLimited,
     SpendCapExceeded,
     Unauthenticated,
 )
@@ -56,14 +55,6 @@ class Reservation:
     def balance(self) -> int:
         """The settled balance when the hold was placed."""
         return self.wallet.balance
-
-
-def _rate_limited(limit: int, plan: str, now: datetime) -> RateLimited:
-    return RateLimited(
-        f"Rate limit reached: {limit} requests per minute for this API key on the "
-        f"{plans.get(plan).name} plan. Retry after the minute turns.",
-        retry_after_seconds=60 - now.second,
-    )
 
 
 def _refusal(org_id: str, old: Item, amount: int) -> Exception | None:
@@ -249,13 +240,15 @@ def reserve(
                 if as_int(old, "rpm_limit") != known.rpm_limit:
                     continue  # the plan's limit changed: count against the new one
                 if cancelled.failed(2):  # the key's minute is full: refused first, as the plan's limit
-                    raise _rate_limited(known.rpm_limit, known.plan, now) from None
+                    raise rate_windows.rate_limited(
+                        known.rpm_limit, plans.get(known.plan).name, now
+                    ) from None
                 refusal = _refusal(org_id, old, amount)
                 if refusal:
                     raise refusal from None
                 continue  # the state it failed on (or the settings the view knew) changed: try again
             if cancelled.failed(2):
-                raise _rate_limited(known.rpm_limit, known.plan, now) from None
+                raise rate_windows.rate_limited(known.rpm_limit, plans.get(known.plan).name, now) from None
             if limited and cancelled.failed(3):
                 budget = key_limits.budget_from_item(key_id, cancelled.old(3))
                 if budget is None or not budget.limit or budget.period != key_period:

@@ -59,8 +59,11 @@ Failure cases:
   1/`SLICE_FRACTION` of it, and below that every request takes a per-request hold, so an
   org with a small balance is refused only when its credit is truly held. A limited key's
   slice comes from its spend-limit budget too, only while the budget's room is
-  SLICE_FRACTION slices; below that the key's requests hold one by one. A block that does not
-  fit in its key's minute is not taken: the request holds, and counts exactly one.
+  SLICE_FRACTION slices; below that the key's requests hold one by one.
+- A key near its limit: a block takes what is left of the key's minute, and a full minute
+  refuses the request (429) without a write to the wallet. Requests counted in other
+  environments' blocks and not used yet are not available (the same stranding, bounded by a
+  block's size, 1/SLICE_FRACTION of the minute at most, and given back as blocks retire).
 - Revocation and new limits: a leased request checks the environment's view of the wallet's
   revoked and limited keys, a view at most `key_cache_seconds` old (the time a warm function
   may trust a key anyway); a lease's own transaction checks its requesting key's marks.
@@ -78,10 +81,11 @@ from datetime import datetime
 from typing import Any
 
 from conduix.core.config import settings
-from conduix.core.errors import ServiceBusy
+from conduix.core.errors import RateLimited, ServiceBusy
 from conduix.ledger import holds, metering, rate_windows, settles, wallets
 from conduix.ledger.lease_folds import FOLD_SKEW_SECONDS, fold
 from conduix.ledger.lease_store import SETTLE_MARGIN_SECONDS, SLICE_FRACTION, Lease, acquire, record
+from conduix.pricing import plans
 
 log = logging.getLogger(__name__)
 
@@ -212,13 +216,15 @@ def _reserve_leased(
     org_id: str, amount: int, key_id: str, known: wallets.Wallet, now: datetime
 ) -> Reservation | None:
     """One request from a block of the key's minute and a lease's slice, taking either anew
-    when it is spent or ran its time. None: the key's minute cannot spare a block, or the
-    wallet a slice (a per-request hold counts and refuses exactly). Raises ServiceBusy when a
-    new block or lease cannot land for contention."""
+    when it is spent or ran its time. None: the wallet cannot spare a slice (a per-request hold
+    refuses exactly). Raises RateLimited when the key's minute is full (counted on its own
+    item: the wallet is not written), ServiceBusy when a new block or lease cannot land for
+    contention."""
     at = now.timestamp()
     slot = (org_id, key_id if key_id in known.limited_keys else "")
     retire: Lease | None = None
     busy: ServiceBusy | None = None
+    full: RateLimited | None = None
     result: Reservation | None = None
     with _lock:
         block = _blocks.get((org_id, key_id))
@@ -230,6 +236,8 @@ def _reserve_leased(
                 block = _take_block(org_id, key_id, known, now)
             except ServiceBusy as exc:
                 block, busy = None, exc
+            if block is None and busy is None:  # the key's minute is full: no wallet write
+                full = rate_windows.rate_limited(known.rpm_limit, plans.get(known.plan).name, now)
         lease = _leases.get(slot)
         if block is not None and lease is not None and lease.room(amount, at):
             result = Reservation(amount, known, lease)
@@ -262,20 +270,23 @@ def _reserve_leased(
         close(retire, now)
     if busy is not None:
         raise busy
+    if full is not None:
+        raise full
     return result
 
 
 def _take_block(org_id: str, key_id: str, known: wallets.Wallet, now: datetime) -> Block | None:
     """A new block of the key's requests in the current minute, sized by this environment's use
-    of its last (under `_lock`); None when the minute cannot spare it."""
+    of its last (under `_lock`), or what is left of the minute; None when it is full."""
     most = known.rpm_limit // SLICE_FRACTION
     served, seconds = _block_served.get((org_id, key_id), (0, 0.0))
     size = next_requests(served, seconds, most, settings().key_cache_seconds, first=BLOCK_FIRST)
     at = now.timestamp()
     minute = int(at) // 60
-    if not rate_windows.take_block(org_id, key_id, minute, size, known.rpm_limit):
+    granted = rate_windows.take_block(org_id, key_id, minute, size, known.rpm_limit)
+    if not granted:
         return None
-    block = Block(org_id, key_id, minute, size, at, at + settings().key_cache_seconds)
+    block = Block(org_id, key_id, minute, granted, at, at + settings().key_cache_seconds)
     if len(_blocks) >= 10_000:
         _blocks.clear()
     _blocks[(org_id, key_id)] = block

@@ -15,11 +15,13 @@ minutes; a count is never read on the billed path.
 from __future__ import annotations
 
 import contextlib
+from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from conduix.core.config import settings
+from conduix.core.errors import RateLimited, ServiceBusy
 from conduix.store import schema
 from conduix.store.dynamo import client, retrying, write_if
 from conduix.store.items import as_int, n
@@ -48,25 +50,40 @@ def count_one(org_id: str, key_id: str, minute: int, limit: int) -> dict[str, An
     }
 
 
-def take_block(org_id: str, key_id: str, minute: int, requests: int, limit: int) -> bool:
-    """Count `requests` of the key in `minute` at once, if they fit under `limit`: False when
-    they do not (the caller takes a per-request hold, which counts exactly). Raises ServiceBusy
-    when the item stays throttled."""
-    refused = write_if(
-        retrying,
-        lambda: client().update_item(
-            TableName=settings().billing_table,
-            Key=window_key(org_id, key_id, minute),
-            UpdateExpression="ADD requests :k SET expires_at = :exp",
-            ConditionExpression="attribute_not_exists(requests) OR requests <= :room",
-            ExpressionAttributeValues={
-                ":k": n(requests),
-                ":room": n(limit - requests),
-                ":exp": _expires(minute),
-            },
-        ),
+def take_block(org_id: str, key_id: str, minute: int, requests: int, limit: int) -> int:
+    """Count up to `requests` of the key in `minute` at once, as many as fit under `limit`:
+    how many were counted, fewer than asked for the minute's last ones, 0 when it is full.
+    Raises ServiceBusy when the item stays throttled, or keeps changing under the refusals."""
+    want = requests
+    for _ in range(5):
+
+        def update(k: int = want) -> object:
+            return client().update_item(
+                TableName=settings().billing_table,
+                Key=window_key(org_id, key_id, minute),
+                UpdateExpression="ADD requests :k SET expires_at = :exp",
+                ConditionExpression="attribute_not_exists(requests) OR requests <= :room",
+                ExpressionAttributeValues={":k": n(k), ":room": n(limit - k), ":exp": _expires(minute)},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+
+        refused = write_if(retrying, update)
+        if refused is None:
+            return want
+        room = limit - as_int(refused.old, "requests")
+        if room <= 0:
+            return 0
+        want = min(want, room)  # the minute's last requests: what is left of it
+    raise ServiceBusy("The billing store is busy; please retry the request.")
+
+
+def rate_limited(limit: int, plan_name: str, now: datetime) -> RateLimited:
+    """The refusal of a request over its key's limit, however it was counted."""
+    return RateLimited(
+        f"Rate limit reached: {limit} requests per minute for this API key on the "
+        f"{plan_name} plan. Retry after the minute turns.",
+        retry_after_seconds=60 - now.second,
     )
-    return refused is None
 
 
 def give_back(org_id: str, key_id: str, minute: int, requests: int) -> None:
