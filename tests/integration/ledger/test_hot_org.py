@@ -289,11 +289,11 @@ def test_a_keys_block_outlives_the_minute_it_was_taken_in_and_counts_there(org: 
     assert first.lease is not None
     assert _counted(org, "key_1", late) == leases.BLOCK_FIRST  # the block, counted at once
     # When the minute turns, the same block and lease keep serving (no renewal at its edge)
-    after = late + timedelta(seconds=20)
+    after = late + timedelta(seconds=10)
     second = _serve(org, "r2", after)
     assert second.lease is first.lease
     assert _counted(org, "key_1", after) == 0  # its requests counted where it was taken
-    # And the next block, sized by the last one's rate (2 in 20 s, over 30 s with headroom: 5),
+    # And the next block, sized by the last one's rate (2 in 10 s, over 15 s with headroom: 5),
     # counts in the new minute; what it did not use is given back when the environment stops
     third = _serve(org, "r3", after + timedelta(seconds=1))
     assert third.lease is first.lease
@@ -345,8 +345,8 @@ def test_a_lease_is_sized_by_what_the_environment_served_under_its_last(org: str
     leases.close_all(later)
     w = assert_consistent(org)
     assert (w.balance, w.held, w.lease_count) == (2000 * C - 18 * (C // 2), 0, 0)
-    # The key's blocks were sized the same way, from 2 (2, then 90, then 22 for 15 served in
-    # 31 s); what they did not use was given back within the minute: it counts the 18 served
+    # The key's blocks were sized the same way, over 15 s, from 2 (2, then 45, then 11 for 15
+    # served in 31 s); what they did not use was given back within the minute: it counts the 18
     assert _counted(org, "key_1", NOW) == 18
 
 

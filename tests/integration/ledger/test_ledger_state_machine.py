@@ -864,7 +864,7 @@ class LedgerMachine(RuleBasedStateMachine):
         served, seconds = e.block_history.get(key, (0, 0.0))
         if served <= 0:
             return min(most, leases.BLOCK_FIRST)
-        rate = Fraction(leases.HEADROOM) * served * KEY_CACHE / max(Fraction(seconds), Fraction(1))
+        rate = Fraction(leases.HEADROOM) * served * leases.BLOCK_SECONDS / max(Fraction(seconds), Fraction(1))
         return min(most, max(leases.BLOCK_FIRST, math.ceil(rate)))
 
     def _take_block(self, e: Env, known: wallets.Wallet, key: str, rate_gate: Gate) -> ModelBlock | str:
@@ -885,7 +885,7 @@ class LedgerMachine(RuleBasedStateMachine):
             size = room
         m.rpm[(key, minute)] += size
         at = self.now.timestamp()
-        block = e.my_blocks[key] = ModelBlock(minute, size, at, at + KEY_CACHE)
+        block = e.my_blocks[key] = ModelBlock(minute, size, at, at + leases.BLOCK_SECONDS)
         seen["block:taken"] += 1
         return block
 
@@ -1678,13 +1678,13 @@ def test_a_lease_outlives_its_minute_and_a_busy_one_takes_no_hold(
     m.seed(amount=10 * C, rpm_limit=1024)
     m.store_matches_model_and_itself()
     none = cast(Any, None)  # (rules whose data is drawn only for other choices)
-    m.time_passes(seconds=45, new_month=1, offset=0)
+    m.time_passes(seconds=50, new_month=1, offset=0)
     m.burst(env=ENVS[0], amount=1000, key=KEYS[0])  # holds pile up until the org is hot: a lease
     m.store_matches_model_and_itself()
-    m.time_passes(seconds=20, new_month=1, offset=0)  # the next minute, within the lease's 30 s
+    m.time_passes(seconds=12, new_month=1, offset=0)  # the next minute, within the block's 15 s
     m.lease_request(env=ENVS[0], amount=1000, key=KEYS[0])
     m.store_matches_model_and_itself()
-    m.time_passes(seconds=15, new_month=1, offset=0)  # past its 30 s
+    m.time_passes(seconds=23, new_month=1, offset=0)  # past the lease's 30 s
     m.wallet_in_a_transaction(none, env=ENVS[0], amount=1000, key=KEYS[0], what="reserve")
     m.store_matches_model_and_itself()
     assert seen["lease:acquired"] == 2 and seen["block:across-minute"] == 1
