@@ -308,6 +308,29 @@ class Gate:
 FREE = Gate()  # nothing in the way
 
 
+def _memory() -> tuple[Any, ...]:
+    """An environment's memory, as the product modules hold it (in the order of `Env`'s fields)."""
+    return (
+        leases._leases,
+        leases._contended_until,
+        wallets._views,
+        leases._last_served,
+        leases._blocks,
+        leases._block_served,
+    )
+
+
+def _install(memory: tuple[Any, ...]) -> None:
+    (
+        leases._leases,
+        leases._contended_until,
+        wallets._views,
+        leases._last_served,
+        leases._blocks,
+        leases._block_served,
+    ) = memory
+
+
 # The environments' clock (a view's refresh, a lease's contention mark) follows the model's.
 _SIM_CLOCK = [NOW.timestamp()]
 _SIM_TIME = types.SimpleNamespace(monotonic=lambda: _SIM_CLOCK[0])
@@ -395,15 +418,7 @@ class LedgerMachine(RuleBasedStateMachine):
         wallets.forget_views()
         # env-a runs in the modules' own memory (and runs HoldSweeper); env-b gets its own.
         self.envs = {
-            ENVS[0]: Env(
-                ENVS[0],
-                leases._leases,
-                leases._contended_until,
-                wallets._views,
-                leases._last_served,
-                leases._blocks,
-                leases._block_served,
-            ),
+            ENVS[0]: Env(ENVS[0], *_memory()),
             ENVS[1]: Env(ENVS[1]),
         }
         self.org = orgs.create_org("Model Org", "model@example.test", self.now).org_id
@@ -438,33 +453,12 @@ class LedgerMachine(RuleBasedStateMachine):
     def _env(self, name: str) -> Iterator[Env]:
         """Run product code as environment `name` (its leases, contention marks and views)."""
         e = self.envs[name]
-        saved = (
-            leases._leases,
-            leases._contended_until,
-            wallets._views,
-            leases._last_served,
-            leases._blocks,
-            leases._block_served,
-        )
-        (
-            leases._leases,
-            leases._contended_until,
-            wallets._views,
-            leases._last_served,
-            leases._blocks,
-            leases._block_served,
-        ) = (e.leases, e.contended, e.views, e.last_served, e.blocks, e.block_served)
+        saved = _memory()
+        _install((e.leases, e.contended, e.views, e.last_served, e.blocks, e.block_served))
         try:
             yield e
         finally:
-            (
-                leases._leases,
-                leases._contended_until,
-                wallets._views,
-                leases._last_served,
-                leases._blocks,
-                leases._block_served,
-            ) = saved
+            _install(saved)
 
     def _next(self, prefix: str) -> str:
         self.seq += 1
