@@ -603,3 +603,47 @@ def test_a_hot_orgs_key_with_a_spend_limit_leases_from_its_budget_and_never_pass
         leases.reserve(org, "over", b, model="acme/fast", key_id="key_1", now=NOW)
     assert_consistent(org)
     assert reconcile.reconcile_org(org) == []
+
+
+def test_racing_blocks_and_holds_of_one_key_never_count_past_its_minute(org: str) -> None:
+    # Given a key of 64 requests a minute, and 12 environments taking blocks of 5 of it while
+    # holds of the same key race them
+    limit = 64
+    minute = int(NOW.timestamp()) // 60
+    fund(org, "10")
+    wallet_settings.set_plan(org, dataclasses.replace(plans.get(plans.FREE), requests_per_minute=limit))
+    granted: list[int] = []
+    held: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(16)
+
+    def block() -> None:
+        start.wait()
+        for _ in range(3):
+            try:
+                got = rate_windows.take_block(org, "key_1", minute, 5, limit)
+            except errors.ServiceBusy:
+                continue
+            with lock:
+                granted.append(got)
+
+    def hold(i: int) -> None:
+        start.wait()
+        try:
+            holds.reserve(org, f"h-{i}", C // 100, model="acme/fast", key_id="key_1", now=NOW)
+        except (errors.RateLimited, errors.ServiceBusy):
+            return
+        with lock:
+            held.append(f"h-{i}")
+
+    threads = [threading.Thread(target=block) for _ in range(12)]
+    threads += [threading.Thread(target=hold, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Then the minute counts exactly what was granted and held: all of it (12 x 3 x 5 were
+    # asked, more than it has; the last blocks took what was left), and no more
+    counted = _counted(org, "key_1", NOW)
+    assert counted == sum(granted) + len(held) == limit
+    assert rate_windows.take_block(org, "key_1", minute, 5, limit) == 0

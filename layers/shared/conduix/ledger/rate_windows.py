@@ -18,7 +18,7 @@ import contextlib
 from datetime import datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from conduix.core.config import settings
 from conduix.core.errors import RateLimited, ServiceBusy
@@ -89,7 +89,7 @@ def rate_limited(limit: int, plan_name: str, now: datetime) -> RateLimited:
 def give_back(org_id: str, key_id: str, minute: int, requests: int) -> None:
     """Uncount a block's unused requests (best effort: a minute that is over, or an item that
     stays busy, keeps them; the key then serves fewer, never more)."""
-    with contextlib.suppress(ClientError):
+    with contextlib.suppress(ClientError, BotoCoreError):
         write_if(
             client().update_item,
             TableName=settings().billing_table,
