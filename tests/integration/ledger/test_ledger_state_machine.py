@@ -50,6 +50,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, cast
 
+import botocore.endpoint
 import pytest
 from conduix.accounts import orgs
 from conduix.audit import reconcile
@@ -122,6 +123,10 @@ KEYS = ("key_1", "key_2")
 ENVS = ("env-a", "env-b")  # warm execution environments of the org (env-a also runs HoldSweeper)
 ATTEMPTS = 6  # conduix.store.dynamo.retrying's attempts: a write throttled this often gives up
 HOLD_ATTEMPTS = 10  # ...and a hold's (nothing is called yet, so it may wait longer)
+# botocore retries a throttled single-item write itself (the client's `max_attempts` of 3 are
+# retries: 4 in all; it leaves a cancelled transaction to `retrying`): a block's take is tried
+# up to ATTEMPTS x this often, and its give-back, which `retrying` does not wrap, this often.
+SINGLE_ATTEMPTS = 4
 _TEMPLATE = load_template()
 
 amounts = st.one_of(
@@ -380,6 +385,7 @@ MUST_SEE = (
     "block:last-of-the-minute",
     "block:rate-429",
     "block:busy-503",
+    "block:give-back-lost",
     "lease:refused-hold-instead",
     "lease:busy-no-hold",
     "lease:busy-retired-folded",
@@ -795,7 +801,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 block = e.my_blocks.get(key)
                 if block is None or not block.room(at):
                     if block is not None:
-                        self._retire_block(e, key, block, at)
+                        self._retire_block(e, key, block, at, rate_gate)
                     taken = self._take_block(e, known, key, rate_gate)
                     if taken == "busy":
                         seen["block:busy-503"] += 1
@@ -866,7 +872,7 @@ class LedgerMachine(RuleBasedStateMachine):
         view's limit): "busy" when its write cannot land, "rate" when the minute is full."""
         m = self.model
         size = self._block_size(e, known, key)
-        if not rate_gate.lands():
+        if not rate_gate.lands(ATTEMPTS * SINGLE_ATTEMPTS):
             return "busy"
         minute = minute_of(self.now)
         room = known.rpm_limit - m.rpm[(key, minute)]
@@ -883,14 +889,18 @@ class LedgerMachine(RuleBasedStateMachine):
         seen["block:taken"] += 1
         return block
 
-    def _retire_block(self, e: Env, key: str, block: ModelBlock, at: float) -> None:
+    def _retire_block(self, e: Env, key: str, block: ModelBlock, at: float, rate_gate: Gate = FREE) -> None:
         """No more requests from `block`: what it served sizes the next; what it did not use is
-        given back while its minute lasts."""
+        given back while its minute lasts (best effort: a give-back throttled past botocore's
+        retries is lost, and the key serves fewer that minute)."""
         del e.my_blocks[key]
         e.block_history[key] = (block.used, at - block.taken_at)
         if block.used < block.granted and int(at) // 60 == block.minute:
-            self.model.rpm[(key, block.minute)] -= block.granted - block.used
-            seen["block:given-back"] += 1
+            if rate_gate.lands(SINGLE_ATTEMPTS):
+                self.model.rpm[(key, block.minute)] -= block.granted - block.used
+                seen["block:given-back"] += 1
+            else:
+                seen["block:give-back-lost"] += 1
 
     def _lease_eligible(self, known: wallets.Wallet, amount: int, key: str) -> bool:
         return (
@@ -1289,9 +1299,10 @@ class LedgerMachine(RuleBasedStateMachine):
             finally:
                 left = standin.throttles_pending
                 standin.throttle_next(0)
-        elif what == "block":  # the key's window of this minute
+        elif what == "block":  # the key's window of this minute (botocore retries each attempt)
+            gate = Gate(throttles=throttles * SINGLE_ATTEMPTS)
             window = rate_windows.window_key(self.org, key, minute_of(self.now))
-            standin.throttle_next(throttles, [item_key(config.settings().billing_table, window)])
+            standin.throttle_next(gate.throttles, [item_key(config.settings().billing_table, window)])
             try:
                 self._lease_reserve(env, self._next("lreq"), amount, key, rate_gate=gate)
             finally:
@@ -1634,10 +1645,11 @@ def hold_ttl(tables: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def simulated_clocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """The environments' monotonic clocks follow the model's time, and a retry's backoff takes
-    no time (a throttled write retries at once: the steps stay fast)."""
+    no time, ours or botocore's (a throttled write retries at once: the steps stay fast)."""
     monkeypatch.setattr(wallets, "time", _SIM_TIME)
     monkeypatch.setattr(leases, "time", _SIM_TIME)
     monkeypatch.setattr(dynamo, "time", types.SimpleNamespace(sleep=lambda seconds: None))
+    monkeypatch.setattr(botocore.endpoint, "time", types.SimpleNamespace(sleep=lambda seconds: None))
 
 
 def test_the_wallet_follows_its_model_step_by_step(
@@ -1710,3 +1722,28 @@ def test_a_keys_requests_are_counted_on_items_of_their_own_that_expire(hold_ttl:
         window = windows[f"{schema.RATE}key_1@{minute}"]
         assert int(window["requests"]["N"]) == 1  # (a released request still counts)
         assert int(window["expires_at"]["N"]) == (minute + 1 + rate_windows.KEEP_MINUTES) * 60
+
+
+def test_a_block_behind_a_throttled_give_back(
+    hold_ttl: None, simulated_clocks: None, moto_server: LockedMotoServer
+) -> None:
+    """Found by the long profile (botocore retries a throttled single write 4 times in all):
+    a block retired with requests unused meets its throttled window with its give-back first,
+    which is dropped (the key serves fewer this minute), and the new block lands behind it on
+    the throttles left; with nothing to give back, the window throttled past every retry
+    answers the request busy (503) with no hold. Every step checked."""
+    seen.clear()
+    m = LedgerMachine(moto_server)
+    m.seed(amount=C, rpm_limit=1024)
+    m.store_matches_model_and_itself()
+    none = cast(Any, None)
+    m.steady_traffic(env=ENVS[0], amount=1, key=KEYS[0], gap=1, count=16)  # hot: blocks grow
+    m.store_matches_model_and_itself()
+    m.time_passes(seconds=16, new_month=1, offset=0)  # the block ran its 15 s, unused
+    m.throttled(none, env=ENVS[0], amount=1, key=KEYS[0], throttles=ATTEMPTS, what="block")
+    m.store_matches_model_and_itself()
+    assert seen["block:give-back-lost"] == 1 and seen["block:busy-503"] == 0
+    m.time_passes(seconds=60, new_month=1, offset=0)  # a new minute: nothing to give back
+    m.throttled(none, env=ENVS[0], amount=1, key=KEYS[0], throttles=ATTEMPTS, what="block")
+    m.store_matches_model_and_itself()
+    assert seen["block:busy-503"] == 1
