@@ -1364,6 +1364,20 @@ class LedgerMachine(RuleBasedStateMachine):
         self.now += timedelta(seconds=max(lease.use_until - int(self.now.timestamp()), 0))
         self.throttled(data, env, amount, key, ATTEMPTS, "lease")
 
+    @rule(data=st.data(), env=st.sampled_from(ENVS), amount=lease_amounts, key=st.sampled_from(KEYS))
+    def a_retired_blocks_give_back_meets_a_throttled_window(
+        self, data: st.DataObject, env: str, amount: int, key: str
+    ) -> None:
+        """A block ran its time with requests unused, in the minute it was taken: its give-back
+        meets the key's throttled window first and is dropped (botocore's retries spent), and
+        the next block lands behind it, or not (503)."""
+        self._pile_up(env, amount, key, lambda: key in self.envs[env].my_blocks)
+        block = self.envs[env].my_blocks.get(key)
+        if block is None or block.used >= block.granted or int(block.use_until) // 60 != block.minute:
+            return
+        self.now += timedelta(seconds=max(int(block.use_until) - int(self.now.timestamp()), 0))
+        self.throttled(data, env, amount, key, ATTEMPTS, "block")
+
     # ------------------------------------------------------------------ time, expiry, settings
 
     @rule(
