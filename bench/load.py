@@ -49,6 +49,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from bench.report import LOAD_SECTION, write_section
+
 ROOT = Path(__file__).resolve().parents[1]
 CATALOG = ROOT / "tests" / "e2e" / "models.json"
 STACK_LOG = ROOT / "test-artifacts" / "load-stack.log"
@@ -59,28 +61,6 @@ NANO = Decimal(10) ** 9
 HISTORY_PREFIX = "seed-"  # request ids (and top-up keys) of the seeded history
 GROWTH_TARGET = 1.3  # the median billed request after the history, at most this times the first
 OUT = ROOT / "docs" / "benchmarks.md"
-LOAD_SECTION = "## The local stack as its books grow"
-
-
-def write_section(out: Path, section: str, title: str = LOAD_SECTION) -> None:
-    """Replace this section of the report (or append it), leaving the others alone."""
-    text = out.read_text(encoding="utf-8") if out.exists() else "# Benchmarks\n\n"
-    kept = keep_section(text, title)
-    if kept:
-        before, _, after = text.partition(kept)
-        text = before + section.rstrip("\n") + ("\n\n" + after if after else "\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    out.write_text(text, encoding="utf-8")
-
-
-def keep_section(text: str, title: str = LOAD_SECTION) -> str:
-    """The section `title` of a report, up to the next section ("" if it has none)."""
-    if title not in text:
-        return ""
-    after = text.partition(title)[2]
-    rest = after.split("\n## ", 1)
-    return title + rest[0] + ("\n" if len(rest) > 1 else "")
 
 
 def log(message: str) -> None:
@@ -808,7 +788,7 @@ def _run(stack: Any, args: argparse.Namespace, started: float) -> int:
     if growth is not None:
         growth.print(args.history)
         if args.out is not None:
-            write_section(args.out, growth.section(args))
+            write_section(args.out, growth.section(args), LOAD_SECTION)
             log(f"wrote the growth section of {args.out}")
     for warning in warnings:
         print(f"WARNING: {warning}")

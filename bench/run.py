@@ -48,6 +48,7 @@ from typing import Any
 
 from bench import servers
 from bench.meter import Meter, Summary, item_size, summarize, tables_from_template, write_units
+from bench.report import KEPT, keep_section
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "benchmarks.md"
@@ -1327,11 +1328,11 @@ def main(argv: list[str] | None = None) -> int:
     meta["seconds"] = time.monotonic() - started
     report = render(paths, growth, cpu, imports, meta)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.out.exists():  # make load's section is its own: keep it
-        from bench.load import keep_section
-
-        kept = keep_section(args.out.read_text(encoding="utf-8"))
-        report = report.rstrip("\n") + ("\n\n" + kept if kept else "\n")
+    if args.out.exists():  # make load's and bench.hot_org's sections are their own: keep them
+        existing = args.out.read_text(encoding="utf-8")
+        for title in KEPT:
+            kept = keep_section(existing, title)
+            report = report.rstrip("\n") + ("\n\n" + kept if kept else "\n")
     args.out.write_text(report, encoding="utf-8")
     log(f"wrote {args.out} in {time.monotonic() - started:.0f} s")
     print(report.split("## DynamoDB per request")[0])

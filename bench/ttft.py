@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bench.load import CATALOG, _lift_rate_limit, _new_org, free_port, percentile
+from bench.report import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "benchmarks.md"
@@ -157,18 +158,6 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_section(out: Path, section: str) -> None:
-    """Replace this section in the report (or append it), leaving bench.run's sections alone."""
-    text = out.read_text(encoding="utf-8") if out.exists() else "# Benchmarks\n\n"
-    if SECTION in text:
-        before, _, after = text.partition(SECTION)
-        rest = after.split("\n## ", 1)
-        text = before + section + ("\n## " + rest[1] if len(rest) > 1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    out.write_text(text, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--levels", default="1,10,50", help="requests in flight (default 1,10,50)")
@@ -230,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         "workers": workers,
     }
     section = render(results, meta)
-    write_section(args.out, section)
+    write_section(args.out, section, SECTION)
     print(section)
     return 1 if any(r["failures"] for r in results) else 0
 
