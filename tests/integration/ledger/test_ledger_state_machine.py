@@ -1364,6 +1364,20 @@ class LedgerMachine(RuleBasedStateMachine):
         self.now += timedelta(seconds=max(lease.use_until - int(self.now.timestamp()), 0))
         self.throttled(data, env, amount, key, ATTEMPTS, "lease")
 
+    @precondition(lambda self: self.model.rpm_limit <= 64)
+    @rule(env=st.sampled_from(ENVS), amount=lease_amounts, key=st.sampled_from(KEYS))
+    def a_keys_minute_fills_under_blocks(self, env: str, amount: int, key: str) -> None:
+        """A hot org's key runs into its limit through blocks: the last block takes what is left
+        of the minute, and then the minute refuses (429) without a write to the wallet."""
+        self._pile_up(env, amount, key, lambda: key in self.envs[env].my_blocks)
+        if key not in self.envs[env].my_blocks:
+            return
+        for _ in range(self.model.rpm_limit + 2):
+            refused = seen["block:rate-429"]
+            self._lease_reserve(env, self._next("lreq"), amount, key)
+            if seen["block:rate-429"] > refused or key not in self.envs[env].my_blocks:
+                return  # full, or off blocks (a hold, a refusal, a busy answer)
+
     @rule(data=st.data(), env=st.sampled_from(ENVS), amount=lease_amounts, key=st.sampled_from(KEYS))
     def a_retired_blocks_give_back_meets_a_throttled_window(
         self, data: st.DataObject, env: str, amount: int, key: str
