@@ -1049,13 +1049,18 @@ class LedgerMachine(RuleBasedStateMachine):
         lease.open = False
 
     def _lease_settle(
-        self, data: st.DataObject, rid: str, gate: Gate = FREE, spend_gate: Gate = FREE
+        self,
+        data: st.DataObject,
+        rid: str,
+        gate: Gate = FREE,
+        spend_gate: Gate = FREE,
+        usage: metering.Usage | None = None,
     ) -> None:
         """The provider answered a request reserved against a lease: its spend is written (not
         the wallet), or, refused or not landed, kept as a deferred settle as Completion does."""
         r, lease, env = self.lease_flight.pop(rid)
         hold = r.hold_nanos
-        usage = self._usage(data, hold)
+        usage = usage or self._usage(data, hold)
         m = self.model
         expired = not (lease.open and lease.expires > int(self.now.timestamp()))
         written = spend_gate.lands()  # (refused by its condition only once it is not throttled)
@@ -1363,6 +1368,38 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         self.now += timedelta(seconds=max(lease.use_until - int(self.now.timestamp()), 0))
         self.throttled(data, env, amount, key, ATTEMPTS, "lease")
+
+    @rule(
+        data=st.data(),
+        env=st.sampled_from(ENVS),
+        amount=lease_amounts,
+        key=st.sampled_from(KEYS),
+        over=st.integers(1, C),
+    )
+    def a_leased_request_costs_more_than_its_hold(
+        self, data: st.DataObject, env: str, amount: int, key: str, over: int
+    ) -> None:
+        """The provider bills a leased request above its hold: the spend lands all the same,
+        with an incident, and its lease's fold debits it (the debt the model allows)."""
+        self._pile_up(env, amount, key, lambda: bool(self.lease_flight))
+        if not self.lease_flight:
+            return
+        rid = self._pick(data, self.lease_flight, "leased request")
+        hold = self.lease_flight[rid][0].hold_nanos
+        self._lease_settle(data, rid, usage=metering.Usage("acme/fast", "key_1", 10, 7, hold + over))
+
+    @rule(data=st.data(), env=st.sampled_from(ENVS), amount=lease_amounts, key=st.sampled_from(KEYS))
+    def a_throttled_spend_is_absorbed_into_its_open_lease(
+        self, data: st.DataObject, env: str, amount: int, key: str
+    ) -> None:
+        """A leased request's spend is throttled past its retries (kept as a pending settle, the
+        lease retired), and HoldSweeper runs while the lease is still open: the pending settle
+        is written into the lease as one more spend, and the fold debits it from the slice."""
+        self._pile_up(env, amount, key, lambda: bool(self.lease_flight))
+        if not self.lease_flight:
+            return
+        self.throttled(data, env, amount, key, ATTEMPTS, "spend")
+        self.sweep()
 
     @precondition(lambda self: self.model.rpm_limit <= 64)
     @rule(env=st.sampled_from(ENVS), amount=lease_amounts, key=st.sampled_from(KEYS))
